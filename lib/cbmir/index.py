@@ -1,0 +1,363 @@
+"""Nearest-neighbour search: cosine similarity with FAISS on L2-normalised float32 embeddings.
+
+The default is exact search (`IndexFlatIP`, as in the paper). Approximate indexes ("hnsw", "ivf", "ivfpq")
+are built by small functions so that their parameters can be tuned and benchmarked; "ivfpq" re-ranks its
+candidates exactly against the stored vectors (`IndexRefineFlat`).
+
+A neighbour table holds **manifest row positions**, never file paths: `ids[q, j]` is the manifest row of the
+j-th neighbour of manifest row `query_rows[q]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
+
+
+@dataclass
+class Neighbours:
+    """Neighbour table: `query_rows` [Q] int64, `ids` [Q, K] int64 (manifest rows), `scores` [Q, K] float32."""
+
+    query_rows: np.ndarray
+    ids: np.ndarray
+    scores: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.query_rows = np.asarray(self.query_rows, dtype=np.int64)
+        self.ids = np.asarray(self.ids, dtype=np.int64)
+        self.scores = np.asarray(self.scores, dtype=np.float32)
+        q = len(self.query_rows)
+        if self.query_rows.ndim != 1 or self.ids.ndim != 2 or self.ids.shape[0] != q:
+            raise ValueError(
+                f"Neighbours: ids must be [Q, K] with Q = len(query_rows) = {q}; got {self.ids.shape}"
+            )
+        if self.scores.shape != self.ids.shape:
+            raise ValueError(f"Neighbours: scores shape {self.scores.shape} != ids shape {self.ids.shape}")
+
+    @property
+    def k(self) -> int:
+        """Number of neighbours per query."""
+        return int(self.ids.shape[1])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write an `.npz` with arrays `query_rows`, `ids`, `scores`."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, query_rows=self.query_rows, ids=self.ids, scores=self.scores)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Neighbours:
+        """Read a table written by `save`."""
+        with np.load(path) as data:
+            missing = {"query_rows", "ids", "scores"} - set(data.files)
+            if missing:
+                raise ValueError(f"{path}: not a neighbour table (missing arrays {sorted(missing)})")
+            return cls(data["query_rows"], data["ids"], data["scores"])
+
+
+def l2_normalise(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
+    """Rows of `x` as float32 with unit L2 norm; non-finite or zero rows raise naming `name` and the row."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"parameter {name!r} must be a 2-D array [N, D]; got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"parameter {name!r} is empty (shape {x.shape})")
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"parameter {name!r}: row {int(np.flatnonzero(~finite)[0])} has non-finite values")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"parameter {name!r}: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def build_flat(x: np.ndarray) -> Any:
+    """Exact inner-product index."""
+    import faiss
+
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    return index
+
+
+def build_hnsw(x: np.ndarray, m: int = 32, ef_construction: int = 200, ef_search: int = 128) -> Any:
+    """HNSW graph over inner product."""
+    import faiss
+
+    index = faiss.IndexHNSWFlat(x.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    index.hnsw.efSearch = ef_search
+    index.add(x)
+    return index
+
+
+def default_nlist(n: int) -> int:
+    """About 4 sqrt(N) inverted lists, at most one per 39 training vectors, at least 1."""
+    return int(max(1, min(round(4 * np.sqrt(n)), n // 39)))
+
+
+def build_ivf(x: np.ndarray, nlist: int | None = None, nprobe: int = 16) -> Any:
+    """IVF with flat (uncompressed) lists, coarse quantiser trained on `x`."""
+    import faiss
+
+    nlist = nlist or default_nlist(len(x))
+    quantizer = faiss.IndexFlatIP(x.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.add(x)
+    index.nprobe = min(nprobe, nlist)
+    return index
+
+
+def default_pq_m(d: int) -> int:
+    """Largest number of PQ sub-quantisers <= max(1, d // 8) that divides `d`."""
+    return max(m for m in range(1, max(1, d // 8) + 1) if d % m == 0)
+
+
+def build_ivfpq(
+    x: np.ndarray,
+    nlist: int | None = None,
+    nprobe: int = 16,
+    pq_m: int | None = None,
+    pq_nbits: int = 8,
+    k_factor: int = 4,
+) -> Any:
+    """IVF-PQ candidates re-ranked exactly against the stored vectors (`k_factor` x k candidates)."""
+    import faiss
+
+    d = x.shape[1]
+    pq_m = pq_m or default_pq_m(d)
+    if d % pq_m:
+        raise ValueError(f"parameter 'pq_m' = {pq_m} must divide the embedding dimension {d}")
+    nlist = nlist or default_nlist(len(x))
+    pq_nbits = int(min(pq_nbits, max(1, np.floor(np.log2(max(2, len(x) / 39))))))  # >= 39 points/centroid
+    quantizer = faiss.IndexFlatIP(d)
+    base = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, pq_nbits, faiss.METRIC_INNER_PRODUCT)
+    base.nprobe = min(nprobe, nlist)
+    index = faiss.IndexRefineFlat(base)
+    index.k_factor = k_factor
+    index.train(x)
+    index.add(x)
+    return index
+
+
+BUILDERS = {"flat": build_flat, "hnsw": build_hnsw, "ivf": build_ivf, "ivfpq": build_ivfpq}
+
+
+def build_index(x: np.ndarray, index_type: str = "flat", **params: Any) -> Any:
+    """Build a FAISS index of `index_type` over normalised float32 `x` with builder `params`."""
+    if index_type not in BUILDERS:
+        raise ValueError(f"parameter 'index_type' is {index_type!r}; allowed {list(INDEX_TYPES)}")
+    builder = BUILDERS[index_type]
+    allowed = list(inspect.signature(builder).parameters)[1:]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"index_type {index_type!r} has no parameter(s) {unknown}; allowed {allowed}")
+    return builder(x, **params)
+
+
+def search(
+    index_vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    exclude_self: bool = False,
+    batch_size: int = 4096,
+    index_type: str = "flat",
+    progress: bool = True,
+    **params: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine search: (scores [Q, k] float32, ids [Q, k] int64 = positions in `index_vectors`).
+
+    With `exclude_self`, `queries` must be the same rows as `index_vectors` (query i = index row i); each
+    query's own row is dropped from its results (k + 1 are searched).
+    """
+    from tqdm.auto import tqdm
+
+    xb = l2_normalise(index_vectors, "index_vectors")
+    xq = l2_normalise(queries, "queries")
+    if xq.shape[1] != xb.shape[1]:
+        raise ValueError(
+            f"parameter 'queries' has dimension {xq.shape[1]} but 'index_vectors' has {xb.shape[1]}"
+        )
+    if exclude_self and len(xq) != len(xb):
+        raise ValueError(
+            f"parameter 'exclude_self' needs queries = index rows; got {len(xq)} queries, {len(xb)} index rows"
+        )
+    available = len(xb) - int(exclude_self)
+    if not 1 <= k <= available:
+        raise ValueError(
+            f"parameter 'k' = {k} must be between 1 and {available} (index size{' - 1' * exclude_self})"
+        )
+    if batch_size < 1:
+        raise ValueError(f"parameter 'batch_size' = {batch_size} must be >= 1")
+    index = build_index(xb, index_type, **params)
+    kk = k + int(exclude_self)
+    scores = np.empty((len(xq), k), dtype=np.float32)
+    ids = np.empty((len(xq), k), dtype=np.int64)
+    for start in tqdm(range(0, len(xq), batch_size), desc="search", disable=not progress, leave=False):
+        s, i = index.search(xq[start : start + batch_size], kk)
+        if exclude_self:
+            s, i = _drop_self(s, i, np.arange(start, start + len(i)), k)
+        scores[start : start + len(s)] = s
+        ids[start : start + len(i)] = i
+    if (ids < 0).any():
+        raise ValueError(
+            f"index_type {index_type!r} returned fewer than k = {k} results for some queries; "
+            "raise nprobe / ef_search or use 'flat'"
+        )
+    return scores, ids
+
+
+def _drop_self(s: np.ndarray, i: np.ndarray, own: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own id (or, if absent, its last result), keeping k results in order."""
+    is_self = i == own[:, None]
+    no_self = ~is_self.any(axis=1)
+    is_self[no_self, -1] = True  # own row beyond k + 1 (many exact duplicates): drop the last instead
+    first = np.argmax(is_self, axis=1)
+    is_self[:] = False
+    is_self[np.arange(len(i)), first] = True
+    keep = ~is_self
+    return s[keep].reshape(len(s), k), i[keep].reshape(len(i), k)
+
+
+def search_rows(
+    embeddings: np.ndarray,
+    index_rows: np.ndarray,
+    query_rows: np.ndarray,
+    k: int = 100,
+    *,
+    embedding_rows: np.ndarray | None = None,
+    exclude_self: bool = False,
+    **kwargs: Any,
+) -> Neighbours:
+    """Search manifest rows `query_rows` against manifest rows `index_rows`; ids are manifest rows.
+
+    `embeddings` has one row per manifest row, unless `embedding_rows` maps each manifest row to its row of
+    `embeddings` (-1 = no embedding, an error for the rows used). `exclude_self` requires
+    `query_rows` == `index_rows`. Other keyword arguments go to `search`.
+    """
+    index_rows = np.asarray(index_rows, dtype=np.int64)
+    query_rows = np.asarray(query_rows, dtype=np.int64)
+    for name, rows in (("index_rows", index_rows), ("query_rows", query_rows)):
+        if rows.ndim != 1 or len(rows) == 0:
+            raise ValueError(f"parameter {name!r} must be a non-empty 1-D array of manifest rows")
+    if exclude_self and not np.array_equal(index_rows, query_rows):
+        raise ValueError("parameter 'exclude_self' requires query_rows to equal index_rows")
+    n_manifest = len(embeddings) if embedding_rows is None else len(embedding_rows)
+    mapping = np.arange(n_manifest) if embedding_rows is None else np.asarray(embedding_rows, dtype=np.int64)
+    for name, rows in (("index_rows", index_rows), ("query_rows", query_rows)):
+        bad = (rows < 0) | (rows >= n_manifest)
+        if bad.any():
+            raise ValueError(f"parameter {name!r}: row {rows[bad][0]} outside the {n_manifest} manifest rows")
+        missing = mapping[rows] < 0
+        if missing.any():
+            raise ValueError(f"parameter {name!r}: manifest row {rows[missing][0]} has no embedding")
+    xb = np.asarray(embeddings[mapping[index_rows]])
+    xq = xb if exclude_self else np.asarray(embeddings[mapping[query_rows]])
+    scores, pos = search(xb, xq, k, exclude_self=exclude_self, **kwargs)
+    return Neighbours(query_rows=query_rows, ids=index_rows[pos], scores=scores)
+
+
+def load_store_matrix(
+    stores: list[str | os.PathLike], filepaths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Open embedding stores (`embeddings.npy` + `ids.csv`) and map manifest `filepaths` to their rows.
+
+    Returns (embeddings [N, D] float32, embedding_rows [len(filepaths)] int64, -1 where a file has none).
+    Several stores (one per dataset) are stacked in the given order.
+    """
+    import pandas as pd
+
+    mats, ids = [], []
+    for store in stores:
+        store = Path(store)
+        emb_path, ids_path = store / "embeddings.npy", store / "ids.csv"
+        for p in (emb_path, ids_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"embedding store {store}: missing {p.name}")
+        mat = np.load(emb_path, mmap_mode="r")
+        table = pd.read_csv(ids_path, dtype={"filepath": str})
+        if "filepath" not in table.columns:
+            raise ValueError(f"{ids_path}: no 'filepath' column; found {list(table.columns)}")
+        if mat.ndim != 2 or len(mat) != len(table):
+            raise ValueError(
+                f"{emb_path}: shape {mat.shape} does not match the {len(table)} rows of {ids_path}"
+            )
+        mats.append(mat)
+        ids.append(table["filepath"].to_numpy())
+    if len({m.shape[1] for m in mats}) > 1:
+        raise ValueError(f"embedding stores have different dimensions: {[m.shape[1] for m in mats]}")
+    all_ids = np.concatenate(ids)
+    lookup = pd.Series(np.arange(len(all_ids)), index=all_ids)
+    if lookup.index.has_duplicates:
+        raise ValueError(
+            f"filepath {lookup.index[lookup.index.duplicated()][0]!r} appears twice in the stores"
+        )
+    rows = lookup.reindex(np.asarray(filepaths)).fillna(-1).to_numpy(dtype=np.int64)
+    emb = mats[0] if len(mats) == 1 else np.concatenate([np.asarray(m) for m in mats])
+    return emb, rows
+
+
+def _cli_search(args: argparse.Namespace) -> int:
+    from cbmir.manifest import read_manifest, split_rows
+
+    manifest = read_manifest(args.manifest if len(args.manifest) > 1 else args.manifest[0])
+    emb, mapping = load_store_matrix(args.store, manifest["filepath"].to_numpy())
+    index_rows = split_rows(manifest, args.index_split)
+    query_rows = index_rows if args.exclude_self else split_rows(manifest, args.query_split)
+    for name, rows in (("index", index_rows), ("query", query_rows)):
+        missing = int((mapping[rows] < 0).sum())
+        if missing:
+            print(
+                f"{name} rows: {missing} of {len(rows)} manifest rows have no embedding (failed images); skipped"
+            )
+    index_rows = index_rows[mapping[index_rows] >= 0]
+    query_rows = index_rows if args.exclude_self else query_rows[mapping[query_rows] >= 0]
+    params = {}
+    for key in ("m", "ef_search", "nlist", "nprobe", "pq_m"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
+    nb = search_rows(
+        emb,
+        index_rows,
+        query_rows,
+        args.k,
+        embedding_rows=mapping,
+        exclude_self=args.exclude_self,
+        index_type=args.index_type,
+        batch_size=args.batch_size,
+        **params,
+    )
+    nb.save(args.out)
+    print(
+        f"wrote {args.out}: {len(nb.query_rows)} queries x {nb.k} neighbours over {len(index_rows)} index rows"
+    )
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add `cbmir search`."""
+    p = subparsers.add_parser("search", help="nearest-neighbour search over an embedding store")
+    p.add_argument("--store", action="append", required=True, help="embedding store folder (repeatable)")
+    p.add_argument("--manifest", nargs="+", required=True, help="manifest CSV(s)")
+    p.add_argument("--out", required=True, help="output neighbours .npz")
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--index-split", default="train")
+    p.add_argument("--query-split", default="test")
+    p.add_argument("--exclude-self", action="store_true", help="queries = index split, own row dropped")
+    p.add_argument("--index-type", choices=INDEX_TYPES, default="flat")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--m", type=int, help="HNSW graph degree")
+    p.add_argument("--ef-search", type=int, help="HNSW efSearch")
+    p.add_argument("--nlist", type=int, help="IVF lists")
+    p.add_argument("--nprobe", type=int, help="IVF lists probed")
+    p.add_argument("--pq-m", type=int, help="IVF-PQ sub-quantisers")
+    p.set_defaults(func=_cli_search)

@@ -1,0 +1,148 @@
+"""Cosine search against a brute-force NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from cbmir.index import Neighbours, l2_normalise, load_store_matrix, search, search_rows
+
+
+def brute_force(xb: np.ndarray, xq: np.ndarray, k: int, exclude_self: bool = False):
+    """Obviously-correct reference: full similarity matrix, stable descending sort."""
+    xb = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+    xq = xq / np.linalg.norm(xq, axis=1, keepdims=True)
+    sim = xq.astype(np.float64) @ xb.T.astype(np.float64)
+    if exclude_self:
+        np.fill_diagonal(sim, -np.inf)
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sim, order, axis=1), order
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(400, 16)).astype(np.float32), rng.normal(size=(37, 16)).astype(np.float32)
+
+
+def test_flat_matches_brute_force(data):
+    xb, xq = data
+    scores, ids = search(xb, xq, 10, batch_size=8, progress=False)
+    ref_s, ref_i = brute_force(xb, xq, 10)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32
+    np.testing.assert_array_equal(ids, ref_i)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+
+
+def test_exclude_self_matches_brute_force(data):
+    xb, _ = data
+    scores, ids = search(xb, xb, 5, exclude_self=True, batch_size=64, progress=False)
+    ref_s, ref_i = brute_force(xb, xb, 5, exclude_self=True)
+    np.testing.assert_array_equal(ids, ref_i)
+    assert not (ids == np.arange(len(xb))[:, None]).any()
+
+
+def test_exclude_self_with_exact_duplicates():
+    x = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # 3 groups of 4 identical vectors
+    _, ids = search(x, x, 3, exclude_self=True, progress=False)
+    for q in range(len(x)):
+        assert q not in ids[q]
+        assert set(ids[q]) == set(range(4 * (q // 4), 4 * (q // 4) + 4)) - {q}
+
+
+@pytest.mark.parametrize(
+    ("index_type", "params", "min_recall"),
+    [
+        ("ivf", {"nlist": 8, "nprobe": 8}, 1.0),  # all lists probed = exact
+        ("hnsw", {"m": 16, "ef_search": 200}, 0.95),
+        ("ivfpq", {"nlist": 4, "nprobe": 4, "pq_m": 4, "k_factor": 40}, 0.9),
+    ],
+)
+def test_approximate_indexes_recall(data, index_type, params, min_recall):
+    xb, xq = data
+    _, ids = search(xb, xq, 10, index_type=index_type, progress=False, **params)
+    _, ref = brute_force(xb, xq, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ref, strict=True)])
+    assert recall >= min_recall, recall
+
+
+def test_errors_name_the_parameter(data):
+    xb, xq = data
+    with pytest.raises(ValueError, match="'k' = 401"):
+        search(xb, xq, 401, progress=False)
+    with pytest.raises(ValueError, match="'k' = 400 .*399"):
+        search(xb, xb, 400, exclude_self=True, progress=False)
+    with pytest.raises(ValueError, match="'k' = 0"):
+        search(xb, xq, 0, progress=False)
+    bad = xq.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="'queries': row 3 has non-finite"):
+        search(xb, bad, 5, progress=False)
+    with pytest.raises(ValueError, match="'queries' has dimension 8"):
+        search(xb, xq[:, :8], 5, progress=False)
+    with pytest.raises(ValueError, match="'index_vectors' is empty"):
+        search(xb[:0], xq, 5, progress=False)
+    with pytest.raises(ValueError, match="'index_type'"):
+        search(xb, xq, 5, index_type="lsh", progress=False)
+    with pytest.raises(ValueError, match=r"no parameter\(s\) \['nprobe'\]"):
+        search(xb, xq, 5, index_type="hnsw", nprobe=3, progress=False)
+    with pytest.raises(ValueError, match="all zeros"):
+        l2_normalise(np.zeros((2, 3)))
+
+
+def test_search_rows_maps_to_manifest_rows_and_roundtrips(tmp_path, data):
+    xb, _ = data
+    emb = xb[:60]
+    mapping = np.arange(60)[::-1].copy()  # manifest row r has embedding row 59 - r
+    index_rows = np.arange(0, 60, 2)
+    query_rows = np.arange(1, 60, 2)
+    nb = search_rows(emb, index_rows, query_rows, 4, embedding_rows=mapping, progress=False)
+    _, ref = brute_force(emb[mapping[index_rows]], emb[mapping[query_rows]], 4)
+    np.testing.assert_array_equal(nb.ids, index_rows[ref])
+    np.testing.assert_array_equal(nb.query_rows, query_rows)
+    nb.save(tmp_path / "nb.npz")
+    back = Neighbours.load(tmp_path / "nb.npz")
+    np.testing.assert_array_equal(back.ids, nb.ids)
+    np.testing.assert_array_equal(back.scores, nb.scores)
+    mapping[5] = -1
+    with pytest.raises(ValueError, match="'query_rows': manifest row 5 has no embedding"):
+        search_rows(emb, index_rows, query_rows, 4, embedding_rows=mapping, progress=False)
+
+
+def test_cli_search_reads_store_and_manifest(tmp_path, data):
+    from cbmir.cli import main
+
+    xb, _ = data
+    n = 30
+    fps = [f"img/{i}.png" for i in range(n)]
+    split = ["train"] * 20 + ["test"] * 10
+    manifest = pd.DataFrame(
+        {"filepath": fps, "dataset": "toy", "split": split, "modality": "CT", "anatomic_region": "lung"}
+    )
+    manifest["CT/lung/a"] = [i % 2 for i in range(n)]
+    manifest["CT/lung/b"] = [1 - i % 2 for i in range(n)]
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    store = tmp_path / "store"
+    store.mkdir()
+    order = np.random.default_rng(1).permutation(n)[:-1]  # store rows shuffled; the last image failed
+    np.save(store / "embeddings.npy", l2_normalise(xb[order]))
+    pd.DataFrame({"filepath": [fps[i] for i in order]}).to_csv(store / "ids.csv", index=False)
+    out = tmp_path / "nb.npz"
+    argv = [
+        "search",
+        "--store",
+        str(store),
+        "--manifest",
+        str(tmp_path / "m.csv"),
+        "--k",
+        "3",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    nb = Neighbours.load(out)
+    emb, rows = load_store_matrix([store], np.array(fps))
+    have = [r for r in range(20, 30) if rows[r] >= 0]
+    np.testing.assert_array_equal(nb.query_rows, have)
+    _, ref = brute_force(np.asarray(emb)[rows[:20]], np.asarray(emb)[rows[have]], 3)
+    np.testing.assert_array_equal(nb.ids, np.arange(20)[ref])

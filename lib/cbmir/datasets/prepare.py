@@ -1,0 +1,263 @@
+"""Prepare the paper's four datasets into manifests, deterministically; combine and summarise them.
+
+`prepare(name, raw_root, out_csv)` reads one official raw tree (see docs/datasets.md), keeps single-label
+images, checks the image files, and writes a manifest in the paper's schema (`cbmir.manifest`) whose
+filepaths are relative to the parent of `raw_root`. Splits depend only on the data and the seed, rows are
+sorted, and the CSV is written with fixed formatting, so preparing twice gives byte-identical files.
+Every dropped or missing image is counted in a report (printed, and written beside the CSV as
+`<name>.report.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cbmir.datasets import chexpert, mimic, nih14, radimagenet
+from cbmir.datasets.common import Raw
+
+BUILDERS = {
+    "radimagenet": radimagenet.build,
+    "nih14": nih14.build,
+    "chexpert": chexpert.build,
+    "mimic": mimic.build,
+}
+ON_MISSING = ("drop", "keep")
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+METADATA = ["patient_id"]
+
+
+def _write_csv(df: pd.DataFrame, out_csv: str | os.PathLike) -> None:
+    """Fixed formatting: UTF-8, `\\n` line ends, no index, labels as 0/1 integers."""
+    out = Path(out_csv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False, lineterminator="\n", encoding="utf-8")
+
+
+def report_path(out_csv: str | os.PathLike) -> Path:
+    """Where the preparation report of `out_csv` is written: `<stem>.report.json` beside it."""
+    out = Path(out_csv)
+    return out.with_name(out.stem + ".report.json")
+
+
+def _file_problem(path: Path) -> str | None:
+    """None if `path` is a readable non-empty file, else why not."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    if not path.is_file():
+        return "not a file"
+    if st.st_size == 0:
+        return "empty file"
+    if not os.access(path, os.R_OK):
+        return "unreadable (no read permission)"
+    return None
+
+
+def _ordered(df: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    """Base columns, sorted label columns, metadata; rows by split (train, val, test) then filepath."""
+    from cbmir.manifest import BASE_COLUMNS
+
+    meta = [c for c in df.columns if c not in BASE_COLUMNS and c not in labels]
+    df = df[list(BASE_COLUMNS) + sorted(labels) + sorted(meta)]
+    rank = df["split"].map(SPLIT_ORDER)
+    order = np.lexsort(
+        (df["filepath"].to_numpy(dtype=str), df["dataset"].to_numpy(dtype=str), rank.to_numpy())
+    )
+    return df.iloc[order].reset_index(drop=True)
+
+
+def prepare(
+    name: str,
+    raw_root: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    seed: int = 0,
+    check_files: bool = True,
+    on_missing: str = "drop",
+    ignore_list: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Prepare dataset `name` from its official files under `raw_root` into the manifest `out_csv`.
+
+    `on_missing` decides what happens to images whose file is missing or unreadable ("drop" or "keep");
+    either way they are counted and listed in the report. `ignore_list` is a text file of filepaths or
+    native ids (NIH `Image Index`, CheXpert `Path`, MIMIC `dicom_id`, RadImageNet `filename`) to leave out.
+    The report is returned in `df.attrs["report"]`.
+    """
+    from cbmir.manifest import validate_manifest
+
+    if name not in BUILDERS:
+        raise ValueError(f"prepare: parameter 'name' is {name!r}; allowed {sorted(BUILDERS)}")
+    if on_missing not in ON_MISSING:
+        raise ValueError(f"prepare: parameter 'on_missing' is {on_missing!r}; allowed {list(ON_MISSING)}")
+    raw_root = Path(raw_root)
+    if not raw_root.is_dir():
+        raise FileNotFoundError(f"prepare: RAW_ROOT {raw_root} is not a directory")
+    raw: Raw = BUILDERS[name](raw_root, seed=seed)
+    rec = raw.records
+    report: dict = {"dataset": name, "raw_root_name": raw_root.absolute().name, "seed": seed}
+    counts: dict[str, int] = {"images_read": len(rec), **raw.counts}
+
+    if ignore_list is not None:
+        with open(ignore_list, encoding="utf-8") as fh:
+            ignored = {line.strip() for line in fh if line.strip()}
+        hit = rec["filepath"].isin(ignored) | rec["key"].isin(ignored)
+        counts["ignored"] = int(hit.sum())
+        rec = rec[~hit]
+
+    n_labels = rec["labels"].map(len)
+    counts["multi_label_dropped"] = int((n_labels > 1).sum())
+    counts["no_label_dropped"] = int((n_labels == 0).sum())
+    rec = rec[n_labels == 1].reset_index(drop=True)
+
+    missing: list[dict[str, str]] = []
+    if check_files:
+        data_root = raw_root.absolute().parent
+        problems = [_file_problem(data_root / fp) for fp in rec["filepath"]]
+        bad = np.array([p is not None for p in problems], dtype=bool)
+        missing = [
+            {"filepath": fp, "problem": p}
+            for fp, p in sorted(zip(rec["filepath"], problems, strict=True))
+            if p is not None
+        ]
+        counts["missing_files"] = int(bad.sum())
+        if on_missing == "drop":
+            rec = rec[~bad].reset_index(drop=True)
+    counts["images_written"] = len(rec)
+
+    label = rec["labels"].str[0]
+    onehot = pd.DataFrame(
+        {c: (label == c).astype(np.int64).to_numpy() for c in sorted(set(raw.vocabulary) | set(label))},
+        index=rec.index,
+    )
+    base = rec[["filepath", "dataset", "split", "modality", "anatomic_region"] + METADATA]
+    df = _ordered(pd.concat([base, onehot], axis=1), list(onehot.columns))
+    validate_manifest(df, source=str(out_csv))
+    _write_csv(df, out_csv)
+
+    report.update(
+        check_files=check_files,
+        on_missing=on_missing,
+        counts=counts,
+        images_per_split={s: int((df["split"] == s).sum()) for s in SPLIT_ORDER},
+        missing=missing,
+    )
+    with open(report_path(out_csv), "w", encoding="utf-8", newline="\n") as fh:
+        json.dump(report, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+    df.attrs["report"] = report
+    return df
+
+
+def combine(csv_paths: Sequence[str | os.PathLike], out_csv: str | os.PathLike) -> pd.DataFrame:
+    """Concatenate manifests (ours or the authors' published ones) into one, validated and sorted.
+
+    Identical label names merge into one column (union of labels, absent = 0); label values are written
+    as 0/1 integers, label columns sorted, rows sorted by split, dataset and filepath.
+    """
+    from cbmir.manifest import concat_manifests, label_columns, read_manifest, validate_manifest
+
+    paths = [Path(p) for p in csv_paths]
+    if not paths:
+        raise ValueError("combine: parameter 'csv_paths' is empty")
+    frames = [read_manifest(p) for p in paths]
+    df = concat_manifests(frames, sources=[str(p) for p in paths])
+    labels = label_columns(df)
+    df[labels] = df[labels].astype(np.int64)
+    df = _ordered(df, labels)
+    validate_manifest(df, source=str(out_csv))
+    _write_csv(df, out_csv)
+    return df
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Images per dataset, modality and label (rows), with one column per split plus `total`."""
+    from cbmir.manifest import row_labels
+
+    long = pd.DataFrame(
+        {
+            "dataset": df["dataset"].astype(str).to_numpy(),
+            "modality": df["modality"].astype(str).to_numpy(),
+            "label": row_labels(df),
+            "split": df["split"].astype(str).to_numpy(),
+        }
+    )
+    table = long.groupby(["dataset", "modality", "label", "split"]).size().unstack("split", fill_value=0)
+    table = table.reindex(columns=list(SPLIT_ORDER), fill_value=0)
+    table["total"] = table.sum(axis=1)
+    return table.reset_index().rename_axis(columns=None)
+
+
+def _print_report(report: dict, out_csv: str) -> None:
+    counts = ", ".join(f"{k}={v}" for k, v in report["counts"].items())
+    print(f"{report['dataset']}: wrote {out_csv} ({counts})")
+    splits = ", ".join(f"{k}={v}" for k, v in report["images_per_split"].items())
+    print(f"  images per split: {splits}")
+    if report["missing"]:
+        verb = "dropped" if report["on_missing"] == "drop" else "kept"
+        print(
+            f"  {len(report['missing'])} image file(s) missing or unreadable ({verb}), e.g.:", file=sys.stderr
+        )
+        for item in report["missing"][:5]:
+            print(f"    {item['filepath']}: {item['problem']}", file=sys.stderr)
+    print(f"  report: {report_path(out_csv)}")
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    df = prepare(
+        args.name,
+        args.raw_root,
+        args.out_csv,
+        seed=args.seed,
+        check_files=not args.no_check_files,
+        on_missing="keep" if args.keep_missing else "drop",
+        ignore_list=args.ignore_list,
+    )
+    _print_report(df.attrs["report"], args.out_csv)
+    return 0
+
+
+def _cmd_combine(args: argparse.Namespace) -> int:
+    df = combine(args.in_csv, args.out_csv)
+    print(f"wrote {args.out_csv}: {len(df)} images, {df['dataset'].nunique()} dataset(s)")
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from cbmir.manifest import read_manifest
+
+    table = summary(read_manifest(args.csv))
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        print(table.to_string(index=False))
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add `cbmir prepare`, `cbmir combine` and `cbmir summary`."""
+    p = subparsers.add_parser("prepare", help="prepare one official dataset into a manifest CSV")
+    p.add_argument("name", choices=sorted(BUILDERS), help="which dataset")
+    p.add_argument("raw_root", help="the dataset's folder (layout: docs/datasets.md)")
+    p.add_argument("out_csv", help="manifest to write; filepaths are relative to RAW_ROOT's parent")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient-level train/val split")
+    p.add_argument("--keep-missing", action="store_true", help="keep rows whose image file is missing")
+    p.add_argument("--no-check-files", action="store_true", help="do not check that image files exist")
+    p.add_argument("--ignore-list", default=None, help="text file of filepaths / ids to leave out")
+    p.set_defaults(func=_cmd_prepare)
+
+    c = subparsers.add_parser("combine", help="concatenate manifests, merging identical labels")
+    c.add_argument("out_csv")
+    c.add_argument("in_csv", nargs="+")
+    c.set_defaults(func=_cmd_combine)
+
+    s = subparsers.add_parser("summary", help="images per dataset, modality, label and split")
+    s.add_argument("csv")
+    s.set_defaults(func=_cmd_summary)

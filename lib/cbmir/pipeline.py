@@ -1,0 +1,173 @@
+"""The pipeline as the notebooks see it: one `Context` per notebook run, with cached stages.
+
+A notebook does `ctx = Context.open(config, quick=quick, out_root=out_root)`; then `ctx.embeddings(model)`
+extracts or reuses the store, `ctx.neighbours(model)` searches or reuses the neighbour table, and
+`ctx.save_figure` / `ctx.save_table` write the outputs where the config says. Each stage reads only the files
+of the stage before it (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cbmir.config import ReportConfig, load_config, slug
+from cbmir.manifest import read_manifest, row_labels, split_rows
+
+
+@dataclass
+class Context:
+    cfg: ReportConfig
+    manifest: pd.DataFrame
+
+    @classmethod
+    def open(
+        cls,
+        config: str | Path = "configs/radmini.yaml",
+        quick: bool = False,
+        out_root: str | Path | None = None,
+    ) -> Context:
+        cfg = load_config(config, quick=quick, out_root=out_root)
+        manifest = read_manifest(cfg.manifest)
+        if cfg.max_per_class:
+            manifest = subsample_per_class(manifest, cfg.max_per_class)
+        return cls(cfg, manifest)
+
+    # ---- labels and rows -------------------------------------------------------------------------
+    def labels(self, level: str = "label") -> np.ndarray:
+        """The label of every manifest row at `level` (modality, region or label)."""
+        return row_labels(self.manifest, level)
+
+    def rows(self, split: str) -> np.ndarray:
+        return split_rows(self.manifest, split)
+
+    def image_path(self, row: int, thumb: bool = False) -> Path:
+        root = self.cfg.thumbs_root if thumb and self.cfg.thumbs_root else self.cfg.data_root
+        path = root / self.manifest["filepath"].iloc[row]
+        return (
+            path if path.exists() or not thumb else self.cfg.data_root / self.manifest["filepath"].iloc[row]
+        )
+
+    # ---- stage 2: embeddings ---------------------------------------------------------------------
+    def store_dir(self, model: str) -> Path:
+        return self.cfg.work_dir / "embeddings" / slug(model)
+
+    def embeddings(self, model: str, redo: bool = False):
+        """The model's embedding store over the whole manifest: extracted once, then reused."""
+        from cbmir.embeddings import extract_embeddings
+
+        return extract_embeddings(
+            self.manifest,
+            self.cfg.data_root,
+            model,
+            self.store_dir(model),
+            batch_size=self.cfg.batch_size,
+            bf16=self.cfg.bf16,
+            redo=redo,
+        )
+
+    def vectors(self, model: str) -> tuple[np.ndarray, np.ndarray]:
+        """(the store's embedding matrix, the store row of every manifest row or -1 where its image failed)."""
+        store = self.embeddings(model)
+        mapping = np.full(len(self.manifest), -1, dtype=np.int64)
+        present = np.flatnonzero(self.manifest["filepath"].isin(set(store.ids)).to_numpy())
+        mapping[present] = store.rows_for(self.manifest["filepath"].iloc[present].tolist())
+        return store.embeddings, mapping
+
+    def searchable_rows(self, model: str, split: str) -> np.ndarray:
+        """Manifest rows of `split` that have an embedding (images that failed to load are left out)."""
+        _, mapping = self.vectors(model)
+        rows = self.rows(split)
+        return rows[mapping[rows] >= 0]
+
+    # ---- stage 3: neighbours ---------------------------------------------------------------------
+    def neighbours_path(self, model: str, query_split: str = "test", index_split: str = "train") -> Path:
+        return self.cfg.work_dir / "neighbours" / f"{slug(model)}--{query_split}-in-{index_split}.npz"
+
+    def neighbours(
+        self, model: str, query_split: str = "test", index_split: str = "train", redo: bool = False
+    ):
+        """Top-k neighbours (manifest rows) of every `query_split` row among the `index_split` rows."""
+        from cbmir.index import Neighbours, search_rows
+
+        path = self.neighbours_path(model, query_split, index_split)
+        emb, mapping = self.vectors(model)
+        index_rows = self.searchable_rows(model, index_split)
+        query_rows = self.searchable_rows(model, query_split)
+        key = self._neighbours_key(model, index_rows, query_rows)
+        meta = path.with_suffix(".json")
+        if path.exists() and meta.exists() and not redo and json.loads(meta.read_text()).get("key") == key:
+            return Neighbours.load(path)
+        k = min(self.cfg.k, len(index_rows))
+        nb = search_rows(
+            emb, index_rows, query_rows, k=k, embedding_rows=mapping, index_type=self.cfg.index_type
+        )
+        nb.save(path)
+        meta.write_text(json.dumps({"key": key, "k": k, "index_type": self.cfg.index_type}) + "\n")
+        return nb
+
+    def query(self, image: str | Path, model: str, k: int = 10, index_split: str = "train") -> pd.DataFrame:
+        """Query by example: the top-k `index_split` images for one image file (PNG, JPEG or DICOM)."""
+        from cbmir.images import load_image
+        from cbmir.index import search
+        from cbmir.models import load_encoder
+
+        encoder = load_encoder(model)
+        query = encoder.embed_images([load_image(image)]).numpy()
+        emb, mapping = self.vectors(model)
+        index_rows = self.searchable_rows(model, index_split)
+        scores, pos = search(
+            np.asarray(emb[mapping[index_rows]]), query, k=min(k, len(index_rows)), progress=False
+        )
+        rows = index_rows[pos[0]]
+        return pd.DataFrame(
+            {
+                "rank": np.arange(1, len(rows) + 1),
+                "row": rows,
+                "filepath": self.manifest["filepath"].to_numpy()[rows],
+                "label": self.labels("label")[rows],
+                "cosine": scores[0],
+            }
+        )
+
+    def _neighbours_key(self, model: str, index_rows: np.ndarray, query_rows: np.ndarray) -> str:
+        """Changes whenever the store, the rows or the search settings change (then the table is redone)."""
+        h = hashlib.sha256((self.store_dir(model) / "provenance.json").read_bytes())
+        fp = self.manifest["filepath"].to_numpy().astype(str)
+        for rows in (index_rows, query_rows):
+            h.update("\n".join(fp[rows]).encode() + b"\x00")
+        h.update(f"{self.cfg.k}|{self.cfg.index_type}".encode())
+        return h.hexdigest()
+
+    # ---- outputs ---------------------------------------------------------------------------------
+    def save_figure(self, fig, name: str) -> Path:
+        """Write the figure as PNG and SVG under figures/<config>/; return the PNG path."""
+        from cbmir.plots import save_figure
+
+        return save_figure(fig, self.cfg.figures_dir / name)
+
+    def save_table(self, df: pd.DataFrame, name: str, digits: int = 3) -> pd.DataFrame:
+        """Store `df` unrounded as reports/<config>/tables/<name>.csv; return a copy rounded for reading."""
+        path = self.cfg.reports_dir / "tables" / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(path, index=False)
+        return df.round(digits)
+
+
+def subsample_per_class(manifest: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Keep the first `n` rows (by filepath) of every (split, label): a small, deterministic subset."""
+    labels = row_labels(manifest, "label")
+    order = np.lexsort((manifest["filepath"].to_numpy().astype(str), labels, manifest["split"].to_numpy()))
+    keep = (
+        pd.DataFrame({"split": manifest["split"].to_numpy()[order], "label": labels[order]})
+        .groupby(["split", "label"], sort=False)
+        .cumcount()
+        .to_numpy()
+        < n
+    )
+    return manifest.iloc[np.sort(order[keep])].reset_index(drop=True)

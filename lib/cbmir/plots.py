@@ -1,0 +1,263 @@
+"""Figures of the report. Every function returns a matplotlib Figure; `save_figure` writes PNG and SVG."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from PIL import Image  # noqa: E402
+
+DPI = 100  # modest resolution keeps the committed figures small
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def save_figure(fig: plt.Figure, stem: Path) -> Path:
+    """Write `<stem>.png` and `<stem>.svg`, close the figure, return the PNG path."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png = stem.with_suffix(".png")
+    fig.savefig(png, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(stem.with_suffix(".svg"), bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    return png
+
+
+def count_bars(counts: pd.DataFrame, x: str, hue: str | None = None, title: str = "") -> plt.Figure:
+    """Horizontal bars of image counts (`counts` has columns x, [hue], 'images')."""
+    n = counts[x].nunique()
+    fig, ax = plt.subplots(figsize=(7, max(2.0, 0.28 * n + 1)))
+    sns.barplot(data=counts, y=x, x="images", hue=hue, ax=ax, orient="h")
+    ax.set_title(title)
+    ax.set_xlabel("images")
+    ax.set_ylabel("")
+    return fig
+
+
+def image_grid(
+    paths: Sequence[Path], titles: Sequence[str], ncols: int = 6, size: float = 1.6, suptitle: str = ""
+) -> plt.Figure:
+    """A grid of thumbnails with a title under each."""
+    nrows = max(1, int(np.ceil(len(paths) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.35)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path, title in zip(axes.flat, paths, titles, strict=False):
+        ax.imshow(Image.open(path).convert("RGB"))
+        ax.set_title(title, fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def precision_curves(curves: pd.DataFrame, title: str = "", max_n: int | None = None) -> plt.Figure:
+    """P@N against N, micro and macro side by side, one line per model with its confidence band.
+
+    `curves` columns: model, N, micro, macro and optionally micro_lo/micro_hi/macro_lo/macro_hi.
+    """
+    if max_n is not None:
+        curves = curves[curves["N"] <= max_n]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, kind in zip(axes, ("micro", "macro"), strict=True):
+        for model, g in curves.groupby("model", sort=False):
+            (line,) = ax.plot(g["N"], g[kind], label=model, lw=1.6)
+            if f"{kind}_lo" in g:
+                ax.fill_between(g["N"], g[f"{kind}_lo"], g[f"{kind}_hi"], color=line.get_color(), alpha=0.18)
+        ax.set_xscale("log")
+        ax.set_xlabel("N (neighbours considered)")
+        ax.set_title(f"{kind} precision@N")
+    axes[0].set_ylabel("modified precision@N")
+    axes[1].legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def class_bars(
+    per_class: pd.DataFrame, value: str, label: str = "class", top: int = 10, title: str = ""
+) -> plt.Figure:
+    """The best and worst classes by `value` (one bar each), as two panels."""
+    ranked = per_class.sort_values(value, ascending=False)
+    best, worst = ranked.head(top), ranked.tail(top).iloc[::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(11, max(2.5, 0.3 * min(top, len(ranked)) + 1)), sharex=True)
+    for ax, part, name in zip(axes, (best, worst), ("best", "worst"), strict=True):
+        ax.barh(part[label].astype(str), part[value], color=sns.color_palette()[0 if name == "best" else 3])
+        ax.invert_yaxis()
+        ax.set_title(f"{name} {len(part)} classes")
+        ax.set_xlabel(value)
+        ax.set_xlim(0, 1)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def retrieval_gallery(
+    query_paths: Sequence[Path],
+    query_titles: Sequence[str],
+    neighbour_paths: Sequence[Sequence[Path]],
+    neighbour_titles: Sequence[Sequence[str]],
+    hits: Sequence[Sequence[bool]],
+    size: float = 1.5,
+) -> plt.Figure:
+    """One row per query: the query, then its neighbours framed green (same label) or red (different)."""
+    k = max(len(n) for n in neighbour_paths)
+    fig, axes = plt.subplots(
+        len(query_paths), k + 1, figsize=((k + 1) * size, len(query_paths) * (size + 0.45)), squeeze=False
+    )
+    for r, qpath in enumerate(query_paths):
+        _thumb(axes[r, 0], qpath, query_titles[r], "black", lw=3)
+        for c in range(k):
+            ax = axes[r, c + 1]
+            if c < len(neighbour_paths[r]):
+                _thumb(
+                    ax,
+                    neighbour_paths[r][c],
+                    neighbour_titles[r][c],
+                    "tab:green" if hits[r][c] else "tab:red",
+                )
+            else:
+                ax.axis("off")
+    axes[0, 0].set_title("query\n" + query_titles[0], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _thumb(ax: plt.Axes, path: Path, title: str, colour: str, lw: float = 4) -> None:
+    ax.imshow(Image.open(path).convert("RGB"))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(lw)
+    ax.set_title(title, fontsize=7)
+
+
+def band_lines(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str,
+    col: str | None = None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    logx: bool = False,
+) -> plt.Figure:
+    """Mean line with a band (95 % of the spread over repeats) per `hue`, one panel per `col` value."""
+    cols = list(dict.fromkeys(df[col])) if col else [None]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.6 * len(cols), 3.6), sharey=True, squeeze=False)
+    for ax, c in zip(axes.flat, cols, strict=True):
+        part = df if c is None else df[df[col] == c]
+        sns.lineplot(
+            data=part, x=x, y=y, hue=hue, errorbar=("pi", 95), marker="o", ax=ax, legend=ax is axes.flat[-1]
+        )
+        ax.set_title("" if c is None else str(c))
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(ylabel or y)
+        if logx:
+            ax.set_xscale("log")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_2d(
+    coords: np.ndarray, colour_by: dict[str, np.ndarray], title: str = "", max_legend: int = 14
+) -> plt.Figure:
+    """A 2D embedding (e.g. UMAP) drawn once per labelling, side by side."""
+    fig, axes = plt.subplots(1, len(colour_by), figsize=(4.8 * len(colour_by), 4.4), squeeze=False)
+    for ax, (name, labels) in zip(axes.flat, colour_by.items(), strict=True):
+        classes = sorted(set(labels))
+        palette = sns.color_palette("tab20", n_colors=max(len(classes), 1))
+        for i, cls in enumerate(classes):
+            m = labels == cls
+            ax.scatter(
+                coords[m, 0], coords[m, 1], s=9, color=palette[i % len(palette)], label=cls, alpha=0.85
+            )
+        ax.set_title(f"coloured by {name}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if len(classes) <= max_legend:
+            ax.legend(fontsize=6, markerscale=1.5, loc="best", frameon=True)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def grouped_bars(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str,
+    title: str = "",
+    ylabel: str = "",
+    err_lo: str | None = None,
+    err_hi: str | None = None,
+) -> plt.Figure:
+    """Bars of `y` per `x`, grouped by `hue`, with optional asymmetric error bars."""
+    xs, hues = list(dict.fromkeys(df[x])), list(dict.fromkeys(df[hue]))
+    width = 0.8 / len(hues)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(xs) * max(1, len(hues) / 3)), 3.8))
+    for i, h in enumerate(hues):
+        part = df[df[hue] == h].set_index(x).reindex(xs)
+        pos = np.arange(len(xs)) + (i - (len(hues) - 1) / 2) * width
+        yerr = None
+        if err_lo and err_hi:
+            yerr = np.vstack([part[y] - part[err_lo], part[err_hi] - part[y]])
+        ax.bar(pos, part[y], width=width, label=str(h), yerr=yerr, capsize=2)
+    ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs], rotation=20, ha="right")
+    ax.set_ylabel(ylabel or y)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, ncols=min(len(hues), 4))
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def similarity_hist(pairs: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Densities of the cosine similarity of same-label and different-label pairs."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    sns.histplot(
+        data=pairs,
+        x="similarity",
+        hue="pair",
+        stat="density",
+        common_norm=False,
+        bins=50,
+        element="step",
+        ax=ax,
+    )
+    ax.set_xlabel("cosine similarity")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def query_panel(
+    query: Image.Image, neighbour_paths: Sequence[Path], titles: Sequence[str], size: float = 1.7
+) -> plt.Figure:
+    """The query image, then its neighbours in rank order."""
+    n = len(neighbour_paths)
+    fig, axes = plt.subplots(1, n + 1, figsize=((n + 1) * size, size + 0.6), squeeze=False)
+    axes[0, 0].imshow(query.convert("RGB"))
+    axes[0, 0].set_title("query", fontsize=8)
+    for ax, path, title in zip(axes[0, 1:], neighbour_paths, titles, strict=True):
+        ax.imshow(Image.open(path).convert("RGB"))
+        ax.set_title(title, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig

@@ -24,13 +24,20 @@ INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 
 @dataclass
 class Neighbours:
-    """Neighbour table: `query_rows` [Q] int64, `ids` [Q, K] int64 (manifest rows), `scores` [Q, K] float32."""
+    """Neighbour table: `query_rows` [Q] int64, `ids` [Q, K] int64 (manifest rows), `scores` [Q, K] float32.
+
+    `index_rows` (optional) records the manifest rows that formed the search index, so that metrics can
+    count each class's index images (n_c) from the index actually searched.
+    """
 
     query_rows: np.ndarray
     ids: np.ndarray
     scores: np.ndarray
+    index_rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.index_rows is not None:
+            self.index_rows = np.asarray(self.index_rows, dtype=np.int64)
         self.query_rows = np.asarray(self.query_rows, dtype=np.int64)
         self.ids = np.asarray(self.ids, dtype=np.int64)
         self.scores = np.asarray(self.scores, dtype=np.float32)
@@ -48,9 +55,10 @@ class Neighbours:
         return int(self.ids.shape[1])
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write an `.npz` with arrays `query_rows`, `ids`, `scores`."""
+        """Write an `.npz` with arrays `query_rows`, `ids`, `scores` (and `index_rows` when known)."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, query_rows=self.query_rows, ids=self.ids, scores=self.scores)
+        extra = {} if self.index_rows is None else {"index_rows": self.index_rows}
+        np.savez(path, query_rows=self.query_rows, ids=self.ids, scores=self.scores, **extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Neighbours:
@@ -59,7 +67,8 @@ class Neighbours:
             missing = {"query_rows", "ids", "scores"} - set(data.files)
             if missing:
                 raise ValueError(f"{path}: not a neighbour table (missing arrays {sorted(missing)})")
-            return cls(data["query_rows"], data["ids"], data["scores"])
+            index_rows = data["index_rows"] if "index_rows" in data.files else None
+            return cls(data["query_rows"], data["ids"], data["scores"], index_rows)
 
 
 def l2_normalise(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
@@ -263,7 +272,7 @@ def search_rows(
     xb = np.asarray(embeddings[mapping[index_rows]])
     xq = xb if exclude_self else np.asarray(embeddings[mapping[query_rows]])
     scores, pos = search(xb, xq, k, exclude_self=exclude_self, **kwargs)
-    return Neighbours(query_rows=query_rows, ids=index_rows[pos], scores=scores)
+    return Neighbours(query_rows=query_rows, ids=index_rows[pos], scores=scores, index_rows=index_rows)
 
 
 def load_store_matrix(

@@ -1,0 +1,105 @@
+"""MedCLIP-ViT vision tower re-implemented with transformers: Swin-T (pooled) + linear 768->512, no bias.
+
+Loads the `vision_model.*` tensors of MedCLIP's `pytorch_model.bin` (weights_only) without the medclip package,
+which would download weights and pull in its text tower. The Swin config is read off the tensor shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base import Encoder
+from .transforms import Preprocess
+from .weights import ModelUnavailableError, find_local_file, hash_files, load_state_dict
+
+
+class MedCLIPVision(nn.Module):
+    """`encode_image` of MedCLIP-ViT without the final L2 normalisation."""
+
+    def __init__(self, swin: nn.Module, projection: nn.Linear):
+        super().__init__()
+        self.model, self.projection_head = swin, projection
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection_head(self.model(pixel_values=x).pooler_output)
+
+
+def swin_config_from_state(state: dict[str, torch.Tensor], image_size: int = 224):
+    """A `SwinConfig` matching a Swin state dict (keys without the `model.` prefix)."""
+    from transformers import SwinConfig
+
+    patch = state["embeddings.patch_embeddings.projection.weight"]
+    depths, heads, window = [], [], 7
+    stage = 0
+    while any(k.startswith(f"encoder.layers.{stage}.") for k in state):
+        blocks = {int(k.split(".")[4]) for k in state if k.startswith(f"encoder.layers.{stage}.blocks.")}
+        table = state[f"encoder.layers.{stage}.blocks.0.attention.self.relative_position_bias_table"]
+        depths.append(len(blocks))
+        heads.append(table.shape[1])
+        window = int(round((table.shape[0] ** 0.5 + 1) / 2))
+        stage += 1
+    return SwinConfig(
+        image_size=image_size,
+        patch_size=patch.shape[2],
+        embed_dim=patch.shape[0],
+        depths=depths,
+        num_heads=heads,
+        window_size=window,
+    )
+
+
+def build_medclip_vision(path: Path, image_size: int = 224) -> MedCLIPVision:
+    """MedCLIP-ViT vision tower from a MedCLIP `pytorch_model.bin` (or a vision-only state dict)."""
+    from transformers import SwinModel
+
+    state = load_state_dict(path)
+    state = {k.removeprefix("vision_model."): v for k, v in state.items() if not k.startswith("text_model.")}
+    swin_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    if "projection_head.weight" not in state or not swin_state:
+        raise ValueError(
+            f"{path}: no MedCLIP vision tensors (vision_model.model.* and vision_model.projection_head.weight)"
+        )
+    config = swin_config_from_state(swin_state, image_size)
+    swin = SwinModel(config, add_pooling_layer=True)
+    missing, unexpected = swin.load_state_dict(swin_state, strict=False)
+    missing = [k for k in missing if "relative_position_index" not in k]
+    unexpected = [k for k in unexpected if "relative_position_index" not in k]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: Swin tensors do not match: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    weight = state["projection_head.weight"]
+    projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    projection.weight.data.copy_(weight)
+    return MedCLIPVision(swin, projection).eval()
+
+
+def load_medclip(entry: dict, checkpoint: Path | None, device: str) -> Encoder:
+    """`medclip`: a MedCLIP-ViT folder (with pytorch_model.bin) or the file itself."""
+    path = checkpoint or find_local_file(entry.get("local_files", []))
+    if path is None:
+        raise ModelUnavailableError(
+            f"model {entry['name']!r} needs MedCLIP-ViT's pytorch_model.bin ({entry['get']}). Put the unzipped folder "
+            "at $CBMIR_CACHE/weights/medclip-vit/ (default ~/.cache/cbmir/weights/) or pass checkpoint=FOLDER_OR_FILE."
+        )
+    if path.is_dir():
+        path = path / "pytorch_model.bin"
+    if not path.exists():
+        raise FileNotFoundError(f"model {entry['name']!r}: checkpoint {path} does not exist")
+    pre = Preprocess(entry["preprocess"])
+    module = build_medclip_vision(path, image_size=int(entry["preprocess"].get("crop", 224)))
+    return Encoder(
+        spec=entry["spec"],
+        module=module,
+        transform=pre,
+        dim=module.projection_head.out_features,
+        embedding_rule=entry["embedding"],
+        provenance={
+            "preprocessing": pre.describe(),
+            "weights_from": str(path),
+            "weights_sha256": hash_files([path]),
+        },
+    )

@@ -1,0 +1,95 @@
+"""Safe weight loading, hashing and the local weights cache (`$CBMIR_CACHE`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+
+class ModelUnavailableError(RuntimeError):
+    """The weights a model needs are not on this machine (and nothing may be downloaded)."""
+
+
+def cache_dir() -> Path:
+    """`$CBMIR_CACHE`, default `~/.cache/cbmir`: converted weights and user-supplied checkpoints."""
+    return Path(os.environ.get("CBMIR_CACHE", Path.home() / ".cache" / "cbmir")).expanduser()
+
+
+def weights_dir() -> Path:
+    """Where presets look for checkpoint files named in `local_files` (`$CBMIR_CACHE/weights`)."""
+    return cache_dir() / "weights"
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors, or .bin/.pth/.pt with `torch.load(weights_only=True)`.
+
+    Common wrappers (`{"model": ...}`, `{"state_dict": ...}`, `{"model_state_dict": ...}`) are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(
+            f"checkpoint {path}: unsupported suffix {path.suffix!r}; use one of {WEIGHT_SUFFIXES}"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file name
+        raise ValueError(f"checkpoint {path} cannot be read safely (weights_only=True): {err}") from err
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
+    return obj
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of one file."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_files(paths: Iterable[str | Path]) -> dict[str, str]:
+    """`{file name or path: sha256}` for the weight files that were loaded."""
+    return {str(p): sha256_file(p) for p in paths}
+
+
+def weight_files_in(folder: str | Path) -> list[Path]:
+    """Weight files directly inside a folder (safetensors first)."""
+    folder = Path(folder)
+    found = [p for suffix in WEIGHT_SUFFIXES for p in sorted(folder.glob(f"*{suffix}"))]
+    return found
+
+
+def find_local_file(names: Iterable[str]) -> Path | None:
+    """First of `names` (relative to `weights_dir()`) that exists."""
+    for name in names:
+        candidate = weights_dir() / name
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def hf_cached_file(repo: str, filenames: Iterable[str], cache: str | Path | None = None) -> Path | None:
+    """Path of the first of `filenames` of HF `repo` present in the local HF cache, else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in filenames:
+        hit = try_to_load_from_cache(repo, name, cache_dir=str(cache) if cache else None)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None

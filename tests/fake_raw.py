@@ -241,3 +241,12 @@ def make_radimagenet(root: Path, rows=RADIMAGENET_ROWS, shuffle: bool = False, s
         if filename not in skip_images:
             write_file(root / filename.split("/", 1)[1])
     return root
+
+
+# ---------------------------------------------------------------- reading outputs back
+def rows_of(df) -> list[tuple[str, str, str, str]]:
+    """(filepath, split, label, patient_id) of each manifest row, in table order."""
+    from cbmir.manifest import row_labels
+
+    patients = df["patient_id"].fillna("").astype(str) if "patient_id" in df else [""] * len(df)
+    return list(zip(df["filepath"], df["split"], row_labels(df), patients, strict=True))

@@ -101,7 +101,7 @@ def binary_labels(df: pd.DataFrame, columns: list[str], source: Path) -> pd.Data
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise DatasetError(
-                f"{source}: row {row + 1}, column {col!r}: label value {df[col].iloc[row]!r} "
+                f"{source}: row {row + 1}, column {col!r}: label value {str(df[col].iloc[row])!r} "
                 "is not one of 1, 0, -1 or blank"
             )
         out[col] = values.eq(1.0).to_numpy()

@@ -1,0 +1,86 @@
+"""Run one extraction with a tiny deterministic encoder (a subprocess for the kill-and-resume tests).
+
+usage: python _embed_worker.py MANIFEST_CSV DATA_ROOT OUT_DIR CHUNK_SIZE [--sleep S] [--die-after-replace N]
+`--sleep` slows each batch so that a test can SIGKILL the run mid-way; `--die-after-replace N` makes the
+process SIGKILL itself right after its N-th `os.replace` (an atomic file landing), to hit exact points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+import pandas as pd
+import torch
+from cbmir.models.base import Encoder
+from torchvision import transforms as T
+
+DIM = 6
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self, sleep: float = 0.0) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.head = torch.nn.Linear(8, DIM)
+        self.sleep = sleep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sleep:
+            time.sleep(self.sleep)
+        return self.head(self.conv(x).mean(dim=(2, 3)))
+
+
+def tiny_encoder(sleep: float = 0.0, spec: str = "tiny-test") -> Encoder:
+    """The same weights every time (seeded); 16x16 input."""
+    torch.manual_seed(0)
+    module = _Tiny(sleep)
+    transform = T.Compose([T.Resize((16, 16)), T.ToTensor()])
+    return Encoder(spec, module, transform, DIM, "mean-pooled conv -> linear", {"preprocessing": "resize 16"})
+
+
+def die_after_replace(n: int) -> None:
+    """SIGKILL this process right after the n-th successful os.replace."""
+    real, count = os.replace, [0]
+
+    def replace(*args: object, **kwargs: object) -> None:
+        real(*args, **kwargs)
+        count[0] += 1
+        if count[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    os.replace = replace
+
+
+def main(argv: list[str]) -> int:
+    from cbmir.embeddings import extract_embeddings
+
+    p = argparse.ArgumentParser()
+    p.add_argument("manifest")
+    p.add_argument("data_root")
+    p.add_argument("out")
+    p.add_argument("chunk_size", type=int)
+    p.add_argument("--sleep", type=float, default=0.0)
+    p.add_argument("--die-after-replace", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.die_after_replace:
+        die_after_replace(args.die_after_replace)
+    manifest = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
+    store = extract_embeddings(
+        manifest,
+        args.data_root,
+        tiny_encoder(args.sleep),
+        args.out,
+        batch_size=4,
+        num_workers=0,
+        chunk_size=args.chunk_size,
+    )
+    print(len(store), len(store.failed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

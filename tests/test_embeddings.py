@@ -1,0 +1,319 @@
+"""The embedding store: layout, reuse, failures, and exact resumption after a kill at any point."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from cbmir import embeddings as E
+from cbmir.embeddings import EmbeddingStore, StoreError, extract_embeddings, is_complete
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _embed_worker import DIM, tiny_encoder  # noqa: E402
+
+WORKER = Path(__file__).parent / "_embed_worker.py"
+N_IMAGES = 60
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """60 small random PNGs plus a corrupt and a missing file in the middle of the manifest."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(N_IMAGES):
+        name = f"sub/img_{i:03d}.png"
+        (root / "sub").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / name)
+        names.append(name)
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    names[20:20] = ["corrupt.png", "missing/nowhere.png"]
+    return root, pd.DataFrame({"filepath": names, "split": ["train", "test"] * (len(names) // 2)})
+
+
+def _readable(manifest: pd.DataFrame) -> list[str]:
+    return [p for p in manifest["filepath"] if p not in ("corrupt.png", "missing/nowhere.png")]
+
+
+@pytest.fixture(scope="module")
+def reference(images: tuple[Path, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory) -> EmbeddingStore:
+    """An uninterrupted run."""
+    root, manifest = images
+    out = tmp_path_factory.mktemp("reference")
+    return extract_embeddings(
+        manifest, root, tiny_encoder(), out, batch_size=8, num_workers=0, chunk_size=1000
+    )
+
+
+def _assert_same(store: EmbeddingStore, reference: EmbeddingStore) -> None:
+    assert store.ids.tolist() == reference.ids.tolist()
+    np.testing.assert_allclose(np.asarray(store.embeddings), np.asarray(reference.embeddings), atol=1e-5)
+    pd.testing.assert_frame_equal(store.failed, reference.failed)
+    assert not (store.path / E.CHUNKS_DIR).exists()
+
+
+def test_store_layout_and_round_trip(reference: EmbeddingStore, images: tuple[Path, pd.DataFrame]) -> None:
+    _, manifest = images
+    path = reference.path
+    assert sorted(p.name for p in path.iterdir()) == [
+        "embeddings.npy",
+        "failed.csv",
+        "ids.csv",
+        "provenance.json",
+    ]
+    raw = np.load(path / "embeddings.npy", mmap_mode="r")
+    assert isinstance(raw, np.memmap) and raw.dtype == np.float32 and raw.shape == (N_IMAGES, DIM)
+    assert pd.read_csv(path / "ids.csv")["filepath"].tolist() == _readable(manifest)
+
+    store = EmbeddingStore.open(path)
+    assert isinstance(store.embeddings, np.memmap) and not store.embeddings.flags.writeable
+    np.testing.assert_allclose(np.linalg.norm(store.embeddings, axis=1), 1.0, atol=1e-5)
+    assert store.ids.tolist() == _readable(manifest) and len(store) == N_IMAGES and store.dim == DIM
+    prov = store.provenance
+    assert prov["spec"] == "tiny-test" and prov["rows"] == N_IMAGES and prov["failed"] == 2
+    assert prov["embedding_rule"] == "mean-pooled conv -> linear" and prov["preprocessing"] == "resize 16"
+    assert prov["library_versions"]["torch"] == torch.__version__.split("+")[0]
+    assert {"date", "bf16", "device", "weights_sha256", "manifest_ids_sha256"} <= set(prov)
+    assert is_complete(path)
+
+
+def test_embeddings_match_direct_encoding(
+    reference: EmbeddingStore, images: tuple[Path, pd.DataFrame]
+) -> None:
+    root, _ = images
+    ids = ["sub/img_007.png", "sub/img_042.png"]
+    direct = tiny_encoder().embed_images([Image.open(root / p) for p in ids]).numpy()
+    direct /= np.linalg.norm(direct, axis=1, keepdims=True)
+    np.testing.assert_allclose(reference.embeddings[reference.rows_for(ids)], direct, atol=1e-5)
+
+
+def test_unreadable_images_are_listed_and_skipped(reference: EmbeddingStore) -> None:
+    failed = reference.failed.set_index("filepath")["error"]
+    assert list(failed.index) == ["corrupt.png", "missing/nowhere.png"]
+    assert "corrupt" in failed["corrupt.png"] and "not found" in failed["missing/nowhere.png"]
+    assert "corrupt.png" not in set(reference.ids)
+
+
+def test_rows_for(reference: EmbeddingStore) -> None:
+    rows = reference.rows_for(["sub/img_010.png", "sub/img_000.png"])
+    assert rows.dtype == np.int64 and rows.tolist() == [10, 0]
+    with pytest.raises(KeyError, match=r"2 filepath\(s\).*corrupt\.png.*nope\.png.*1 of them failed to load"):
+        reference.rows_for(["sub/img_001.png", "corrupt.png", "nope.png"])
+
+
+def test_complete_store_is_reused_not_recomputed(
+    images: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, manifest = images
+    encoder = tiny_encoder()
+    first = extract_embeddings(manifest, root, encoder, tmp_path, num_workers=0, chunk_size=16)
+    before = (tmp_path / "embeddings.npy").stat().st_mtime_ns
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model must not run (or even load) for a complete store")
+
+    encoder.module.forward = forbidden
+    monkeypatch.setattr("cbmir.models.load_encoder", forbidden, raising=False)
+    again = extract_embeddings(manifest, root, encoder, tmp_path, num_workers=0, chunk_size=16)
+    by_spec = extract_embeddings(manifest, root, "tiny-test", tmp_path, num_workers=0)
+    assert (tmp_path / "embeddings.npy").stat().st_mtime_ns == before
+    assert again.ids.tolist() == by_spec.ids.tolist() == first.ids.tolist()
+
+    with pytest.raises(StoreError, match="another run.*spec.*redo=True"):
+        extract_embeddings(manifest, root, "other-model", tmp_path, num_workers=0)
+    with pytest.raises(StoreError, match="manifest rows differ.*redo=True"):
+        extract_embeddings(manifest.iloc[:10], root, encoder, tmp_path, num_workers=0)
+
+    redone = extract_embeddings(manifest.iloc[:10], root, tiny_encoder(), tmp_path, num_workers=0, redo=True)
+    assert len(redone) == 10 and redone.provenance["manifest_rows"] == 10
+
+
+def test_partial_run_with_other_plan_asks_for_redo(images: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    root, manifest = images
+    encoder = tiny_encoder()
+    with pytest.raises(_Crash):
+        with _crash_after_replace(3):
+            extract_embeddings(manifest, root, encoder, tmp_path, num_workers=0, chunk_size=10)
+    assert len(list((tmp_path / "chunks").glob("chunk_*.npz"))) == 2
+    with pytest.raises(StoreError, match=r"chunk_size: 10 -> 7.*redo=True"):
+        extract_embeddings(manifest, root, encoder, tmp_path, num_workers=0, chunk_size=7)
+    assert len(list((tmp_path / "chunks").glob("chunk_*.npz"))) == 2  # nothing lost
+    store = extract_embeddings(manifest, root, encoder, tmp_path, num_workers=0, chunk_size=7, redo=True)
+    assert len(store) == N_IMAGES
+
+
+def test_workers_preserve_manifest_order(
+    images: tuple[Path, pd.DataFrame], reference: EmbeddingStore, tmp_path: Path
+) -> None:
+    root, manifest = images
+    store = extract_embeddings(
+        manifest, root, tiny_encoder(), tmp_path, batch_size=3, num_workers=2, chunk_size=7
+    )
+    _assert_same(store, reference)
+
+
+def test_bf16_on_cpu_is_close_and_leaves_the_encoder_untouched(
+    images: tuple[Path, pd.DataFrame], reference: EmbeddingStore, tmp_path: Path
+) -> None:
+    root, manifest = images
+    encoder = tiny_encoder()
+    store = extract_embeddings(manifest, root, encoder, tmp_path, num_workers=0, bf16=True, device="cpu")
+    assert store.embeddings.dtype == np.float32 and store.provenance["bf16"] is True
+    assert store.provenance["precision"] == "weights+autocast"
+    assert next(encoder.module.parameters()).dtype == torch.float32
+    cosine = np.sum(np.asarray(store.embeddings) * np.asarray(reference.embeddings), axis=1)
+    assert cosine.min() > 0.99
+
+
+def test_non_finite_outputs_are_failures(images: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    root, manifest = images
+    encoder = tiny_encoder()
+    forward = encoder.module.forward
+
+    def poisoned(x: torch.Tensor) -> torch.Tensor:
+        out = forward(x)
+        out[0] = float("nan")
+        return out
+
+    encoder.module.forward = poisoned
+    store = extract_embeddings(manifest.iloc[:8], root, encoder, tmp_path, batch_size=4, num_workers=0)
+    assert store.failed["filepath"].tolist() == ["sub/img_000.png", "sub/img_004.png"]
+    assert store.failed["error"].str.contains("not finite").all() and len(store) == 6
+
+
+def test_bad_arguments_raise_clear_errors(images: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    root, manifest = images
+    with pytest.raises(ValueError, match="duplicated filepath.*img_000"):
+        extract_embeddings(pd.concat([manifest, manifest.iloc[:1]]), root, tiny_encoder(), tmp_path)
+    with pytest.raises(ValueError, match="batch_size"):
+        extract_embeddings(manifest, root, tiny_encoder(), tmp_path, batch_size=0)
+    with pytest.raises(StoreError, match="not a complete embedding store"):
+        EmbeddingStore.open(tmp_path / "nothing")
+
+
+# ---------------------------------------------------------------------------------------- kill and resume
+class _Crash(BaseException):
+    """Stands in for a kill: nothing after it runs, and no code catches it."""
+
+
+class _crash_after_replace:  # noqa: N801 - used like a function
+    """Raise `_Crash` right after the n-th `os.replace` (the file has landed; nothing else happens)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.count, self.real = n, 0, os.replace
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        self.real(*args, **kwargs)
+        self.count += 1
+        if self.count == self.n:
+            raise _Crash
+
+    def __enter__(self) -> _crash_after_replace:
+        os.replace = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.replace = self.real
+
+
+def test_crash_after_every_atomic_write_resumes_exactly(
+    images: tuple[Path, pd.DataFrame], reference: EmbeddingStore, tmp_path: Path
+) -> None:
+    """Every file landing (plan, each chunk, each final file) is a point where a run can die."""
+    root, manifest = images
+    encoder = tiny_encoder()
+    with _crash_after_replace(10**9) as counter:
+        extract_embeddings(manifest, root, encoder, tmp_path / "count", num_workers=0, chunk_size=10)
+    n_writes = counter.count
+    assert n_writes == 1 + 7 + 4  # plan, 7 chunks of 10 rows, embeddings/ids/failed/provenance
+    for n in range(1, n_writes + 1):
+        out = tmp_path / f"crash_{n}"
+        with pytest.raises(_Crash), _crash_after_replace(n):
+            extract_embeddings(manifest, root, encoder, out, num_workers=0, chunk_size=10)
+        assert is_complete(out) == (n == n_writes)
+        _assert_same(
+            extract_embeddings(manifest, root, encoder, out, num_workers=0, chunk_size=10), reference
+        )
+
+
+def _run_worker(manifest_csv: Path, root: Path, out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(WORKER), str(manifest_csv), str(root), str(out), "5", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    return subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _n_chunks(out: Path) -> int:
+    return len(list((out / "chunks").glob("chunk_*.npz"))) if (out / "chunks").is_dir() else 0
+
+
+@pytest.mark.slow
+def test_sigkilled_subprocess_resumes_to_the_uninterrupted_result(
+    images: tuple[Path, pd.DataFrame], reference: EmbeddingStore, tmp_path: Path
+) -> None:
+    """SIGKILL a real extraction once 1, 3 and 5 chunks are on disk, then inside the final assembly."""
+    root, manifest = images
+    manifest_csv = tmp_path / "manifest.csv"
+    manifest.to_csv(manifest_csv, index=False)
+    out = tmp_path / "store"
+    for target in (1, 3, 5):
+        proc = _run_worker(manifest_csv, root, out, "--sleep", "0.05")
+        deadline = time.monotonic() + 60
+        while _n_chunks(out) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+        assert _n_chunks(out) >= target and not is_complete(out)
+    # 13 chunks of 5 rows: once the remaining chunks land, die right after embeddings.npy; then, assembling
+    # again, right after provenance.json (complete, but the chunks not yet removed)
+    remaining = 13 - _n_chunks(out)
+    for die_after in (remaining + 1, 4):
+        proc = _run_worker(manifest_csv, root, out, "--die-after-replace", str(die_after))
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert is_complete(out) and (out / "chunks").is_dir()  # finished, but killed before cleaning up
+    proc = _run_worker(manifest_csv, root, out)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert stdout.split() == [b"60", b"2"]
+    _assert_same(EmbeddingStore.open(out), reference)
+    assert json.loads((out / "provenance.json").read_text())["chunk_size"] == 5
+
+
+def test_cli_embed(
+    images: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cbmir.cli import main
+
+    root, manifest = images
+    manifest = manifest.assign(dataset="toy", modality="XR", anatomic_region="chest", **{"XR/chest/a": 1})
+    manifest_csv = tmp_path / "m.csv"
+    manifest.to_csv(manifest_csv, index=False)
+    seen = {}
+
+    def fake_load_encoder(spec: str, checkpoint: str | None = None, device: str = "cpu"):
+        seen.update(spec=spec, checkpoint=checkpoint, device=device)
+        return tiny_encoder(spec=spec)
+
+    monkeypatch.setattr("cbmir.models.load_encoder", fake_load_encoder, raising=False)
+    out = tmp_path / "store"
+    argv = ["embed", "--model", "tiny-cli", "--manifest", str(manifest_csv), "--data-root", str(root)]
+    argv += ["--out", str(out), "--workers", "0", "--device", "cpu", "--splits", "test", "--chunk-size", "8"]
+    assert main(argv) == 0
+    assert seen == {"spec": "tiny-cli", "checkpoint": None, "device": "cpu"}
+    store = EmbeddingStore.open(out)
+    expected = manifest.loc[manifest["split"] == "test", "filepath"]
+    assert store.ids.tolist() == [p for p in expected if p in set(_readable(manifest))]
+    assert store.provenance["spec"] == "tiny-cli"

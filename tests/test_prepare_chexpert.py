@@ -86,3 +86,12 @@ def test_missing_label_column_is_named(tmp_path):
     path.write_text(path.read_text().replace("Pleural Other", "Pleural Oth"))
     with pytest.raises(DatasetError, match=r"valid.csv: missing column\(s\) \['Pleural Other'\]"):
         prepare("chexpert", raw, tmp_path / "c.csv")
+
+
+def test_drop_uncertain_reproduces_the_authors_train_filter(tmp_path):
+    raw = make_chexpert(tmp_path / "CheXpert")
+    df = prepare("chexpert", raw, tmp_path / "c.csv", drop_uncertain=True)
+    assert rows_of(df) == EXPECTED[2:]  # patient 1 (Edema -1) is gone; the split is unchanged
+    assert df.attrs["report"]["counts"]["uncertain_dropped"] == 3  # patient 1 twice, patient 5
+    with pytest.raises(ValueError, match="parameter 'drop_uncertain' applies to chexpert only"):
+        prepare("nih14", raw, tmp_path / "n.csv", drop_uncertain=True)

@@ -76,34 +76,43 @@ def _read(path: Path) -> pd.DataFrame:
     return df
 
 
-def build(raw_root: Path, seed: int = 0) -> Raw:
-    """Read train.csv and valid.csv under `raw_root` into per-image records."""
+def build(raw_root: Path, seed: int = 0, drop_uncertain: bool = False) -> Raw:
+    """Read train.csv and valid.csv under `raw_root` into per-image records.
+
+    `drop_uncertain=True` leaves out every image with an uncertain (-1) finding, which is what the
+    authors' script did to train.csv (it summed the raw values, -1 included, before zeroing them); use it
+    to reproduce their CheXpert table. The split is drawn before, so it does not change.
+    """
     raw_root = Path(raw_root)
     folder = find_folder(raw_root)
     frames = []
+    counts = {"uncertain_dropped": 0} if drop_uncertain else {}
     for name, official in [("train.csv", "train"), ("valid.csv", "test")]:
         path = folder / name
         df = _read(path)
         patient = _patients(df["Path"], path)
         split = patient_split(patient, seed=seed) if official == "train" else "test"
         flags = binary_labels(df, FINDINGS, path)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "filepath": dataset_prefix(raw_root) + "/" + df["Path"].astype(str),
-                    "dataset": DATASET,
-                    "split": split,
-                    "modality": "XR",
-                    "anatomic_region": "chest",
-                    "patient_id": patient,
-                    "key": df["Path"].astype(str),
-                    "labels": labels_from_flags(flags, LABELS),
-                }
-            )
+        keep = pd.Series(True, index=df.index)
+        if drop_uncertain:
+            keep = ~df[FINDINGS].apply(pd.to_numeric, errors="coerce").eq(-1.0).any(axis=1)
+            counts["uncertain_dropped"] += int((~keep).sum())
+        frame = pd.DataFrame(
+            {
+                "filepath": dataset_prefix(raw_root) + "/" + df["Path"].astype(str),
+                "dataset": DATASET,
+                "split": split,
+                "modality": "XR",
+                "anatomic_region": "chest",
+                "patient_id": patient,
+                "key": df["Path"].astype(str),
+                "labels": labels_from_flags(flags, LABELS),
+            }
         )
+        frames.append(frame[keep.to_numpy()])
     train_pat = set(frames[0]["patient_id"])
     shared = sorted(train_pat & set(frames[1]["patient_id"]))
     if shared:
         raise DatasetError(f"{folder}: patient {shared[0]} appears in both train.csv and valid.csv")
     records = pd.concat(frames, ignore_index=True)
-    return Raw(records, sorted(LABELS.values()), {})
+    return Raw(records, sorted(LABELS.values()), counts)

@@ -85,12 +85,14 @@ def prepare(
     check_files: bool = True,
     on_missing: str = "drop",
     ignore_list: str | os.PathLike | None = None,
+    drop_uncertain: bool = False,
 ) -> pd.DataFrame:
     """Prepare dataset `name` from its official files under `raw_root` into the manifest `out_csv`.
 
     `on_missing` decides what happens to images whose file is missing or unreadable ("drop" or "keep");
     either way they are counted and listed in the report. `ignore_list` is a text file of filepaths or
     native ids (NIH `Image Index`, CheXpert `Path`, MIMIC `dicom_id`, RadImageNet `filename`) to leave out.
+    `drop_uncertain` (CheXpert only) reproduces the authors' CheXpert table: images with any -1 are left out.
     The report is returned in `df.attrs["report"]`.
     """
     from cbmir.manifest import validate_manifest
@@ -102,7 +104,10 @@ def prepare(
     raw_root = Path(raw_root)
     if not raw_root.is_dir():
         raise FileNotFoundError(f"prepare: RAW_ROOT {raw_root} is not a directory")
-    raw: Raw = BUILDERS[name](raw_root, seed=seed)
+    if drop_uncertain and name != "chexpert":
+        raise ValueError(f"prepare: parameter 'drop_uncertain' applies to chexpert only, not {name!r}")
+    extra = {"drop_uncertain": True} if drop_uncertain else {}
+    raw: Raw = BUILDERS[name](raw_root, seed=seed, **extra)
     rec = raw.records
     report: dict = {"dataset": name, "raw_root_name": raw_root.absolute().name, "seed": seed}
     counts: dict[str, int] = {"images_read": len(rec), **raw.counts}
@@ -146,6 +151,7 @@ def prepare(
 
     report.update(
         check_files=check_files,
+        drop_uncertain=drop_uncertain,
         on_missing=on_missing,
         counts=counts,
         images_per_split={s: int((df["split"] == s).sum()) for s in SPLIT_ORDER},
@@ -221,6 +227,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         check_files=not args.no_check_files,
         on_missing="keep" if args.keep_missing else "drop",
         ignore_list=args.ignore_list,
+        drop_uncertain=args.drop_uncertain,
     )
     _print_report(df.attrs["report"], args.out_csv)
     return 0
@@ -251,6 +258,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-missing", action="store_true", help="keep rows whose image file is missing")
     p.add_argument("--no-check-files", action="store_true", help="do not check that image files exist")
     p.add_argument("--ignore-list", default=None, help="text file of filepaths / ids to leave out")
+    p.add_argument(
+        "--drop-uncertain",
+        action="store_true",
+        help="chexpert only: leave out images with any uncertain (-1) finding, as the authors' script did",
+    )
     p.set_defaults(func=_cmd_prepare)
 
     c = subparsers.add_parser("combine", help="concatenate manifests, merging identical labels")

@@ -1,0 +1,130 @@
+"""Linear probe: one `nn.Linear` on frozen embeddings, as in the paper.
+
+AdamW (lr 1e-3, weight decay 0.01), batch 512, at most 100 epochs, early stopping with patience 20 on
+validation accuracy; the weights of the best validation epoch are kept. Seeded and CPU-friendly: embeddings
+are held as one float32 tensor and batches are index slices (no DataLoader workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cbmir.classification import ClassificationResult, classification_metrics
+from cbmir.metrics import encode_labels
+
+
+@dataclass
+class ProbeResult:
+    """Trained layer, per-epoch history, test scores (softmax) [Q, C] and test metrics."""
+
+    model: object  # torch.nn.Linear
+    history: pd.DataFrame
+    best_epoch: int
+    classes: np.ndarray
+    test_scores: np.ndarray
+    test_labels: np.ndarray
+    result: ClassificationResult
+
+
+def train_linear_probe(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_classes: int,
+    *,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    batch_size: int = 512,
+    max_epochs: int = 100,
+    patience: int = 20,
+    seed: int = 0,
+    progress: bool = True,
+):
+    """Train the probe; returns (best `nn.Linear`, history DataFrame(epoch, train_loss, val_accuracy), best epoch)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    for name, value in (("batch_size", batch_size), ("max_epochs", max_epochs), ("patience", patience)):
+        if value < 1:
+            raise ValueError(f"parameter {name!r} = {value} must be >= 1")
+    xt = torch.as_tensor(np.asarray(x_train, dtype=np.float32))
+    yt = torch.as_tensor(np.asarray(y_train, dtype=np.int64))
+    xv = torch.as_tensor(np.asarray(x_val, dtype=np.float32))
+    yv = torch.as_tensor(np.asarray(y_val, dtype=np.int64))
+    if len(xt) == 0 or len(xv) == 0:
+        raise ValueError("parameters 'x_train' and 'x_val' must not be empty")
+    if len(xt) != len(yt) or len(xv) != len(yv) or xt.shape[1] != xv.shape[1]:
+        raise ValueError(
+            f"shapes disagree: x_train {tuple(xt.shape)}, y_train {tuple(yt.shape)}, x_val {tuple(xv.shape)}"
+        )
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = torch.nn.Linear(xt.shape[1], n_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    best_acc, best_epoch, best_state, history = -1.0, 0, None, []
+    for epoch in tqdm(range(1, max_epochs + 1), desc="linear probe", disable=not progress, leave=False):
+        model.train()
+        order = torch.randperm(len(xt), generator=gen)
+        total = 0.0
+        for start in range(0, len(xt), batch_size):
+            idx = order[start : start + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(model(xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        model.eval()
+        with torch.no_grad():
+            acc = float((model(xv).argmax(dim=1) == yv).float().mean())
+        history.append((epoch, total / len(xt), acc))
+        if acc > best_acc:
+            best_acc, best_epoch = acc, epoch
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= patience:
+            break
+    model.load_state_dict(best_state)
+    return model.eval(), pd.DataFrame(history, columns=["epoch", "train_loss", "val_accuracy"]), best_epoch
+
+
+def linear_probe(
+    embeddings: np.ndarray,
+    row_labels: Sequence[str] | np.ndarray,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    test_rows: np.ndarray,
+    *,
+    embedding_rows: np.ndarray | None = None,
+    **kwargs,
+) -> ProbeResult:
+    """Train on `train_rows`, stop on `val_rows`, score `test_rows` (manifest rows); kwargs to `train_linear_probe`.
+
+    `embeddings` has one row per manifest row unless `embedding_rows` maps manifest rows to its rows.
+    Classes are all labels of `row_labels` (so the score columns match the kNN scores).
+    """
+    import torch
+
+    classes, codes = encode_labels(row_labels)
+    mapping = np.arange(len(codes)) if embedding_rows is None else np.asarray(embedding_rows, dtype=np.int64)
+    parts = {}
+    for name, rows in (("train_rows", train_rows), ("val_rows", val_rows), ("test_rows", test_rows)):
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            raise ValueError(f"parameter {name!r} is empty")
+        if (mapping[rows] < 0).any():
+            raise ValueError(
+                f"parameter {name!r}: manifest row {rows[mapping[rows] < 0][0]} has no embedding"
+            )
+        parts[name] = (np.asarray(embeddings[mapping[rows]], dtype=np.float32), codes[rows])
+    (xt, yt), (xv, yv), (xs, ys) = parts.values()
+    model, history, best_epoch = train_linear_probe(xt, yt, xv, yv, len(classes), **kwargs)
+    with torch.no_grad():
+        scores = torch.softmax(model(torch.as_tensor(xs)), dim=1).numpy().astype(np.float64)
+    return ProbeResult(
+        model, history, best_epoch, classes, scores, ys, classification_metrics(ys, scores, classes)
+    )

@@ -46,6 +46,7 @@ class ReportConfig:
     seed: int = 0
     max_per_class: int | None = None  # subsample per (split, label): quick runs
     out_root: Path | None = None  # where reports/ and figures/ go (default: root)
+    notebooks_dir: Path = NOTEBOOKS_DIR
     quick: bool = False
 
     @property
@@ -58,7 +59,7 @@ class ReportConfig:
 
 
 _REQUIRED = ("name", "manifest", "data_root", "work_dir", "models", "notebooks")
-_PATH_KEYS = ("manifest", "data_root", "work_dir", "thumbs_root")
+_PATH_KEYS = ("manifest", "data_root", "work_dir", "thumbs_root", "notebooks_dir")
 
 
 def find_project_file(path: str | Path) -> Path:

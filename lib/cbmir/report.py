@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cbmir.config import NOTEBOOKS_DIR, ReportConfig, load_config, slug
+from cbmir.config import ReportConfig, load_config, slug
 
 
 @dataclass
@@ -36,7 +36,7 @@ def plan_jobs(cfg: ReportConfig, only: list[str] | None = None, redo: bool = Fal
     for entry in cfg.notebooks:
         if only and entry.name not in only:
             continue
-        nb = NOTEBOOKS_DIR / f"{entry.name}.ipynb"
+        nb = cfg.notebooks_dir / f"{entry.name}.ipynb"
         if not nb.exists():
             raise FileNotFoundError(f"{cfg.path}: notebook {entry.name!r} not found at {nb}")
         models = cfg.models if entry.per_model else [None]

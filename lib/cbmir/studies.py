@@ -111,91 +111,58 @@ def provenance_table(store) -> pd.DataFrame:
 
 
 # ---- retrieval ---------------------------------------------------------------------------------------
-def encode(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(class names, integer code of every element)."""
-    classes, codes = np.unique(labels, return_inverse=True)
-    return classes, codes.astype(np.int64)
-
-
 def per_query_precision(
-    nb: Neighbours, labels: np.ndarray, index_rows: np.ndarray
+    nb: Neighbours, labels: np.ndarray, index_rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(modified P@N for N = 1..K of every scorable query [Q', K], query labels [Q']) at the given labels.
-
-    Queries whose class has no image in the index are dropped (their P@N is undefined).
-    """
-    _, codes = encode(labels)
-    counts = np.bincount(codes[index_rows], minlength=codes.max() + 1)
-    q = codes[nb.query_rows]
-    scorable = counts[q] > 0
-    per_query = metrics.precision_at_n(codes[nb.ids[scorable]], q[scorable], counts)
-    return per_query, q[scorable]
+    """(modified P@N for N = 1..K of every query [Q, K], query class codes [Q]); NaN rows where n_c = 0."""
+    nb_labels, q, counts, _ = metrics.label_matrices(nb, labels, index_rows, max_n=nb.k)
+    return metrics.precision_at_n(nb_labels, q, counts), q
 
 
 def retrieval_curves(
-    nb: Neighbours, labels: np.ndarray, index_rows: np.ndarray, n_boot: int = 1000, seed: int = 0
+    nb: Neighbours,
+    labels: np.ndarray,
+    index_rows: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Micro and macro P@N for N = 1..K with seeded bootstrap 95 % intervals over queries."""
+    """Micro and macro P@N (N = 1..K), mAP and hit rate, with seeded bootstrap 95 % intervals over queries."""
+    curves = metrics.retrieval_metrics(nb, labels, index_rows, max_n=nb.k)
     per_query, q = per_query_precision(nb, labels, index_rows)
-    return metrics.bootstrap_ci(per_query, q, n_boot=n_boot, seed=seed)
+    for kind in ("micro", "macro"):
+        ci = metrics.bootstrap_ci(per_query, q, average=kind, n_boot=n_boot, seed=seed)
+        curves[f"{kind}_lo"], curves[f"{kind}_hi"] = ci["low"].to_numpy(), ci["high"].to_numpy()
+    return curves
 
 
 def paper_table(curves: pd.DataFrame, ns: Sequence[int] = PAPER_NS) -> pd.DataFrame:
     """The paper's layout: one row, columns micro/macro P@1, 3, 5, 10."""
     part = curves.set_index("N")
-    row = {}
-    for kind in ("micro", "macro"):
-        for n in ns:
-            if n in part.index:
-                row[f"{kind} P@{n}"] = part.loc[n, kind]
-    return pd.DataFrame([row])
+    return pd.DataFrame(
+        [{f"{kind} P@{n}": part.loc[n, kind] for kind in ("micro", "macro") for n in ns if n in part.index}]
+    )
 
 
-def breakdown(
-    nb: Neighbours,
-    manifest: pd.DataFrame,
-    by: str,
-    ns: Sequence[int] = PAPER_NS,
-    index_rows: np.ndarray | None = None,
-) -> pd.DataFrame:
+def breakdown(nb: Neighbours, manifest: pd.DataFrame, by: str, ns: Sequence[int] = PAPER_NS) -> pd.DataFrame:
     """Micro and macro P@N of the queries in each `by` group (dataset, modality, ...), full-label hits."""
     labels = row_labels(manifest, "label")
-    index_rows = _index_rows(nb, index_rows)
-    groups = manifest[by].to_numpy() if by != "label" else labels
+    groups = manifest[by].to_numpy()[nb.query_rows]
     out = []
-    for g in sorted(set(groups[nb.query_rows])):
-        sel = groups[nb.query_rows] == g
-        sub = Neighbours(nb.query_rows[sel], nb.ids[sel], nb.scores[sel])
-        per_query, q = per_query_precision(sub, labels, index_rows)
-        if len(q) == 0:
-            continue
-        micro, macro = metrics.micro_macro(per_query, q)
-        row = {by: g, "queries": len(q)}
-        for n in ns:
-            if n <= per_query.shape[1]:
-                row[f"micro P@{n}"], row[f"macro P@{n}"] = micro[n - 1], macro[n - 1]
+    for g in sorted(set(groups)):
+        sel = groups == g
+        sub = Neighbours(nb.query_rows[sel], nb.ids[sel], nb.scores[sel], nb.index_rows)
+        res = metrics.retrieval_metrics(sub, labels, max_n=min(max(ns), nb.k)).set_index("N")
+        row = {by: g, "queries": res.attrs["n_queries"]}
+        row.update(
+            {f"{kind} P@{n}": res.loc[n, kind] for kind in ("micro", "macro") for n in ns if n in res.index}
+        )
         out.append(row)
     return pd.DataFrame(out)
 
 
-def per_class(
-    nb: Neighbours, manifest: pd.DataFrame, ns: Sequence[int] = PAPER_NS, index_rows: np.ndarray | None = None
-) -> pd.DataFrame:
-    """P@N per query class (the mean over that class's queries) with the class's index and query counts."""
-    labels = row_labels(manifest, "label")
-    index_rows = _index_rows(nb, index_rows)
-    classes, codes = encode(labels)
-    per_query, q = per_query_precision(nb, labels, index_rows)
-    index_counts = np.bincount(codes[index_rows], minlength=len(classes))
-    out = []
-    for c in np.unique(q):
-        sel = q == c
-        row = {"class": classes[c], "queries": int(sel.sum()), "index images": int(index_counts[c])}
-        for n in ns:
-            if n <= per_query.shape[1]:
-                row[f"P@{n}"] = per_query[sel, n - 1].mean()
-        out.append(row)
-    return pd.DataFrame(out).sort_values("class", ignore_index=True)
+def per_class(nb: Neighbours, manifest: pd.DataFrame, ns: Sequence[int] = PAPER_NS) -> pd.DataFrame:
+    """P@N per query class (mean over that class's queries), with its query and index image counts."""
+    return metrics.per_class_precision(nb, row_labels(manifest, "label"), ns=[n for n in ns if n <= nb.k])
 
 
 def gallery_queries(nb: Neighbours, labels: np.ndarray, n: int = 8, seed: int = 0) -> list[int]:
@@ -209,12 +176,6 @@ def gallery_queries(nb: Neighbours, labels: np.ndarray, n: int = 8, seed: int = 
         (rest if lab in seen else first).append(int(pos))
         seen.add(lab)
     return (first + rest)[:n]
-
-
-def _index_rows(nb: Neighbours, index_rows: np.ndarray | None) -> np.ndarray:
-    if index_rows is None:
-        raise ValueError("parameter 'index_rows' is required: the manifest rows that form the search index")
-    return np.asarray(index_rows)
 
 
 # ---- index size --------------------------------------------------------------------------------------
@@ -273,6 +234,14 @@ def index_size_curve(
 
 
 # ---- embedding space ---------------------------------------------------------------------------------
+def sample_present(mapping: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
+    """Manifest rows that have an embedding (`mapping >= 0`): all, or a seeded sample of `max_points`, sorted."""
+    rows = np.flatnonzero(np.asarray(mapping) >= 0)
+    if len(rows) > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_points, replace=False))
+    return rows
+
+
 def embedding_space_scores(emb: np.ndarray, manifest: pd.DataFrame, k: int = 10) -> pd.DataFrame:
     """Cosine silhouette and leave-one-out kNN purity (share of the k nearest with the same label) per level."""
     from sklearn.metrics import silhouette_score
@@ -311,18 +280,10 @@ def umap_2d(emb: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray
 
 
 # ---- anatomy versus pathology ------------------------------------------------------------------------
-def level_precision(
-    nb: Neighbours, manifest: pd.DataFrame, index_rows: np.ndarray, ns: Sequence[int] = PAPER_NS
-) -> pd.DataFrame:
+def level_precision(nb: Neighbours, manifest: pd.DataFrame, ns: Sequence[int] = PAPER_NS) -> pd.DataFrame:
     """Micro and macro P@N when a hit must match the modality, the modality and region, or the full label."""
-    out = []
-    for level in LEVELS:
-        per_query, q = per_query_precision(nb, row_labels(manifest, level), index_rows)
-        micro, macro = metrics.micro_macro(per_query, q)
-        for n in ns:
-            if n <= per_query.shape[1]:
-                out.append({"level": level, "N": n, "micro": micro[n - 1], "macro": macro[n - 1]})
-    return pd.DataFrame(out)
+    levels = metrics.retrieval_metrics_by_level(nb, manifest, max_n=min(max(ns), nb.k))
+    return levels[levels["N"].isin(ns)].reset_index(drop=True)
 
 
 def pathology_given_anatomy(
@@ -355,54 +316,90 @@ def pathology_classes_per_region(manifest: pd.DataFrame) -> pd.DataFrame:
     return regions.value_counts().rename("classes").reset_index().sort_values("region", ignore_index=True)
 
 
+# ---- classification ----------------------------------------------------------------------------------
+def knn_table(ctx, model: str, paper_k_minus_one: bool = False) -> pd.DataFrame:
+    """kNN classification of the test queries, k chosen on val by micro-F1 (cbmir.knn), as one table row."""
+    from cbmir.knn import knn_classification
+
+    res = knn_classification(
+        ctx.neighbours(model, "val"),
+        ctx.neighbours(model, "test"),
+        ctx.labels("label"),
+        paper_k_minus_one=paper_k_minus_one,
+    )
+    return _classification_row(model, res.result, {"k (chosen on val)": res.k_val, "k (test)": res.k_test})
+
+
+def probe_table(ctx, model: str) -> pd.DataFrame:
+    """Linear probe on the frozen embeddings (cbmir.probe, the paper's settings), as one table row."""
+    from cbmir.probe import linear_probe
+
+    emb, mapping = ctx.vectors(model)
+    res = linear_probe(
+        emb,
+        ctx.labels("label"),
+        *(ctx.searchable_rows(model, s) for s in ("train", "val", "test")),
+        embedding_rows=mapping,
+        seed=ctx.cfg.seed,
+    )
+    return _classification_row(model, res.result, {"best epoch": res.best_epoch})
+
+
+def _classification_row(model: str, result, extra: dict) -> pd.DataFrame:
+    row = result.to_frame()
+    row.insert(0, "model", model)
+    for key, value in extra.items():
+        row[key] = value
+    row["classes skipped (absent from test)"] = ", ".join(result.skipped_classes)
+    return row
+
+
 # ---- summary -----------------------------------------------------------------------------------------
 def summary_table(
     neighbours: dict[str, Neighbours],
     manifest: pd.DataFrame,
-    index_rows: np.ndarray,
     ns: Sequence[int] = PAPER_NS,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """One row per model: micro/macro P@N with 95 % CIs, ranks, and a paired bootstrap against the best model.
+    """One row per model: micro/macro P@N with 95 % CIs, rank, and a paired bootstrap against the best model.
 
-    The best model is the one with the highest micro P@1; all models must share the same queries.
+    The best model has the highest micro P@1. All models must have been scored on the same queries.
     """
     labels = row_labels(manifest, "label")
-    per_model = {m: per_query_precision(nb, labels, index_rows) for m, nb in neighbours.items()}
-    query_sets = {m: tuple(nb.query_rows) for m, nb in neighbours.items()}
-    if len(set(query_sets.values())) > 1:
-        raise ValueError("summary_table: models were scored on different queries; re-run their retrieval")
+    if len({tuple(nb.query_rows) for nb in neighbours.values()}) > 1:
+        raise ValueError("summary_table: the models were scored on different queries; re-run their retrieval")
+    per_model = {m: per_query_precision(nb, labels) for m, nb in neighbours.items()}
     rows = []
     for model, (pq, q) in per_model.items():
-        ci = metrics.bootstrap_ci(pq, q, n_boot=n_boot, seed=seed).set_index("N")
         row = {"model": model}
         for kind in ("micro", "macro"):
+            ci = metrics.bootstrap_ci(pq, q, average=kind, n_boot=n_boot, seed=seed).set_index("N")
             for n in ns:
                 if n in ci.index:
-                    row[f"{kind} P@{n}"] = ci.loc[n, kind]
-                    row[f"{kind} P@{n} lo"] = ci.loc[n, f"{kind}_lo"]
-                    row[f"{kind} P@{n} hi"] = ci.loc[n, f"{kind}_hi"]
+                    row[f"{kind} P@{n}"] = ci.loc[n, "estimate"]
+                    row[f"{kind} P@{n} CI"] = f"[{ci.loc[n, 'low']:.3f}, {ci.loc[n, 'high']:.3f}]"
         rows.append(row)
     table = pd.DataFrame(rows)
-    table["rank (micro P@1)"] = table["micro P@1"].rank(ascending=False, method="min").astype(int)
-    best = table.sort_values("micro P@1", ascending=False)["model"].iloc[0]
-    pq_best, q_best = per_model[best]
+    table.insert(1, "rank", table["micro P@1"].rank(ascending=False, method="min").astype(int))
+    best = table.loc[table["micro P@1"].idxmax(), "model"]
     for kind in ("micro", "macro"):
-        diffs, pvals = [], []
+        diff, p = [], []
         for model in table["model"]:
-            if model == best:
-                diffs.append(0.0)
-                pvals.append(np.nan)
-                continue
             res = metrics.paired_bootstrap(
-                per_model[model][0][:, 0], pq_best[:, 0], q_best, n_boot=n_boot, seed=seed
-            )
-            diffs.append(res[f"{kind}_diff"])
-            pvals.append(res[f"{kind}_p"])
-        table[f"{kind} P@1 − best"] = diffs
-        table[f"{kind} P@1 p (vs {best})"] = pvals
-    return table.sort_values("rank (micro P@1)", ignore_index=True)
+                per_model[model][0],
+                per_model[best][0],
+                per_model[best][1],
+                average=kind,
+                n_boot=n_boot,
+                seed=seed,
+            ).iloc[0]
+            diff.append(res["difference"])
+            p.append(np.nan if model == best else res["p_value"])
+        table[f"{kind} P@1 − best"] = diff
+        table[f"{kind} P@1 p vs best"] = p
+    table.attrs["best"] = best
+    return table.sort_values(["rank", "model"], ignore_index=True)
 
 
 def against_baselines(summary: pd.DataFrame, baselines: Sequence[str]) -> pd.DataFrame:

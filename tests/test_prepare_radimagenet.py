@@ -82,6 +82,7 @@ def test_empty_file_counts_as_unreadable(tmp_path):
         ("radiology_ai/CT/lung/lung1.png", "CT images need a pathology folder"),
         ("radiology_ai/XR/chest/normal/x.png", "unknown modality 'XR'"),
         ("radiology_ai/../CT/lung/normal/x.png", "expected <top>/<modality>"),
+        ("/radiology_ai/CT/lung/normal/x.png", "expected <top>/<modality>"),
     ],
 )
 def test_bad_filenames_name_file_and_row(tmp_path, filename, message):

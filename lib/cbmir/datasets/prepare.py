@@ -138,10 +138,14 @@ def prepare(
         if on_missing == "drop":
             rec = rec[~bad].reset_index(drop=True)
     counts["images_written"] = len(rec)
+    if rec.empty:
+        raise ValueError(
+            f"prepare {name}: no single-label image left to write from {raw_root} (counts: {counts})"
+        )
 
     label = rec["labels"].str[0]
     onehot = pd.DataFrame(
-        {c: (label == c).astype(np.int64).to_numpy() for c in sorted(set(raw.vocabulary) | set(label))},
+        {c: (label == c).to_numpy(dtype=np.int8) for c in sorted(set(raw.vocabulary) | set(label))},
         index=rec.index,
     )
     base = rec[["filepath", "dataset", "split", "modality", "anatomic_region"] + METADATA]
@@ -178,7 +182,7 @@ def combine(csv_paths: Sequence[str | os.PathLike], out_csv: str | os.PathLike) 
     frames = [read_manifest(p) for p in paths]
     df = concat_manifests(frames, sources=[str(p) for p in paths])
     labels = label_columns(df)
-    df[labels] = df[labels].astype(np.int64)
+    df[labels] = df[labels].astype(np.int8)
     df = _ordered(df, labels)
     validate_manifest(df, source=str(out_csv))
     _write_csv(df, out_csv)

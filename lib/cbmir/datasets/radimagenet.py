@@ -7,7 +7,7 @@ A filename is `<top>/<modality>/<region>/<pathology>/<file>` relative to the fol
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pandas as pd
 
@@ -22,9 +22,9 @@ NO_PATHOLOGY = "normal"
 
 def parse_filename(filename: str, source: Path, row: int) -> tuple[str, str, str, str]:
     """`filename` -> (path inside the raw root, modality, region, label)."""
-    parts = PurePosixPath(filename).parts
+    parts = filename.split("/")
     where = f"{source}: row {row + 1}, column 'filename' ({filename!r})"
-    if filename.startswith("/") or ".." in parts or len(parts) not in (4, 5):
+    if "" in parts or "." in parts or ".." in parts or len(parts) not in (4, 5):
         raise DatasetError(f"{where}: expected <top>/<modality>/<region>[/<pathology>]/<file>")
     modality, region = parts[1], parts[2]
     if modality not in MODALITIES:

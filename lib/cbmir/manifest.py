@@ -71,7 +71,7 @@ def validate_manifest(
 
     for col in BASE_COLUMNS:
         values = df[col]
-        bad = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
+        bad = values.isna().to_numpy() | (values.astype(str).to_numpy() == "")
         if bad.any():
             raise ManifestError(f"{where(np.flatnonzero(bad)[0])}: column {col!r} is empty")
 
@@ -137,7 +137,10 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     """Label columns to int8, base columns to str (call after validation)."""
     df = df.copy()
     labels = label_columns(df)
-    df[labels] = df[labels].apply(pd.to_numeric).astype(np.int8)
+    numeric = {c: df[c].dtype.kind in "fiub" for c in labels}
+    df[labels] = (
+        df[labels].apply(lambda col: col if numeric[col.name] else pd.to_numeric(col)).astype(np.int8)
+    )
     for col in BASE_COLUMNS:
         df[col] = df[col].astype(str)
     return df.reset_index(drop=True)

@@ -12,7 +12,7 @@ from torch import nn
 
 from .base import Encoder
 from .transforms import Preprocess, describe_hf_processor, hf_processor_transform
-from .weights import ModelUnavailableError, hash_files, hf_cached_file, load_state_dict, weight_files_in
+from .weights import ModelUnavailableError, hash_files, hf_cached_file, weight_files_in
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -64,22 +64,22 @@ def from_pretrained(
 
 
 def _from_file(cls: Any, name: str, repo: str, path: Path, **kwargs: Any) -> Any:
-    """Build from a config (beside the file, or the repo's in the HF cache) and load a bare weights file."""
+    """Load a bare weights file with a config (beside the file, or the repo's in the HF cache).
+
+    The file is linked into a temporary save_pretrained-style folder so that transformers' own loading
+    (including its checkpoint key conversions) applies; .bin/.pth are read weights-only by transformers.
+    """
+    import tempfile
+
     from transformers import AutoConfig
 
     config_src = str(path.parent) if (path.parent / "config.json").exists() else repo
     config = AutoConfig.from_pretrained(config_src)
-    model = cls(config, **kwargs) if kwargs else cls(config)
-    state = load_state_dict(path)
-    prefix = getattr(model, "base_model_prefix", "")
-    if prefix and not any(k.startswith(prefix + ".") for k in model.state_dict()):
-        state = {k.removeprefix(prefix + "."): v for k, v in state.items()}
-    missing, _ = model.load_state_dict(state, strict=False)
-    if missing:
-        raise ValueError(
-            f"model {name!r}: checkpoint {path} lacks {len(missing)} tensors, e.g. {missing[:3]}"
-        )
-    return model
+    target = "model.safetensors" if path.suffix == ".safetensors" else "pytorch_model.bin"
+    with tempfile.TemporaryDirectory() as tmp:
+        config.save_pretrained(tmp)
+        (Path(tmp) / target).symlink_to(path.resolve())
+        return cls.from_pretrained(tmp, **kwargs)
 
 
 def processor_or_preset(entry: dict, repo: str, checkpoint: Path | None):

@@ -6,6 +6,7 @@ which would download weights and pull in its text tower. The Swin config is read
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
@@ -36,7 +37,10 @@ def swin_config_from_state(state: dict[str, torch.Tensor], image_size: int = 224
     stage = 0
     while any(k.startswith(f"encoder.layers.{stage}.") for k in state):
         blocks = {int(k.split(".")[4]) for k in state if k.startswith(f"encoder.layers.{stage}.blocks.")}
-        table = state[f"encoder.layers.{stage}.blocks.0.attention.self.relative_position_bias_table"]
+        first = f"encoder.layers.{stage}.blocks.0."
+        table = next(
+            v for k, v in state.items() if k.startswith(first) and k.endswith("relative_position_bias_table")
+        )
         depths.append(len(blocks))
         heads.append(table.shape[1])
         window = int(round((table.shape[0] ** 0.5 + 1) / 2))
@@ -53,6 +57,7 @@ def swin_config_from_state(state: dict[str, torch.Tensor], image_size: int = 224
 
 def build_medclip_vision(path: Path, image_size: int = 224) -> MedCLIPVision:
     """MedCLIP-ViT vision tower from a MedCLIP `pytorch_model.bin` (or a vision-only state dict)."""
+    from safetensors.torch import save_file
     from transformers import SwinModel
 
     state = load_state_dict(path)
@@ -63,13 +68,15 @@ def build_medclip_vision(path: Path, image_size: int = 224) -> MedCLIPVision:
             f"{path}: no MedCLIP vision tensors (vision_model.model.* and vision_model.projection_head.weight)"
         )
     config = swin_config_from_state(swin_state, image_size)
-    swin = SwinModel(config, add_pooling_layer=True)
-    missing, unexpected = swin.load_state_dict(swin_state, strict=False)
-    missing = [k for k in missing if "relative_position_index" not in k]
-    unexpected = [k for k in unexpected if "relative_position_index" not in k]
-    if missing or unexpected:
+    swin_state = {k: v for k, v in swin_state.items() if "relative_position_index" not in k}
+    with tempfile.TemporaryDirectory() as tmp:  # transformers' own loader converts legacy (4.x) key names
+        config.save_pretrained(tmp)
+        save_file({k: v.contiguous() for k, v in swin_state.items()}, str(Path(tmp) / "model.safetensors"))
+        swin, info = SwinModel.from_pretrained(tmp, add_pooling_layer=True, output_loading_info=True)
+    missing = [k for k in info["missing_keys"] if "relative_position_index" not in k]
+    if missing or info["unexpected_keys"]:
         raise ValueError(
-            f"{path}: Swin tensors do not match: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"{path}: Swin tensors do not match: missing {sorted(missing)[:3]}, unexpected {sorted(info['unexpected_keys'])[:3]}"
         )
     weight = state["projection_head.weight"]
     projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False)

@@ -153,36 +153,41 @@ def convert_imgfocus(onnx_path: Path, img_size: int = 224) -> dict[str, torch.Te
     )
     pos = sess.run([IMGFOCUS_POS], {"input_image": np.zeros((1, 3, img_size, img_size), np.float32)})[0]
 
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
     out = {
-        "cls_token": t(hf["embeddings.cls_token"]),
-        "pos_embed": t(pos),
-        "patch_embed.proj.weight": t(hf["embeddings.patch_embeddings.projection.weight"]),
-        "patch_embed.proj.bias": t(hf["embeddings.patch_embeddings.projection.bias"]),
-        "norm.weight": t(hf["layernorm.weight"]),
-        "norm.bias": t(hf["layernorm.bias"]),
+        "cls_token": _t(hf["embeddings.cls_token"]),
+        "pos_embed": _t(pos),
+        "patch_embed.proj.weight": _t(hf["embeddings.patch_embeddings.projection.weight"]),
+        "patch_embed.proj.bias": _t(hf["embeddings.patch_embeddings.projection.bias"]),
+        "norm.weight": _t(hf["layernorm.weight"]),
+        "norm.bias": _t(hf["layernorm.bias"]),
     }
     n_layers = len({k.split(".")[2] for k in hf if k.startswith("encoder.layer.")})
     for i in range(n_layers):
         p = f"encoder.layer.{i}."
         q, k, v = (f"{p}attention.attention.{n}" for n in ("query", "key", "value"))
         b = f"blocks.{i}."
-        out[b + "norm1.weight"], out[b + "norm1.bias"] = t(hf[p + "norm1.weight"]), t(hf[p + "norm1.bias"])
-        out[b + "attn.qkv.weight"] = t(
+        out[b + "norm1.weight"], out[b + "norm1.bias"] = _t(hf[p + "norm1.weight"]), _t(hf[p + "norm1.bias"])
+        out[b + "attn.qkv.weight"] = _t(
             np.concatenate([hf[q + ".weight"], hf[k + ".weight"], hf[v + ".weight"]])
         )
-        out[b + "attn.qkv.bias"] = t(np.concatenate([hf[q + ".bias"], hf[k + ".bias"], hf[v + ".bias"]]))
-        out[b + "attn.proj.weight"] = t(hf[p + "attention.output.dense.weight"])
-        out[b + "attn.proj.bias"] = t(hf[p + "attention.output.dense.bias"])
+        out[b + "attn.qkv.bias"] = _t(np.concatenate([hf[q + ".bias"], hf[k + ".bias"], hf[v + ".bias"]]))
+        out[b + "attn.proj.weight"] = _t(hf[p + "attention.output.dense.weight"])
+        out[b + "attn.proj.bias"] = _t(hf[p + "attention.output.dense.bias"])
         out[b + "ls1.gamma"], out[b + "ls2.gamma"] = (
-            t(hf[p + "layer_scale1.lambda1"]),
-            t(hf[p + "layer_scale2.lambda1"]),
+            _t(hf[p + "layer_scale1.lambda1"]),
+            _t(hf[p + "layer_scale2.lambda1"]),
         )
-        out[b + "norm2.weight"], out[b + "norm2.bias"] = t(hf[p + "norm2.weight"]), t(hf[p + "norm2.bias"])
+        out[b + "norm2.weight"], out[b + "norm2.bias"] = _t(hf[p + "norm2.weight"]), _t(hf[p + "norm2.bias"])
         for j in (1, 2):
-            out[b + f"mlp.fc{j}.weight"] = t(hf[p + f"mlp.fc{j}.weight"])
-            out[b + f"mlp.fc{j}.bias"] = t(hf[p + f"mlp.fc{j}.bias"])
+            out[b + f"mlp.fc{j}.weight"] = _t(hf[p + f"mlp.fc{j}.weight"])
+            out[b + f"mlp.fc{j}.bias"] = _t(hf[p + f"mlp.fc{j}.bias"])
     return out
+
+
+def _t(a) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
 
 
 def imgfocus_vit(img_size: int = 224) -> nn.Module:

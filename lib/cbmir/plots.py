@@ -15,17 +15,26 @@ import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402
 
 DPI = 100  # modest resolution keeps the committed figures small
+IMAGE_DPI = 72  # figures made of thumbnails: about their native size, saved as a 256-colour PNG
 sns.set_theme(style="whitegrid", context="notebook")
 
 
-def save_figure(fig: plt.Figure, stem: Path) -> Path:
-    """Write `<stem>.png` and `<stem>.svg`, close the figure, return the PNG path."""
+def save_figure(fig: plt.Figure, stem: Path, images: bool = False) -> Path:
+    """Write `<stem>.png` and `<stem>.svg`, close the figure, return the PNG path.
+
+    `images=True` for figures made of pictures (galleries): saved at thumbnail resolution, PNG palettised.
+    """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     png = stem.with_suffix(".png")
-    fig.savefig(png, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(stem.with_suffix(".svg"), bbox_inches="tight", metadata={"Date": None})
+    dpi = IMAGE_DPI if images else DPI
+    fig.savefig(png, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(stem.with_suffix(".svg"), dpi=dpi, bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
+    if images:
+        with Image.open(png) as im:
+            small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+        small.save(png, optimize=True)
     return png
 
 

@@ -315,3 +315,39 @@ def test_cli_embed(
     expected = manifest.loc[manifest["split"] == "test", "filepath"]
     assert store.ids.tolist() == [p for p in expected if p in set(_readable(manifest))]
     assert store.provenance["spec"] == "tiny-cli"
+
+
+class _Fp32Only(torch.nn.Module):
+    """Stands in for wrapped runtimes (ONNX, custom kernels) that accept float32 only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or self.head.weight.dtype != torch.float32:
+            raise RuntimeError("this module runs in float32 only")
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_bf16_falls_back_to_autocast_when_weights_are_rejected(
+    images: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    root, manifest = images
+    encoder = tiny_encoder()
+    encoder.module = _Fp32Only()
+    with pytest.warns(UserWarning, match="bf16 weights failed.*fp32 weights with bf16 autocast"):
+        store = extract_embeddings(
+            manifest.iloc[:6], root, encoder, tmp_path, num_workers=0, bf16=True, device="cpu"
+        )
+    assert store.provenance["precision"] == "autocast" and len(store) == 6
+
+
+def test_wrong_embedding_width_stops_with_a_clear_error(
+    images: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    root, manifest = images
+    encoder = tiny_encoder()
+    encoder.dim = DIM + 1
+    with pytest.raises(StoreError, match=r"returned shape \(4, 6\).*expected \[B, 7\] \(Encoder.dim\)"):
+        extract_embeddings(manifest.iloc[:8], root, encoder, tmp_path, batch_size=4, num_workers=0)

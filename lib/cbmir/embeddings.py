@@ -24,6 +24,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -343,38 +344,60 @@ def _clear_store(out_dir: Path) -> None:
     shutil.rmtree(out_dir / CHUNKS_DIR, ignore_errors=True)
 
 
-def _prepare_module(encoder: Encoder, device: str, bf16: bool) -> tuple[torch.nn.Module, Any, str]:
-    """Module on the device and the input dtype. bf16: autocast on GPU; bf16 weights on CPU (faster there)."""
-    import copy
+class _Runner:
+    """The encoder at the requested precision, embedding one batch at a time into L2-normalised float32 rows.
 
-    import torch
+    bf16 means autocast on CUDA, and bf16 weights (+ autocast) on the CPU, which is faster there (see
+    benchmarks/bench_bf16.py). If a module rejects bf16 weights, it falls back to fp32 weights + autocast.
+    The caller's module is never cast: bf16 weights live in a copy.
+    """
 
-    module = encoder.module
-    if not bf16:
-        return module.to(device).eval(), torch.float32, "fp32"
-    if device.startswith("cuda"):
-        return module.to(device).eval(), torch.float32, "autocast"
-    if any(p.is_floating_point() for p in module.parameters()):
-        module = copy.deepcopy(module).to(device=device, dtype=torch.bfloat16)
-        return module.eval(), torch.bfloat16, "weights+autocast"
-    return module.to(device).eval(), torch.float32, "autocast"
+    def __init__(self, encoder: Encoder, device: str, bf16: bool) -> None:
+        import torch
 
+        self.encoder, self.device, self.bf16 = encoder, device, bf16
+        self.device_type = "cuda" if device.startswith("cuda") else "cpu"
+        self.module, self.dtype = encoder.module.to(device).eval(), torch.float32
+        self.precision = "autocast" if bf16 else "fp32"
+        if (
+            bf16
+            and self.device_type == "cpu"
+            and any(p.is_floating_point() for p in self.module.parameters())
+        ):
+            import copy
 
-def _embed_batch(
-    module: torch.nn.Module, batch: torch.Tensor, device: str, dtype: Any, bf16: bool
-) -> np.ndarray:
-    import torch
+            self.module = copy.deepcopy(self.module).to(dtype=torch.bfloat16)
+            self.dtype, self.precision = torch.bfloat16, "weights+autocast"
 
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        out = module(batch.to(device=device, dtype=dtype, non_blocking=True))
-    out = out.float()
-    if out.ndim != 2 or out.shape[0] != batch.shape[0]:
-        raise StoreError(
-            f"encoder returned shape {tuple(out.shape)} for a batch of {batch.shape[0]}; expected [B, D]"
-        )
-    out = torch.nn.functional.normalize(out, dim=1)
-    return out.cpu().numpy().astype(np.float32, copy=False)
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16),
+        ):
+            return self.module(batch.to(device=self.device, dtype=self.dtype, non_blocking=True)).float()
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        import torch
+
+        try:
+            out = self._forward(batch)
+        except RuntimeError as err:
+            if self.precision != "weights+autocast":
+                raise
+            warnings.warn(
+                f"{self.encoder.spec}: bf16 weights failed ({err}); using fp32 weights with bf16 autocast",
+                stacklevel=2,
+            )
+            self.module, self.dtype, self.precision = self.encoder.module.eval(), torch.float32, "autocast"
+            out = self._forward(batch)
+        if out.ndim != 2 or out.shape != (batch.shape[0], self.encoder.dim):
+            raise StoreError(
+                f"encoder {self.encoder.spec!r} returned shape {tuple(out.shape)} for a batch of "
+                f"{batch.shape[0]}; expected [B, {self.encoder.dim}] (Encoder.dim)"
+            )
+        return torch.nn.functional.normalize(out, dim=1).cpu().numpy().astype(np.float32, copy=False)
 
 
 def _write_chunk(
@@ -520,10 +543,10 @@ def extract_embeddings(
     n_chunks = math.ceil(n_rows / chunk_size)
     done = _done_chunks(chunks, n_chunks)
     todo = [k for k in range(n_chunks) if k not in done]
-    module, dtype, precision = _prepare_module(encoder, device, bf16)
+    runner = _Runner(encoder, device, bf16)
     if todo:
         dataset = ManifestImages([str(data_root / p) for p in ids], encoder.transform, frames)
-        _run_chunks(dataset, todo, module, dtype, plan, chunks, batch_size, num_workers, device)
+        _run_chunks(dataset, todo, runner, plan, chunks, batch_size, num_workers, device)
     provenance = {
         "format_version": FORMAT_VERSION,
         "spec": spec,
@@ -537,7 +560,7 @@ def extract_embeddings(
         "library_versions": _library_versions(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "bf16": bool(bf16),
-        "precision": precision,
+        "precision": runner.precision,
         "device": device,
         "manifest_rows": n_rows,
         "manifest_ids_sha256": ids_hash,
@@ -550,8 +573,7 @@ def extract_embeddings(
 def _run_chunks(
     dataset: ManifestImages,
     todo: list[int],
-    module: torch.nn.Module,
-    dtype: torch.dtype,
+    runner: _Runner,
     plan: dict[str, Any],
     chunks: Path,
     batch_size: int,
@@ -562,7 +584,7 @@ def _run_chunks(
     import torch
     from tqdm.auto import tqdm
 
-    n_rows, chunk_size, dim, bf16 = plan["n_rows"], plan["chunk_size"], plan["dim"], plan["bf16"]
+    n_rows, chunk_size, dim = plan["n_rows"], plan["chunk_size"], plan["dim"]
     batches: list[list[int]] = []
     for k in todo:
         lo, hi = _chunk_bounds(n_rows, chunk_size, k)
@@ -583,7 +605,7 @@ def _run_chunks(
     with tqdm(total=total, desc=f"embed {plan['spec']}", unit="img", initial=0) as bar:
         for ok_rows, batch, batch_failures in loader:
             if batch is not None:
-                out = _embed_batch(module, batch, device, dtype, bf16)
+                out = runner(batch)
                 finite = np.isfinite(out).all(axis=1)
                 vectors.append(out[finite])
                 rows.extend(r for r, keep in zip(ok_rows, finite, strict=True) if keep)

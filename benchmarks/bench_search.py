@@ -1,0 +1,252 @@
+"""Benchmark: exact FAISS search against approximate indexes (HNSW, IVF, IVF-PQ + exact re-ranking).
+
+Synthetic clustered unit vectors at the paper's scale (`benchmarks/synthetic.py`: 1.6 M x 512, 161 classes of
+13 to ~226,000 images, exact P@1 about 0.6) and held-out queries from the same distribution. For exact search
+and each approximate setting: build time, memory (analytic index bytes and the RSS growth of this process),
+queries/s, recall@10 against exact, and the change in micro/macro modified P@1 and P@10 (`cbmir.metrics`).
+Also this machine's float32 matrix-multiply rate (NumPy sgemm of the shape exact search computes) and exact
+search's effective rate 2*Q*N*D/s against it. Figures are printed and appended to benchmarks/RESULTS.md.
+
+    .venv/bin/python benchmarks/bench_search.py            # 1.6 M x 512, 4,000 queries (~10 min)
+    .venv/bin/python benchmarks/bench_search.py --quick    # 100,000 x 512, 1,000 queries
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+from cbmir import index as cindex
+from cbmir.metrics import micro_macro, precision_at_n
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import class_sizes, make_dataset  # noqa: E402
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+K = 100
+BATCH = 4096  # cbmir.index.search's default query batch
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def sgemm_rate(n_rows: int, dim: int, q: int = BATCH, repeat: int = 3) -> float:
+    """GFLOP/s of NumPy float32 (q x dim) @ (dim x n_rows), best of `repeat`: the product exact search makes."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((q, dim), dtype=np.float32)
+    b = rng.standard_normal((n_rows, dim), dtype=np.float32)
+    out = np.empty((q, n_rows), dtype=np.float32)
+    np.matmul(a, b.T, out=out)
+    best = min(_timed(lambda: np.matmul(a, b.T, out=out)) for _ in range(repeat))
+    return 2 * q * n_rows * dim / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_search(index, xq: np.ndarray, k: int = K) -> tuple[np.ndarray, float]:
+    """ids [Q, k] and seconds, searching in cbmir.index's query batches."""
+    ids = np.empty((len(xq), k), dtype=np.int64)
+    t0 = time.perf_counter()
+    for start in range(0, len(xq), BATCH):
+        _, ids[start : start + BATCH] = index.search(xq[start : start + BATCH], k)
+    return ids, time.perf_counter() - t0
+
+
+def index_bytes(kind: str, n: int, d: int, index) -> int:
+    """Analytic size of the index's own arrays (vectors, graph links, codes, ids, centroids)."""
+    if kind == "flat":
+        return n * d * 4
+    if kind == "hnsw":
+        links = faiss.vector_to_array(index.hnsw.neighbors).nbytes
+        return n * d * 4 + links + 8 * (n + 1) + 4 * n  # vectors, links, offsets, levels
+    ivf = faiss.extract_index_ivf(index)
+    base = ivf.nlist * d * 4 + n * 8  # centroids, ids
+    if kind == "ivf":
+        return base + n * d * 4
+    return base + n * ivf.code_size + n * d * 4  # ivfpq: PQ codes + the re-ranking vectors
+
+
+def quality(ids: np.ndarray, exact_ids: np.ndarray, lb: np.ndarray, lq: np.ndarray, counts: np.ndarray):
+    """recall@10 against exact, and (micro, macro) modified P@1 and P@10."""
+    recall = np.mean([len(np.intersect1d(a[:10], b[:10])) / 10 for a, b in zip(ids, exact_ids, strict=True)])
+    micro, macro = micro_macro(precision_at_n(lb[ids[:, :10]], lq, counts), lq)
+    return recall, micro[[0, 9]], macro[[0, 9]]
+
+
+def settings(n: int, quick: bool) -> list[tuple[str, dict, str, list[dict]]]:
+    """(index_type, build params, search-time attribute, search-time values to try)."""
+    nlist = cindex.default_nlist(n)
+    probes = [8, 16, 32] if quick else [8, 16, 32, 64]
+    return [
+        ("hnsw", {"m": 32, "ef_construction": 40}, "efSearch", [128, 256] if quick else [128, 256, 512]),
+        ("ivf", {"nlist": nlist}, "nprobe", probes),
+        ("ivfpq", {"nlist": nlist, "k_factor": 4}, "nprobe", [16, 32] if quick else [16, 32, 64]),
+    ]
+
+
+def set_search_param(index, kind: str, attr: str, value: int) -> None:
+    if kind == "hnsw":
+        index.hnsw.efSearch = value
+    else:
+        faiss.extract_index_ivf(index).nprobe = value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_600_000, help="index vectors")
+    parser.add_argument("--queries", type=int, default=4000, help="query vectors (about; >= 1 per class)")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--quick", action="store_true", help="100,000 index vectors, 1,000 queries")
+    parser.add_argument(
+        "--only", nargs="*", choices=["hnsw", "ivf", "ivfpq"], help="approximate kinds to run"
+    )
+    parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.queries = 100_000, 1000
+    n, d = args.n, args.dim
+    load0 = os.getloadavg()[0]
+
+    t0 = time.perf_counter()
+    xb, lb, xq, lq = make_dataset(n, args.queries, d)
+    t_gen = time.perf_counter() - t0
+    counts = np.bincount(lb, minlength=len(class_sizes(n)))
+    print(
+        f"data: {n:,} x {d} index, {len(xq):,} queries, {len(counts)} classes "
+        f"({counts.min()}..{counts.max():,} per class); generated in {t_gen:.1f} s",
+        flush=True,
+    )
+
+    gflops = sgemm_rate(min(n, 262_144), d)
+    print(f"numpy sgemm ({BATCH} x {d}) @ ({d} x {min(n, 262_144):,}): {gflops:.0f} GFLOP/s", flush=True)
+
+    rows = []
+    rss0 = rss_bytes()
+    t0 = time.perf_counter()
+    flat = cindex.build_index(xb, "flat")
+    t_build = time.perf_counter() - t0
+    rss_flat = rss_bytes() - rss0
+    exact_ids, t_exact = run_search(flat, xq)
+    del flat
+    gc.collect()
+    qps_exact = len(xq) / t_exact
+    eff = 2 * len(xq) * n * d / t_exact / 1e9
+    _, p_micro, p_macro = quality(exact_ids, exact_ids, lb, lq, counts)
+    print(
+        f"exact flat: {qps_exact:.1f} q/s, effective {eff:.0f} GFLOP/s = {eff / gflops:.0%} of sgemm; "
+        f"P@1 micro {p_micro[0]:.4f} macro {p_macro[0]:.4f}, P@10 micro {p_micro[1]:.4f} "
+        f"macro {p_macro[1]:.4f}",
+        flush=True,
+    )
+    rows.append(("flat", "-", t_build, n * d * 4, rss_flat, qps_exact, 1.0, 0, 0, 0, 0))
+
+    for kind, params, attr, values in settings(n, args.quick):
+        if args.only is not None and kind not in args.only:
+            continue
+        gc.collect()
+        rss0 = rss_bytes()
+        t0 = time.perf_counter()
+        index = cindex.build_index(xb, kind, **params)
+        t_build = time.perf_counter() - t0
+        rss_delta = rss_bytes() - rss0
+        nbytes = index_bytes(kind, n, d, index)
+        label = ", ".join(f"{k}={v}" for k, v in params.items())
+        print(
+            f"{kind} ({label}): built in {t_build:.1f} s, index {nbytes / 2**20:,.0f} MiB, "
+            f"RSS +{rss_delta / 2**20:,.0f} MiB",
+            flush=True,
+        )
+        for value in values:
+            set_search_param(index, kind, attr, value)
+            ids, t = run_search(index, xq)
+            recall, micro, macro = quality(ids, exact_ids, lb, lq, counts)
+            dmi, dma = micro - p_micro, macro - p_macro
+            qps = len(xq) / t
+            rows.append(
+                (
+                    kind,
+                    f"{label}, {attr}={value}",
+                    t_build,
+                    nbytes,
+                    rss_delta,
+                    qps,
+                    recall,
+                    dmi[0],
+                    dma[0],
+                    dmi[1],
+                    dma[1],
+                )
+            )
+            print(
+                f"  {attr}={value}: {qps:,.0f} q/s ({qps / qps_exact:.1f}x exact), recall@10 {recall:.4f}, "
+                f"dP@1 {dmi[0]:+.4f}/{dma[0]:+.4f}, dP@10 {dmi[1]:+.4f}/{dma[1]:+.4f} (micro/macro)",
+                flush=True,
+            )
+        del index
+        gc.collect()
+
+    table = [
+        "| index | setting | build s | index MiB | RSS +MiB | q/s | x exact | recall@10 | dP@1 micro | "
+        "dP@1 macro | dP@10 micro | dP@10 macro |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, setting, tb, nb, rss, qps, rec, a, b, c, e in rows:
+        table.append(
+            f"| {kind} | {setting} | {tb:.1f} | {nb / 2**20:,.0f} | {rss / 2**20:,.0f} | {qps:,.0f} | "
+            f"{qps / qps_exact:.1f} | {rec:.4f} | {a:+.4f} | {b:+.4f} | {c:+.4f} | {e:+.4f} |"
+        )
+    good = [r for r in rows[1:] if r[6] >= 0.95 and r[5] >= 10 * qps_exact and abs(r[7]) <= 0.005]
+    verdict = "goal (recall@10 >= 0.95, >= 10x exact q/s, |dP@1 micro| <= 0.005) met by: " + (
+        "; ".join(f"{r[0]} {r[1]} ({r[5] / qps_exact:.1f}x, recall {r[6]:.3f})" for r in good) or "none"
+    )
+    lines = [
+        f"- data: synthetic {n:,} x {d} float32 unit vectors, {len(counts)} classes ({counts.min()}.."
+        f"{counts.max():,} per class), {len(xq):,} held-out queries, k = {K}, query batch {BATCH}, "
+        f"faiss {faiss.__version__} with {faiss.omp_get_max_threads()} threads; load average at start {load0:.1f}",
+        f"- exact P@1 micro {p_micro[0]:.4f} macro {p_macro[0]:.4f}; P@10 micro {p_micro[1]:.4f} "
+        f"macro {p_macro[1]:.4f}",
+        f"- numpy float32 matmul ({BATCH} x {d}) @ ({d} x {min(n, 262_144):,}), best of 3: {gflops:.0f} GFLOP/s; "
+        f"exact flat search 2*Q*N*D/s: {eff:.0f} GFLOP/s = {eff / gflops:.0%} of it",
+        f"- {verdict}",
+        "",
+        *table,
+    ]
+    print("\n".join(lines))
+    if not args.no_append:
+        command = "python benchmarks/bench_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        header = [
+            "\n## bench_search: exact vs approximate nearest-neighbour search",
+            "",
+            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+            f"- machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            f"- command: `{command.strip()}`",
+        ]
+        with RESULTS.open("a") as fh:
+            fh.write("\n".join(header + lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

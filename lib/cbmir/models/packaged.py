@@ -187,7 +187,7 @@ def convert_imgfocus(onnx_path: Path, img_size: int = 224) -> dict[str, torch.Te
 def _t(a) -> torch.Tensor:
     import numpy as np
 
-    return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
+    return torch.from_numpy(np.array(a, dtype=np.float32, order="C", copy=True))
 
 
 def imgfocus_vit(img_size: int = 224) -> nn.Module:

@@ -84,6 +84,9 @@ def test_store_layout_and_round_trip(reference: EmbeddingStore, images: tuple[Pa
     assert prov["embedding_rule"] == "mean-pooled conv -> linear" and prov["preprocessing"] == "resize 16"
     assert prov["library_versions"]["torch"] == torch.__version__.split("+")[0]
     assert {"date", "bf16", "device", "weights_sha256", "manifest_ids_sha256"} <= set(prov)
+    assert prov["seconds"] > 0 and prov["images_per_second"] == pytest.approx(
+        prov["manifest_rows"] / prov["seconds"], rel=1e-3
+    )
     assert is_complete(path)
 
 

@@ -24,6 +24,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -401,7 +402,12 @@ class _Runner:
 
 
 def _write_chunk(
-    path: Path, rows: list[int], vectors: list[np.ndarray], failures: list[tuple[int, str]], dim: int
+    path: Path,
+    rows: list[int],
+    vectors: list[np.ndarray],
+    failures: list[tuple[int, str]],
+    dim: int,
+    seconds: float = float("nan"),
 ) -> None:
     order = np.argsort(np.asarray(rows, dtype=np.int64), kind="stable")
     matrix = np.concatenate(vectors, axis=0)[order] if vectors else np.zeros((0, dim), np.float32)
@@ -413,6 +419,7 @@ def _write_chunk(
             embeddings=np.ascontiguousarray(matrix, dtype=np.float32),
             failed_rows=np.asarray([r for r, _ in failures], dtype=np.int64),
             failed_errors=np.asarray([e for _, e in failures], dtype=str),
+            seconds=np.float64(seconds),  # wall time spent on this chunk (decode + forward)
         )
 
 
@@ -432,6 +439,12 @@ def _read_chunk(path: Path, lo: int, hi: int, keys: Sequence[str]) -> dict[str, 
                 f"chunk file {path} does not cover manifest rows {lo}..{hi - 1}; delete it to recompute"
             )
     return chunk
+
+
+def _chunk_seconds(path: Path) -> float:
+    """Wall time recorded for a chunk (NaN for chunks written before timings were recorded)."""
+    with np.load(path, allow_pickle=False) as data:
+        return float(data["seconds"]) if "seconds" in data.files else float("nan")
 
 
 def _assemble(
@@ -479,7 +492,12 @@ def _assemble(
         {"filepath": [ids[r] for r, _ in failed], "error": [e for _, e in failed]}, dtype=object
     )
     _write_csv(out_dir / FAILED_FILE, failed_frame)
-    _write_json(out_dir / PROVENANCE_FILE, {**provenance, "rows": len(rows), "failed": len(failed)})
+    seconds = sum(_chunk_seconds(p) for p in paths)
+    timing = {
+        "seconds": round(seconds, 3),
+        "images_per_second": round(n_rows / seconds, 3) if seconds > 0 else None,
+    }
+    _write_json(out_dir / PROVENANCE_FILE, {**provenance, **timing, "rows": len(rows), "failed": len(failed)})
     shutil.rmtree(chunks, ignore_errors=True)
 
 
@@ -602,6 +620,7 @@ def _run_chunks(
     failures: list[tuple[int, str]] = []
     current = todo[0]
     total = sum(hi - lo for lo, hi in pending.values())
+    chunk_start = time.perf_counter()
     with tqdm(total=total, desc=f"embed {plan['spec']}", unit="img", initial=0) as bar:
         for ok_rows, batch, batch_failures in loader:
             if batch is not None:
@@ -614,8 +633,9 @@ def _run_chunks(
             bar.update(len(ok_rows) + len(batch_failures))
             lo, hi = pending[current]
             if len(rows) + len(failures) == hi - lo:
-                _write_chunk(_chunk_path(chunks, current), rows, vectors, failures, dim)
-                rows, vectors, failures = [], [], []
+                now = time.perf_counter()
+                _write_chunk(_chunk_path(chunks, current), rows, vectors, failures, dim, now - chunk_start)
+                rows, vectors, failures, chunk_start = [], [], [], now
                 position = todo.index(current)
                 current = todo[position + 1] if position + 1 < len(todo) else -1
     if current != -1:

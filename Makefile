@@ -10,13 +10,13 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-data radmini report test lint bench lab kernel clean
+.PHONY: help venv system-data radmini report test lint bench lab clean
 
 help:
 	@echo "make report   set up, build RadMini, run the whole report (reports/, figures/)"
 	@echo "make test     set up, lint and run the test suite"
 	@echo "make radmini  build the RadMini images and manifest only"
-	@echo "make bench    run the benchmarks (slow; writes benchmarks/RESULTS.md)"
+	@echo "make bench    run every benchmark (slow, ~1 h; appends to benchmarks/RESULTS.md)"
 	@echo "make lab      open JupyterLab with the project's kernel"
 
 venv: $(VENV)/.installed
@@ -53,7 +53,7 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 bench: venv
-	$(PY) benchmarks/run_all.py
+	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks/

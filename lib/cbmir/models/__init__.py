@@ -40,6 +40,7 @@ LOADERS = {
     "random_vit": "timm_models:load_random_vit",
     "litemedsam": "packaged:load_litemedsam",
     "imgfocus": "packaged:load_imgfocus",
+    "xception": "packaged:load_xception",
     "raw_pixels": "baselines:load_raw_pixels",
 }
 

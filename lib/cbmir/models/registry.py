@@ -86,7 +86,7 @@ def locate_weights(entry: dict[str, Any]) -> tuple[bool, str]:
     loader, source = entry["loader"], entry["source"]
     if loader in {"raw_pixels", "random_vit"}:
         return True, "no weights needed"
-    if loader in {"litemedsam", "imgfocus"}:
+    if loader in {"litemedsam", "imgfocus", "xception"}:
         package, _, rel = source.partition("/")
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:

@@ -183,3 +183,16 @@ def test_paper_comparison_only_side_by_side_for_the_paper_setup():
     paper = studies.paper_comparison(summary, "paper")
     assert paper["ours (BiomedCLIP, micro)"].tolist() == [0.5] * 4
     assert paper["paper (BiomedCLIP, micro)"].tolist() == [0.594, 0.590, 0.588, 0.583]
+
+
+def test_sample_rows_cover_each_group_and_spread_over_labels():
+    rng = np.random.default_rng(10)
+    df = random_manifest(200, rng)
+    samples = studies.sample_rows(df, by="modality", per_group=4, seed=0)
+    assert set(samples) == set(df["modality"])
+    labels = labels_of(df, "label")
+    for modality, rows in samples.items():
+        assert 0 < len(rows) <= 4 and (df["modality"].iloc[rows] == modality).all()
+        available = len(set(labels[(df["modality"] == modality).to_numpy()]))
+        assert len(set(labels[rows])) == min(available, len(rows))  # round-robin over the labels
+    assert samples == studies.sample_rows(df, by="modality", per_group=4, seed=0)

@@ -50,16 +50,26 @@ def count_bars(counts: pd.DataFrame, x: str, hue: str | None = None, title: str 
 
 
 def image_grid(
-    paths: Sequence[Path], titles: Sequence[str], ncols: int = 6, size: float = 1.6, suptitle: str = ""
+    paths: Sequence[Sequence[Path]],
+    titles: Sequence[Sequence[str]],
+    row_titles: Sequence[str] = (),
+    size: float = 1.6,
+    suptitle: str = "",
 ) -> plt.Figure:
-    """A grid of thumbnails with a title under each."""
-    nrows = max(1, int(np.ceil(len(paths) / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.35)), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, path, title in zip(axes.flat, paths, titles, strict=False):
-        ax.imshow(Image.open(path).convert("RGB"))
-        ax.set_title(title, fontsize=7)
+    """Thumbnails in rows (e.g. one row per modality), a title under each, a label on the left of each row."""
+    nrows, ncols = len(paths), max((len(r) for r in paths), default=1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size + 0.6, nrows * (size + 0.35)), squeeze=False)
+    for r, (row_paths, row_titles_) in enumerate(zip(paths, titles, strict=True)):
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(row_paths):
+                ax.imshow(Image.open(row_paths[c]).convert("RGB"))
+                ax.set_title(row_titles_[c], fontsize=7)
+            else:
+                ax.axis("off")
+        if r < len(row_titles):
+            axes[r, 0].set_ylabel(row_titles[r], fontsize=10)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()

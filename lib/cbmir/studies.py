@@ -42,12 +42,14 @@ def counts_by(manifest: pd.DataFrame, column: str) -> pd.DataFrame:
     return table.sort_values("total", ascending=False).reset_index()
 
 
-def sample_rows(manifest: pd.DataFrame, by: str = "modality", per_group: int = 6, seed: int = 0) -> list[int]:
-    """A seeded sample of up to `per_group` rows of each `by` group, spread over its labels."""
+def sample_rows(
+    manifest: pd.DataFrame, by: str = "modality", per_group: int = 6, seed: int = 0
+) -> dict[str, list[int]]:
+    """A seeded sample of up to `per_group` rows of each `by` group, spread over its labels: {group: rows}."""
     rng = np.random.default_rng(seed)
     labels = row_labels(manifest, "label")
-    rows: list[int] = []
-    for _, group in manifest.groupby(by, sort=True):
+    rows: dict[str, list[int]] = {}
+    for name, group in manifest.groupby(by, sort=True):
         idx = group.index.to_numpy()
         order = rng.permutation(len(idx))
         # round-robin over labels so each group shows its variety
@@ -59,7 +61,7 @@ def sample_rows(manifest: pd.DataFrame, by: str = "modality", per_group: int = 6
             for lab in sorted(by_label):
                 if by_label[lab] and len(picked) < per_group:
                     picked.append(by_label[lab].pop(0))
-        rows.extend(picked)
+        rows[str(name)] = picked
     return rows
 
 

@@ -146,3 +146,30 @@ def test_cli_search_reads_store_and_manifest(tmp_path, data):
     np.testing.assert_array_equal(nb.query_rows, have)
     _, ref = brute_force(np.asarray(emb)[rows[:20]], np.asarray(emb)[rows[have]], 3)
     np.testing.assert_array_equal(nb.ids, np.arange(20)[ref])
+
+
+def test_train_sample_is_seeded_and_capped():
+    from cbmir.index import train_sample
+
+    x = np.arange(1000, dtype=np.float32).reshape(500, 2)
+    a = train_sample(x, nlist=4, per_list=10)
+    assert a.shape == (40, 2)
+    np.testing.assert_array_equal(a, train_sample(x, nlist=4, per_list=10))  # same seed, same rows
+    assert np.all(np.diff(a[:, 0]) > 0)  # rows kept in order, no duplicates
+    assert train_sample(x, nlist=100, per_list=10) is x  # fewer rows than the cap: all of them
+
+
+def test_blas_database_block_is_restored(data):
+    import faiss
+    from cbmir.index import blas_database_block, build_index
+
+    before = faiss.cvar.distance_compute_blas_database_bs
+    with blas_database_block(7):
+        assert faiss.cvar.distance_compute_blas_database_bs == 7
+    assert faiss.cvar.distance_compute_blas_database_bs == before
+    xb, xq = data  # blocks smaller and larger than the index give the same (exact) results
+    index = build_index(l2_normalise(xb), "flat")
+    for rows in (7, 16384):
+        with blas_database_block(rows):
+            _, ids = index.search(l2_normalise(xq), 10)
+        np.testing.assert_array_equal(ids, brute_force(xb, xq, 10)[1])

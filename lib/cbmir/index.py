@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,22 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(round(4 * np.sqrt(n)), n // 39)))
 
 
+TRAIN_PER_LIST = 64
+
+
+def train_sample(x: np.ndarray, nlist: int, per_list: int = TRAIN_PER_LIST, seed: int = 0) -> np.ndarray:
+    """Seeded random rows of `x` (sorted), at most `per_list` per inverted list, to train the coarse quantiser.
+
+    FAISS would otherwise cluster up to 256 points per list: at 1.6 M x 512 with ~5,000 lists that is about
+    10 minutes on 2 cores, while 39 and 256 points per list gave the same recall (benchmarks/RESULTS.md).
+    """
+    m = per_list * nlist
+    if m >= len(x):
+        return x
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), m, replace=False))
+    return np.ascontiguousarray(x[rows])
+
+
 def build_ivf(x: np.ndarray, nlist: int | None = None, nprobe: int = 16) -> Any:
     """IVF with flat (uncompressed) lists, coarse quantiser trained on `x`."""
     import faiss
@@ -119,7 +136,7 @@ def build_ivf(x: np.ndarray, nlist: int | None = None, nprobe: int = 16) -> Any:
     nlist = nlist or default_nlist(len(x))
     quantizer = faiss.IndexFlatIP(x.shape[1])
     index = faiss.IndexIVFFlat(quantizer, x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-    index.train(x)
+    index.train(train_sample(x, nlist))
     index.add(x)
     index.nprobe = min(nprobe, nlist)
     return index
@@ -152,7 +169,7 @@ def build_ivfpq(
     base.nprobe = min(nprobe, nlist)
     index = faiss.IndexRefineFlat(base)
     index.k_factor = k_factor
-    index.train(x)
+    index.train(train_sample(x, nlist))
     index.add(x)
     return index
 
@@ -170,6 +187,27 @@ def build_index(x: np.ndarray, index_type: str = "flat", **params: Any) -> Any:
     if unknown:
         raise ValueError(f"index_type {index_type!r} has no parameter(s) {unknown}; allowed {allowed}")
     return builder(x, **params)
+
+
+FLAT_DATABASE_BLOCK = 16384
+
+
+@contextmanager
+def blas_database_block(rows: int):
+    """Temporarily set how many index rows FAISS's exact search multiplies per BLAS call (default 1024).
+
+    Exact search is one sgemm per (query batch x database block) plus a top-k merge; at FAISS's default block
+    it reached 72 % of this machine's sgemm rate, at 16,384 rows 99 % (benchmarks/RESULTS.md). The
+    scratch matrix is query batch x `rows` float32 (256 MiB at 4,096 x 16,384).
+    """
+    import faiss
+
+    old = faiss.cvar.distance_compute_blas_database_bs
+    faiss.cvar.distance_compute_blas_database_bs = rows
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_database_bs = old
 
 
 def search(
@@ -211,12 +249,13 @@ def search(
     kk = k + int(exclude_self)
     scores = np.empty((len(xq), k), dtype=np.float32)
     ids = np.empty((len(xq), k), dtype=np.int64)
-    for start in tqdm(range(0, len(xq), batch_size), desc="search", disable=not progress, leave=False):
-        s, i = index.search(xq[start : start + batch_size], kk)
-        if exclude_self:
-            s, i = _drop_self(s, i, np.arange(start, start + len(i)), k)
-        scores[start : start + len(s)] = s
-        ids[start : start + len(i)] = i
+    with blas_database_block(FLAT_DATABASE_BLOCK):
+        for start in tqdm(range(0, len(xq), batch_size), desc="search", disable=not progress, leave=False):
+            s, i = index.search(xq[start : start + batch_size], kk)
+            if exclude_self:
+                s, i = _drop_self(s, i, np.arange(start, start + len(i)), k)
+            scores[start : start + len(s)] = s
+            ids[start : start + len(i)] = i
     if (ids < 0).any():
         raise ValueError(
             f"index_type {index_type!r} returned fewer than k = {k} results for some queries; "

@@ -336,3 +336,18 @@ def test_cli_lists_models(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "biomedclip" in out and "litemedsam" in out
+
+
+def test_portable_path_hides_machine_prefixes(tmp_path, monkeypatch):
+    from cbmir.models.weights import portable_path
+
+    monkeypatch.setenv("CBMIR_CACHE", str(tmp_path / "cache"))
+    site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "pkg" / "w.pth"
+    assert portable_path(site) == "<site-packages>/pkg/w.pth"
+    assert (
+        portable_path(tmp_path / "cache" / "converted" / "x.safetensors")
+        == "$CBMIR_CACHE/converted/x.safetensors"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(tmp_path / "ckpt" / "model.bin") == "ckpt/model.bin"
+    assert portable_path("/elsewhere/model.bin") == "/elsewhere/model.bin"  # a user's own path stays as given

@@ -67,6 +67,8 @@ def test_a_failing_notebook_is_recorded_and_the_others_still_run(tmp_path, monke
     assert {k: v["status"] for k, v in log.items()} == {"ok1": "ok", "bad": "failed", "ok2": "ok"}
     assert "deliberate failure in bad" in log["bad"]["error"]
     assert (tmp_path / "ran-ok1").read_text() == "None"  # ran in the project root with its parameters
+    meta = nbformat.read(tmp_path / "reports" / "tiny" / "ok2.ipynb", as_version=4).metadata["papermill"]
+    assert (meta["input_path"], meta["output_path"]) == ("nbs/ok2.ipynb", "reports/tiny/ok2.ipynb")
     html = (tmp_path / "reports" / "tiny" / "ok2.html").read_text()
     assert "visible output" in html and "print(" not in html  # output kept, code cells left out
 

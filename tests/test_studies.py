@@ -196,3 +196,12 @@ def test_sample_rows_cover_each_group_and_spread_over_labels():
         available = len(set(labels[(df["modality"] == modality).to_numpy()]))
         assert len(set(labels[rows])) == min(available, len(rows))  # round-robin over the labels
     assert samples == studies.sample_rows(df, by="modality", per_group=4, seed=0)
+
+
+def test_summary_ties_are_broken_deterministically():
+    rng = np.random.default_rng(11)
+    df = random_manifest(160, rng)
+    a = random_neighbours(df, 10, rng)
+    table = studies.summary_table({"b": a, "a": a}, df, n_boot=10)  # identical neighbours: a full tie
+    assert table.attrs["best"] == "a" and table["model"].tolist() == ["a", "b"]
+    assert (table["rank"] == 1).all()

@@ -4,4 +4,9 @@ One module per stage of the pipeline (DESIGN.md §4):
 manifest -> embeddings -> index (neighbours) -> metrics -> plots / report.
 """
 
+import warnings
+
 __version__ = "0.1.0"
+
+# tqdm.auto falls back to text bars when ipywidgets is absent; that is fine and needs no warning.
+warnings.filterwarnings("ignore", message="IProgress not found")

@@ -68,7 +68,7 @@ def run_report(
     log_path = cfg.reports_dir / "run.json"
     log: dict[str, Any] = json.loads(log_path.read_text()) if log_path.exists() and only else {}
     failed = []
-    bar = tqdm(jobs, desc=f"report {cfg.name}", unit="notebook")
+    bar = tqdm(jobs, desc=f"report {cfg.name}", unit="notebook", disable=False)
     for job in bar:
         bar.set_postfix_str(job.output_name)
         start = time.perf_counter()
@@ -104,8 +104,11 @@ def execute(job: Job, cfg: ReportConfig) -> Path:
     import papermill as pm
 
     out = cfg.reports_dir / f"{job.output_name}.ipynb"
-    env_backup = os.environ.get("MPLBACKEND")
-    os.environ["MPLBACKEND"] = "Agg"
+    # The kernel inherits this environment: no GUI backend, and no progress bars in the rendered reports
+    # (the runner shows its own). Restored afterwards.
+    kernel_env = {"MPLBACKEND": "Agg", "TQDM_DISABLE": "1"}
+    saved = {k: os.environ.get(k) for k in kernel_env}
+    os.environ.update(kernel_env)
     try:
         pm.execute_notebook(
             str(job.notebook),
@@ -116,11 +119,25 @@ def execute(job: Job, cfg: ReportConfig) -> Path:
             progress_bar=False,
         )
     finally:
-        if env_backup is None:
-            os.environ.pop("MPLBACKEND", None)
-        else:
-            os.environ["MPLBACKEND"] = env_backup
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    _make_metadata_portable(out, cfg.root)
     return out
+
+
+def _make_metadata_portable(notebook: Path, root: Path) -> None:
+    """Record papermill's input and output paths relative to the project root, not this machine's paths."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key):
+            meta[key] = _portable(Path(meta[key]), root)
+    nbformat.write(nb, notebook)
 
 
 def render_html(notebook: Path) -> Path:

@@ -366,7 +366,8 @@ def summary_table(
 ) -> pd.DataFrame:
     """One row per model: micro/macro P@N with 95 % CIs, rank, and a paired bootstrap against the best model.
 
-    The best model has the highest micro P@1. All models must have been scored on the same queries.
+    The best model has the highest micro P@1 (ties broken by macro P@1, then name). All models must have been
+    scored on the same queries.
     """
     labels = row_labels(manifest, "label")
     if len({tuple(nb.query_rows) for nb in neighbours.values()}) > 1:
@@ -384,7 +385,9 @@ def summary_table(
         rows.append(row)
     table = pd.DataFrame(rows)
     table.insert(1, "rank", table["micro P@1"].rank(ascending=False, method="min").astype(int))
-    best = table.loc[table["micro P@1"].idxmax(), "model"]
+    best = table.sort_values(["micro P@1", "macro P@1", "model"], ascending=[False, False, True])[
+        "model"
+    ].iloc[0]
     for kind in ("micro", "macro"):
         diff, p = [], []
         for model in table["model"]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .base import Encoder
 from .registry import locate_weights, presets, resolve_spec
-from .weights import ModelUnavailableError, cache_dir
+from .weights import ModelUnavailableError, cache_dir, portable_path
 
 __all__ = [
     "Encoder",
@@ -78,7 +78,7 @@ def load_encoder(spec: str, checkpoint: str | Path | None = None, device: str = 
         "embedding_rule": encoder.embedding_rule,
         "behaviour": entry["behaviour"],
         "dim": encoder.dim,
-        "checkpoint": str(ckpt) if ckpt is not None else None,
+        "checkpoint": portable_path(ckpt) if ckpt is not None else None,
         "versions": _versions(),
     }
     encoder.provenance = {**base, **encoder.provenance}

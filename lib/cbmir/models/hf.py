@@ -12,7 +12,7 @@ from torch import nn
 
 from .base import Encoder
 from .transforms import Preprocess, describe_hf_processor, hf_processor_transform
-from .weights import ModelUnavailableError, hash_files, hf_cached_file, weight_files_in
+from .weights import ModelUnavailableError, hash_files, hf_cached_file, portable_path, weight_files_in
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -43,7 +43,7 @@ def from_pretrained(
             where = f"hf-cache:{repo}"
         elif checkpoint.is_dir() and (checkpoint / "config.json").exists():
             model = cls.from_pretrained(str(checkpoint), **kwargs)
-            files, where = weight_files_in(checkpoint), str(checkpoint)
+            files, where = weight_files_in(checkpoint), portable_path(checkpoint)
         elif checkpoint.is_dir():
             model = cls.from_pretrained(repo, cache_dir=str(checkpoint), **kwargs)
             files = [f for f in [hf_cached_file(repo, HF_WEIGHT_FILES, cache=checkpoint)] if f]

@@ -11,7 +11,7 @@ from torch import nn
 
 from .base import Encoder
 from .transforms import Preprocess
-from .weights import ModelUnavailableError, cache_dir, hash_files, load_state_dict, sha256_file
+from .weights import ModelUnavailableError, cache_dir, hash_files, load_state_dict, portable_path, sha256_file
 
 
 def package_file(entry: dict) -> Path:
@@ -37,7 +37,7 @@ def _encoder(
         embedding_rule=entry["embedding"],
         provenance={
             "preprocessing": pre.describe(),
-            "weights_from": [str(f) for f in files],
+            "weights_from": [portable_path(f) for f in files],
             "weights_sha256": hash_files(files),
             **extra,
         },

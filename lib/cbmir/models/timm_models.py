@@ -8,7 +8,14 @@ from pathlib import Path
 import torch
 
 from .base import Encoder
-from .weights import ModelUnavailableError, hash_files, hf_cached_file, load_state_dict, weight_files_in
+from .weights import (
+    ModelUnavailableError,
+    hash_files,
+    hf_cached_file,
+    load_state_dict,
+    portable_path,
+    weight_files_in,
+)
 
 
 def timm_transform(model: torch.nn.Module):
@@ -59,7 +66,7 @@ def load_timm(entry: dict, checkpoint: Path | None, device: str) -> Encoder:
             raise FileNotFoundError(f"model {entry['name']!r}: no weights file in {checkpoint}")
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         load_timm_weights(model, path, name)
-        files, where = [path], str(path)
+        files, where = [path], portable_path(path)
     transform, pre = timm_transform(model)
     return Encoder(
         spec=entry["spec"],

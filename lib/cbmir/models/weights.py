@@ -64,8 +64,28 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 
 
 def hash_files(paths: Iterable[str | Path]) -> dict[str, str]:
-    """`{file name or path: sha256}` for the weight files that were loaded."""
-    return {str(p): sha256_file(p) for p in paths}
+    """`{portable path: sha256}` for the weight files that were loaded."""
+    return {portable_path(p): sha256_file(p) for p in paths}
+
+
+def portable_path(path: str | Path) -> str:
+    """A path as it can be recorded in provenance and committed reports, without this machine's prefixes.
+
+    Files inside an installed package become `<site-packages>/...`, files in the weights cache
+    `$CBMIR_CACHE/...`, files under the working directory relative paths, files under home `~/...`.
+    """
+    p = Path(path).expanduser().absolute()
+    parts = p.parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            return str(Path(f"<{marker}>", *parts[parts.index(marker) + 1 :]))
+    for base, label in ((cache_dir().absolute(), "$CBMIR_CACHE"), (Path.cwd(), None), (Path.home(), "~")):
+        try:
+            rel = p.relative_to(base)
+        except ValueError:
+            continue
+        return str(rel) if label is None else f"{label}/{rel}"
+    return str(p)
 
 
 def weight_files_in(folder: str | Path) -> list[Path]:

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -90,6 +91,7 @@ def precision_curves(curves: pd.DataFrame, title: str = "", max_n: int | None = 
             if f"{kind}_lo" in g:
                 ax.fill_between(g["N"], g[f"{kind}_lo"], g[f"{kind}_hi"], color=line.get_color(), alpha=0.18)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("N (neighbours considered)")
         ax.set_title(f"{kind} precision@N")
     axes[0].set_ylabel("modified precision@N")
@@ -179,11 +181,14 @@ def band_lines(
         sns.lineplot(
             data=part, x=x, y=y, hue=hue, errorbar=("pi", 95), marker="o", ax=ax, legend=ax is axes.flat[-1]
         )
-        ax.set_title("" if c is None else str(c))
+        ax.set_title("" if c is None else f"{col} = {c}")
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(ylabel or y)
         if logx:
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xticks(sorted(set(part[x])))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -197,7 +202,7 @@ def scatter_2d(
     fig, axes = plt.subplots(1, len(colour_by), figsize=(4.8 * len(colour_by), 4.4), squeeze=False)
     for ax, (name, labels) in zip(axes.flat, colour_by.items(), strict=True):
         classes = sorted(set(labels))
-        palette = sns.color_palette("tab20", n_colors=max(len(classes), 1))
+        palette = sns.color_palette("tab10" if len(classes) <= 10 else "tab20", n_colors=max(len(classes), 1))
         for i, cls in enumerate(classes):
             m = labels == cls
             ax.scatter(
@@ -238,7 +243,7 @@ def grouped_bars(
     ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs], rotation=20, ha="right")
     ax.set_ylabel(ylabel or y)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, ncols=min(len(hues), 4))
+    ax.legend(fontsize=8, title=hue, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         ax.set_title(title)
     fig.tight_layout()

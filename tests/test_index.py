@@ -159,17 +159,10 @@ def test_train_sample_is_seeded_and_capped():
     assert train_sample(x, nlist=100, per_list=10) is x  # fewer rows than the cap: all of them
 
 
-def test_blas_database_block_is_restored(data):
-    import faiss
-    from cbmir.index import blas_database_block, build_index
+def test_default_nprobe_scans_about_five_percent_of_lists():
+    from cbmir.index import build_index, default_nlist, default_nprobe
 
-    before = faiss.cvar.distance_compute_blas_database_bs
-    with blas_database_block(7):
-        assert faiss.cvar.distance_compute_blas_database_bs == 7
-    assert faiss.cvar.distance_compute_blas_database_bs == before
-    xb, xq = data  # blocks smaller and larger than the index give the same (exact) results
-    index = build_index(l2_normalise(xb), "flat")
-    for rows in (7, 16384):
-        with blas_database_block(rows):
-            _, ids = index.search(l2_normalise(xq), 10)
-        np.testing.assert_array_equal(ids, brute_force(xb, xq, 10)[1])
+    assert default_nprobe(8) == 16 and default_nprobe(5060) == 253
+    x = l2_normalise(np.random.default_rng(0).normal(size=(3000, 8)))
+    index = build_index(x, "ivf")
+    assert index.nlist == default_nlist(3000) and index.nprobe == min(16, index.nlist)

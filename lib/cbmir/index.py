@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,7 +128,13 @@ def train_sample(x: np.ndarray, nlist: int, per_list: int = TRAIN_PER_LIST, seed
     return np.ascontiguousarray(x[rows])
 
 
-def build_ivf(x: np.ndarray, nlist: int | None = None, nprobe: int = 16) -> Any:
+def default_nprobe(nlist: int) -> int:
+    """About 5 % of the lists, at least 16: at 1.6 M x 512 (5,060 lists) nprobe 16 gave recall@10 ~0.6 and
+    P@1 ~0.03 below exact, 253 ~0.97-0.98 recall and P@1 within 0.004 (benchmarks/RESULTS.md, bench_search)."""
+    return int(max(16, round(nlist / 20)))
+
+
+def build_ivf(x: np.ndarray, nlist: int | None = None, nprobe: int | None = None) -> Any:
     """IVF with flat (uncompressed) lists, coarse quantiser trained on `x`."""
     import faiss
 
@@ -138,7 +143,7 @@ def build_ivf(x: np.ndarray, nlist: int | None = None, nprobe: int = 16) -> Any:
     index = faiss.IndexIVFFlat(quantizer, x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
     index.train(train_sample(x, nlist))
     index.add(x)
-    index.nprobe = min(nprobe, nlist)
+    index.nprobe = min(nprobe or default_nprobe(nlist), nlist)
     return index
 
 
@@ -150,7 +155,7 @@ def default_pq_m(d: int) -> int:
 def build_ivfpq(
     x: np.ndarray,
     nlist: int | None = None,
-    nprobe: int = 16,
+    nprobe: int | None = None,
     pq_m: int | None = None,
     pq_nbits: int = 8,
     k_factor: int = 4,
@@ -166,7 +171,7 @@ def build_ivfpq(
     pq_nbits = int(min(pq_nbits, max(1, np.floor(np.log2(max(2, len(x) / 39))))))  # >= 39 points/centroid
     quantizer = faiss.IndexFlatIP(d)
     base = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, pq_nbits, faiss.METRIC_INNER_PRODUCT)
-    base.nprobe = min(nprobe, nlist)
+    base.nprobe = min(nprobe or default_nprobe(nlist), nlist)
     index = faiss.IndexRefineFlat(base)
     index.k_factor = k_factor
     index.train(train_sample(x, nlist))
@@ -187,27 +192,6 @@ def build_index(x: np.ndarray, index_type: str = "flat", **params: Any) -> Any:
     if unknown:
         raise ValueError(f"index_type {index_type!r} has no parameter(s) {unknown}; allowed {allowed}")
     return builder(x, **params)
-
-
-FLAT_DATABASE_BLOCK = 16384
-
-
-@contextmanager
-def blas_database_block(rows: int):
-    """Temporarily set how many index rows FAISS's exact search multiplies per BLAS call (default 1024).
-
-    Exact search is one sgemm per (query batch x database block) plus a top-k merge; at FAISS's default block
-    it reached 72 % of this machine's sgemm rate, at 16,384 rows 99 % (benchmarks/RESULTS.md). The
-    scratch matrix is query batch x `rows` float32 (256 MiB at 4,096 x 16,384).
-    """
-    import faiss
-
-    old = faiss.cvar.distance_compute_blas_database_bs
-    faiss.cvar.distance_compute_blas_database_bs = rows
-    try:
-        yield
-    finally:
-        faiss.cvar.distance_compute_blas_database_bs = old
 
 
 def search(
@@ -249,13 +233,12 @@ def search(
     kk = k + int(exclude_self)
     scores = np.empty((len(xq), k), dtype=np.float32)
     ids = np.empty((len(xq), k), dtype=np.int64)
-    with blas_database_block(FLAT_DATABASE_BLOCK):
-        for start in tqdm(range(0, len(xq), batch_size), desc="search", disable=not progress, leave=False):
-            s, i = index.search(xq[start : start + batch_size], kk)
-            if exclude_self:
-                s, i = _drop_self(s, i, np.arange(start, start + len(i)), k)
-            scores[start : start + len(s)] = s
-            ids[start : start + len(i)] = i
+    for start in tqdm(range(0, len(xq), batch_size), desc="search", disable=not progress, leave=False):
+        s, i = index.search(xq[start : start + batch_size], kk)
+        if exclude_self:
+            s, i = _drop_self(s, i, np.arange(start, start + len(i)), k)
+        scores[start : start + len(s)] = s
+        ids[start : start + len(i)] = i
     if (ids < 0).any():
         raise ValueError(
             f"index_type {index_type!r} returned fewer than k = {k} results for some queries; "

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-DEFAULT_MODELS = "vit-b16-random,litemedsam,dinov2-s14-imgfocus"
+DEFAULT_MODELS = "vit-b16-random,litemedsam,dinov2-s14-imgfocus,xception-imagenet"
 
 
 def write_images(folder: Path, n: int) -> pd.DataFrame:

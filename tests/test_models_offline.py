@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from cbmir.models import load_encoder
+from cbmir.models.weights import cache_dir
 from PIL import Image
 
 
@@ -55,7 +56,9 @@ def test_imgfocus_converted_to_timm_matches_onnxruntime(cxr):
     assert ours.shape == (2, 384)
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
     cached = [p for p in enc.provenance["weights_sha256"] if p.endswith(".safetensors")]
-    assert cached and Path(cached[0]).exists()  # converted once, reused on the next load
+    assert (
+        cached and Path(cached[0].replace("$CBMIR_CACHE", str(cache_dir()))).exists()
+    )  # converted once, reused on the next load
     again = load_encoder("dinov2-s14-imgfocus")
     assert again.provenance["weights_sha256"] == enc.provenance["weights_sha256"]
     assert "fine-tuned" in enc.provenance["caveat"]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cbmir.models.weights import cache_dir
 from PIL import Image
 
 KERAS_FILE = "trained_models/braintumor_xception_model_val-acc_0.916.keras"
@@ -229,7 +230,7 @@ def test_embeds_a_real_image_deterministically(encoder, brain):
     cos = F.cosine_similarity(a, r).item()
     assert cos < 0.99 and (a - r).abs().max() > 0.1
     cached = [p for p in encoder.provenance["weights_sha256"] if p.endswith(".safetensors")]
-    assert cached and Path(cached[0]).exists()
+    assert cached and Path(cached[0].replace("$CBMIR_CACHE", str(cache_dir()))).exists()
     assert encoder.provenance["family"].startswith("Xception")
     row = list_models().set_index("name").loc["xception-imagenet"]
     assert row["weights_local"] == "yes" and row["dim"] == 2048

@@ -494,8 +494,8 @@ def _assemble(
     _write_csv(out_dir / FAILED_FILE, failed_frame)
     seconds = sum(_chunk_seconds(p) for p in paths)
     timing = {
-        "seconds": round(seconds, 3),
-        "images_per_second": round(n_rows / seconds, 3) if seconds > 0 else None,
+        "seconds": seconds,
+        "images_per_second": n_rows / seconds if seconds > 0 else None,
     }
     _write_json(out_dir / PROVENANCE_FILE, {**provenance, **timing, "rows": len(rows), "failed": len(failed)})
     shutil.rmtree(chunks, ignore_errors=True)

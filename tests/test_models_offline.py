@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from assets import package_dir
 from cbmir.models import load_encoder
 from cbmir.models.weights import cache_dir
 from PIL import Image
-
-
-def package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None:
-        pytest.skip(f"{name} not installed")
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 @pytest.fixture(scope="module")

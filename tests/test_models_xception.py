@@ -8,7 +8,6 @@ here; and the brain-tumour classifier's own Dense head run on our 2048-d feature
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import math
 import re
 from collections import Counter
@@ -18,18 +17,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from assets import package_dir
 from cbmir.models.weights import cache_dir
 from PIL import Image
 
 KERAS_FILE = "trained_models/braintumor_xception_model_val-acc_0.916.keras"
 CLASSES = {"gl": 0, "me": 1, "no": 2, "pi": 3}  # the package's config: glioma, meningioma, notumor, pituitary
-
-
-def package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None:
-        pytest.skip(f"{name} not installed")
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 @pytest.fixture(scope="module")

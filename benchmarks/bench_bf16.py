@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import os
-import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from results import append_results
 
 
 def _forward(module: torch.nn.Module, batch: torch.Tensor, autocast: bool) -> tuple[float, torch.Tensor]:
@@ -80,30 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(new), flush=True)
         lines += new
     if not args.no_append:
-        machine = (
-            f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_name()}, Python {platform.python_version()}"
-        )
         command = "python benchmarks/bench_bf16.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        header = [
-            "\n## bench_bf16: encoder forward on CPU, fp32 vs autocast vs bf16 weights",
-            "",
-            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- machine: {machine}",
-            f"- command: `{command.strip()}`",
-        ]
-        with RESULTS.open("a") as fh:
-            fh.write("\n".join(header + lines) + "\n")
+        append_results("bench_bf16: encoder forward on CPU, fp32 vs autocast vs bf16 weights", command, lines)
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import importlib.util
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -28,8 +26,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image
+from results import append_results
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 DEFAULT_MODELS = "vit-b16-random,litemedsam,dinov2-s14-imgfocus,xception-imagenet"
 
 
@@ -126,22 +124,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(line, flush=True)
                 lines.append(line)
 
-    header = [
-        "",
-        "## bench_extraction: bare forward pass vs full pipeline (decode, resize, DataLoader x2 workers, store)",
-        "",
-        f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "
-        f"Python {platform.python_version()}; torch {torch.__version__}, {torch.get_num_threads()} threads",
-        f"- command: `python benchmarks/bench_extraction.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(
-            " `", " `"
-        ).rstrip(),
+    setup = (
         f"- {args.n} images per measurement (chest X-ray JPEG/PNG from pneumonia-model-package), batch {args.batch}; "
-        "bf16 = bf16 weights and inputs on CPU; pipeline time includes DataLoader start-up and store writes",
-    ]
+        "bf16 = bf16 weights and inputs on CPU; pipeline time includes DataLoader start-up and store writes"
+    )
     if not args.no_append:
-        with RESULTS.open("a") as handle:
-            handle.write("\n".join(header + lines) + "\n")
+        command = "python benchmarks/bench_extraction.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]
+        )
+        append_results(
+            "bench_extraction: bare forward pass vs full pipeline (decode, resize, DataLoader x2 workers, store)",
+            command,
+            [setup, *lines],
+            machine_extra=f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        )
     return 0
 
 

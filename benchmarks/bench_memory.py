@@ -13,10 +13,8 @@ CIs for micro and macro P@1..100 (`bootstrap_ci`, `--boot` resamples). The paren
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -24,8 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import append_results
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 LIMIT_GIB = 24
 
 
@@ -82,13 +80,6 @@ def child(n_index: int, n_queries: int, k: int, n_boot: int) -> dict:
     }
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_600_000, help="index rows (labels)")
@@ -124,15 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if not args.no_append:
         command = "python benchmarks/bench_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        header = [
-            "\n## bench_memory: peak RSS of scoring a paper-scale evaluation",
-            "",
-            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            f"- command: `{command.strip()}`",
-        ]
-        with RESULTS.open("a") as fh:
-            fh.write("\n".join(header + lines) + "\n")
+        append_results("bench_memory: peak RSS of scoring a paper-scale evaluation", command, lines)
     return 0
 
 

@@ -13,18 +13,13 @@ Figures are printed and appended to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from cbmir.metrics import micro_macro, precision_at_n
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from results import append_results
 
 
 def synthetic(n_queries: int, k: int, n_classes: int, seed: int = 0):
@@ -97,34 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     if not args.no_append:
-        machine = (
-            f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_name()}, Python {platform.python_version()}"
-        )
         command = "python benchmarks/bench_metrics.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        header = [
-            f"\n## bench_metrics: modified precision@1..{args.k}, micro + macro",
-            "",
-            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- machine: {machine}",
-            f"- command: `{command.strip()}`",
-        ]
-        if not RESULTS.exists():
-            RESULTS.write_text(
-                "# Benchmark results\n\nAppended by the scripts in benchmarks/ (newest last).\n"
-            )
-        with RESULTS.open("a") as fh:
-            fh.write("\n".join(header + lines) + "\n")
+        append_results(f"bench_metrics: modified precision@1..{args.k}, micro + macro", command, lines)
     return 0 if agree else 1
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ search's effective rate 2*Q*N*D/s against it. Figures are printed and appended t
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,9 +27,9 @@ from cbmir import index as cindex
 from cbmir.metrics import micro_macro, precision_at_n
 
 sys.path.insert(0, str(Path(__file__).parent))
+from results import append_results
 from synthetic import class_sizes, make_dataset  # noqa: E402
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 K = 100
 BATCH = 4096  # cbmir.index.search's default query batch
 
@@ -40,13 +38,6 @@ def rss_bytes() -> int:
     """Current resident set size of this process."""
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def sgemm_rate(n_rows: int, dim: int, q: int = BATCH, repeat: int = 3) -> float:
@@ -248,15 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if not args.no_append:
         command = "python benchmarks/bench_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        header = [
-            "\n## bench_search: exact vs approximate nearest-neighbour search",
-            "",
-            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            f"- command: `{command.strip()}`",
-        ]
-        with RESULTS.open("a") as fh:
-            fh.write("\n".join(header + lines) + "\n")
+        append_results("bench_search: exact vs approximate nearest-neighbour search", command, lines)
     return 0
 
 

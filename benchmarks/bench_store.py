@@ -12,9 +12,7 @@ Figures are printed and appended to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,8 +20,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from results import append_results
 
 
 def _drop_cache(path: Path) -> None:
@@ -142,34 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     if not args.no_append:
-        machine = (
-            f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_name()}, Python {platform.python_version()}"
-        )
         command = "python benchmarks/bench_store.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        header = [
-            "\n## bench_store: embedding store I/O, one .npy matrix vs one HDF5 dataset per image",
-            "",
-            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- machine: {machine}; numpy {np.__version__}, h5py {h5py.__version__}",
-            f"- command: `{command.strip()}`",
-        ]
-        if not RESULTS.exists():
-            RESULTS.write_text(
-                "# Benchmark results\n\nAppended by the scripts in benchmarks/ (newest last).\n"
-            )
-        with RESULTS.open("a") as fh:
-            fh.write("\n".join(header + lines) + "\n")
+        append_results(
+            "bench_store: embedding store I/O, one .npy matrix vs one HDF5 dataset per image",
+            command,
+            lines,
+            machine_extra=f"numpy {np.__version__}, h5py {h5py.__version__}",
+        )
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

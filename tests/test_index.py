@@ -166,3 +166,16 @@ def test_default_nprobe_scans_about_five_percent_of_lists():
     x = l2_normalise(np.random.default_rng(0).normal(size=(3000, 8)))
     index = build_index(x, "ivf")
     assert index.nlist == default_nlist(3000) and index.nprobe == min(16, index.nlist)
+
+
+def test_l2_normalise_copies_only_when_rows_are_not_unit_length():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 8)).astype(np.float32)
+    unit = l2_normalise(x)
+    assert unit is not x and np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-6)
+    assert l2_normalise(unit) is unit  # a store's rows are already unit length: searched without a copy
+    before = x.copy()
+    l2_normalise(x)
+    np.testing.assert_array_equal(x, before)  # the caller's array is never modified
+    scaled = unit * 2
+    np.testing.assert_allclose(l2_normalise(scaled), unit, atol=1e-6)

@@ -101,11 +101,14 @@ def quality(ids: np.ndarray, exact_ids: np.ndarray, lb: np.ndarray, lq: np.ndarr
     return recall, micro[[0, 9]], macro[[0, 9]]
 
 
-def settings(n: int, quick: bool) -> list[tuple[str, dict, str, list[dict]]]:
+def settings(
+    n: int, quick: bool, hnsw_m: int = 32, ef_construction: int = 40, ef_search: list[int] | None = None
+) -> list[tuple[str, dict, str, list[dict]]]:
     """(index_type, build params, search-time attribute, search-time values to try)."""
     nlist = cindex.default_nlist(n)
+    ef = ef_search or ([128, 256] if quick else [128, 256, 512])
     return [
-        ("hnsw", {"m": 32, "ef_construction": 40}, "efSearch", [128, 256] if quick else [128, 256, 512]),
+        ("hnsw", {"m": hnsw_m, "ef_construction": ef_construction}, "efSearch", ef),
         ("ivf", {"nlist": nlist}, "nprobe", [16, 64, 128] if quick else [32, 64, 128, 256]),
         ("ivfpq", {"nlist": nlist, "k_factor": 4}, "nprobe", [64, 128] if quick else [64, 128, 256]),
     ]
@@ -128,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="*", choices=["hnsw", "ivf", "ivfpq"], help="approximate kinds to run"
     )
     parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node (M)")
+    parser.add_argument("--ef-construction", type=int, default=40, help="HNSW efConstruction")
+    parser.add_argument("--ef-search", type=int, nargs="+", help="HNSW efSearch values to try")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.queries = 100_000, 1000
@@ -164,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows.append(("flat", "-", t_build, n * d * 4, rss_flat, qps_exact, 1.0, 0, 0, 0, 0))
 
-    for kind, params, attr, values in settings(n, args.quick):
+    for kind, params, attr, values in settings(
+        n, args.quick, args.hnsw_m, args.ef_construction, args.ef_search
+    ):
         if args.only is not None and kind not in args.only:
             continue
         gc.collect()

@@ -94,4 +94,24 @@ def test_linear_probe_on_manifest_rows():
     assert res.test_scores.shape == (50, 3)
     np.testing.assert_allclose(res.test_scores.sum(1), 1, atol=1e-5)
     assert res.result.metrics["accuracy"] >= 0.95
-    assert res.best_epoch == int(res.history["val_accuracy"].idxmax()) + 1
+    h = res.history
+    best = h[h["val_accuracy"] == h["val_accuracy"].max()].sort_values(["val_loss", "epoch"]).iloc[0]
+    assert res.best_epoch == int(best["epoch"])  # highest val accuracy, ties by lowest val loss
+
+
+def test_probe_on_a_tiny_val_set_keeps_training_while_val_loss_falls():
+    from cbmir.probe import train_linear_probe
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 3
+    y = rng.integers(0, 3, 300)
+    x = (centres[y] + rng.normal(size=(300, 16))).astype(np.float32)
+    # 3 val images: accuracy reaches 1.0 almost at once; the first such epoch holds a barely trained layer
+    _, history, best_epoch = train_linear_probe(
+        x[:297], y[:297], x[297:], y[297:], 3, max_epochs=30, patience=30, batch_size=64, progress=False
+    )
+    first_perfect = int(history.loc[history["val_accuracy"].idxmax(), "epoch"])
+    assert best_epoch > first_perfect
+    assert (
+        history.loc[best_epoch - 1, "val_loss"] == history["val_loss"][history["val_accuracy"] == 1.0].min()
+    )

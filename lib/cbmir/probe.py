@@ -1,7 +1,7 @@
 """Linear probe: one `nn.Linear` on frozen embeddings, as in the paper.
 
 AdamW (lr 1e-3, weight decay 0.01), batch 512, at most 100 epochs, early stopping with patience 20 on
-validation accuracy; the weights of the best validation epoch are kept. Seeded and CPU-friendly: embeddings
+validation accuracy (ties broken by validation loss); the weights of the best validation epoch are kept. Seeded and CPU-friendly: embeddings
 are held as one float32 tensor and batches are index slices (no DataLoader workers).
 """
 
@@ -67,7 +67,7 @@ def train_linear_probe(
     model = torch.nn.Linear(xt.shape[1], n_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
-    best_acc, best_epoch, best_state, history = -1.0, 0, None, []
+    best_acc, best_loss, best_epoch, best_state, history = -1.0, float("inf"), 0, None, []
     for epoch in tqdm(range(1, max_epochs + 1), desc="linear probe", disable=not progress, leave=False):
         model.train()
         order = torch.randperm(len(xt), generator=gen)
@@ -81,15 +81,23 @@ def train_linear_probe(
             total += float(loss.detach()) * len(idx)
         model.eval()
         with torch.no_grad():
-            acc = float((model(xv).argmax(dim=1) == yv).float().mean())
-        history.append((epoch, total / len(xt), acc))
-        if acc > best_acc:
-            best_acc, best_epoch = acc, epoch
+            logits = model(xv)
+            acc = float((logits.argmax(dim=1) == yv).float().mean())
+            val_loss = float(loss_fn(logits, yv))
+        history.append((epoch, total / len(xt), acc, val_loss))
+        # Better = higher val accuracy; equal accuracy with lower val loss also counts (a small val set saturates
+        # its accuracy within an epoch or two, and keeping the first such epoch would keep an untrained layer).
+        if acc > best_acc or (acc == best_acc and val_loss < best_loss):
+            best_acc, best_loss, best_epoch = acc, val_loss, epoch
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= patience:
             break
     model.load_state_dict(best_state)
-    return model.eval(), pd.DataFrame(history, columns=["epoch", "train_loss", "val_accuracy"]), best_epoch
+    return (
+        model.eval(),
+        pd.DataFrame(history, columns=["epoch", "train_loss", "val_accuracy", "val_loss"]),
+        best_epoch,
+    )
 
 
 def linear_probe(

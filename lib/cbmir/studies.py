@@ -332,8 +332,11 @@ def knn_table(ctx, model: str, paper_k_minus_one: bool = False) -> pd.DataFrame:
     return _classification_row(model, res.result, {"k (chosen on val)": res.k_val, "k (test)": res.k_test})
 
 
-def probe_table(ctx, model: str) -> pd.DataFrame:
-    """Linear probe on the frozen embeddings (cbmir.probe, the paper's settings), as one table row."""
+def probe_table(ctx, model: str, **probe_settings) -> pd.DataFrame:
+    """Linear probe on the frozen embeddings (cbmir.probe), as one table row.
+
+    The paper's settings unless `probe_settings` (e.g. batch_size, max_epochs) say otherwise; they are recorded.
+    """
     from cbmir.probe import linear_probe
 
     emb, mapping = ctx.vectors(model)
@@ -343,8 +346,9 @@ def probe_table(ctx, model: str) -> pd.DataFrame:
         *(ctx.searchable_rows(model, s) for s in ("train", "val", "test")),
         embedding_rows=mapping,
         seed=ctx.cfg.seed,
+        **probe_settings,
     )
-    return _classification_row(model, res.result, {"best epoch": res.best_epoch})
+    return _classification_row(model, res.result, {"best epoch": res.best_epoch, **probe_settings})
 
 
 def _classification_row(model: str, result, extra: dict) -> pd.DataFrame:

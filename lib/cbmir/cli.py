@@ -25,14 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cbmir", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in STAGE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:  # a stage not built yet must not break the others
-            if err.name == name:
-                continue
-            raise
-        if hasattr(module, "register_cli"):  # a package still being built contributes nothing yet
-            module.register_cli(sub)
+        importlib.import_module(name).register_cli(sub)
     return parser
 
 

@@ -107,3 +107,23 @@ def test_shipped_configs_load():
 def test_slug_is_file_name_safe():
     assert slug("open_clip:ViT-B-16@openai") == "open_clip-ViT-B-16-openai"
     assert slug("hf:microsoft/rad-dino") == "hf-microsoft-rad-dino"
+
+
+def test_checkpoints_reach_the_extraction(tmp_path, monkeypatch):
+    import cbmir.embeddings
+    from cbmir.pipeline import Context
+
+    path = write_config(tmp_path, [{"name": "a"}], models=["biomedclip"])
+    text = json.loads(path.read_text())
+    text["checkpoints"] = {"biomedclip": "weights/biomedclip"}
+    path.write_text(json.dumps(text))
+    cfg = load_config(path)
+    assert cfg.checkpoints == {"biomedclip": (tmp_path / "weights" / "biomedclip").resolve()}
+    seen = {}
+    monkeypatch.setattr(cbmir.embeddings, "extract_embeddings", lambda *a, **kw: seen.update(kw))
+    Context(cfg, manifest=None).embeddings("biomedclip")
+    assert seen["checkpoint"] == cfg.checkpoints["biomedclip"]
+    text["checkpoints"] = ["not", "a", "mapping"]
+    path.write_text(json.dumps(text))
+    with pytest.raises(ConfigError, match="'checkpoints' must map"):
+        load_config(path)

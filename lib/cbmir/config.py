@@ -47,6 +47,7 @@ class ReportConfig:
     max_per_class: int | None = None  # subsample per (split, label): quick runs
     out_root: Path | None = None  # where reports/ and figures/ go (default: root)
     notebooks_dir: Path = NOTEBOOKS_DIR
+    checkpoints: dict[str, Path] = field(default_factory=dict)  # model spec -> local weights file or folder
     quick: bool = False
 
     @property
@@ -109,6 +110,10 @@ def load_config(
         if raw.get(key) is not None:
             raw[key] = _resolve(root, raw[key])
     raw["notebooks"] = [_notebook_entry(cfg_path, e) for e in raw["notebooks"]]
+    checkpoints = raw.get("checkpoints") or {}
+    if not isinstance(checkpoints, dict):
+        raise ConfigError(f"{cfg_path}: 'checkpoints' must map model specs to local weight paths")
+    raw["checkpoints"] = {str(spec): _resolve(root, path) for spec, path in checkpoints.items()}
     if out_root is not None:
         raw["out_root"] = Path(out_root).resolve()
         raw["work_dir"] = raw["out_root"] / "work" / raw["name"]

@@ -69,6 +69,7 @@ class Context:
             batch_size=self.cfg.batch_size,
             bf16=self.cfg.bf16,
             redo=redo,
+            checkpoint=self.cfg.checkpoints.get(model),
         )
 
     def vectors(self, model: str) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +118,7 @@ class Context:
         from cbmir.index import search
         from cbmir.models import load_encoder
 
-        encoder = load_encoder(model)
+        encoder = load_encoder(model, checkpoint=self.cfg.checkpoints.get(model))
         query = encoder.embed_images([load_image(image)]).numpy()
         emb, mapping = self.vectors(model)
         index_rows = self.searchable_rows(model, index_split)

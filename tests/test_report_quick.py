@@ -69,6 +69,14 @@ def test_every_notebook_ran_without_error(quick_run):
             if o.get("output_type") == "error"
         ]
         assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+        bars = [
+            o["text"]
+            for c in nb.cells
+            if c.cell_type == "code"
+            for o in c.get("outputs", [])
+            if o.get("output_type") == "stream" and "%|" in o["text"]
+        ]
+        assert not bars, f"{name}: progress bar text in the rendered notebook: {bars[0][:60]!r}"
         assert (root / "out" / "reports" / "radmini" / f"{name}.html").stat().st_size > 0
 
 

@@ -127,3 +127,14 @@ def test_checkpoints_reach_the_extraction(tmp_path, monkeypatch):
     path.write_text(json.dumps(text))
     with pytest.raises(ConfigError, match="'checkpoints' must map"):
         load_config(path)
+
+
+def test_progress_bars_hide_when_asked_or_under_tqdm_disable(monkeypatch):
+    from cbmir.progress import hide_progress
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert hide_progress(True) is False and hide_progress(False) is True
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert hide_progress(True) is True
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert hide_progress(True) is False

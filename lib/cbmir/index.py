@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from cbmir.progress import hide_progress
+
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 UNIT_TOLERANCE = 1e-5  # rows whose norm is this close to 1 are used as they are (float32 rounding is ~1e-7)
 
@@ -237,7 +239,9 @@ def search(
     kk = k + int(exclude_self)
     scores = np.empty((len(xq), k), dtype=np.float32)
     ids = np.empty((len(xq), k), dtype=np.int64)
-    for start in tqdm(range(0, len(xq), batch_size), desc="search", disable=not progress, leave=False):
+    for start in tqdm(
+        range(0, len(xq), batch_size), desc="search", disable=hide_progress(progress), leave=False
+    ):
         s, i = index.search(xq[start : start + batch_size], kk)
         if exclude_self:
             s, i = _drop_self(s, i, np.arange(start, start + len(i)), k)

@@ -18,6 +18,7 @@ from PIL import Image  # noqa: E402
 DPI = 100  # modest resolution keeps the committed figures small
 IMAGE_DPI = 72  # figures made of thumbnails: about their native size, saved as a 256-colour PNG
 sns.set_theme(style="whitegrid", context="notebook")
+matplotlib.rcParams["svg.hashsalt"] = "cbmir"  # stable element ids: re-rendered SVGs do not change needlessly
 
 
 def save_figure(fig: plt.Figure, stem: Path, images: bool = False) -> Path:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from cbmir.classification import ClassificationResult, classification_metrics
 from cbmir.metrics import encode_labels
+from cbmir.progress import hide_progress
 
 
 @dataclass
@@ -68,7 +69,9 @@ def train_linear_probe(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
     best_acc, best_loss, best_epoch, best_state, history = -1.0, float("inf"), 0, None, []
-    for epoch in tqdm(range(1, max_epochs + 1), desc="linear probe", disable=not progress, leave=False):
+    for epoch in tqdm(
+        range(1, max_epochs + 1), desc="linear probe", disable=hide_progress(progress), leave=False
+    ):
         model.train()
         order = torch.randperm(len(xt), generator=gen)
         total = 0.0

@@ -14,6 +14,7 @@ from cbmir.datasets.radmini.card import write_data_card
 from cbmir.datasets.radmini.render import Item, SourceUnavailable, write_item
 from cbmir.datasets.radmini.splits import assign_splits
 from cbmir.manifest import BASE_COLUMNS, validate_manifest
+from cbmir.progress import hide_progress
 
 DATASET = "radmini"
 META_COLUMNS = (
@@ -123,7 +124,10 @@ def build(
     unavailable: dict[str, str] = {}
     rows = []
     for item in tqdm(
-        _items(names, cache, skipped, unavailable), desc="radmini", unit="img", disable=not progress
+        _items(names, cache, skipped, unavailable),
+        desc="radmini",
+        unit="img",
+        disable=hide_progress(progress),
     ):
         rows.append(_row(item, write_item(item, out)))
     for line in skipped:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cbmir.datasets.chexpert import DROPPED, FINDINGS, LABELS
 from cbmir.datasets.common import (
     DatasetError,
     Raw,
@@ -27,23 +28,7 @@ VERSION_DIR = Path("files", "mimic-cxr-jpg", "2.0.0")
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv"
 LABEL_FILE = "mimic-cxr-2.0.0-chexpert.csv"
 SPLITS = {"train": "train", "validate": "val", "test": "test"}
-FINDINGS = [
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-]
-DROPPED = ["Support Devices"]
-LABELS = {f: "XR/chest/" + f for f in FINDINGS}
+# MIMIC-CXR-JPG's labels come from the CheXpert labeler: the same 13 findings (+ Support Devices, dropped).
 
 
 def _find(folder: Path, name: str) -> Path | None:

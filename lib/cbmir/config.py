@@ -40,6 +40,9 @@ class ReportConfig:
     description: str = ""
     k: int = 100
     index_type: str = "flat"
+    index_params: dict[str, Any] = field(
+        default_factory=dict
+    )  # builder parameters (cbmir.index), e.g. nprobe
     batch_size: int = 32
     bf16: bool = False
     bootstrap: int = 1000
@@ -114,10 +117,25 @@ def load_config(
     if not isinstance(checkpoints, dict):
         raise ConfigError(f"{cfg_path}: 'checkpoints' must map model specs to local weight paths")
     raw["checkpoints"] = {str(spec): _resolve(root, path) for spec, path in checkpoints.items()}
+    _check_index(cfg_path, raw)
     if out_root is not None:
         raw["out_root"] = Path(out_root).resolve()
         raw["work_dir"] = raw["out_root"] / "work" / raw["name"]
     return ReportConfig(root=root, path=cfg_path, quick=quick, **raw)
+
+
+def _check_index(cfg_path: Path, raw: dict[str, Any]) -> None:
+    """`index_type` and `index_params` must name a cbmir.index builder and its parameters."""
+    from cbmir.index import check_index_params
+
+    params = raw.get("index_params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{cfg_path}: 'index_params' must map parameter names to values (got {params!r})")
+    raw["index_params"] = params
+    try:
+        check_index_params(str(raw.get("index_type", "flat")), params)
+    except ValueError as err:
+        raise ConfigError(f"{cfg_path}: {err}") from err
 
 
 def _resolve(root: Path, value: str | Path) -> Path:

@@ -90,6 +90,11 @@ class Context:
     def neighbours_path(self, model: str, query_split: str = "test", index_split: str = "train") -> Path:
         return self.cfg.work_dir / "neighbours" / f"{slug(model)}--{query_split}-in-{index_split}.npz"
 
+    @property
+    def search_settings(self) -> dict:
+        """The config's search index: `index_type` plus its builder parameters (keyword arguments of search)."""
+        return {"index_type": self.cfg.index_type, **self.cfg.index_params}
+
     def neighbours(
         self, model: str, query_split: str = "test", index_split: str = "train", redo: bool = False
     ):
@@ -105,11 +110,9 @@ class Context:
         if path.exists() and meta.exists() and not redo and json.loads(meta.read_text()).get("key") == key:
             return Neighbours.load(path)
         k = min(self.cfg.k, len(index_rows))
-        nb = search_rows(
-            emb, index_rows, query_rows, k=k, embedding_rows=mapping, index_type=self.cfg.index_type
-        )
+        nb = search_rows(emb, index_rows, query_rows, k=k, embedding_rows=mapping, **self.search_settings)
         nb.save(path)
-        meta.write_text(json.dumps({"key": key, "k": k, "index_type": self.cfg.index_type}) + "\n")
+        meta.write_text(json.dumps({"key": key, "k": k, **self.search_settings}) + "\n")
         return nb
 
     def query(self, image: str | Path, model: str, k: int = 10, index_split: str = "train") -> pd.DataFrame:
@@ -142,7 +145,7 @@ class Context:
         fp = self.manifest["filepath"].to_numpy().astype(str)
         for rows in (index_rows, query_rows):
             h.update("\n".join(fp[rows]).encode() + b"\x00")
-        h.update(f"{self.cfg.k}|{self.cfg.index_type}".encode())
+        h.update(f"{self.cfg.k}|{json.dumps(self.search_settings, sort_keys=True)}".encode())
         return h.hexdigest()
 
     # ---- outputs ---------------------------------------------------------------------------------

@@ -204,11 +204,12 @@ def index_size_curve(
     k: int = 100,
     seed: int = 0,
     embedding_rows: np.ndarray | None = None,
+    search_settings: dict | None = None,
 ) -> pd.DataFrame:
     """Micro and macro P@N against index size: stratified random subsamples of the index, repeated.
 
     `index_rows` and `query_rows` are manifest rows; `embedding_rows` maps manifest rows to rows of `emb`
-    (None: they are the same).
+    (None: they are the same); `search_settings` (`index_type` and its parameters) go to `search_rows`.
     """
     rng = np.random.default_rng(seed)
     out = []
@@ -216,7 +217,13 @@ def index_size_curve(
         for rep in range(repeats if fraction < 1 else 1):
             sub = index_rows[stratified_subsample(labels[index_rows], fraction, rng)]
             nb = search_rows(
-                emb, sub, query_rows, k=min(k, len(sub)), embedding_rows=embedding_rows, progress=False
+                emb,
+                sub,
+                query_rows,
+                k=min(k, len(sub)),
+                embedding_rows=embedding_rows,
+                progress=False,
+                **(search_settings or {}),
             )
             per_query, q = per_query_precision(nb, labels, sub)
             micro, macro = metrics.micro_macro(per_query, q)

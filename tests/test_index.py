@@ -55,7 +55,8 @@ def test_exclude_self_with_exact_duplicates():
     [
         ("ivf", {"nlist": 8, "nprobe": 8}, 1.0),  # all lists probed = exact
         ("hnsw", {"m": 16, "ef_search": 200}, 0.95),
-        ("ivfpq", {"nlist": 4, "nprobe": 4, "pq_m": 4, "k_factor": 40}, 0.9),
+        ("ivfpq", {"nlist": 4, "nprobe": 4, "pq_m": 8, "k_factor": 10}, 0.9),
+        ("ivfpq", {"nlist": 4, "nprobe": 4, "pq_m": 4, "pq_nbits": 8, "k_factor": 40}, 0.9),
     ],
 )
 def test_approximate_indexes_recall(data, index_type, params, min_recall):
@@ -64,6 +65,31 @@ def test_approximate_indexes_recall(data, index_type, params, min_recall):
     _, ref = brute_force(xb, xq, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ref, strict=True)])
     assert recall >= min_recall, recall
+
+
+@pytest.mark.parametrize(("pq_nbits", "kind"), [(4, "IndexIVFPQFastScan"), (8, "IndexIVFPQ")])
+def test_ivfpq_reranks_exactly(data, pq_nbits, kind):
+    """4-bit codes use fast-scan lists, 8-bit classic ones; both return exact cosines of their candidates."""
+    import faiss
+    from cbmir.index import build_index
+
+    xb, xq = data
+    xb, xq = l2_normalise(xb), l2_normalise(xq)
+    index = build_index(xb, "ivfpq", nlist=4, nprobe=2, pq_nbits=pq_nbits, k_factor=3)
+    assert type(faiss.extract_index_ivf(index)).__name__ == kind
+    scores, ids = index.search(xq, 10)
+    exact = np.einsum("qd,qkd->qk", xq.astype(np.float64), xb[ids].astype(np.float64))
+    np.testing.assert_allclose(scores, exact, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+
+def test_ivfpq_default_sub_quantisers_divide_the_dimension():
+    from cbmir.index import default_pq_m
+
+    assert default_pq_m(512) == 256 and default_pq_m(512, 8) == 64
+    assert default_pq_m(768) == 384 and default_pq_m(1024, 8) == 128
+    for d in (7, 30, 197, 1280):
+        assert d % default_pq_m(d) == 0 and d % default_pq_m(d, 8) == 0
 
 
 def test_errors_name_the_parameter(data):
@@ -86,6 +112,12 @@ def test_errors_name_the_parameter(data):
         search(xb, xq, 5, index_type="lsh", progress=False)
     with pytest.raises(ValueError, match=r"no parameter\(s\) \['nprobe'\]"):
         search(xb, xq, 5, index_type="hnsw", nprobe=3, progress=False)
+    with pytest.raises(ValueError, match="'pq_nbits' = 6"):
+        search(xb, xq, 5, index_type="ivfpq", pq_nbits=6, progress=False)
+    with pytest.raises(ValueError, match="'k_factor' = 0"):
+        search(xb, xq, 5, index_type="ivfpq", k_factor=0, progress=False)
+    with pytest.raises(ValueError, match="'pq_m' = 5 must divide .* 16"):
+        search(xb, xq, 5, index_type="ivfpq", pq_m=5, progress=False)
     with pytest.raises(ValueError, match="all zeros"):
         l2_normalise(np.zeros((2, 3)))
 

@@ -91,6 +91,29 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         load_config(path)
 
 
+def test_index_settings_are_checked_at_load_and_reach_the_search(tmp_path):
+    from cbmir.pipeline import Context
+
+    path = write_config(tmp_path, [{"name": "a"}])
+    text = json.loads(path.read_text())
+    text.update(index_type="ivfpq", index_params={"nprobe": 64, "k_factor": 8})
+    path.write_text(json.dumps(text))
+    cfg = load_config(path)
+    settings = Context(cfg, manifest=None).search_settings
+    assert settings == {"index_type": "ivfpq", "nprobe": 64, "k_factor": 8}
+    for bad, message in (
+        ({"index_type": "annoy"}, r"tiny\.yaml: parameter 'index_type' is 'annoy'"),
+        (
+            {"index_params": {"ef_search": 64}},
+            r"tiny\.yaml: index_type 'ivfpq' has no parameter\(s\) \['ef_search'\]",
+        ),
+        ({"index_params": [64]}, r"tiny\.yaml: 'index_params' must map"),
+    ):
+        path.write_text(json.dumps({**text, **bad}))
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+
+
 def test_paths_resolve_against_the_folder_holding_configs(tmp_path):
     cfg = load_config(write_config(tmp_path, [{"name": "a"}]), out_root=tmp_path / "out")
     assert cfg.manifest == (tmp_path / "m.csv").resolve()

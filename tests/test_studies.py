@@ -148,6 +148,16 @@ def test_index_size_curve_full_index_equals_plain_retrieval():
     for n in (1, 5):
         assert full.loc[n, "micro"] == pytest.approx(ref.loc[n, "micro"], abs=1e-12)
         assert full.loc[n, "macro"] == pytest.approx(ref.loc[n, "macro"], abs=1e-12)
+    # the config's index reaches every search: IVF probing all its lists is exact, a wrong parameter raises
+    ivf = {"index_type": "ivf", "nlist": 4, "nprobe": 4}
+    same = studies.index_size_curve(
+        emb, labels, index_rows, query_rows, (1.0,), k=20, ns=(1, 5), search_settings=ivf
+    ).set_index("N")
+    np.testing.assert_allclose(same[["micro", "macro"]], full[["micro", "macro"]], atol=1e-12)
+    with pytest.raises(ValueError, match="'ivf' has no parameter"):
+        studies.index_size_curve(
+            emb, labels, index_rows, query_rows, (1.0,), search_settings={**ivf, "ef_search": 9}
+        )
 
 
 def test_embedding_space_purity_matches_reference():

@@ -29,7 +29,7 @@ from cbmir.metrics import micro_macro, precision_at_n
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import append_results
-from synthetic import class_sizes, make_dataset  # noqa: E402
+from synthetic import HARD, SyntheticSpace, class_sizes, make_dataset  # noqa: E402
 
 K = 100
 BATCH = 4096  # cbmir.index.search's default query batch
@@ -146,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="*", choices=["hnsw", "ivf", "ivfpq"], help="approximate kinds to run"
     )
     parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument(
+        "--hard",
+        action="store_true",
+        help="synthetic.HARD: more isotropic noise, harder for approximate search",
+    )
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node (M)")
     parser.add_argument("--ef-construction", type=int, default=40, help="HNSW efConstruction")
     parser.add_argument("--ef-search", type=int, nargs="+", help="HNSW efSearch values to try")
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
 
     t0 = time.perf_counter()
-    xb, lb, xq, lq = make_dataset(n, args.queries, d)
+    space = SyntheticSpace.make(dim=d, **HARD) if args.hard else None
+    xb, lb, xq, lq = make_dataset(n, args.queries, d, space=space)
     t_gen = time.perf_counter() - t0
     counts = np.bincount(lb, minlength=len(class_sizes(n)))
     print(
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "; ".join(f"{r[0]} {r[1]} ({r[5] / qps_exact:.1f}x, recall {r[6]:.3f})" for r in good) or "none"
     )
     lines = [
-        f"- data: synthetic {n:,} x {d} float32 unit vectors, {len(counts)} classes ({counts.min()}.."
+        f"- data: synthetic{' (HARD variant)' * args.hard} {n:,} x {d} float32 unit vectors, {len(counts)} classes ({counts.min()}.."
         f"{counts.max():,} per class), {len(xq):,} held-out queries, k = {K}, query batch {BATCH}, "
         f"faiss {faiss.__version__} with {faiss.omp_get_max_threads()} threads; load average at start {load0:.1f}",
         f"- exact P@1 micro {p_micro[0]:.4f} macro {p_macro[0]:.4f}; P@10 micro {p_micro[1]:.4f} "

@@ -76,7 +76,7 @@ def test_ivfpq_reranks_exactly(data, pq_nbits, kind):
     xb, xq = data
     xb, xq = l2_normalise(xb), l2_normalise(xq)
     index = build_index(xb, "ivfpq", nlist=4, nprobe=2, pq_nbits=pq_nbits, k_factor=3)
-    assert type(faiss.extract_index_ivf(index)).__name__ == kind
+    assert type(faiss.downcast_index(index.base_index)).__name__ == kind
     scores, ids = index.search(xq, 10)
     exact = np.einsum("qd,qkd->qk", xq.astype(np.float64), xb[ids].astype(np.float64))
     np.testing.assert_allclose(scores, exact, atol=1e-5)
@@ -118,6 +118,8 @@ def test_errors_name_the_parameter(data):
         search(xb, xq, 5, index_type="ivfpq", k_factor=0, progress=False)
     with pytest.raises(ValueError, match="'pq_m' = 5 must divide .* 16"):
         search(xb, xq, 5, index_type="ivfpq", pq_m=5, progress=False)
+    with pytest.raises(ValueError, match="at least 16 index vectors .got 12.; use 'flat'"):
+        search(xb[:12], xq, 5, index_type="ivfpq", progress=False)
     with pytest.raises(ValueError, match="all zeros"):
         l2_normalise(np.zeros((2, 3)))
 

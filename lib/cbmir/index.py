@@ -189,6 +189,10 @@ def build_ivfpq(
         raise ValueError(f"parameter 'pq_m' = {pq_m} must divide the embedding dimension {d}")
     if k_factor < 1:
         raise ValueError(f"parameter 'k_factor' = {k_factor} must be >= 1")
+    if pq_nbits == 4 and len(x) < 16:
+        raise ValueError(
+            f"index_type 'ivfpq' with 4-bit codes needs at least 16 index vectors (got {len(x)}); use 'flat'"
+        )
     nlist = nlist or default_nlist(len(x))
     quantizer = faiss.IndexFlatIP(d)
     if pq_nbits == 4:

@@ -11,6 +11,9 @@ search's effective rate 2*Q*N*D/s against it. Figures are printed and appended t
     .venv/bin/python benchmarks/bench_search.py --only ivf ivfpq   # 1.6 M x 512, 4,000 queries (~14 min)
     .venv/bin/python benchmarks/bench_search.py --only hnsw        # 1.6 M (~12 min; all three: ~25 min)
     .venv/bin/python benchmarks/bench_search.py --quick    # 100,000 x 512, 1,000 queries
+
+With `--store DIR --manifest CSV` it measures the same on a real embedding store (`cbmir embed`): the manifest's
+train rows form the index and its test rows query it (`--index-split`, `--query-split`), classes = full labels.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def exact_vs_sgemm(flat, xq: np.ndarray, n: int, d: int, rounds: int = 3) -> tup
     q = xq[:1024]
     best_exact = best_sgemm = 0.0
     for _ in range(rounds):
-        _, t = run_search(flat, q)
+        _, t = run_search(flat, q, min(K, n))
         best_exact = max(best_exact, 2 * len(q) * n * d / t / 1e9)
         best_sgemm = max(best_sgemm, sgemm_rate(min(n, 262_144), d, q=len(q), repeat=1))
     return best_exact, best_sgemm
@@ -93,6 +96,29 @@ def index_bytes(kind: str, n: int, d: int, index) -> int:
     if kind == "ivf":
         return base + n * d * 4
     return base + n * ivf.code_size + n * d * 4  # ivfpq: PQ codes + the re-ranking vectors
+
+
+def load_store(
+    stores: list[str], manifest: str, index_split: str = "train", query_split: str = "test"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(index vectors, index class codes, query vectors, query class codes) from real embedding stores.
+
+    Rows without an embedding (failed images) are left out; class codes number the manifest's full labels.
+    """
+    import pandas as pd
+    from cbmir.manifest import read_manifest, row_labels, split_rows
+
+    table = read_manifest(manifest)
+    emb, mapping = cindex.load_store_matrix(stores, table["filepath"].to_numpy())
+    codes = pd.factorize(row_labels(table, "label"))[0].astype(np.int64)
+    out = []
+    for split in (index_split, query_split):
+        rows = split_rows(table, split)
+        rows = rows[mapping[rows] >= 0]
+        if len(rows) == 0:
+            raise ValueError(f"{manifest}: no rows with an embedding in split {split!r}")
+        out += [cindex.l2_normalise(np.asarray(emb[mapping[rows]]), split), codes[rows]]
+    return tuple(out)
 
 
 def quality(ids: np.ndarray, exact_ids: np.ndarray, lb: np.ndarray, lq: np.ndarray, counts: np.ndarray):
@@ -151,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="synthetic.HARD: more isotropic noise, harder for approximate search",
     )
+    parser.add_argument("--store", action="append", help="real embedding store instead of synthetic data")
+    parser.add_argument("--manifest", help="manifest CSV of --store (needed with it)")
+    parser.add_argument("--index-split", default="train", help="with --store: the split searched")
+    parser.add_argument("--query-split", default="test", help="with --store: the split that queries")
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node (M)")
     parser.add_argument("--ef-construction", type=int, default=40, help="HNSW efConstruction")
     parser.add_argument("--ef-search", type=int, nargs="+", help="HNSW efSearch values to try")
@@ -160,17 +190,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.queries = 100_000, 1000
-    n, d = args.n, args.dim
+    if bool(args.store) != bool(args.manifest):
+        parser.error("--store and --manifest go together")
     load0 = os.getloadavg()[0]
 
     t0 = time.perf_counter()
-    space = SyntheticSpace.make(dim=d, **HARD) if args.hard else None
-    xb, lb, xq, lq = make_dataset(n, args.queries, d, space=space)
+    if args.store:
+        xb, lb, xq, lq = load_store(args.store, args.manifest, args.index_split, args.query_split)
+        counts = np.bincount(lb, minlength=int(max(lb.max(), lq.max())) + 1)
+        source = (
+            f"embedding store {', '.join(args.store)} ({args.index_split} rows searched by "
+            f"{args.query_split} rows of {args.manifest})"
+        )
+    else:
+        space = SyntheticSpace.make(dim=args.dim, **HARD) if args.hard else None
+        xb, lb, xq, lq = make_dataset(args.n, args.queries, args.dim, space=space)
+        counts = np.bincount(lb, minlength=len(class_sizes(args.n)))
+        source = f"synthetic{' (HARD variant)' * args.hard}"
+    n, d = xb.shape
+    k = min(K, n)
     t_gen = time.perf_counter() - t0
-    counts = np.bincount(lb, minlength=len(class_sizes(n)))
+    present = counts[counts > 0]
     print(
-        f"data: {n:,} x {d} index, {len(xq):,} queries, {len(counts)} classes "
-        f"({counts.min()}..{counts.max():,} per class); generated in {t_gen:.1f} s",
+        f"data: {n:,} x {d} index, {len(xq):,} queries, {len(present)} classes "
+        f"({present.min()}..{present.max():,} per class); ready in {t_gen:.1f} s",
         flush=True,
     )
 
@@ -180,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     flat = cindex.build_index(xb, "flat")
     t_build = time.perf_counter() - t0
     rss_flat = rss_bytes() - rss0
-    exact_ids, t_exact = run_search(flat, xq)
+    exact_ids, t_exact = run_search(flat, xq, k)
     eff, gflops = exact_vs_sgemm(flat, xq, n, d)
     del flat
     gc.collect()
@@ -222,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for value in values:
             set_search_param(index, kind, attr, value)
-            ids, t = run_search(index, xq)
+            ids, t = run_search(index, xq, k)
             recall, micro, macro = quality(ids, exact_ids, lb, lq, counts)
             dmi, dma = micro - p_micro, macro - p_macro
             qps = len(xq) / t
@@ -266,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         "; ".join(f"{r[0]} {r[1]} ({r[5] / qps_exact:.1f}x, recall {r[6]:.3f})" for r in good) or "none"
     )
     lines = [
-        f"- data: synthetic{' (HARD variant)' * args.hard} {n:,} x {d} float32 unit vectors, {len(counts)} classes ({counts.min()}.."
-        f"{counts.max():,} per class), {len(xq):,} held-out queries, k = {K}, query batch {BATCH}, "
+        f"- data: {source} {n:,} x {d} float32 unit vectors, {len(present)} classes ({present.min()}.."
+        f"{present.max():,} per class), {len(xq):,} held-out queries, k = {k}, query batch {BATCH}, "
         f"faiss {faiss.__version__} with {faiss.omp_get_max_threads()} threads; load average at start {load0:.1f}",
         f"- exact P@1 micro {p_micro[0]:.4f} macro {p_macro[0]:.4f}; P@10 micro {p_micro[1]:.4f} "
         f"macro {p_macro[1]:.4f}",

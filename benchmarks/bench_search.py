@@ -128,30 +128,25 @@ def quality(ids: np.ndarray, exact_ids: np.ndarray, lb: np.ndarray, lq: np.ndarr
     return recall, micro[[0, 9]], macro[[0, 9]]
 
 
-def settings(
-    n: int,
-    d: int,
-    quick: bool,
-    hnsw_m: int = 32,
-    ef_construction: int = 40,
-    ef_search: list[int] | None = None,
-    pq_nbits: int = 4,
-    k_factor: int = 4,
-    nprobe: list[int] | None = None,
-) -> list[tuple[str, dict, str, list[dict]]]:
-    """(index_type, build params, search-time attribute, search-time values to try)."""
+def settings(n: int, d: int, args: argparse.Namespace) -> list[tuple[str, dict, str, list[int]]]:
+    """(index_type, build params, search-time attribute, search-time values to try), from the command line."""
     nlist = cindex.default_nlist(n)
-    ef = ef_search or ([128, 256] if quick else [128, 256, 512])
     pq = {
         "nlist": nlist,
-        "pq_m": cindex.default_pq_m(d, pq_nbits),
-        "pq_nbits": pq_nbits,
-        "k_factor": k_factor,
+        "pq_m": cindex.default_pq_m(d, args.pq_nbits),
+        "pq_nbits": args.pq_nbits,
+        "k_factor": args.k_factor,
     }
+    quick = args.quick
     return [
-        ("hnsw", {"m": hnsw_m, "ef_construction": ef_construction}, "efSearch", ef),
-        ("ivf", {"nlist": nlist}, "nprobe", nprobe or ([16, 64, 128] if quick else [32, 64, 128, 256])),
-        ("ivfpq", pq, "nprobe", nprobe or ([64, 128] if quick else [128, 192, 256, 384])),
+        (
+            "hnsw",
+            {"m": args.hnsw_m, "ef_construction": args.ef_construction},
+            "efSearch",
+            args.ef_search or ([128, 256] if quick else [128, 256, 512]),
+        ),
+        ("ivf", {"nlist": nlist}, "nprobe", args.nprobe or ([16, 64, 128] if quick else [32, 64, 128, 256])),
+        ("ivfpq", pq, "nprobe", args.nprobe or ([64, 128] if quick else [128, 192, 256, 384])),
     ]
 
 
@@ -237,17 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows.append(("flat", "-", t_build, n * d * 4, rss_flat, qps_exact, 1.0, 0, 0, 0, 0))
 
-    for kind, params, attr, values in settings(
-        n,
-        d,
-        args.quick,
-        args.hnsw_m,
-        args.ef_construction,
-        args.ef_search,
-        args.pq_nbits,
-        args.k_factor,
-        args.nprobe,
-    ):
+    for kind, params, attr, values in settings(n, d, args):
         if args.only is not None and kind not in args.only:
             continue
         gc.collect()

@@ -40,9 +40,8 @@ class ReportConfig:
     description: str = ""
     k: int = 100
     index_type: str = "flat"
-    index_params: dict[str, Any] = field(
-        default_factory=dict
-    )  # builder parameters (cbmir.index), e.g. nprobe
+    # builder parameters of index_type (cbmir.index), e.g. {nprobe: 192}
+    index_params: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 32
     bf16: bool = False
     bootstrap: int = 1000

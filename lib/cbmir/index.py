@@ -3,7 +3,7 @@
 The default is exact search (`IndexFlatIP`, as in the paper): ~100 queries/s against 1.6 M x 512 on 2 cores, at
 ~95 % of the machine's float32 matrix-multiply rate. Approximate indexes ("hnsw", "ivf", "ivfpq") are built by
 small functions whose defaults come from `benchmarks/bench_search.py`; "ivfpq" (4-bit fast-scan PQ candidates
-re-ranked exactly against the stored vectors) is the one to use at the paper's scale: recall@10 0.98 at ~17x
+re-ranked exactly against the stored vectors) is the one to use at the paper's scale: recall@10 0.98 at ~15x
 exact, P@1 within 0.003 (benchmarks/RESULTS.md). Below ~100,000 index rows exact search is fast enough.
 
 A neighbour table holds **manifest row positions**, never file paths: `ids[q, j]` is the manifest row of the
@@ -106,7 +106,7 @@ def build_flat(x: np.ndarray) -> Any:
 def build_hnsw(x: np.ndarray, m: int = 32, ef_construction: int = 40, ef_search: int = 256) -> Any:
     """HNSW graph over inner product. At 1.6 M x 512 on 2 cores (benchmarks/RESULTS.md) efConstruction 40 builds
     in ~10 min; efSearch 256 then gives recall@10 0.97 at 5.6x exact (efSearch 128: 0.93 at 10x). Prefer
-    "ivfpq" at that scale: 3 min to build, recall@10 0.98 at 17x exact."""
+    "ivfpq" at that scale: 3 min to build, recall@10 0.98 at 15x exact."""
     import faiss
 
     index = faiss.IndexHNSWFlat(x.shape[1], m, faiss.METRIC_INNER_PRODUCT)
@@ -175,7 +175,7 @@ def build_ivfpq(
 
     4-bit codes (the default) use FAISS's SIMD fast-scan lists (`IndexIVFPQFastScan`), which scan the lists an
     order of magnitude faster than 8-bit `IndexIVFPQ`: at 1.6 M x 512 (benchmarks/RESULTS.md) the defaults
-    (5,060 lists, nprobe 253, 256 sub-quantisers, k_factor 4) give recall@10 0.98 at ~17x exact search and P@1
+    (5,060 lists, nprobe 253, 256 sub-quantisers, k_factor 4) give recall@10 0.98 at ~15x exact search and P@1
     within 0.003 of exact, after a ~3 min build on 2 cores. The index holds the float32 vectors for re-ranking
     (as much memory as "flat") plus d/4 bytes of codes per vector.
     """

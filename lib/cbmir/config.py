@@ -9,11 +9,13 @@ from typing import Any
 
 import yaml
 
+from cbmir.errors import CbmirError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]  # lib/cbmir/config.py -> repository root
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
 
-class ConfigError(ValueError):
+class ConfigError(CbmirError, ValueError):
     """A configuration file is missing a key or has a value of the wrong kind."""
 
 

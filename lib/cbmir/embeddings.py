@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from cbmir.errors import CbmirError
+
 if TYPE_CHECKING:
     import torch
 
@@ -53,7 +55,7 @@ _CHUNK_RE = re.compile(r"^chunk_(\d{6})\.npz$")
 _VERSIONED = ("torch", "torchvision", "timm", "open_clip_torch", "transformers", "numpy", "pydicom", "pillow")
 
 
-class StoreError(RuntimeError):
+class StoreError(CbmirError, RuntimeError):
     """An embedding store or its partial results do not match the requested run."""
 
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from cbmir.errors import CbmirError
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
@@ -21,7 +23,7 @@ DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
 ROBUST_PERCENTILES = (0.5, 99.5)
 
 
-class ImageLoadError(OSError):
+class ImageLoadError(CbmirError, OSError):
     """An image that cannot be read; the message names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:

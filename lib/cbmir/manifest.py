@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cbmir.errors import CbmirError
+
 BASE_COLUMNS = ("filepath", "dataset", "split", "modality", "anatomic_region")
 SPLITS = ("train", "val", "test")
 LEVELS = ("modality", "region", "label")
@@ -32,7 +34,7 @@ _ESCAPES = re.compile(r"(?:^|[/\\])\.\.(?:[/\\]|$)")
 _INDEX_COLUMN = re.compile(r"^(Unnamed: 0|index)?$")
 
 
-class ManifestError(ValueError):
+class ManifestError(CbmirError, ValueError):
     """A manifest that does not follow the schema; the message names the file, row and column."""
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cbmir.errors import CbmirError
+
 RAW_COLUMNS = [
     "filepath",
     "dataset",
@@ -29,7 +31,7 @@ RAW_COLUMNS = [
 VAL_FRACTION = 0.1
 
 
-class DatasetError(ValueError):
+class DatasetError(CbmirError, ValueError):
     """Raw input that does not match the official layout; the message names the file, row or column."""
 
 

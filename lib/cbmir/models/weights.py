@@ -9,10 +9,12 @@ from pathlib import Path
 
 import torch
 
+from cbmir.errors import CbmirError
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(CbmirError, RuntimeError):
     """The weights a model needs are not on this machine (and nothing may be downloaded)."""
 
 

@@ -12,10 +12,12 @@ from cbmir.metrics import (
     average_precision_at_n,
     bootstrap_ci,
     hit_at_n,
+    map_at_r,
     micro_macro,
-    paired_bootstrap,
     per_class_precision,
+    plain_precision_at_n,
     precision_at_n,
+    r_precision,
     retrieval_metrics,
     retrieval_metrics_by_level,
 )
@@ -46,6 +48,31 @@ def ref_hit(nb: list[int], q: int, n_c: int, N: int) -> float:
     if n_c == 0:
         return math.nan
     return float(q in nb[:N])
+
+
+def ref_plain_precision(nb: list[int], q: int, n_c: int, N: int) -> float:
+    if n_c == 0:
+        return math.nan
+    return sum(1 for label in nb[:N] if label == q) / N
+
+
+def ref_r_precision(nb: list[int], q: int, n_c: int) -> float:
+    r = min(n_c, len(nb))
+    if r == 0:
+        return math.nan
+    return sum(1 for label in nb[:r] if label == q) / r
+
+
+def ref_map_at_r(nb: list[int], q: int, n_c: int) -> float:
+    r = min(n_c, len(nb))
+    if r == 0:
+        return math.nan
+    total, hits = 0.0, 0
+    for j, label in enumerate(nb[:r], start=1):
+        if label == q:
+            hits += 1
+            total += hits / j
+    return total / r
 
 
 def ref_table(fn, nb, q, counts):
@@ -98,6 +125,7 @@ def test_fast_metrics_match_references(seed):
         (precision_at_n, ref_precision),
         (average_precision_at_n, ref_ap),
         (hit_at_n, ref_hit),
+        (plain_precision_at_n, ref_plain_precision),
     ):
         got = fast(nb, q, counts)
         want = ref_table(slow, nb, q, counts)
@@ -106,6 +134,18 @@ def test_fast_metrics_match_references(seed):
         ref_mi, ref_ma = ref_micro_macro(want.tolist(), q)
         np.testing.assert_allclose(micro, ref_mi, rtol=0, atol=1e-12)
         np.testing.assert_allclose(macro, ref_ma, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_r_based_metrics_match_references(seed):
+    nb, q, counts = random_case(seed)
+    for fast, slow in ((r_precision, ref_r_precision), (map_at_r, ref_map_at_r)):
+        want = np.array([slow(list(nb[i]), int(q[i]), int(counts[q[i]])) for i in range(len(q))])
+        np.testing.assert_allclose(fast(nb, q, counts), want, rtol=0, atol=1e-12, equal_nan=True)
+    # R-precision with R capped at K is modified P@K
+    np.testing.assert_allclose(
+        r_precision(nb, q, counts), precision_at_n(nb, q, counts)[:, -1], equal_nan=True
+    )
 
 
 def test_hand_computed_case():
@@ -124,6 +164,10 @@ def test_hand_computed_case():
     ap = average_precision_at_n(nb, q, counts)
     np.testing.assert_allclose(ap[0], [1, 0.5, (1 + 2 / 3) / 2, (1 + 2 / 3) / 2])
     np.testing.assert_allclose(hit_at_n(nb, q, counts)[1], [0, 1, 1, 1])
+    np.testing.assert_allclose(plain_precision_at_n(nb, q, counts)[1], [0, 1 / 2, 2 / 3, 3 / 4])
+    # query 1 (class 1, n_c = 3, R = 3): hits at ranks 2, 3 -> R-precision 2/3, MAP@R (1/2 + 2/3) / 3
+    np.testing.assert_allclose(r_precision(nb, q, counts)[:3], [0.5, 2 / 3, 1])
+    np.testing.assert_allclose(map_at_r(nb, q, counts)[:3], [0.5, (1 / 2 + 2 / 3) / 3, 1])
 
 
 def test_retrieval_metrics_from_neighbours_and_levels():
@@ -156,50 +200,7 @@ def test_retrieval_metrics_from_neighbours_and_levels():
     np.testing.assert_allclose(per_class["P@1"], [0.0, 1.0, np.nan])
 
 
-# ---------------------------------------------------------------- bootstrap
-
-
-def ref_bootstrap(per_query, q, average, n_boot, seed):
-    """Resample queries one draw at a time and recompute the statistic from scratch."""
-    keep = ~np.isnan(per_query).any(axis=1)
-    p, q = per_query[keep], q[keep]
-    rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(q), len(q))
-        micro, macro = ref_micro_macro(p[idx].tolist(), q[idx])
-        stats.append(micro if average == "micro" else macro)
-    return np.array(stats)
-
-
-@pytest.mark.parametrize(("seed", "average"), [(s, a) for s in range(4) for a in ("micro", "macro")])
-def test_bootstrap_matches_reference(seed, average):
-    nb, q, counts = random_case(seed)
-    p = precision_at_n(nb, q, counts)
-    stats = ref_bootstrap(p, q, average, 50, seed)
-    got = bootstrap_ci(p, q, average=average, n_boot=50, seed=seed)
-    np.testing.assert_allclose(got["low"], np.percentile(stats, 2.5, axis=0), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(got["high"], np.percentile(stats, 97.5, axis=0), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(got["estimate"], micro_macro(p, q)[average == "macro"], rtol=0, atol=1e-12)
-
-    other = precision_at_n(np.roll(nb, 1, axis=0), q, counts)
-    diff = ref_bootstrap(p, q, average, 50, seed + 1) - ref_bootstrap(other, q, average, 50, seed + 1)
-    paired = paired_bootstrap(p, other, q, average=average, n_boot=50, seed=seed + 1)
-    np.testing.assert_allclose(paired["low"], np.percentile(diff, 2.5, axis=0), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(paired["high"], np.percentile(diff, 97.5, axis=0), rtol=0, atol=1e-12)
-    ref_p = np.minimum(1, 2 * np.minimum(((diff <= 0).sum(0) + 1) / 51, ((diff >= 0).sum(0) + 1) / 51))
-    np.testing.assert_allclose(paired["p_value"], ref_p, rtol=0, atol=1e-12)
-
-
-def test_paired_bootstrap_detects_a_real_difference_and_not_a_null_one():
-    rng = np.random.default_rng(3)
-    q = rng.integers(0, 5, 400)
-    good = (rng.random((400, 3)) < 0.8).astype(float)
-    bad = (rng.random((400, 3)) < 0.5).astype(float)
-    res = paired_bootstrap(good, bad, q, n_boot=200, seed=0)
-    assert (res["p_value"] < 0.01).all() and (res["low"] > 0).all()
-    same = paired_bootstrap(good, good, q, n_boot=200, seed=0)
-    assert (same["difference"] == 0).all() and (same["p_value"] == 1).all()
+# ---------------------------------------------------------------- errors
 
 
 def test_bad_parameters():

@@ -1,22 +1,24 @@
 """Retrieval metrics over the neighbour-label matrix (vectorised NumPy).
 
-Definitions (DESIGN.md §1). For a query of class c with n_c images of class c in the search index and the
-first N neighbours of the ranked list:
+Definitions. For a query of class c with n_c images of class c in the search index and the first N of its
+K ranked neighbours:
 
-- **modified precision@N**: n = min(N, n_c); P@N = (hits among the first n neighbours) / n.
+- **modified precision@N** (the paper's): n = min(N, n_c); P@N = (hits among the first n neighbours) / n.
+- **plain precision@N**: hits among the first N / N (its denominator never depends on the index).
 - **AP@N** (average precision): sum over ranks j <= N of [hit at j] * (hits among the first j) / j, divided by
   min(N, n_c), the most hits possible, so a perfect ranking scores 1. **mAP@N** = mean AP@N.
 - **hit rate@N**: 1 if any of the first N neighbours has the query's class.
+- **R-precision** (Musgrave et al. 2020, "A Metric Learning Reality Check"): R = min(n_c, K); hits among the
+  first R / R (it equals modified P@K).
+- **MAP@R** (same paper): with R = min(n_c, K), sum over ranks j <= R of [hit at j] * (hits among the first j)
+  / j, divided by R.
 - **micro** = mean over queries; **macro** = mean over the classes present among the queries of the per-class
   mean.
 
 Queries whose class has no image in the index (n_c = 0) have no defined precision: every per-query metric is NaN
 for them, they are excluded from all averages (hit rate included, so every metric uses the same queries), and
-`retrieval_metrics` reports how many were excluded (`attrs["n_excluded"]`).
-
-Bootstrap: queries are resampled with replacement (one `rng.integers(0, Q, Q)` draw per resample from
-`np.random.default_rng(seed)`, over the valid queries); micro and macro are recomputed on each resample (for
-macro, per-class means within the resample, over the classes drawn). CIs are percentile intervals.
+`retrieval_metrics` reports how many were excluded (`attrs["n_excluded"]`). Confidence intervals:
+`cbmir.metrics.bootstrap`; expected values under a random ranking: `cbmir.metrics.chance`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-
-AVERAGES = ("micro", "macro")
 
 
 def _check(neighbour_labels: np.ndarray, query_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,6 +83,48 @@ def hit_at_n(
     hit = np.logical_or.accumulate(nb == q[:, None], axis=1).astype(np.float64)
     n = _n_used(q, index_class_counts, nb.shape[1])
     return np.where(n > 0, hit, np.nan)
+
+
+def plain_precision_at_n(
+    neighbour_labels: np.ndarray, query_labels: np.ndarray, index_class_counts: np.ndarray
+) -> np.ndarray:
+    """Plain precision@N = hits among the first N / N, N = 1..K: [Q, K] float64, NaN rows where n_c = 0."""
+    nb, q = _check(neighbour_labels, query_labels)
+    hits = np.cumsum(nb == q[:, None], axis=1)
+    n = _n_used(q, index_class_counts, nb.shape[1])
+    return np.where(n > 0, hits / np.arange(1, nb.shape[1] + 1), np.nan)
+
+
+def _r(query_labels: np.ndarray, index_class_counts: np.ndarray, k: int) -> np.ndarray:
+    """R = min(n_c, K) per query [Q] (0 where n_c = 0)."""
+    return _n_used(query_labels, index_class_counts, k)[:, -1]
+
+
+def r_precision(
+    neighbour_labels: np.ndarray, query_labels: np.ndarray, index_class_counts: np.ndarray
+) -> np.ndarray:
+    """R-precision with R = min(n_c, K): hits among the first R / R, [Q] float64, NaN where n_c = 0."""
+    nb, q = _check(neighbour_labels, query_labels)
+    r = _r(q, index_class_counts, nb.shape[1])
+    hits = np.cumsum(nb == q[:, None], axis=1)
+    got = np.take_along_axis(hits, np.maximum(r - 1, 0)[:, None], axis=1)[:, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(r > 0, got / r, np.nan)
+
+
+def map_at_r(
+    neighbour_labels: np.ndarray, query_labels: np.ndarray, index_class_counts: np.ndarray
+) -> np.ndarray:
+    """MAP@R with R = min(n_c, K): precision at each hit among the first R ranks, summed, / R; [Q], NaN where n_c = 0."""
+    nb, q = _check(neighbour_labels, query_labels)
+    k = nb.shape[1]
+    r = _r(q, index_class_counts, k)
+    rel = nb == q[:, None]
+    hits = np.cumsum(rel, axis=1)
+    within = np.arange(1, k + 1)[None, :] <= r[:, None]
+    terms = np.where(rel & within, hits / np.arange(1, k + 1), 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(r > 0, terms / r, np.nan)
 
 
 def _valid(per_query: np.ndarray, query_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,98 +236,3 @@ def per_class_precision(
         sums = np.bincount(q, weights=prec[:, n - 1], minlength=len(classes))[present]
         out[f"P@{n}"] = sums / n_queries  # NaN for classes absent from the index
     return out
-
-
-def _bootstrap_stats(p: np.ndarray, q: np.ndarray, average: str, n_boot: int, seed: int) -> np.ndarray:
-    """Statistic of each resample: [n_boot, K]."""
-    if average not in AVERAGES:
-        raise ValueError(f"parameter 'average' is {average!r}; allowed {list(AVERAGES)}")
-    if n_boot < 1:
-        raise ValueError(f"parameter 'n_boot' = {n_boot} must be >= 1")
-    out = np.empty((n_boot, p.shape[1]))
-    classes = np.unique(q)
-    members = [np.flatnonzero(q == c) for c in classes]
-    chunk = max(1, min(n_boot, 2**24 // max(1, len(q))))  # weights chunk <= 128 MiB
-    for start, w in _chunked_weights(len(q), n_boot, seed, chunk):
-        if average == "micro":
-            out[start : start + len(w)] = w @ p / len(q)
-        else:
-            sums = np.stack([w[:, m] @ p[m] for m in members], axis=1)  # [b, C, K]
-            n = np.stack([w[:, m].sum(axis=1) for m in members], axis=1)  # [b, C]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                means = sums / n[:, :, None]
-            out[start : start + len(w)] = np.nanmean(means, axis=1)
-    return out
-
-
-def _chunked_weights(n: int, n_boot: int, seed: int, chunk: int):
-    """Yield (first resample, weights [b, n]) one `rng.integers(0, n, n)` draw per resample, in order."""
-    rng = np.random.default_rng(seed)
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        yield (
-            start,
-            np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(b)]).astype(np.float64),
-        )
-
-
-def _point(p: np.ndarray, q: np.ndarray, average: str) -> np.ndarray:
-    micro, macro = micro_macro(p, q)
-    return micro if average == "micro" else macro
-
-
-def bootstrap_ci(
-    per_query: np.ndarray,
-    query_labels: np.ndarray,
-    *,
-    average: str = "micro",
-    n_boot: int = 1000,
-    seed: int = 0,
-    ci: float = 0.95,
-) -> pd.DataFrame:
-    """Percentile bootstrap CI over queries for a per-query metric [Q, K]: DataFrame(N, estimate, low, high)."""
-    p, q = _valid(per_query, query_labels)
-    stats = _bootstrap_stats(p, q, average, n_boot, seed)
-    low, high = np.percentile(stats, [50 * (1 - ci), 50 * (1 + ci)], axis=0)
-    n = np.arange(1, p.shape[1] + 1)
-    return pd.DataFrame({"N": n, "estimate": _point(p, q, average), "low": low, "high": high})
-
-
-def paired_bootstrap(
-    per_query_a: np.ndarray,
-    per_query_b: np.ndarray,
-    query_labels: np.ndarray,
-    *,
-    average: str = "micro",
-    n_boot: int = 1000,
-    seed: int = 0,
-    ci: float = 0.95,
-) -> pd.DataFrame:
-    """Paired bootstrap of (model a - model b) on the same queries, same resampled indices for both.
-
-    Returns DataFrame(N, difference, low, high, p_value). The two-sided p-value is
-    min(1, 2 min((#{d* <= 0} + 1) / (B + 1), (#{d* >= 0} + 1) / (B + 1))) over the B resampled differences d*.
-    Queries undefined (NaN) in either model are dropped.
-    """
-    a = np.asarray(per_query_a, dtype=np.float64)
-    b = np.asarray(per_query_b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"parameters 'per_query_a' {a.shape} and 'per_query_b' {b.shape} differ in shape")
-    both, q = _valid(np.hstack([a, b]), query_labels)
-    k = a.shape[1]
-    stats = _bootstrap_stats(both, q, average, n_boot, seed)
-    diffs = stats[:, :k] - stats[:, k:]
-    point = _point(both, q, average)
-    low, high = np.percentile(diffs, [50 * (1 - ci), 50 * (1 + ci)], axis=0)
-    below = ((diffs <= 0).sum(axis=0) + 1) / (n_boot + 1)
-    above = ((diffs >= 0).sum(axis=0) + 1) / (n_boot + 1)
-    p_value = np.minimum(1.0, 2 * np.minimum(below, above))
-    return pd.DataFrame(
-        {
-            "N": np.arange(1, k + 1),
-            "difference": point[:k] - point[k:],
-            "low": low,
-            "high": high,
-            "p_value": p_value,
-        }
-    )

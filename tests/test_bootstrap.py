@@ -6,42 +6,22 @@ import math
 
 import numpy as np
 import pytest
+import slow_stats as slow
 from cbmir.metrics import bootstrap_ci, case_codes, holm, paired_bootstrap, precision_at_n
 
 # ---------------------------------------------------------------- references (explicit loops)
 
 
-def ref_average(values: list[list[float]], classes: list[int], average: str) -> list[float]:
-    """Micro: mean over the listed queries; macro: mean over classes of the class mean."""
-    k = len(values[0])
-    if average == "micro":
-        return [sum(v[j] for v in values) / len(values) for j in range(k)]
-    by_class: dict[int, list[list[float]]] = {}
-    for v, c in zip(values, classes, strict=True):
-        by_class.setdefault(c, []).append(v)
-    return [
-        sum(sum(v[j] for v in vs) / len(vs) for vs in by_class.values()) / len(by_class) for j in range(k)
-    ]
+def ref_average(values, classes, kind):
+    return slow.average(values, classes, kind)
 
 
-def ref_defined(per_query: np.ndarray, q: np.ndarray, cases: np.ndarray):
-    rows = [i for i in range(len(q)) if not any(math.isnan(x) for x in per_query[i])]
-    return rows, sorted({int(cases[i]) for i in rows})
+def ref_defined(per_query, q, cases):
+    return slow.defined(per_query, [int(c) for c in cases])
 
 
-def ref_resamples(per_query, q, cases, average, n_boot, seed):
-    """Draw the cases one resample at a time; each drawn case brings all its queries; recompute from scratch."""
-    rows, case_list = ref_defined(per_query, q, cases)
-    members = {c: [i for i in rows if cases[i] == c] for c in case_list}
-    rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n_boot):
-        drawn = rng.integers(0, len(case_list), len(case_list))
-        queries = [i for d in drawn for i in members[case_list[d]]]
-        stats.append(
-            ref_average([list(per_query[i]) for i in queries], [int(q[i]) for i in queries], average)
-        )
-    return np.array(stats)
+def ref_resamples(per_query, q, cases, kind, n_boot, seed):
+    return slow.resamples(per_query, [int(c) for c in q], [int(c) for c in cases], kind, n_boot, seed)
 
 
 def random_problem(seed: int):

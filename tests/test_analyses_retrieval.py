@@ -1,0 +1,190 @@
+"""cbmir.analyses.retrieval against slow per-query loops and the slow cluster bootstrap."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import slow_stats as slow
+from cbmir.analyses import retrieval
+
+LABELS = [
+    "CT/lung/lesion",
+    "CT/lung/normal",
+    "MR/brain/glioma",
+    "MR/brain/normal",
+    "XR/chest/pneumonia",
+    "US/neck/x",
+]
+
+
+def problem(seed: int, n_rows: int = 160, k: int = 12):
+    """Random labels, cases (some missing), sources, an index, queries and biased neighbour lists."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(LABELS[:-1], n_rows).astype(object)
+    labels[rng.random(n_rows) < 0.03] = LABELS[-1]  # a rare class, maybe absent from the index
+    split = rng.choice(["train", "test"], n_rows, p=[0.7, 0.3])
+    cases = np.array([f"p{int(c):03d}" for c in rng.integers(0, 30, n_rows)], dtype=object)
+    cases[rng.random(n_rows) < 0.1] = None
+    source = rng.choice(["a", "b", "c"], n_rows)
+    index_rows = np.flatnonzero(split == "train")
+    query_rows = np.flatnonzero(split == "test")
+    ids = []
+    for qr in query_rows:
+        same = [r for r in index_rows if labels[r] == labels[qr]]
+        pool = same if same and rng.random() < 0.5 else list(index_rows)
+        first = list(rng.choice(pool, size=min(3, len(pool)), replace=False))
+        rest = [r for r in rng.permutation(index_rows) if r not in first]
+        ids.append(first + rest[: k - len(first)])
+    return np.array(ids), query_rows, index_rows, labels, cases, source
+
+
+def ref_cases(cases, rows):
+    """The case of each row as a sortable id; a missing one is its own case, sorted after the others."""
+    return [cases[r] if cases[r] is not None else f"zz-missing-{r:05d}" for r in rows]
+
+
+def ref_per_query(fn, ids, query_rows, index_rows, labels, big_ns=None):
+    index_labels = [labels[r] for r in index_rows]
+    out = []
+    for qr, row in zip(query_rows, ids, strict=True):
+        ranked = [labels[r] for r in row]
+        n_c = index_labels.count(labels[qr])
+        if big_ns is None:
+            out.append([fn(ranked, labels[qr], n_c)])
+        else:
+            out.append([fn(ranked, labels[qr], n_c, n) for n in big_ns])
+    return out
+
+
+def ref_chance(query_rows, index_rows, labels):
+    index_labels = [labels[r] for r in index_rows]
+    return [index_labels.count(labels[q]) / len(index_rows) for q in query_rows]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_precision_curves_match_reference(seed):
+    ids, qr, ir, labels, cases, _ = problem(seed)
+    got = retrieval.precision_curves(ids, qr, ir, labels, cases, n_boot=40, seed=seed)
+    k = ids.shape[1]
+    big_ns = range(1, k + 1)
+    qlab = [labels[r] for r in qr]
+    qcase = ref_cases(cases, qr)
+    for kind in ("micro", "macro"):
+        want = slow.interval(
+            ref_per_query(slow.precision, ids, qr, ir, labels, big_ns), qlab, qcase, kind, 40, seed
+        )
+        np.testing.assert_allclose(got[kind], want["estimate"], atol=1e-12)
+        np.testing.assert_allclose(got[f"{kind}_lo"], want["low"], atol=1e-12)
+        np.testing.assert_allclose(got[f"{kind}_hi"], want["high"], atol=1e-12)
+        assert (got["n_cases"] == want["n_cases"]).all() and (got["n_queries"] == want["n_queries"]).all()
+    plain = slow.interval(
+        ref_per_query(slow.plain_precision, ids, qr, ir, labels, big_ns), qlab, qcase, "micro", 40, seed
+    )
+    np.testing.assert_allclose(got["plain"], plain["estimate"], atol=1e-12)
+    np.testing.assert_allclose(got["plain_lo"], plain["low"], atol=1e-12)
+    rows, _ = slow.defined(ref_per_query(slow.precision, ids, qr, ir, labels, big_ns), qcase)
+    chance = ref_chance(qr, ir, labels)
+    np.testing.assert_allclose(got["chance_micro"], sum(chance[i] for i in rows) / len(rows), atol=1e-12)
+    by_class: dict = {}
+    for i in rows:
+        by_class.setdefault(qlab[i], []).append(chance[i])
+    np.testing.assert_allclose(
+        got["chance_macro"], np.mean([np.mean(v) for v in by_class.values()]), atol=1e-12
+    )
+    m = len(ir)
+    hits = ref_per_query(slow.hit, ids, qr, ir, labels, big_ns)
+    np.testing.assert_allclose(got["hit_rate"], np.mean([hits[i] for i in rows], axis=0), atol=1e-12)
+    hit_chance = [
+        [1 - math.comb(m - round(chance[i] * m), n) / math.comb(m, n) for n in big_ns] for i in rows
+    ]
+    np.testing.assert_allclose(got["chance_hit"], np.mean(hit_chance, axis=0), atol=1e-12)
+    assert got.attrs["n_excluded"] == len(qr) - len(rows)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_paper_table_matches_reference(seed):
+    ids, qr, ir, labels, cases, _ = problem(seed)
+    got = retrieval.paper_table(ids, qr, ir, labels, cases, n_boot=30, seed=1).set_index("metric")
+    qlab, qcase = [labels[r] for r in qr], ref_cases(cases, qr)
+    assert list(got.index) == [f"P@{n}" for n in (1, 3, 5, 10)] + [f"plain P@{n}" for n in (1, 3, 5, 10)] + [
+        "R-precision",
+        "MAP@R",
+    ]
+    checks = [
+        ("P@{}", ref_per_query(slow.precision, ids, qr, ir, labels, (1, 3, 5, 10))),
+        ("plain P@{}", ref_per_query(slow.plain_precision, ids, qr, ir, labels, (1, 3, 5, 10))),
+        ("R-precision", ref_per_query(slow.r_precision, ids, qr, ir, labels)),
+        ("MAP@R", ref_per_query(slow.map_at_r, ids, qr, ir, labels)),
+    ]
+    for name, values in checks:
+        names = [name.format(n) for n in (1, 3, 5, 10)] if "{}" in name else [name]
+        for kind in ("micro", "macro"):
+            want = slow.interval(values, qlab, qcase, kind, 30, 1)
+            np.testing.assert_allclose(got.loc[names, kind], want["estimate"], atol=1e-12)
+            np.testing.assert_allclose(got.loc[names, f"{kind}_lo"], want["low"], atol=1e-12)
+            np.testing.assert_allclose(got.loc[names, f"{kind}_hi"], want["high"], atol=1e-12)
+        assert (got.loc[names, "n_cases"] == want["n_cases"]).all()
+    # chance of R-precision = n_c / M; of MAP@R below it only by the (p - r) h_R / R correction
+    np.testing.assert_allclose(got.loc["R-precision", "chance_micro"], got.loc["P@1", "chance_micro"])
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_breakdown_and_per_class_match_reference(seed):
+    ids, qr, ir, labels, cases, source = problem(seed)
+    got = retrieval.breakdown(ids, qr, ir, labels, source, cases, name="source", ns=(1, 5), n_boot=30, seed=2)
+    per_query = ref_per_query(slow.precision, ids, qr, ir, labels, (1, 5))
+    qlab, qcase = [labels[r] for r in qr], ref_cases(cases, qr)
+    for g in ("a", "b", "c"):
+        sel = [i for i, r in enumerate(qr) if source[r] == g]
+        want = slow.interval(
+            [per_query[i] for i in sel], [qlab[i] for i in sel], [qcase[i] for i in sel], "macro", 30, 2
+        )
+        part = got[got["source"] == g]
+        np.testing.assert_allclose(part["macro"], want["estimate"], atol=1e-12)
+        np.testing.assert_allclose(part["macro_lo"], want["low"], atol=1e-12)
+        assert (part["n_cases"] == want["n_cases"]).all()
+    classes = retrieval.per_class(ids, qr, ir, labels, cases, ns=(1, 5), n_boot=30, seed=2).set_index("class")
+    for lab in sorted(set(qlab)):
+        sel = [i for i in range(len(qr)) if qlab[i] == lab]
+        n_index = sum(1 for r in ir if labels[r] == lab)
+        assert classes.loc[lab, "n_index"] == n_index and classes.loc[lab, "n_queries"] == len(sel)
+        assert classes.loc[lab, "n_cases"] == len({qcase[i] for i in sel})
+        if n_index == 0:
+            assert np.isnan(classes.loc[lab, "P@1"])
+            continue
+        want = slow.interval(
+            [per_query[i] for i in sel], [lab] * len(sel), [qcase[i] for i in sel], "micro", 30, 2
+        )
+        np.testing.assert_allclose(classes.loc[lab, ["P@1", "P@5"]], want["estimate"], atol=1e-12)
+        np.testing.assert_allclose(classes.loc[lab, ["P@1_lo", "P@5_lo"]], want["low"], atol=1e-12)
+        np.testing.assert_allclose(classes.loc[lab, "chance"], n_index / len(ir))
+
+
+@pytest.mark.parametrize(("n_rows", "n"), [(25, 10), (20, 10), (11, 10), (7, 3), (1, 2), (0, 2)])
+def test_best_worst_never_shows_a_class_twice(n_rows, n):
+    rng = np.random.default_rng(n_rows)
+    table = pd.DataFrame({"class": [f"c{i:02d}" for i in range(n_rows)], "P@1": rng.random(n_rows).round(1)})
+    table.loc[table.index[:1], "P@1"] = np.nan  # a class absent from the index is never ranked
+    best, worst = retrieval.best_worst(table, "P@1", n)
+    ranked = table.dropna()
+    assert not set(best["class"]) & set(worst["class"])
+    assert len(best) + len(worst) == min(len(ranked), 2 * n)
+    assert len(best) <= n and len(worst) <= n
+    if len(best) and len(worst):
+        assert best["P@1"].min() >= worst["P@1"].max()
+    assert best["P@1"].is_monotonic_decreasing and worst["P@1"].is_monotonic_increasing
+    with pytest.raises(ValueError, match="'value'"):
+        retrieval.best_worst(table, "P@9")
+
+
+def test_informative_columns_and_bad_input():
+    table = pd.DataFrame({"source": ["a", "b", "a"], "dataset": ["x", "x", "x"]})
+    assert retrieval.informative_columns(table, np.array([0, 1, 2])) == ["source"]
+    assert retrieval.informative_columns(table, np.array([0, 2])) == []
+    with pytest.raises(ValueError, match="'ids'"):
+        retrieval.precision_curves(np.zeros((2, 3), int), np.array([0]), np.array([1]), ["a", "b"])
+    with pytest.raises(ValueError, match="'index_rows'"):
+        retrieval.precision_curves(np.zeros((1, 1), int), np.array([0]), np.array([5]), ["a", "b"])

@@ -1,0 +1,223 @@
+"""Study: anatomy versus pathology. Is the body part retrieved more reliably than the finding?
+
+1. `level_precision`: modified P@N when a hit must match the query's modality, its modality and region, or its
+   full label (n_c counted at that level), each with its chance value.
+2. `pathology_given_anatomy`: among the first N neighbours that show the query's region, the share that also has
+   its label (finding), beside its chance: index images with the query's label / index images of its region
+   (`cbmir.metrics.conditional_chance`). The per-query share is defined only when at least one of the first N
+   neighbours is anatomy-correct; the table gives the number of such queries and cases.
+3. `pathology_given_anatomy_models`: the same for several models on ONE common set of queries: for each N, the
+   queries that have at least one anatomy-correct neighbour among the first N for every model (so a model that
+   finds the anatomy less often is not judged on an easier subset).
+
+Intervals are cluster bootstraps over the query cases (same seed, hence the same case draws, for every model);
+`difference` = share - chance per query, averaged, with its own interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cbmir.analyses.retrieval import PAPER_NS, _order, _row, encode
+from cbmir.metrics import bootstrap, chance, retrieval
+
+ALL = "all regions"
+
+
+def level_precision(
+    ids: np.ndarray,
+    query_rows: np.ndarray,
+    index_rows: np.ndarray,
+    level_labels: Mapping[str, Sequence | np.ndarray],
+    cases: Sequence | np.ndarray | None = None,
+    *,
+    ns: Sequence[int] = PAPER_NS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """Modified P@N at each label level (`level_labels`: {"modality": labels per row, "region": ..., ...}).
+
+    Columns: level, N, micro, micro_lo, micro_hi, macro, macro_lo, macro_hi, chance_micro, chance_macro,
+    n_queries, n_cases.
+    """
+    frames = []
+    for level, labels in level_labels.items():
+        enc = encode(ids, query_rows, index_rows, labels, cases)
+        use = [n for n in ns if n <= enc.k]
+        cols = np.array(use) - 1
+        prec = retrieval.precision_at_n(enc.neighbours, enc.queries, enc.counts)[:, cols]
+        expected = chance.expected_precision(enc.queries, enc.counts, enc.k)[:, cols]
+        frames.append(pd.DataFrame({"level": level, "N": use, **_row(prec, expected, enc, n_boot, seed, ci)}))
+    return _order(pd.concat(frames, ignore_index=True))
+
+
+def conditional_shares(
+    ids: np.ndarray,
+    query_rows: np.ndarray,
+    regions: Sequence | np.ndarray,
+    labels: Sequence | np.ndarray,
+    ns: Sequence[int] = PAPER_NS,
+) -> np.ndarray:
+    """Per query and N: label hits / region hits among the first N neighbours; NaN with no region hit. [Q, len(ns)]."""
+    ids = np.asarray(ids)
+    query_rows = np.asarray(query_rows, dtype=np.int64)
+    regions = np.asarray(regions, dtype=object)
+    labels = np.asarray(labels, dtype=object)
+    if max(ns) > ids.shape[1] or min(ns) < 1:
+        raise ValueError(f"parameter 'ns' = {list(ns)} must lie in 1..K = {ids.shape[1]}")
+    anat = regions[ids] == regions[query_rows][:, None]
+    path = anat & (labels[ids] == labels[query_rows][:, None])
+    a = np.cumsum(anat, axis=1)[:, np.array(ns) - 1]
+    p = np.cumsum(path, axis=1)[:, np.array(ns) - 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(a > 0, p / np.maximum(a, 1), np.nan)
+
+
+def _conditional_rows(
+    shares: np.ndarray,
+    expected: np.ndarray,
+    groups: np.ndarray,
+    case_codes: np.ndarray,
+    ns: Sequence[int],
+    n_boot: int,
+    seed: int,
+    ci: float,
+) -> list[dict]:
+    """One row per (region or all, N): share, its CI, chance, share - chance and its CI, counts."""
+    rows = []
+    for group in [ALL, *sorted(set(groups) - {ALL})]:
+        in_group = np.ones(len(groups), bool) if group == ALL else groups == group
+        for j, n in enumerate(ns):
+            sel = in_group & ~np.isnan(shares[:, j]) & ~np.isnan(expected)
+            row = {
+                "region": group,
+                "N": n,
+                "n_queries": int(sel.sum()),
+                "n_cases": len(np.unique(case_codes[sel])),
+            }
+            if not sel.any():
+                rows.append(row | {"share": np.nan, "chance": np.nan, "difference": np.nan})
+                continue
+            one = np.zeros(int(sel.sum()), np.int64)  # micro: the class does not matter
+            obs = bootstrap.bootstrap_ci(
+                shares[sel, j], one, case_codes[sel], n_boot=n_boot, seed=seed, ci=ci
+            )
+            diff = bootstrap.bootstrap_ci(
+                shares[sel, j] - expected[sel], one, case_codes[sel], n_boot=n_boot, seed=seed, ci=ci
+            )
+            rows.append(
+                row
+                | {
+                    "share": obs["estimate"].iloc[0],
+                    "share_lo": obs["low"].iloc[0],
+                    "share_hi": obs["high"].iloc[0],
+                    "chance": expected[sel].mean(),
+                    "difference": diff["estimate"].iloc[0],
+                    "difference_lo": diff["low"].iloc[0],
+                    "difference_hi": diff["high"].iloc[0],
+                }
+            )
+    return rows
+
+
+_COND = [
+    "region",
+    "N",
+    "share",
+    "share_lo",
+    "share_hi",
+    "chance",
+    "difference",
+    "difference_lo",
+    "difference_hi",
+    "n_queries",
+    "n_cases",
+]
+
+
+def _inputs(query_rows, index_rows, regions, labels, cases):
+    query_rows = np.asarray(query_rows, dtype=np.int64)
+    index_rows = np.asarray(index_rows, dtype=np.int64)
+    regions = np.asarray(regions, dtype=object)
+    labels = np.asarray(labels, dtype=object)
+    expected = chance.conditional_chance(
+        labels[query_rows], regions[query_rows], labels[index_rows], regions[index_rows]
+    )
+    case_rows = bootstrap.case_codes(None if cases is None else np.asarray(cases, dtype=object), len(labels))
+    return expected, regions[query_rows].astype(str), case_rows[query_rows]
+
+
+def pathology_given_anatomy(
+    ids: np.ndarray,
+    query_rows: np.ndarray,
+    index_rows: np.ndarray,
+    regions: Sequence | np.ndarray,
+    labels: Sequence | np.ndarray,
+    cases: Sequence | np.ndarray | None = None,
+    *,
+    ns: Sequence[int] = PAPER_NS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """Share of label-correct among region-correct neighbours in the first N, per region and over all, with chance.
+
+    `regions` and `labels` hold one value per manifest row (e.g. "CT/lung" and "CT/lung/lesion"). Columns:
+    region ("all regions" first), N, share, share_lo, share_hi, chance, difference (share - chance),
+    difference_lo, difference_hi, n_queries, n_cases (queries with an anatomy-correct neighbour in the first N).
+    """
+    ns = [n for n in ns if n <= np.asarray(ids).shape[1]]
+    shares = conditional_shares(ids, query_rows, regions, labels, ns)
+    expected, groups, case_q = _inputs(query_rows, index_rows, regions, labels, cases)
+    rows = _conditional_rows(shares, expected, groups, case_q, ns, n_boot, seed, ci)
+    return pd.DataFrame(rows).reindex(columns=_COND)
+
+
+def common_queries(shares_by_model: Mapping[str, np.ndarray]) -> np.ndarray:
+    """[Q, len(ns)] True where the share is defined (an anatomy-correct neighbour in the first N) for every model."""
+    stacked = np.stack([~np.isnan(s) for s in shares_by_model.values()])
+    return stacked.all(axis=0)
+
+
+def pathology_given_anatomy_models(
+    ids_by_model: Mapping[str, np.ndarray],
+    query_rows: np.ndarray,
+    index_rows: np.ndarray,
+    regions: Sequence | np.ndarray,
+    labels: Sequence | np.ndarray,
+    cases: Sequence | np.ndarray | None = None,
+    *,
+    ns: Sequence[int] = PAPER_NS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """`pathology_given_anatomy` over all regions for each model, on the queries common to all models (per N).
+
+    Every model's neighbour table must hold the same `query_rows`. Columns: model, N, share, share_lo, share_hi,
+    chance, difference, difference_lo, difference_hi, n_queries, n_cases.
+    """
+    if not ids_by_model:
+        raise ValueError("parameter 'ids_by_model' is empty")
+    k = min(np.asarray(v).shape[1] for v in ids_by_model.values())
+    ns = [n for n in ns if n <= k]
+    shares = {m: conditional_shares(v, query_rows, regions, labels, ns) for m, v in ids_by_model.items()}
+    common = common_queries(shares)
+    expected, _, case_q = _inputs(query_rows, index_rows, regions, labels, cases)
+    frames = []
+    for model, s in shares.items():
+        masked = np.where(common, s, np.nan)
+        rows = _conditional_rows(masked, expected, np.full(len(s), ALL), case_q, ns, n_boot, seed, ci)
+        frames.append(pd.DataFrame([r for r in rows if r["region"] == ALL]).assign(model=model))
+    out = pd.concat(frames, ignore_index=True).drop(columns="region")
+    return out.reindex(columns=["model", *_COND[1:]])
+
+
+def classes_per_region(label_names: Sequence[str]) -> pd.DataFrame:
+    """How many label classes each modality/region has (the conditional study needs at least two)."""
+    regions = pd.Series(["/".join(str(c).split("/")[:2]) for c in label_names], name="region")
+    return regions.value_counts().rename("classes").reset_index().sort_values("region", ignore_index=True)

@@ -1,0 +1,149 @@
+"""cbmir.analyses.levels against slow loops over queries and the slow cluster bootstrap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import slow_stats as slow
+from cbmir.analyses import levels
+
+LABELS = [
+    "CT/lung/lesion",
+    "CT/lung/normal",
+    "MR/brain/glioma",
+    "MR/brain/normal",
+    "MR/brain/tumour",
+    "XR/chest/a",
+]
+
+
+def problem(seed: int, n_rows: int = 150, k: int = 10):
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(LABELS, n_rows).astype(object)
+    regions = np.array(["/".join(x.split("/")[:2]) for x in labels], dtype=object)
+    modality = np.array([x.split("/")[0] for x in labels], dtype=object)
+    cases = np.array([f"p{int(c):03d}" for c in rng.integers(0, 25, n_rows)], dtype=object)
+    split = rng.random(n_rows) < 0.7
+    index_rows, query_rows = np.flatnonzero(split), np.flatnonzero(~split)
+
+    def table():
+        out = []
+        for qr in query_rows:
+            same = [r for r in index_rows if regions[r] == regions[qr]]
+            first = (
+                list(rng.choice(same, size=min(2, len(same)), replace=False)) if rng.random() < 0.6 else []
+            )
+            rest = [r for r in rng.permutation(index_rows) if r not in first]
+            out.append(first + rest[: k - len(first)])
+        return np.array(out)
+
+    return table(), table(), query_rows, index_rows, modality, regions, labels, cases
+
+
+def ref_shares(ids, query_rows, regions, labels, n):
+    out = []
+    for qr, row in zip(query_rows, ids, strict=True):
+        anat = [r for r in row[:n] if regions[r] == regions[qr]]
+        out.append(sum(labels[r] == labels[qr] for r in anat) / len(anat) if anat else np.nan)
+    return out
+
+
+def ref_chance(qr, index_rows, regions, labels):
+    n_region = sum(1 for r in index_rows if regions[r] == regions[qr])
+    return sum(1 for r in index_rows if labels[r] == labels[qr]) / n_region if n_region else np.nan
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_level_precision_matches_reference(seed):
+    ids, _, qr, ir, modality, regions, labels, cases = problem(seed)
+    got = levels.level_precision(
+        ids, qr, ir, {"modality": modality, "region": regions, "label": labels}, cases, n_boot=30, seed=seed
+    )
+    qcase = [cases[r] for r in qr]
+    for level, lab in (("modality", modality), ("region", regions), ("label", labels)):
+        index_labels = [lab[r] for r in ir]
+        per_query = [
+            [
+                slow.precision([lab[r] for r in row], lab[q], index_labels.count(lab[q]), n)
+                for n in (1, 3, 5, 10)
+            ]
+            for q, row in zip(qr, ids, strict=True)
+        ]
+        part = got[got["level"] == level]
+        for kind in ("micro", "macro"):
+            want = slow.interval(per_query, [lab[r] for r in qr], qcase, kind, 30, seed)
+            np.testing.assert_allclose(part[kind], want["estimate"], atol=1e-12)
+            np.testing.assert_allclose(part[f"{kind}_lo"], want["low"], atol=1e-12)
+            np.testing.assert_allclose(part[f"{kind}_hi"], want["high"], atol=1e-12)
+        rows, _ = slow.defined(per_query, qcase)
+        chance = [index_labels.count(lab[qr[i]]) / len(ir) for i in rows]
+        np.testing.assert_allclose(part["chance_micro"], np.mean(chance), atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pathology_given_anatomy_matches_reference(seed):
+    ids, _, qr, ir, _, regions, labels, cases = problem(seed)
+    got = levels.pathology_given_anatomy(
+        ids, qr, ir, regions, labels, cases, ns=(1, 3, 10), n_boot=30, seed=3
+    )
+    chance = [ref_chance(q, ir, regions, labels) for q in qr]
+    for n in (1, 3, 10):
+        shares = ref_shares(ids, qr, regions, labels, n)
+        for region in [levels.ALL, *sorted(set(regions[qr]))]:
+            sel = [
+                i
+                for i in range(len(qr))
+                if not np.isnan(shares[i]) and (region == levels.ALL or regions[qr[i]] == region)
+            ]
+            row = got[(got["region"] == region) & (got["N"] == n)].iloc[0]
+            assert row["n_queries"] == len(sel) and row["n_cases"] == len({cases[qr[i]] for i in sel})
+            if not sel:
+                continue
+            obs = slow.interval(
+                [[shares[i]] for i in sel], [0] * len(sel), [cases[qr[i]] for i in sel], "micro", 30, 3
+            )
+            diff = slow.interval(
+                [[shares[i] - chance[i]] for i in sel],
+                [0] * len(sel),
+                [cases[qr[i]] for i in sel],
+                "micro",
+                30,
+                3,
+            )
+            np.testing.assert_allclose(
+                row[["share", "share_lo", "share_hi"]].to_numpy(float),
+                [obs["estimate"][0], obs["low"][0], obs["high"][0]],
+                atol=1e-12,
+            )
+            np.testing.assert_allclose(row["chance"], np.mean([chance[i] for i in sel]), atol=1e-12)
+            np.testing.assert_allclose(
+                row[["difference", "difference_lo", "difference_hi"]].to_numpy(float),
+                [diff["estimate"][0], diff["low"][0], diff["high"][0]],
+                atol=1e-12,
+            )
+
+
+def test_models_are_compared_on_one_common_set_of_queries():
+    ids_a, ids_b, qr, ir, _, regions, labels, cases = problem(7)
+    got = levels.pathology_given_anatomy_models(
+        {"a": ids_a, "b": ids_b}, qr, ir, regions, labels, cases, ns=(1, 5), n_boot=20
+    )
+    chance = [ref_chance(q, ir, regions, labels) for q in qr]
+    for n in (1, 5):
+        sa, sb = ref_shares(ids_a, qr, regions, labels, n), ref_shares(ids_b, qr, regions, labels, n)
+        common = [i for i in range(len(qr)) if not np.isnan(sa[i]) and not np.isnan(sb[i])]
+        assert 0 < len(common) < len(qr)
+        part = got[got["N"] == n].set_index("model")
+        assert (part["n_queries"] == len(common)).all()
+        np.testing.assert_allclose(part.loc["a", "share"], np.mean([sa[i] for i in common]), atol=1e-12)
+        np.testing.assert_allclose(part.loc["b", "share"], np.mean([sb[i] for i in common]), atol=1e-12)
+        np.testing.assert_allclose(part["chance"], np.mean([chance[i] for i in common]), atol=1e-12)
+
+
+def test_classes_per_region():
+    got = levels.classes_per_region(LABELS)
+    assert dict(zip(got["region"], got["classes"], strict=True)) == {
+        "CT/lung": 2,
+        "MR/brain": 3,
+        "XR/chest": 1,
+    }

@@ -1,0 +1,272 @@
+"""Study: all models side by side. Which retrieves best, by how much, and how far above the baselines?
+
+Every model's neighbour table must hold the same queries (`query_rows`) searched in the same index. All models
+are resampled with the SAME cluster-bootstrap draws of the query cases, so a difference between two models is a
+paired comparison. Comparisons of several models against one (the best, or a baseline) get Holm-adjusted
+p-values within each family (one family per average and N).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cbmir.analyses.retrieval import PAPER_NS, encode
+from cbmir.metrics import bootstrap, chance, retrieval
+
+PAPER_SOURCE = "Denner et al., arXiv 2403.06567, Table 3: 4 datasets, 1.6 M images, 161 labels"
+# The paper's published numbers, kept as data (only those reproduced here are listed).
+PAPER_REPORTED = pd.DataFrame(
+    {
+        "model": "biomedclip",
+        "average": "micro",
+        "N": [1, 3, 5, 10],
+        "value": [0.594, 0.590, 0.588, 0.583],
+        "source": PAPER_SOURCE,
+    }
+)
+
+
+class _Scored:
+    """Per-query modified P@N of every model at `ns`, stacked, with the shared resamples."""
+
+    def __init__(self, ids_by_model, query_rows, index_rows, labels, cases, ns, n_boot, seed):
+        if not ids_by_model:
+            raise ValueError("parameter 'ids_by_model' is empty")
+        self.models = list(ids_by_model)
+        shapes = {m: np.asarray(v).shape for m, v in ids_by_model.items()}
+        if len({s[0] for s in shapes.values()}) > 1:
+            raise ValueError(f"the models' neighbour tables hold different numbers of queries: {shapes}")
+        k = min(s[1] for s in shapes.values())
+        self.ns = [n for n in ns if n <= k]
+        if not self.ns:
+            raise ValueError(f"parameter 'ns' has no N <= K = {k}")
+        cols = np.array(self.ns) - 1
+        blocks = []
+        for model in self.models:
+            enc = encode(ids_by_model[model], query_rows, index_rows, labels, cases)
+            blocks.append(retrieval.precision_at_n(enc.neighbours, enc.queries, enc.counts)[:, cols])
+        self.chance = chance.expected_precision(enc.queries, enc.counts, enc.k)[:, cols]
+        self.p, self.q, self.g = bootstrap._prepare(np.hstack(blocks), enc.queries, enc.cases)
+        keep = ~np.isnan(np.hstack(blocks)).any(axis=1)
+        self.chance, self.q_all = self.chance[keep], enc.queries[keep]
+        self.n_boot, self.seed = n_boot, seed
+        self._stats: dict[str, np.ndarray] = {}
+
+    def block(self, model: str) -> slice:
+        i = self.models.index(model)
+        return slice(i * len(self.ns), (i + 1) * len(self.ns))
+
+    def point(self, average: str) -> np.ndarray:
+        return bootstrap.point_estimate(self.p, self.q, average)
+
+    def stats(self, average: str) -> np.ndarray:
+        if average not in self._stats:
+            self._stats[average] = bootstrap.resample_stats(
+                self.p, self.q, self.g, average, self.n_boot, self.seed
+            )
+        return self._stats[average]
+
+    @property
+    def counts(self) -> dict:
+        return {"n_queries": len(self.q), "n_cases": int(self.g.max()) + 1}
+
+
+def model_table(
+    ids_by_model: Mapping[str, np.ndarray],
+    query_rows: np.ndarray,
+    index_rows: np.ndarray,
+    labels: Sequence | np.ndarray,
+    cases: Sequence | np.ndarray | None = None,
+    *,
+    ns: Sequence[int] = PAPER_NS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """Micro and macro modified P@N of every model with cluster-bootstrap CIs and chance.
+
+    Columns: model, rank (by micro P@1, 1 = best), average, N, estimate, low, high, chance, n_queries, n_cases.
+    `attrs["best"]`: the best model (highest micro P@1; ties: macro P@1, then name).
+    """
+    s = _Scored(ids_by_model, query_rows, index_rows, labels, cases, ns, n_boot, seed)
+    rows = []
+    for average in bootstrap.AVERAGES:
+        point = s.point(average)
+        low, high = bootstrap._interval(s.stats(average), ci)
+        ch_micro, ch_macro = retrieval.micro_macro(s.chance, s.q_all)
+        ch = ch_micro if average == "micro" else ch_macro
+        for model in s.models:
+            b = s.block(model)
+            for j, n in enumerate(s.ns):
+                rows.append(
+                    {
+                        "model": model,
+                        "average": average,
+                        "N": n,
+                        "estimate": point[b][j],
+                        "low": low[b][j],
+                        "high": high[b][j],
+                        "chance": ch[j],
+                        **s.counts,
+                    }
+                )
+    table = pd.DataFrame(rows)
+    best = best_model(table)
+    first = table[(table["average"] == "micro") & (table["N"] == table["N"].min())].set_index("model")[
+        "estimate"
+    ]
+    rank = first.rank(ascending=False, method="min").astype(int)
+    table.insert(1, "rank", table["model"].map(rank))
+    table.attrs["best"] = best
+    return table
+
+
+def best_model(table: pd.DataFrame) -> str:
+    """The model with the highest micro P@N at the smallest N (ties: macro at that N, then the name)."""
+    n = table["N"].min()
+    part = table[table["N"] == n].pivot_table(index="model", columns="average", values="estimate")
+    part = part.reset_index().sort_values(["micro", "macro", "model"], ascending=[False, False, True])
+    return str(part["model"].iloc[0])
+
+
+def _compare(s: _Scored, pairs: Sequence[tuple[str, str]], ci: float, other: str) -> pd.DataFrame:
+    """Paired differences (model - other model) for each pair, Holm within each (average, N) family."""
+    rows = []
+    for average in bootstrap.AVERAGES:
+        point, stats = s.point(average), s.stats(average)
+        for model, ref in pairs:
+            diffs = stats[:, s.block(model)] - stats[:, s.block(ref)]
+            low, high = bootstrap._interval(diffs, ci)
+            p = bootstrap.p_value(diffs)
+            for j, n in enumerate(s.ns):
+                rows.append(
+                    {
+                        "model": model,
+                        other: ref,
+                        "average": average,
+                        "N": n,
+                        "difference": point[s.block(model)][j] - point[s.block(ref)][j],
+                        "low": low[j],
+                        "high": high[j],
+                        "p_value": p[j],
+                        **s.counts,
+                    }
+                )
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            "model",
+            other,
+            "average",
+            "N",
+            "difference",
+            "low",
+            "high",
+            "p_value",
+            "n_queries",
+            "n_cases",
+        ],
+    )
+    out["p_holm"] = np.nan
+    for _, idx in out.groupby(["average", "N"]).groups.items():
+        out.loc[idx, "p_holm"] = bootstrap.holm(out.loc[idx, "p_value"].to_numpy())
+    return out[
+        [
+            "model",
+            other,
+            "average",
+            "N",
+            "difference",
+            "low",
+            "high",
+            "p_value",
+            "p_holm",
+            "n_queries",
+            "n_cases",
+        ]
+    ]
+
+
+def against_best(
+    ids_by_model: Mapping[str, np.ndarray],
+    query_rows: np.ndarray,
+    index_rows: np.ndarray,
+    labels: Sequence | np.ndarray,
+    cases: Sequence | np.ndarray | None = None,
+    *,
+    best: str | None = None,
+    ns: Sequence[int] = PAPER_NS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """Each other model minus the best one (paired cluster bootstrap; Holm over the models per average and N).
+
+    `best` defaults to `best_model` of the point estimates. Columns: model, best, average, N, difference, low,
+    high, p_value, p_holm, n_queries, n_cases.
+    """
+    s = _Scored(ids_by_model, query_rows, index_rows, labels, cases, ns, n_boot, seed)
+    if best is None:
+        table = pd.DataFrame(
+            [
+                {"model": m, "average": a, "N": n, "estimate": s.point(a)[s.block(m)][j]}
+                for a in bootstrap.AVERAGES
+                for m in s.models
+                for j, n in enumerate(s.ns)
+            ]
+        )
+        best = best_model(table)
+    if best not in s.models:
+        raise ValueError(f"parameter 'best' is {best!r}; the models are {s.models}")
+    return _compare(s, [(m, best) for m in s.models if m != best], ci, "best")
+
+
+def against_baselines(
+    ids_by_model: Mapping[str, np.ndarray],
+    query_rows: np.ndarray,
+    index_rows: np.ndarray,
+    labels: Sequence | np.ndarray,
+    baselines: Sequence[str],
+    cases: Sequence | np.ndarray | None = None,
+    *,
+    ns: Sequence[int] = PAPER_NS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """Each non-baseline model minus each baseline that ran (paired; Holm over all pairs per average and N).
+
+    Columns: model, baseline, average, N, difference, low, high, p_value, p_holm, n_queries, n_cases (empty when
+    no baseline or no other model ran).
+    """
+    present = [b for b in baselines if b in ids_by_model]
+    others = [m for m in ids_by_model if m not in present]
+    s = _Scored(ids_by_model, query_rows, index_rows, labels, cases, ns, n_boot, seed)
+    return _compare(s, [(m, b) for m in others for b in present], ci, "baseline")
+
+
+def paper_comparison(
+    table: pd.DataFrame, config_name: str, paper_model: str = "biomedclip", paper_config: str = "paper"
+) -> pd.DataFrame:
+    """The paper's published numbers beside ours where the setup matches (config `paper_config`), else alone.
+
+    `table` is `model_table`'s output. Columns: model, average, N, paper, ours, low, high, n_cases, setup.
+    """
+    out = PAPER_REPORTED[PAPER_REPORTED["model"] == paper_model].rename(columns={"value": "paper"})
+    out = out.drop(columns="source").reset_index(drop=True)
+    ours = table[table["model"] == paper_model].set_index(["average", "N"])
+    same = config_name == paper_config and not ours.empty
+    for col, src in (("ours", "estimate"), ("low", "low"), ("high", "high"), ("n_cases", "n_cases")):
+        out[col] = [
+            ours.loc[(a, n), src] if same and (a, n) in ours.index else np.nan
+            for a, n in zip(out["average"], out["N"], strict=True)
+        ]
+    out["setup"] = (
+        "same datasets, splits and model"
+        if same
+        else f"not comparable with config {config_name!r} (different data or models); the paper's value alone"
+    )
+    return out

@@ -1,0 +1,184 @@
+"""Study: does retrieval get better or worse as the index grows?
+
+**What is subsampled.** Cases (patients), not images: slices of one volume enter or leave the index together.
+Each index case is assigned to the class it has most images of (ties: the first label in sorted order); within
+each class stratum, round(fraction x cases), at least one, are kept at random (seeded), with all their index
+images. Each fraction below 1 is drawn `repeats` times.
+
+**Which metrics.** The paper's modified P@N divides by min(N, n_c), which shrinks with the index: at a tenth of the
+index a class of 30 images keeps 3, and P@10 becomes P@3, so the y-axis would change meaning along the x-axis.
+This study reports metrics whose denominator does not depend on the index size: **plain P@N** (hits among the
+first N / N) and **hit@N** (any hit among the first N), at fixed N. Their chance values (n_c / M and
+1 - C(M - n_c, N) / C(M, N) of the subsample) are given at each size. The queries are fixed: every test query
+whose class has an image in the full index; one whose class is missing from a subsample scores 0 there (as it
+would in a real index that small), with chance 0.
+
+**Bands.** Two sources of uncertainty: which queries (cases) were drawn, and which index cases were kept. For each
+repeat, the cluster bootstrap over query cases gives B resampled values (the same case draws for every repeat and
+size: one seed); the B x repeats values of all repeats are pooled and their 2.5 / 97.5 percentiles are the band.
+The pooled distribution is the mixture over repeats of the query-sampling distributions, so its spread holds both
+the query-case sampling and the repeat-to-repeat spread (also reported alone as `repeat_sd`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cbmir.metrics import bootstrap, chance, retrieval
+from cbmir.progress import hide_progress
+
+SearchFn = Callable[[np.ndarray, int], np.ndarray]
+
+
+def case_classes(labels: np.ndarray, cases: np.ndarray) -> dict:
+    """{case: its most frequent label} over the given rows (ties: the first label in sorted order)."""
+    counts: dict = {}
+    for case, label in zip(cases, labels, strict=True):
+        counts.setdefault(case, {}).setdefault(label, 0)
+        counts[case][label] += 1
+    return {case: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for case, c in counts.items()}
+
+
+def stratified_case_subsample(
+    index_rows: np.ndarray,
+    labels: Sequence | np.ndarray,
+    cases: Sequence | np.ndarray | None,
+    fraction: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Manifest rows of a case-level subsample of the index, stratified by each case's main class; sorted.
+
+    `labels` and `cases` hold one value per manifest row (`cases=None`: every row its own case).
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"parameter 'fraction' = {fraction} must be in (0, 1]")
+    index_rows = np.asarray(index_rows, dtype=np.int64)
+    labels = np.asarray(labels, dtype=object)
+    case_of = bootstrap.case_codes(None if cases is None else np.asarray(cases, dtype=object), len(labels))
+    if fraction == 1:
+        return np.sort(index_rows)
+    idx_cases = case_of[index_rows]
+    main = case_classes(labels[index_rows].astype(str), idx_cases)
+    keep: list[int] = []
+    for label in sorted(set(main.values())):
+        stratum = np.array(sorted(c for c, lab in main.items() if lab == label))
+        m = max(1, int(round(fraction * len(stratum))))
+        keep.extend(rng.choice(stratum, size=m, replace=False).tolist())
+    return np.sort(index_rows[np.isin(idx_cases, keep)])
+
+
+def _scores(
+    ids: np.ndarray, q_codes: np.ndarray, row_codes: np.ndarray, ns: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(plain P@N [Q, len(ns)], hit@N [Q, len(ns)]) from neighbour rows; no NaN (a missing class scores 0)."""
+    rel = row_codes[ids] == q_codes[:, None]
+    hits = np.cumsum(rel, axis=1)[:, np.array(ns) - 1]
+    return hits / np.array(ns), (hits > 0).astype(np.float64)
+
+
+def _chance(q_codes: np.ndarray, counts: np.ndarray, ns: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    k = max(ns)
+    cols = np.array(ns) - 1
+    plain = np.nan_to_num(chance.expected_plain_precision(q_codes, counts, k)[:, cols])
+    hit = np.nan_to_num(chance.expected_hit(q_codes, counts, k)[:, cols])
+    return plain, hit
+
+
+def index_size_study(
+    search: SearchFn,
+    query_rows: np.ndarray,
+    index_rows: np.ndarray,
+    labels: Sequence | np.ndarray,
+    cases: Sequence | np.ndarray | None = None,
+    *,
+    fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
+    repeats: int = 5,
+    ns: Sequence[int] = (1, 5, 10),
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Plain P@N and hit@N (micro and macro) against index size, with chance and combined bands.
+
+    `search(rows, k)` returns the manifest rows [Q, k] of the k nearest of `rows` for each of `query_rows` (in
+    their order), e.g. `lambda rows, k: cbmir.search.search_rows(emb, rows, query_rows, k=k, ...).ids`.
+    Columns: fraction, index_images, index_cases (means over repeats), metric ("plain P@N" or "hit@N"), N,
+    average, estimate (mean over repeats), low, high (pooled band), chance, repeat_sd, repeats, n_queries,
+    n_cases (query cases).
+    """
+    from tqdm.auto import tqdm
+
+    if repeats < 1:
+        raise ValueError(f"parameter 'repeats' = {repeats} must be >= 1")
+    labels = np.asarray(labels, dtype=object)
+    query_rows = np.asarray(query_rows, dtype=np.int64)
+    index_rows = np.asarray(index_rows, dtype=np.int64)
+    classes, row_codes = retrieval.encode_labels(labels)
+    full_counts = np.bincount(row_codes[index_rows], minlength=len(classes))
+    q_all = row_codes[query_rows]
+    valid = full_counts[q_all] > 0  # fixed query set: class present in the full index
+    if not valid.any():
+        raise ValueError("no query has its class in the index")
+    q = q_all[valid]
+    case_rows = bootstrap.case_codes(None if cases is None else np.asarray(cases, dtype=object), len(labels))
+    _, q_cls = np.unique(q, return_inverse=True)
+    _, g = np.unique(case_rows[query_rows][valid], return_inverse=True)
+    ns = sorted(ns)
+    rng = np.random.default_rng(seed)
+    plan = [(f, r) for f in fractions for r in range(repeats if f < 1 else 1)]
+    results: dict[float, list] = {}
+    width = len(ns)
+    for fraction, _ in tqdm(plan, desc="index sizes", disable=hide_progress(progress)):
+        sub = stratified_case_subsample(index_rows, labels, cases, fraction, rng)
+        k = min(ns[-1], len(sub))
+        ids = np.asarray(search(sub, k))
+        if ids.shape != (len(query_rows), k):
+            raise ValueError(f"search returned shape {ids.shape}; expected ({len(query_rows)}, {k})")
+        if not np.isin(ids, sub).all():
+            raise ValueError("search returned rows outside the subsampled index")
+        use = [n for n in ns if n <= k]  # an N larger than the subsample stays NaN
+        counts = np.bincount(row_codes[sub], minlength=len(classes))
+        values = np.full((len(q), 2 * width), np.nan)
+        expected = np.full((len(q), 2 * width), np.nan)
+        values[:, : len(use)], values[:, width : width + len(use)] = _scores(ids[valid], q, row_codes, use)
+        expected[:, : len(use)], expected[:, width : width + len(use)] = _chance(q, counts, use)
+        per_avg = {
+            average: (
+                bootstrap.point_estimate(values, q_cls, average),
+                bootstrap.resample_stats(values, q_cls, g, average, n_boot, seed),
+                bootstrap.point_estimate(expected, q_cls, average),
+            )
+            for average in bootstrap.AVERAGES
+        }
+        results.setdefault(fraction, []).append((len(sub), len(np.unique(case_rows[sub])), per_avg))
+    rows = []
+    for fraction, reps in results.items():
+        for average in bootstrap.AVERAGES:
+            points = np.stack([r[2][average][0] for r in reps])  # [repeats, 2 * len(ns)]
+            pooled = np.vstack([r[2][average][1] for r in reps])  # [repeats * n_boot, 2 * len(ns)]
+            chances = np.stack([r[2][average][2] for r in reps])
+            low, high = bootstrap._interval(pooled, ci)
+            for j in range(2 * width):
+                rows.append(
+                    {
+                        "fraction": fraction,
+                        "index_images": float(np.mean([r[0] for r in reps])),
+                        "index_cases": float(np.mean([r[1] for r in reps])),
+                        "metric": ("plain P@N", "hit@N")[j // width],
+                        "N": ns[j % width],
+                        "average": average,
+                        "estimate": points[:, j].mean(),
+                        "low": low[j],
+                        "high": high[j],
+                        "chance": chances[:, j].mean(),
+                        "repeat_sd": points[:, j].std(ddof=1) if len(reps) > 1 else 0.0,
+                        "repeats": len(reps),
+                        "n_queries": len(q),
+                        "n_cases": int(g.max()) + 1,
+                    }
+                )
+    return pd.DataFrame(rows)

@@ -1,0 +1,136 @@
+"""cbmir.analyses.index_size: case-level stratified subsamples, and the study against slow loops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import slow_stats as slow
+from cbmir.analyses import index_size
+
+LABELS = ["a/x/1", "a/x/2", "b/y/1", "c/z/1"]
+
+
+def problem(seed: int, n_rows: int = 200):
+    rng = np.random.default_rng(seed)
+    cases = np.array([f"p{int(c):03d}" for c in rng.integers(0, 40, n_rows)], dtype=object)
+    case_label = {c: rng.choice(LABELS) for c in set(cases)}
+    labels = np.array(
+        [case_label[c] if rng.random() < 0.8 else rng.choice(LABELS) for c in cases], dtype=object
+    )
+    case_split = {c: rng.random() < 0.75 for c in set(cases)}  # index and queries do not share cases
+    split = np.array([case_split[c] for c in cases])
+    emb = rng.normal(size=(n_rows, 8)) + 2.0 * np.array([LABELS.index(x) for x in labels])[
+        :, None
+    ] * rng.normal(size=(1, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb, labels, cases, np.flatnonzero(split), np.flatnonzero(~split)
+
+
+def exact_search(emb, query_rows, calls):
+    def search(rows, k):
+        calls.append(np.array(rows))
+        sims = emb[query_rows] @ emb[rows].T
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return rows[order]
+
+    return search
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 1.0])
+def test_subsample_keeps_whole_cases_per_stratum(fraction):
+    _, labels, cases, index_rows, _ = problem(0)
+    sub = index_size.stratified_case_subsample(index_rows, labels, cases, fraction, np.random.default_rng(1))
+    kept = set(cases[sub])
+    # whole cases: every index row of a kept case is kept
+    assert set(sub) == {r for r in index_rows if cases[r] in kept}
+    main = index_size.case_classes(labels[index_rows], cases[index_rows])
+    for label in set(main.values()):
+        stratum = [c for c, lab in main.items() if lab == label]
+        assert sum(c in kept for c in stratum) == max(1, round(fraction * len(stratum)))
+    again = index_size.stratified_case_subsample(
+        index_rows, labels, cases, fraction, np.random.default_rng(1)
+    )
+    np.testing.assert_array_equal(sub, again)
+    with pytest.raises(ValueError, match="'fraction'"):
+        index_size.stratified_case_subsample(index_rows, labels, cases, 0, np.random.default_rng(1))
+
+
+def test_case_classes_ties_go_to_the_first_label():
+    got = index_size.case_classes(np.array(["b", "a", "c", "c"]), np.array([1, 1, 2, 2]))
+    assert got == {1: "a", 2: "c"}
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_index_size_study_matches_reference(seed):
+    emb, labels, cases, index_rows, query_rows = problem(seed)
+    calls: list[np.ndarray] = []
+    ns = (1, 3, 5)
+    fractions = (0.25, 1.0)
+    got = index_size.index_size_study(
+        exact_search(emb, query_rows, calls),
+        query_rows,
+        index_rows,
+        labels,
+        cases,
+        fractions=fractions,
+        repeats=3,
+        ns=ns,
+        n_boot=25,
+        seed=seed,
+        progress=False,
+    )
+    assert len(calls) == 3 + 1
+    index_labels = [labels[r] for r in index_rows]
+    valid = [i for i, r in enumerate(query_rows) if labels[r] in index_labels]
+    qlab = [labels[query_rows[i]] for i in valid]
+    qcase = [cases[query_rows[i]] for i in valid]
+    by_fraction = {0.25: calls[:3], 1.0: calls[3:]}
+    for fraction, subs in by_fraction.items():
+        for average in ("micro", "macro"):
+            per_rep, pooled, chances = [], [], []
+            for sub in subs:
+                sims = emb[query_rows] @ emb[sub].T
+                values, expected = [], []
+                sub_labels = [labels[r] for r in sub]
+                m = len(sub)
+                for i in valid:
+                    ranked = [labels[sub[j]] for j in np.argsort(-sims[i], kind="stable")[: max(ns)]]
+                    n_c = sub_labels.count(labels[query_rows[i]])
+                    plain = [sum(x == labels[query_rows[i]] for x in ranked[:n]) / n for n in ns]
+                    hit = [float(labels[query_rows[i]] in ranked[:n]) for n in ns]
+                    values.append(plain + hit)
+                    expected.append(
+                        [n_c / m] * len(ns) + [1 - math.comb(m - n_c, n) / math.comb(m, n) for n in ns]
+                    )
+                per_rep.append(slow.average(values, qlab, average))
+                pooled.append(slow.resamples(values, qlab, qcase, average, 25, seed))
+                chances.append(slow.average(expected, qlab, average))
+            pooled = np.vstack(pooled)
+            part = got[(got["fraction"] == fraction) & (got["average"] == average)]
+            np.testing.assert_allclose(part["estimate"], np.mean(per_rep, axis=0), atol=1e-12)
+            np.testing.assert_allclose(part["low"], np.percentile(pooled, 2.5, axis=0), atol=1e-12)
+            np.testing.assert_allclose(part["high"], np.percentile(pooled, 97.5, axis=0), atol=1e-12)
+            np.testing.assert_allclose(part["chance"], np.mean(chances, axis=0), atol=1e-12)
+            sd = np.std(per_rep, axis=0, ddof=1) if len(subs) > 1 else np.zeros(2 * len(ns))
+            np.testing.assert_allclose(part["repeat_sd"], sd, atol=1e-12)
+            assert part["metric"].tolist() == ["plain P@N"] * 3 + ["hit@N"] * 3
+            assert (part["index_images"] == np.mean([len(s) for s in subs])).all()
+            assert (part["n_cases"] == len(set(qcase))).all() and (part["n_queries"] == len(valid)).all()
+
+
+def test_search_is_checked():
+    emb, labels, cases, index_rows, query_rows = problem(0)
+    with pytest.raises(ValueError, match="outside the subsampled index"):
+        index_size.index_size_study(
+            lambda rows, k: np.tile(index_rows[:k], (len(query_rows), 1)),
+            query_rows,
+            index_rows,
+            labels,
+            cases,
+            fractions=(0.1,),
+            repeats=1,
+            n_boot=5,
+            progress=False,
+        )

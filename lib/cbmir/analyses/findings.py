@@ -1,0 +1,293 @@
+"""Sentences written from the tables of the other analyses: direction, size, CI, p-value and number of cases.
+
+Rules (so that no sentence claims more than its numbers carry):
+- A difference is called "better"/"worse" (or "above"/"below" chance) only when its 95 % interval excludes 0
+  (or the chance value); otherwise the sentence says "not distinguishable", naming the baseline.
+- A curve "rises" or "falls" between two N (or two index sizes) only when the bands at the two points do not
+  overlap; it "flattens" only when it changes that way up to a middle point and not after it. Otherwise it
+  "does not change beyond its 95 % bands". Non-overlap of two bands is a conservative descriptive rule, not a test.
+- Numbers are quoted rounded to 3 decimals (differences with their sign), p-values to 3 decimals or "< 0.001".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+DIGITS = 3
+BASELINE_NAMES = {"raw-pixels": "the raw-pixel baseline", "random-vit": "the random-ViT baseline"}
+IMAGE_TEXT_MODELS = ("biomedclip", "medclip", "clip-vit-l14")
+
+
+def num(x: float) -> str:
+    """A value rounded to 3 decimals."""
+    return f"{x:.{DIGITS}f}"
+
+
+def signed(x: float) -> str:
+    """A difference rounded to 3 decimals with its sign (+0.000 for a rounded zero)."""
+    text = f"{x:+.{DIGITS}f}"
+    return "+" + text[1:] if text[1:] == f"{0:.{DIGITS}f}" else text
+
+
+def pval(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.{DIGITS}f}"
+
+
+def interval(low: float, high: float, diff: bool = False) -> str:
+    f = signed if diff else num
+    return f"95 % CI {f(low)} to {f(high)}"
+
+
+def cases(n: int) -> str:
+    return f"{int(n)} case" + ("" if int(n) == 1 else "s")
+
+
+def direction(low: float, high: float, reference: float = 0.0) -> int:
+    """+1 if the interval lies above `reference`, -1 if below, 0 if it contains it."""
+    return 1 if low > reference else -1 if high < reference else 0
+
+
+def _other_name(name: str) -> str:
+    return BASELINE_NAMES.get(name, name)
+
+
+def comparison_sentence(row: Mapping, other: str = "best", measure: str | None = None) -> str:
+    """One paired comparison (a row of `summary.against_best` or `against_baselines`) as a sentence.
+
+    Uses `p_holm` when present (and says so), else `p_value`.
+    """
+    measure = measure or f"{row['average']} P@{int(row['N'])}"
+    model, ref = row["model"], _other_name(str(row[other]))
+    holm = "p_holm" in row and not pd.isna(row["p_holm"])
+    p = pval(row["p_holm"] if holm else row["p_value"]) + (" (Holm-adjusted)" if holm else "")
+    tail = f"({interval(row['low'], row['high'], diff=True)}; {p}; {cases(row['n_cases'])})"
+    d = direction(row["low"], row["high"])
+    if d == 0:
+        return f"{model} is not distinguishable from {ref} in {measure}: difference {signed(row['difference'])} {tail}."
+    word = "higher" if d > 0 else "lower"
+    return f"{model} scores {word} than {ref} in {measure}: difference {signed(row['difference'])} {tail}."
+
+
+def chance_sentence(
+    name: str, measure: str, estimate: float, low: float, high: float, chance: float, n_cases: int
+) -> str:
+    """An estimate with its CI against its chance value."""
+    d = direction(low, high, chance)
+    verdict = {1: "above chance", -1: "below chance", 0: "not distinguishable from chance"}[d]
+    return (
+        f"{name}: {measure} {num(estimate)} ({interval(low, high)}; {cases(n_cases)}) against {num(chance)} "
+        f"by chance: {verdict}."
+    )
+
+
+def _change(table: pd.DataFrame, x: str, a, b, value: str, low: str, high: str) -> int:
+    ra, rb = table.loc[table[x] == a].iloc[0], table.loc[table[x] == b].iloc[0]
+    if rb[low] > ra[high]:
+        return 1
+    if rb[high] < ra[low]:
+        return -1
+    return 0
+
+
+def shape_sentence(
+    table: pd.DataFrame,
+    name: str,
+    x: str = "N",
+    value: str = "micro",
+    low: str | None = None,
+    high: str | None = None,
+    measure: str = "micro P@N",
+    middle=None,
+) -> str:
+    """How a curve (one row per `x`) changes from its first to its last point, judged by non-overlapping bands."""
+    low, high = low or f"{value}_lo", high or f"{value}_hi"
+    t = table.sort_values(x)
+    xs = t[x].tolist()
+    first, last = xs[0], xs[-1]
+    r0, r1 = t.iloc[0], t.iloc[-1]
+    quote = (
+        f"{name}'s {measure} goes from {num(r0[value])} ({interval(r0[low], r0[high])}) at {x} = {first} to "
+        f"{num(r1[value])} ({interval(r1[low], r1[high])}) at {x} = {last}"
+    )
+    overall = _change(t, x, first, last, value, low, high)
+    if middle is None and len(xs) > 2:
+        middle = xs[len(xs) // 2]
+    if middle is not None and middle not in (first, last):
+        early = _change(t, x, first, middle, value, low, high)
+        late = _change(t, x, middle, last, value, low, high)
+        if early != 0 and late == 0:
+            verb = "rises" if early > 0 else "falls"
+            rm = t.loc[t[x] == middle].iloc[0]
+            return (
+                f"{quote}: it {verb} up to {x} = {middle} ({num(rm[value])}) and flattens after it "
+                "(the bands there and at the end overlap)."
+            )
+    if overall == 0:
+        return f"{quote}: it does not change beyond its 95 % bands."
+    return f"{quote}: it {'rises' if overall > 0 else 'falls'} (the bands at the two ends do not overlap)."
+
+
+def summary_sentences(
+    table: pd.DataFrame,
+    best: pd.DataFrame | None = None,
+    baselines: pd.DataFrame | None = None,
+    n: int = 1,
+    average: str = "micro",
+) -> list[str]:
+    """The findings of `summary.model_table` / `against_best` / `against_baselines` at one N and average."""
+    part = table[(table["N"] == n) & (table["average"] == average)].sort_values("estimate", ascending=False)
+    measure = f"{average} P@{n}"
+    out = []
+    if "best" in table.attrs:
+        n0 = table["N"].min()
+        top = table[
+            (table["model"] == table.attrs["best"]) & (table["N"] == n0) & (table["average"] == "micro")
+        ]
+        top = top.iloc[0]
+        out.append(
+            f"Highest micro P@{n0} (the ranking rule): {top['model']}, {num(top['estimate'])} "
+            f"({interval(top['low'], top['high'])}; {cases(top['n_cases'])})."
+        )
+    for _, row in part.iterrows():
+        out.append(
+            chance_sentence(
+                row["model"], measure, row["estimate"], row["low"], row["high"], row["chance"], row["n_cases"]
+            )
+        )
+    for frame, other in ((best, "best"), (baselines, "baseline")):
+        if frame is not None and len(frame):
+            sel = frame[(frame["N"] == n) & (frame["average"] == average)]
+            out.extend(comparison_sentence(r, other) for _, r in sel.iterrows())
+    return out
+
+
+def level_sentences(levels: pd.DataFrame, name: str, n: int = 1, average: str = "micro") -> list[str]:
+    """Anatomy versus pathology (`levels.level_precision` of one model): each level against chance, then the
+    region-versus-label contrast, claimed only when their bands do not overlap."""
+    part = levels[levels["N"] == n].set_index("level")
+    lo, hi = f"{average}_lo", f"{average}_hi"
+    out = [
+        chance_sentence(
+            name,
+            f"{average} P@{n} ({level} level)",
+            r[average],
+            r[lo],
+            r[hi],
+            r[f"chance_{average}"],
+            r["n_cases"],
+        )
+        for level, r in part.iterrows()
+    ]
+    if {"region", "label"} <= set(part.index):
+        reg, lab = part.loc["region"], part.loc["label"]
+        if reg[lo] > lab[hi]:
+            verdict = "the region is retrieved more reliably than the finding (the bands do not overlap)"
+        elif reg[hi] < lab[lo]:
+            verdict = "the finding is retrieved more reliably than the region (the bands do not overlap)"
+        else:
+            verdict = "region and finding are not distinguishable here (the bands overlap)"
+        out.append(
+            f"{name}: region-level {average} P@{n} {num(reg[average])} against label-level {num(lab[average])}: {verdict}."
+        )
+    return out
+
+
+def conditional_sentence(row: Mapping, name: str) -> str:
+    """One row of `levels.pathology_given_anatomy(_models)`: the finding among anatomy-correct neighbours vs chance."""
+    d = direction(row["difference_lo"], row["difference_hi"])
+    verdict = {1: "above chance", -1: "below chance", 0: "not distinguishable from chance"}[d]
+    where = f" in {row['region']}" if "region" in row and row["region"] else ""
+    return (
+        f"{name}{where}: among anatomy-correct neighbours in the first {int(row['N'])}, the finding matches in "
+        f"{num(row['share'])} against {num(row['chance'])} by chance, difference {signed(row['difference'])} "
+        f"({interval(row['difference_lo'], row['difference_hi'], diff=True)}; {int(row['n_queries'])} queries, "
+        f"{cases(row['n_cases'])}): {verdict}."
+    )
+
+
+def index_size_sentence(
+    table: pd.DataFrame, name: str, metric: str = "plain P@N", n: int = 10, average: str = "micro"
+) -> str:
+    """How `metric` at `n` changes from the smallest to the full index (`index_size.index_size_study` of one model)."""
+    part = table[(table["metric"] == metric) & (table["N"] == n) & (table["average"] == average)]
+    if part.empty:
+        raise ValueError(f"no rows for metric {metric!r}, N = {n}, average {average!r}")
+    measure = f"{average} {metric.replace('@N', f'@{n}')}"
+    return shape_sentence(
+        part, name, x="index_images", value="estimate", low="low", high="high", measure=measure
+    )
+
+
+# ---- which of the paper's claims this configuration can test ---------------------------------------------------
+PAPER_CLAIMS = (
+    (
+        "image_text",
+        "An image-text (weakly supervised) model, BiomedCLIP, retrieves best among the tested encoders.",
+    ),
+    (
+        "baselines",
+        "Pretrained foundation models retrieve well above a floor (here: raw pixels, a random ViT).",
+    ),
+    ("anatomy", "Anatomy is retrieved far more reliably than pathology."),
+    ("index_size", "Retrieval quality depends on the size of the index."),
+    (
+        "numbers",
+        "BiomedCLIP reaches micro P@1 0.594, P@3 0.590, P@5 0.588, P@10 0.583 on the paper's 4 datasets.",
+    ),
+)
+
+
+def paper_claims(
+    models: Sequence[str],
+    config_name: str,
+    baselines: Sequence[str] = ("raw-pixels", "random-vit"),
+    regions_with_several_labels: int = 0,
+    index_size_ran: bool = False,
+    image_text_models: Sequence[str] = IMAGE_TEXT_MODELS,
+    paper_config: str = "paper",
+) -> pd.DataFrame:
+    """Each of the paper's claims, whether this configuration can test it, and why. Columns: claim, testable, why."""
+    models = list(models)
+    text = [m for m in models if m in image_text_models]
+    base = [m for m in models if m in baselines]
+    encoders = [m for m in models if m not in baselines]
+    why = {
+        "image_text": (
+            bool(text) and len(encoders) > 1,
+            f"image-text models run: {', '.join(text)}"
+            if text
+            else "no image-text model in this run (none ships offline)",
+        ),
+        "baselines": (
+            bool(base) and bool(encoders),
+            f"baselines {', '.join(base)} and {len(encoders)} encoder(s) ran"
+            if base and encoders
+            else "needs a baseline and an encoder",
+        ),
+        "anatomy": (
+            regions_with_several_labels > 0,
+            f"{regions_with_several_labels} region(s) with at least two labels"
+            if regions_with_several_labels
+            else "no region has two labels to tell apart",
+        ),
+        "index_size": (
+            index_size_ran,
+            "the index-size study ran" if index_size_ran else "the index-size study did not run",
+        ),
+        "numbers": (
+            config_name == paper_config and "biomedclip" in models,
+            "same data and model"
+            if config_name == paper_config and "biomedclip" in models
+            else f"config {config_name!r} uses other data or models: the published numbers are not comparable",
+        ),
+    }
+    return pd.DataFrame(
+        [{"claim": claim, "testable": why[key][0], "why": why[key][1]} for key, claim in PAPER_CLAIMS]
+    )
+
+
+def as_markdown(sentences: Sequence[str]) -> str:
+    """Sentences as a markdown bullet list (for `display(Markdown(...))` in a notebook)."""
+    return "\n".join(f"- {s}" for s in sentences)

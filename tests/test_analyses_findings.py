@@ -1,0 +1,241 @@
+"""Sentences of cbmir.analyses.findings checked against the random tables they were written from."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from cbmir.analyses import findings
+
+NUM = r"[+-]?\d+\.\d{3}"
+P = r"p < 0\.001|p = \d\.\d{3}"
+
+
+def r3(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def s3(x: float) -> str:
+    t = f"{x:+.3f}"
+    return "+0.000" if t in ("-0.000", "+0.000") else t
+
+
+def random_comparison(rng, other: str) -> dict:
+    diff = rng.normal(0, 0.1)
+    return {
+        "model": f"m{int(rng.integers(0, 9))}",
+        other: str(rng.choice(["raw-pixels", "random-vit", "enc-a"])),
+        "average": str(rng.choice(["micro", "macro"])),
+        "N": int(rng.choice([1, 3, 5, 10])),
+        "difference": diff,
+        "low": diff - rng.exponential(0.08),
+        "high": diff + rng.exponential(0.08),
+        "p_value": float(rng.choice([rng.random(), 1e-4])),
+        "p_holm": float(rng.choice([rng.random(), np.nan])),
+        "n_cases": int(rng.integers(1, 50)),
+    }
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_comparison_sentences_agree_with_their_row(seed):
+    rng = np.random.default_rng(seed)
+    other = "best" if seed % 2 else "baseline"
+    row = random_comparison(rng, other)
+    text = findings.comparison_sentence(row, other)
+    m = re.search(
+        rf"difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}); ({P})( \(Holm-adjusted\))?; (\d+) cases?\)", text
+    )
+    assert m, text
+    assert m.group(1) == s3(row["difference"])
+    assert (m.group(2), m.group(3)) == (s3(row["low"]), s3(row["high"]))
+    holm = not np.isnan(row["p_holm"])
+    p = row["p_holm"] if holm else row["p_value"]
+    assert m.group(4) == ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+    assert bool(m.group(5)) == holm
+    assert int(m.group(6)) == row["n_cases"]
+    assert f"{row['average']} P@{row['N']}" in text
+    if row["low"] > 0:
+        assert " scores higher than " in text and row["difference"] > 0
+    elif row["high"] < 0:
+        assert " scores lower than " in text and row["difference"] < 0
+    else:
+        assert " is not distinguishable from " in text
+        assert "higher" not in text and "lower" not in text
+    if row[other] == "raw-pixels":
+        assert "the raw-pixel baseline" in text
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_chance_and_conditional_sentences_agree_with_their_row(seed):
+    rng = np.random.default_rng(seed)
+    est = rng.random()
+    low, high, ch = est - rng.exponential(0.05), est + rng.exponential(0.05), rng.random()
+    text = findings.chance_sentence("m", "micro P@1", est, low, high, ch, 7)
+    m = re.search(
+        rf"micro P@1 ({NUM}) \(95 % CI ({NUM}) to ({NUM}); 7 cases\) against ({NUM}) by chance: (.*)\.$", text
+    )
+    assert m, text
+    assert m.groups()[:4] == (r3(est), r3(low), r3(high), r3(ch))
+    want = "above chance" if low > ch else "below chance" if high < ch else "not distinguishable from chance"
+    assert m.group(5) == want
+
+    share, chance = rng.random(), rng.random()
+    d = share - chance
+    row = {
+        "region": str(rng.choice(["all regions", "CT/lung"])),
+        "N": 5,
+        "share": share,
+        "chance": chance,
+        "difference": d,
+        "difference_lo": d - rng.exponential(0.1),
+        "difference_hi": d + rng.exponential(0.1),
+        "n_queries": 40,
+        "n_cases": 1,
+    }
+    text = findings.conditional_sentence(row, "m")
+    m = re.search(
+        rf"in ({NUM}) against ({NUM}) by chance, difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}); 40 queries, 1 case\): (.*)\.$",
+        text,
+    )
+    assert m, text
+    assert m.groups()[:5] == (
+        r3(share),
+        r3(chance),
+        s3(d),
+        s3(row["difference_lo"]),
+        s3(row["difference_hi"]),
+    )
+    lo, hi = row["difference_lo"], row["difference_hi"]
+    assert m.group(6) == (
+        "above chance" if lo > 0 else "below chance" if hi < 0 else "not distinguishable from chance"
+    )
+
+
+def random_curve(rng, xs) -> pd.DataFrame:
+    kind = rng.integers(0, 4)
+    base = rng.random() * 0.5
+    steps = {
+        0: np.zeros(len(xs)),
+        1: np.linspace(0, 0.4, len(xs)),
+        2: np.minimum(np.arange(len(xs)), 2) * 0.2,
+    }[min(kind, 2)] * (1 if kind < 3 else -1)
+    values = base + 0.3 + steps + rng.normal(0, 0.02, len(xs))
+    width = rng.exponential(0.05, len(xs))
+    return pd.DataFrame({"N": xs, "micro": values, "micro_lo": values - width, "micro_hi": values + width})
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_shape_sentences_agree_with_the_curve(seed):
+    rng = np.random.default_rng(seed)
+    xs = [1, 5, 10, 50, 100] if seed % 2 else [1, 10]
+    t = random_curve(rng, xs)
+    text = findings.shape_sentence(t, "m")
+    first, last = t.iloc[0], t.iloc[-1]
+    assert (
+        f"from {r3(first['micro'])} (95 % CI {r3(first['micro_lo'])} to {r3(first['micro_hi'])}) at N = 1"
+        in text
+    )
+    assert (
+        f"to {r3(last['micro'])} (95 % CI {r3(last['micro_lo'])} to {r3(last['micro_hi'])}) at N = {xs[-1]}"
+        in text
+    )
+
+    def up(a, b):
+        return b["micro_lo"] > a["micro_hi"]
+
+    def down(a, b):
+        return b["micro_hi"] < a["micro_lo"]
+
+    if "flattens" in text:
+        mid = t[t["N"] == int(re.search(r"up to N = (\d+)", text).group(1))].iloc[0]
+        assert up(first, mid) if " rises up to" in text else down(first, mid)
+        assert not up(mid, last) and not down(mid, last)
+    elif "it rises" in text:
+        assert up(first, last)
+    elif "it falls" in text:
+        assert down(first, last)
+    else:
+        assert "does not change beyond its 95 % bands" in text
+        assert not up(first, last) and not down(first, last)
+
+
+def test_summary_level_and_index_size_sentences():
+    rng = np.random.default_rng(0)
+    rows = []
+    for model in ("a", "raw-pixels"):
+        for average in ("micro", "macro"):
+            for n in (1, 5):
+                est = rng.random()
+                rows.append(
+                    {
+                        "model": model,
+                        "average": average,
+                        "N": n,
+                        "estimate": est,
+                        "low": est - 0.1,
+                        "high": est + 0.1,
+                        "chance": 0.2,
+                        "n_cases": 9,
+                    }
+                )
+    table = pd.DataFrame(rows)
+    table.attrs["best"] = "a"
+    base = pd.DataFrame(
+        [
+            {
+                **random_comparison(rng, "baseline"),
+                "model": "a",
+                "baseline": "raw-pixels",
+                "average": "micro",
+                "N": 1,
+            }
+        ]
+    )
+    out = findings.summary_sentences(table, baselines=base)
+    a1 = table[(table["model"] == "a") & (table["N"] == 1) & (table["average"] == "micro")].iloc[0]
+    assert out[0].startswith(f"Highest micro P@1 (the ranking rule): a, {r3(a1['estimate'])}")
+    assert len(out) == 1 + 2 + 1 and "the raw-pixel baseline" in out[-1]
+
+    levels = pd.DataFrame(
+        {
+            "level": ["modality", "region", "label"],
+            "N": 1,
+            "micro": [0.99, 0.9, 0.5],
+            "micro_lo": [0.97, 0.85, 0.4],
+            "micro_hi": [1.0, 0.95, 0.6],
+            "chance_micro": [0.5, 0.3, 0.1],
+            "n_cases": 13,
+        }
+    )
+    text = findings.level_sentences(levels, "m")
+    assert "region is retrieved more reliably than the finding" in text[-1] and len(text) == 4
+    levels.loc[2, "micro_hi"] = 0.9
+    assert "not distinguishable" in findings.level_sentences(levels, "m")[-1]
+
+    size = pd.DataFrame(
+        {
+            "metric": "plain P@N",
+            "N": 10,
+            "average": "micro",
+            "index_images": [20.0, 50.0, 100.0],
+            "estimate": [0.3, 0.5, 0.52],
+            "low": [0.25, 0.45, 0.46],
+            "high": [0.35, 0.55, 0.58],
+        }
+    )
+    text = findings.index_size_sentence(size, "m")
+    assert "rises up to index_images = 50.0" in text and "flattens" in text and "micro plain P@10" in text
+    with pytest.raises(ValueError, match="no rows"):
+        findings.index_size_sentence(size, "m", n=3)
+
+
+def test_paper_claims():
+    offline = findings.paper_claims(
+        ["litemedsam", "raw-pixels", "random-vit"], "radmini", regions_with_several_labels=3
+    )
+    assert list(offline["testable"]) == [False, True, True, False, False]
+    assert "no image-text model" in offline.loc[0, "why"]
+    paper = findings.paper_claims(["biomedclip", "dinov2-b14"], "paper", index_size_ran=True)
+    assert list(paper["testable"]) == [True, False, False, True, True]

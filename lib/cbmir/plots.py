@@ -286,3 +286,211 @@ def query_panel(
         ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+# ---- figures of cbmir.analyses (chance references, case-level bands, baselines drawn distinctly) ----------
+BASELINE_STYLE = {"color": "0.45", "linestyle": "--"}
+CHANCE_STYLE = {"color": "black", "linestyle": ":", "lw": 1.2}
+
+
+def _model_styles(models: Sequence[str], baselines: Sequence[str]) -> dict[str, dict]:
+    """A colour per encoder; baselines grey and dashed (two baselines: two grey shades)."""
+    palette = sns.color_palette("tab10", n_colors=max(1, len([m for m in models if m not in baselines])))
+    styles, i, j = {}, 0, 0
+    for m in models:
+        if m in baselines:
+            styles[m] = {"color": str(0.3 + 0.25 * (j % 2)), "linestyle": "--"}
+            j += 1
+        else:
+            styles[m] = {"color": palette[i % len(palette)], "linestyle": "-"}
+            i += 1
+    return styles
+
+
+def _legend_outside(fig: plt.Figure, ax: plt.Axes) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+
+
+def curves_with_chance(
+    curves: pd.DataFrame,
+    baselines: Sequence[str] = (),
+    title: str = "",
+    max_n: int | None = None,
+    ylabel: str = "modified precision@N",
+) -> plt.Figure:
+    """Micro and macro P@N against N: a line and a case-level band per model, the chance line of each panel.
+
+    `curves`: `analyses.retrieval.precision_curves` rows with a `model` column (chance_micro/chance_macro are
+    drawn once per model whose chance differs; with one shared index they coincide). Legend outside the axes.
+    """
+    if max_n is not None:
+        curves = curves[curves["N"] <= max_n]
+    models = list(dict.fromkeys(curves["model"]))
+    styles = _model_styles(models, baselines)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, kind in zip(axes, ("micro", "macro"), strict=True):
+        drawn: list[np.ndarray] = []
+        for model in models:
+            g = curves[curves["model"] == model]
+            st = styles[model]
+            ax.plot(g["N"], g[kind], label=model, lw=1.6, **st)
+            ax.fill_between(g["N"], g[f"{kind}_lo"], g[f"{kind}_hi"], color=st["color"], alpha=0.15, lw=0)
+            ch = g[f"chance_{kind}"].to_numpy()
+            if not any(len(d) == len(ch) and np.allclose(d, ch) for d in drawn):
+                ax.plot(g["N"], ch, label="chance" if not drawn else f"chance ({model})", **CHANCE_STYLE)
+                drawn.append(ch)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("N (neighbours considered)")
+        ax.set_title(f"{kind} average")
+        ax.set_ylim(0, 1.02)
+    axes[0].set_ylabel(ylabel)
+    _legend_outside(fig, axes[1])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def bars_with_chance(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str | None = None,
+    low: str | None = None,
+    high: str | None = None,
+    chance: str | None = "chance",
+    baselines: Sequence[str] = (),
+    title: str = "",
+    ylabel: str = "",
+) -> plt.Figure:
+    """Bars of `y` per `x` (grouped by `hue`), CI error bars, and a black tick at each bar's chance value.
+
+    Bars whose `x` (or `hue`) is a baseline are hatched grey. Legend outside the axes.
+    """
+    xs = list(dict.fromkeys(df[x]))
+    hues = list(dict.fromkeys(df[hue])) if hue else [None]
+    width = 0.8 / len(hues)
+    palette = sns.color_palette("tab10", n_colors=max(1, len(hues)))
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(xs) * max(1, len(hues) / 2) + 2), 3.8))
+    chance_labelled = False
+    for i, h in enumerate(hues):
+        part = (df if h is None else df[df[hue] == h]).set_index(x).reindex(xs)
+        pos = np.arange(len(xs)) + (i - (len(hues) - 1) / 2) * width
+        colours = ["0.6" if (v in baselines or h in baselines) else palette[i % len(palette)] for v in xs]
+        hatches = ["//" if (v in baselines or h in baselines) else "" for v in xs]
+        yerr = None
+        if low and high:
+            yerr = np.vstack([part[y] - part[low], part[high] - part[y]])
+        bars = ax.bar(
+            pos,
+            part[y],
+            width=width,
+            yerr=yerr,
+            capsize=2,
+            color=colours,
+            label=None if h is None else str(h),
+        )
+        for bar, hatch in zip(bars, hatches, strict=True):
+            bar.set_hatch(hatch)
+        if chance and chance in part:
+            ax.hlines(
+                part[chance],
+                pos - width / 2,
+                pos + width / 2,
+                colors="black",
+                lw=2,
+                label=None if chance_labelled else "chance",
+            )
+            chance_labelled = True
+    ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs], rotation=20, ha="right")
+    ax.set_ylabel(ylabel or y)
+    ax.set_ylim(0, 1.02)
+    if title:
+        ax.set_title(title)
+    _legend_outside(fig, ax)
+    fig.tight_layout()
+    return fig
+
+
+def index_size_curves(
+    table: pd.DataFrame,
+    metric: str = "plain P@N",
+    average: str = "micro",
+    baselines: Sequence[str] = (),
+    title: str = "",
+) -> plt.Figure:
+    """`analyses.index_size.index_size_study` rows (with a `model` column): one panel per N, the estimate against
+    index images (log axis) with its pooled band per model, and the chance curve."""
+    part = table[(table["metric"] == metric) & (table["average"] == average)]
+    ns = sorted(set(part["N"]))
+    models = list(dict.fromkeys(part["model"]))
+    styles = _model_styles(models, baselines)
+    fig, axes = plt.subplots(1, len(ns), figsize=(4.2 * len(ns) + 1.5, 3.6), sharey=True, squeeze=False)
+    for ax, n in zip(axes.flat, ns, strict=True):
+        drawn: list[np.ndarray] = []
+        for model in models:
+            g = part[(part["model"] == model) & (part["N"] == n)].sort_values("index_images")
+            st = styles[model]
+            ax.plot(g["index_images"], g["estimate"], marker="o", ms=3, lw=1.5, label=model, **st)
+            ax.fill_between(g["index_images"], g["low"], g["high"], color=st["color"], alpha=0.15, lw=0)
+            ch = g["chance"].to_numpy()
+            if not any(len(d) == len(ch) and np.allclose(d, ch) for d in drawn):
+                ax.plot(
+                    g["index_images"],
+                    ch,
+                    label="chance" if not drawn else f"chance ({model})",
+                    **CHANCE_STYLE,
+                )
+                drawn.append(ch)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(f"N = {n}")
+        ax.set_xlabel("index images")
+        ax.set_ylim(0, 1.02)
+    axes.flat[0].set_ylabel(f"{average} {metric}")
+    _legend_outside(fig, axes.flat[-1])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def best_worst_bars(
+    best: pd.DataFrame, worst: pd.DataFrame, value: str, label: str = "class", title: str = ""
+) -> plt.Figure:
+    """`analyses.retrieval.best_worst` panels: bars with CI (`<value>_lo/_hi` if present), chance ticks
+    (`chance`), and each class's numbers of queries and cases written beside its bar."""
+    rows = max(len(best), len(worst), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(12, max(2.5, 0.32 * rows + 1.2)), sharex=True)
+    for ax, part, name, colour in zip(
+        axes, (best, worst), ("best", "worst"), (sns.color_palette()[0], sns.color_palette()[3]), strict=True
+    ):
+        ax.set_title(f"{name} {len(part)} classes")
+        ax.set_xlabel(value)
+        ax.set_xlim(0, 1.25)
+        if part.empty:
+            continue
+        pos = np.arange(len(part))
+        xerr = None
+        if f"{value}_lo" in part:
+            xerr = np.vstack([part[value] - part[f"{value}_lo"], part[f"{value}_hi"] - part[value]])
+        ax.barh(pos, part[value], xerr=xerr, color=colour, capsize=2)
+        if "chance" in part:
+            ax.vlines(part["chance"], pos - 0.4, pos + 0.4, colors="black", lw=2, label="chance")
+        ax.set_yticks(pos, part[label].astype(str), fontsize=8)
+        for p, (_, r) in zip(pos, part.iterrows(), strict=True):
+            if "n_queries" in r and "n_cases" in r:
+                ax.text(
+                    1.02, p, f"{int(r['n_queries'])} q / {int(r['n_cases'])} cases", va="center", fontsize=7
+                )
+        ax.invert_yaxis()
+    if "chance" in best or "chance" in worst:
+        axes[0].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

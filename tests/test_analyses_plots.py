@@ -1,0 +1,87 @@
+"""The analyses' figures render from the analyses' own tables, with chance lines and distinct baselines."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from cbmir import plots
+from cbmir.analyses import index_size, levels, retrieval
+
+LABELS = ["CT/lung/a", "CT/lung/b", "MR/brain/c", "MR/brain/d", "XR/chest/e"]
+
+
+def problem(n_rows: int = 120, k: int = 10):
+    rng = np.random.default_rng(0)
+    labels = rng.choice(LABELS, n_rows).astype(object)
+    cases = np.array([f"p{int(c)}" for c in rng.integers(0, 30, n_rows)], dtype=object)
+    split = rng.random(n_rows) < 0.7
+    ir, qr = np.flatnonzero(split), np.flatnonzero(~split)
+    ids = {m: np.stack([rng.permutation(ir)[:k] for _ in qr]) for m in ("enc", "raw-pixels")}
+    return ids, qr, ir, labels, cases
+
+
+def test_curves_levels_index_size_and_classes_render(tmp_path):
+    ids, qr, ir, labels, cases = problem()
+    curves = pd.concat(
+        [
+            retrieval.precision_curves(v, qr, ir, labels, cases, n_boot=20).assign(model=m)
+            for m, v in ids.items()
+        ]
+    )
+    fig = plots.curves_with_chance(curves, baselines=["raw-pixels"], title="t")
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["raw-pixels"].get_linestyle() == "--" and lines["enc"].get_linestyle() == "-"
+    assert "chance" in lines and np.allclose(lines["chance"].get_ydata(), curves["chance_micro"].iloc[:10])
+    assert ax.get_legend() is None and fig.legends  # legend outside the axes
+    assert plots.save_figure(fig, tmp_path / "curves").exists()
+
+    region = np.array(["/".join(x.split("/")[:2]) for x in labels], dtype=object)
+    lv = pd.concat(
+        [
+            levels.level_precision(v, qr, ir, {"region": region, "label": labels}, cases, n_boot=20).assign(
+                model=m
+            )
+            for m, v in ids.items()
+        ]
+    )
+    part = lv[lv["N"] == 1]
+    fig = plots.bars_with_chance(
+        part,
+        x="model",
+        y="micro",
+        hue="level",
+        low="micro_lo",
+        high="micro_hi",
+        chance="chance_micro",
+        baselines=["raw-pixels"],
+    )
+    ticks = [c for c in fig.axes[0].collections if c.get_label() == "chance"]
+    assert len(ticks) == 1  # the first level's ticks carry the legend entry
+    tick_y = [seg[0][1] for seg in ticks[0].get_segments()]
+    np.testing.assert_allclose(tick_y, part[part["level"] == "region"]["chance_micro"])
+    plots.save_figure(fig, tmp_path / "levels")
+
+    def search(rows, k):
+        return np.stack([rows[:k] for _ in qr])
+
+    size = pd.concat(
+        [
+            index_size.index_size_study(
+                search, qr, ir, labels, cases, fractions=(0.5, 1.0), repeats=2, n_boot=10, progress=False
+            ).assign(model=m)
+            for m in ids
+        ]
+    )
+    fig = plots.index_size_curves(size, baselines=["raw-pixels"])
+    assert len(fig.axes) == 3 and any(line.get_label() == "chance" for line in fig.axes[0].get_lines())
+    plots.save_figure(fig, tmp_path / "size")
+
+    classes = retrieval.per_class(ids["enc"], qr, ir, labels, cases, n_boot=10)
+    best, worst = retrieval.best_worst(classes, "P@1", n=10)
+    fig = plots.best_worst_bars(best, worst, "P@1")
+    shown = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
+    assert len(shown) == len(set(shown)) == len(classes.dropna(subset=["P@1"]))
+    plots.save_figure(fig, tmp_path / "classes")
+    plt.close("all")

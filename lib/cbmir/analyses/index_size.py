@@ -161,7 +161,7 @@ def index_size_study(
             points = np.stack([r[2][average][0] for r in reps])  # [repeats, 2 * len(ns)]
             pooled = np.vstack([r[2][average][1] for r in reps])  # [repeats * n_boot, 2 * len(ns)]
             chances = np.stack([r[2][average][2] for r in reps])
-            low, high = bootstrap._interval(pooled, ci)
+            low, high = bootstrap.percentile_interval(pooled, ci)
             for j in range(2 * width):
                 rows.append(
                     {

@@ -49,7 +49,7 @@ class _Scored:
             enc = encode(ids_by_model[model], query_rows, index_rows, labels, cases)
             blocks.append(retrieval.precision_at_n(enc.neighbours, enc.queries, enc.counts)[:, cols])
         self.chance = chance.expected_precision(enc.queries, enc.counts, enc.k)[:, cols]
-        self.p, self.q, self.g = bootstrap._prepare(np.hstack(blocks), enc.queries, enc.cases)
+        self.p, self.q, self.g = bootstrap.prepare(np.hstack(blocks), enc.queries, enc.cases)
         keep = ~np.isnan(np.hstack(blocks)).any(axis=1)
         self.chance, self.q_all = self.chance[keep], enc.queries[keep]
         self.n_boot, self.seed = n_boot, seed
@@ -95,7 +95,7 @@ def model_table(
     rows = []
     for average in bootstrap.AVERAGES:
         point = s.point(average)
-        low, high = bootstrap._interval(s.stats(average), ci)
+        low, high = bootstrap.percentile_interval(s.stats(average), ci)
         ch_micro, ch_macro = retrieval.micro_macro(s.chance, s.q_all)
         ch = ch_micro if average == "micro" else ch_macro
         for model in s.models:
@@ -139,7 +139,7 @@ def _compare(s: _Scored, pairs: Sequence[tuple[str, str]], ci: float, other: str
         point, stats = s.point(average), s.stats(average)
         for model, ref in pairs:
             diffs = stats[:, s.block(model)] - stats[:, s.block(ref)]
-            low, high = bootstrap._interval(diffs, ci)
+            low, high = bootstrap.percentile_interval(diffs, ci)
             p = bootstrap.p_value(diffs)
             for j, n in enumerate(s.ns):
                 rows.append(

@@ -57,7 +57,7 @@ def _as_2d(per_query: np.ndarray) -> tuple[np.ndarray, bool]:
     return p, False
 
 
-def _prepare(
+def prepare(
     per_query: np.ndarray, query_labels: np.ndarray, cases
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(values [Q', K], class codes [Q'], case codes 0..G-1 [Q']) of the queries with a defined metric."""
@@ -116,7 +116,7 @@ def resample_stats(
 ) -> np.ndarray:
     """The statistic on each cluster-bootstrap resample: [n_boot, K].
 
-    `p` [Q, K] defined values, `q` class codes, `g` case codes 0..G-1 (as returned by `_prepare`). Columns are
+    `p` [Q, K] defined values, `q` class codes, `g` case codes 0..G-1 (as returned by `prepare`). Columns are
     independent, so stacking two models side by side ([Q, 2K]) gives paired resamples.
     """
     if average not in AVERAGES:
@@ -153,7 +153,8 @@ def resample_stats(
     return out
 
 
-def _interval(stats: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+def percentile_interval(stats: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+    """The (1 - ci) / 2 and (1 + ci) / 2 percentiles of resampled statistics [B, K], per column."""
     if not 0 < ci < 1:
         raise ValueError(f"parameter 'ci' = {ci} must be in (0, 1)")
     low, high = np.percentile(stats, [50 * (1 - ci), 50 * (1 + ci)], axis=0)
@@ -183,9 +184,9 @@ def bootstrap_ci(
     query its own case). Returns DataFrame(N, estimate, low, high, n_cases, n_queries), without N for [Q] input.
     """
     _, one_d = _as_2d(per_query)
-    p, q, g = _prepare(per_query, query_labels, cases)
+    p, q, g = prepare(per_query, query_labels, cases)
     stats = resample_stats(p, q, g, average, n_boot, seed)
-    low, high = _interval(stats, ci)
+    low, high = percentile_interval(stats, ci)
     return _frame(
         {
             "estimate": point_estimate(p, q, average),
@@ -231,12 +232,12 @@ def paired_bootstrap(
     b, _ = _as_2d(per_query_b)
     if a.shape != b.shape:
         raise ValueError(f"parameters 'per_query_a' {a.shape} and 'per_query_b' {b.shape} differ in shape")
-    both, q, g = _prepare(np.hstack([a, b]), query_labels, cases)
+    both, q, g = prepare(np.hstack([a, b]), query_labels, cases)
     k = a.shape[1]
     stats = resample_stats(both, q, g, average, n_boot, seed)
     diffs = stats[:, :k] - stats[:, k:]
     point = point_estimate(both, q, average)
-    low, high = _interval(diffs, ci)
+    low, high = percentile_interval(diffs, ci)
     return _frame(
         {
             "difference": point[:k] - point[k:],

@@ -56,7 +56,12 @@ def test_comparison_sentences_agree_with_their_row(seed):
     assert bool(m.group(5)) == holm
     assert int(m.group(6)) == row["n_cases"]
     assert f"{row['average']} P@{row['N']}" in text
-    if row["low"] > 0:
+    if row["n_cases"] < findings.MIN_CASES:
+        assert text.endswith(
+            f"too few cases ({m.group(6)} case{'s' if row['n_cases'] > 1 else ''}; at least 5 needed) to tell."
+        )
+        assert "higher" not in text and "lower" not in text and "distinguishable" not in text
+    elif row["low"] > 0:
         assert " scores higher than " in text and row["difference"] > 0
     elif row["high"] < 0:
         assert " scores lower than " in text and row["difference"] < 0
@@ -92,11 +97,11 @@ def test_chance_and_conditional_sentences_agree_with_their_row(seed):
         "difference_lo": d - rng.exponential(0.1),
         "difference_hi": d + rng.exponential(0.1),
         "n_queries": 40,
-        "n_cases": 1,
+        "n_cases": int(rng.choice([1, 12])),
     }
     text = findings.conditional_sentence(row, "m")
     m = re.search(
-        rf"in ({NUM}) against ({NUM}) by chance, difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}); 40 queries, 1 case\): (.*)\.$",
+        rf"in ({NUM}) against ({NUM}) by chance, difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}); 40 queries, (\d+) cases?\): (.*)\.$",
         text,
     )
     assert m, text
@@ -108,9 +113,13 @@ def test_chance_and_conditional_sentences_agree_with_their_row(seed):
         s3(row["difference_hi"]),
     )
     lo, hi = row["difference_lo"], row["difference_hi"]
-    assert m.group(6) == (
-        "above chance" if lo > 0 else "below chance" if hi < 0 else "not distinguishable from chance"
-    )
+    assert int(m.group(6)) == row["n_cases"]
+    if row["n_cases"] < findings.MIN_CASES:
+        assert m.group(7).startswith("too few cases (1 case;")
+    else:
+        assert m.group(7) == (
+            "above chance" if lo > 0 else "below chance" if hi < 0 else "not distinguishable from chance"
+        )
 
 
 def random_curve(rng, xs) -> pd.DataFrame:
@@ -213,6 +222,8 @@ def test_summary_level_and_index_size_sentences():
     assert "region is retrieved more reliably than the finding" in text[-1] and len(text) == 4
     levels.loc[2, "micro_hi"] = 0.9
     assert "not distinguishable" in findings.level_sentences(levels, "m")[-1]
+    few = findings.level_sentences(levels.assign(n_cases=2), "m")
+    assert all("too few cases" in t for t in few)
 
     size = pd.DataFrame(
         {
@@ -220,13 +231,16 @@ def test_summary_level_and_index_size_sentences():
             "N": 10,
             "average": "micro",
             "index_images": [20.0, 50.0, 100.0],
+            "index_cases": [4.0, 10.0, 20.0],
+            "n_cases": 13,
             "estimate": [0.3, 0.5, 0.52],
             "low": [0.25, 0.45, 0.46],
             "high": [0.35, 0.55, 0.58],
         }
     )
     text = findings.index_size_sentence(size, "m")
-    assert "rises up to index_images = 50.0" in text and "flattens" in text and "micro plain P@10" in text
+    assert "rises up to index_cases = 10.0" in text and "flattens" in text and "micro plain P@10" in text
+    assert "too few cases" in findings.index_size_sentence(size.assign(n_cases=3), "m")
     with pytest.raises(ValueError, match="no rows"):
         findings.index_size_sentence(size, "m", n=3)
 

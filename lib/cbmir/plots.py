@@ -289,7 +289,7 @@ def query_panel(
 
 
 # ---- figures of cbmir.analyses (chance references, case-level bands, baselines drawn distinctly) ----------
-BASELINE_STYLE = {"color": "0.45", "linestyle": "--"}
+_PLAIN_TICKS = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
 CHANCE_STYLE = {"color": "black", "linestyle": ":", "lw": 1.2}
 
 
@@ -342,7 +342,7 @@ def curves_with_chance(
                 ax.plot(g["N"], ch, label="chance" if not drawn else f"chance ({model})", **CHANCE_STYLE)
                 drawn.append(ch)
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_major_formatter(_PLAIN_TICKS)
         ax.set_xlabel("N (neighbours considered)")
         ax.set_title(f"{kind} average")
         ax.set_ylim(0, 1.02)
@@ -421,9 +421,11 @@ def index_size_curves(
     average: str = "micro",
     baselines: Sequence[str] = (),
     title: str = "",
+    x: str = "index_cases",
 ) -> plt.Figure:
     """`analyses.index_size.index_size_study` rows (with a `model` column): one panel per N, the estimate against
-    index images (log axis) with its pooled band per model, and the chance curve."""
+    the index size `x` (cases, the unit subsampled; or `index_images`), log axis, with its pooled band per model,
+    and the chance curve."""
     part = table[(table["metric"] == metric) & (table["average"] == average)]
     ns = sorted(set(part["N"]))
     models = list(dict.fromkeys(part["model"]))
@@ -432,10 +434,10 @@ def index_size_curves(
     for ax, n in zip(axes.flat, ns, strict=True):
         drawn: list[np.ndarray] = []
         for model in models:
-            g = part[(part["model"] == model) & (part["N"] == n)].sort_values("index_images")
+            g = part[(part["model"] == model) & (part["N"] == n)].sort_values(x)
             st = styles[model]
-            ax.plot(g["index_images"], g["estimate"], marker="o", ms=3, lw=1.5, label=model, **st)
-            ax.fill_between(g["index_images"], g["low"], g["high"], color=st["color"], alpha=0.15, lw=0)
+            ax.plot(g[x], g["estimate"], marker="o", ms=3, lw=1.5, label=model, **st)
+            ax.fill_between(g[x], g["low"], g["high"], color=st["color"], alpha=0.15, lw=0)
             ch = g["chance"].to_numpy()
             if not any(len(d) == len(ch) and np.allclose(d, ch) for d in drawn):
                 ax.plot(
@@ -446,10 +448,10 @@ def index_size_curves(
                 )
                 drawn.append(ch)
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_major_formatter(_PLAIN_TICKS)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"N = {n}")
-        ax.set_xlabel("index images")
+        ax.set_xlabel(x.replace("_", " "))
         ax.set_ylim(0, 1.02)
     axes.flat[0].set_ylabel(f"{average} {metric}")
     _legend_outside(fig, axes.flat[-1])
@@ -471,7 +473,7 @@ def best_worst_bars(
     ):
         ax.set_title(f"{name} {len(part)} classes")
         ax.set_xlabel(value)
-        ax.set_xlim(0, 1.25)
+        ax.set_xlim(0, 1.4)
         if part.empty:
             continue
         pos = np.arange(len(part))
@@ -489,7 +491,7 @@ def best_worst_bars(
                 )
         ax.invert_yaxis()
     if "chance" in best or "chance" in worst:
-        axes[0].legend(fontsize=7, loc="lower right")
+        _legend_outside(fig, axes[1])
     if title:
         fig.suptitle(title)
     fig.tight_layout()

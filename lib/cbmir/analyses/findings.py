@@ -6,6 +6,8 @@ Rules (so that no sentence claims more than its numbers carry):
 - A curve "rises" or "falls" between two N (or two index sizes) only when the bands at the two points do not
   overlap; it "flattens" only when it changes that way up to a middle point and not after it. Otherwise it
   "does not change beyond its 95 % bands". Non-overlap of two bands is a conservative descriptive rule, not a test.
+- With fewer than MIN_CASES independent cases, a percentile bootstrap has too few distinct resamples to bound
+  anything (one case gives a zero-width interval): no direction is claimed, the sentence says "too few cases".
 - Numbers are quoted rounded to 3 decimals (differences with their sign), p-values to 3 decimals or "< 0.001".
 """
 
@@ -16,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 DIGITS = 3
+MIN_CASES = 5  # below this many cases, no sentence claims a direction
 BASELINE_NAMES = {"raw-pixels": "the raw-pixel baseline", "random-vit": "the random-ViT baseline"}
 IMAGE_TEXT_MODELS = ("biomedclip", "medclip", "clip-vit-l14")
 
@@ -49,6 +52,14 @@ def direction(low: float, high: float, reference: float = 0.0) -> int:
     return 1 if low > reference else -1 if high < reference else 0
 
 
+def too_few(n_cases: float) -> bool:
+    return int(n_cases) < MIN_CASES
+
+
+def _few(n_cases: float) -> str:
+    return f"too few cases ({cases(n_cases)}; at least {MIN_CASES} needed) to tell"
+
+
 def _other_name(name: str) -> str:
     return BASELINE_NAMES.get(name, name)
 
@@ -64,6 +75,8 @@ def comparison_sentence(row: Mapping, other: str = "best", measure: str | None =
     p = pval(row["p_holm"] if holm else row["p_value"]) + (" (Holm-adjusted)" if holm else "")
     tail = f"({interval(row['low'], row['high'], diff=True)}; {p}; {cases(row['n_cases'])})"
     d = direction(row["low"], row["high"])
+    if too_few(row["n_cases"]):
+        return f"{model} against {ref} in {measure}: difference {signed(row['difference'])} {tail}: {_few(row['n_cases'])}."
     if d == 0:
         return f"{model} is not distinguishable from {ref} in {measure}: difference {signed(row['difference'])} {tail}."
     word = "higher" if d > 0 else "lower"
@@ -76,6 +89,8 @@ def chance_sentence(
     """An estimate with its CI against its chance value."""
     d = direction(low, high, chance)
     verdict = {1: "above chance", -1: "below chance", 0: "not distinguishable from chance"}[d]
+    if too_few(n_cases):
+        verdict = _few(n_cases)
     return (
         f"{name}: {measure} {num(estimate)} ({interval(low, high)}; {cases(n_cases)}) against {num(chance)} "
         f"by chance: {verdict}."
@@ -111,6 +126,8 @@ def shape_sentence(
         f"{name}'s {measure} goes from {num(r0[value])} ({interval(r0[low], r0[high])}) at {x} = {first} to "
         f"{num(r1[value])} ({interval(r1[low], r1[high])}) at {x} = {last}"
     )
+    if "n_cases" in t and too_few(t["n_cases"].min()):
+        return f"{quote}: {_few(t['n_cases'].min())} how it changes."
     overall = _change(t, x, first, last, value, low, high)
     if middle is None and len(xs) > 2:
         middle = xs[len(xs) // 2]
@@ -182,7 +199,9 @@ def level_sentences(levels: pd.DataFrame, name: str, n: int = 1, average: str = 
     ]
     if {"region", "label"} <= set(part.index):
         reg, lab = part.loc["region"], part.loc["label"]
-        if reg[lo] > lab[hi]:
+        if too_few(reg["n_cases"]):
+            verdict = _few(reg["n_cases"])
+        elif reg[lo] > lab[hi]:
             verdict = "the region is retrieved more reliably than the finding (the bands do not overlap)"
         elif reg[hi] < lab[lo]:
             verdict = "the finding is retrieved more reliably than the region (the bands do not overlap)"
@@ -198,6 +217,8 @@ def conditional_sentence(row: Mapping, name: str) -> str:
     """One row of `levels.pathology_given_anatomy(_models)`: the finding among anatomy-correct neighbours vs chance."""
     d = direction(row["difference_lo"], row["difference_hi"])
     verdict = {1: "above chance", -1: "below chance", 0: "not distinguishable from chance"}[d]
+    if too_few(row["n_cases"]):
+        verdict = _few(row["n_cases"])
     where = f" in {row['region']}" if "region" in row and row["region"] else ""
     return (
         f"{name}{where}: among anatomy-correct neighbours in the first {int(row['N'])}, the finding matches in "
@@ -210,13 +231,14 @@ def conditional_sentence(row: Mapping, name: str) -> str:
 def index_size_sentence(
     table: pd.DataFrame, name: str, metric: str = "plain P@N", n: int = 10, average: str = "micro"
 ) -> str:
-    """How `metric` at `n` changes from the smallest to the full index (`index_size.index_size_study` of one model)."""
+    """How `metric` at `n` changes from the smallest to the full index (`index_size.index_size_study` of one model),
+    the index size counted in cases (the unit subsampled)."""
     part = table[(table["metric"] == metric) & (table["N"] == n) & (table["average"] == average)]
     if part.empty:
         raise ValueError(f"no rows for metric {metric!r}, N = {n}, average {average!r}")
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
     return shape_sentence(
-        part, name, x="index_images", value="estimate", low="low", high="high", measure=measure
+        part, name, x="index_cases", value="estimate", low="low", high="high", measure=measure
     )
 
 

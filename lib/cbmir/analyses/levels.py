@@ -100,8 +100,7 @@ def _conditional_rows(
                 "n_cases": len(np.unique(case_codes[sel])),
             }
             if not sel.any():
-                rows.append(row | {"share": np.nan, "chance": np.nan, "difference": np.nan})
-                continue
+                continue  # no query of this region has an anatomy-correct neighbour in the first N
             one = np.zeros(int(sel.sum()), np.int64)  # micro: the class does not matter
             obs = bootstrap.bootstrap_ci(
                 shares[sel, j], one, case_codes[sel], n_boot=n_boot, seed=seed, ci=ci
@@ -168,7 +167,8 @@ def pathology_given_anatomy(
 
     `regions` and `labels` hold one value per manifest row (e.g. "CT/lung" and "CT/lung/lesion"). Columns:
     region ("all regions" first), N, share, share_lo, share_hi, chance, difference (share - chance),
-    difference_lo, difference_hi, n_queries, n_cases (queries with an anatomy-correct neighbour in the first N).
+    difference_lo, difference_hi, n_queries, n_cases (queries with an anatomy-correct neighbour in the first N;
+    a region and N without any such query has no row).
     """
     ns = [n for n in ns if n <= np.asarray(ids).shape[1]]
     shares = conditional_shares(ids, query_rows, regions, labels, ns)

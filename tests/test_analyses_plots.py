@@ -75,7 +75,15 @@ def test_curves_levels_index_size_and_classes_render(tmp_path):
         ]
     )
     fig = plots.index_size_curves(size, baselines=["raw-pixels"])
-    assert len(fig.axes) == 3 and any(line.get_label() == "chance" for line in fig.axes[0].get_lines())
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert len(fig.axes) == 3 and lines["raw-pixels"].get_linestyle() == "--"
+    np.testing.assert_array_equal(
+        lines["chance"].get_xdata(), lines["enc"].get_xdata()
+    )  # same x: index cases
+    part = size[(size["model"] == "enc") & (size["N"] == 1) & (size["metric"] == "plain P@N")]
+    part = part[part["average"] == "micro"].sort_values("index_cases")
+    np.testing.assert_allclose(lines["enc"].get_xdata(), part["index_cases"])
+    np.testing.assert_allclose(lines["chance"].get_ydata(), part["chance"])
     plots.save_figure(fig, tmp_path / "size")
 
     classes = retrieval.per_class(ids["enc"], qr, ir, labels, cases, n_boot=10)
@@ -83,5 +91,10 @@ def test_curves_levels_index_size_and_classes_render(tmp_path):
     fig = plots.best_worst_bars(best, worst, "P@1")
     shown = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
     assert len(shown) == len(set(shown)) == len(classes.dropna(subset=["P@1"]))
+    notes = [t.get_text() for t in fig.axes[0].texts]
+    first = best.iloc[0]
+    assert notes[0] == f"{first['n_queries']} quer{'y' if first['n_queries'] == 1 else 'ies'}, " + (
+        f"{first['n_cases']} case{'' if first['n_cases'] == 1 else 's'}"
+    )
     plots.save_figure(fig, tmp_path / "classes")
     plt.close("all")

@@ -441,7 +441,7 @@ def index_size_curves(
             ch = g["chance"].to_numpy()
             if not any(len(d) == len(ch) and np.allclose(d, ch) for d in drawn):
                 ax.plot(
-                    g["index_images"],
+                    g[x],
                     ch,
                     label="chance" if not drawn else f"chance ({model})",
                     **CHANCE_STYLE,
@@ -486,9 +486,9 @@ def best_worst_bars(
         ax.set_yticks(pos, part[label].astype(str), fontsize=8)
         for p, (_, r) in zip(pos, part.iterrows(), strict=True):
             if "n_queries" in r and "n_cases" in r:
-                ax.text(
-                    1.02, p, f"{int(r['n_queries'])} q / {int(r['n_cases'])} cases", va="center", fontsize=7
-                )
+                n_q, n_c = int(r["n_queries"]), int(r["n_cases"])
+                text = f"{n_q} quer{'y' if n_q == 1 else 'ies'}, {n_c} case{'' if n_c == 1 else 's'}"
+                ax.text(1.05, p, text, va="center", fontsize=7)
         ax.invert_yaxis()
     if "chance" in best or "chance" in worst:
         _legend_outside(fig, axes[1])

@@ -123,7 +123,7 @@ def shape_sentence(
     first, last = xs[0], xs[-1]
     r0, r1 = t.iloc[0], t.iloc[-1]
     quote = (
-        f"{name}'s {measure} goes from {num(r0[value])} ({interval(r0[low], r0[high])}) at {x} = {first} to "
+        f"{name}: {measure} goes from {num(r0[value])} ({interval(r0[low], r0[high])}) at {x} = {first} to "
         f"{num(r1[value])} ({interval(r1[low], r1[high])}) at {x} = {last}"
     )
     if "n_cases" in t and too_few(t["n_cases"].min()):

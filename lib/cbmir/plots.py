@@ -450,6 +450,7 @@ def index_size_curves(
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(_PLAIN_TICKS)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(sorted(set(part[x])))
         ax.set_title(f"N = {n}")
         ax.set_xlabel(x.replace("_", " "))
         ax.set_ylim(0, 1.02)

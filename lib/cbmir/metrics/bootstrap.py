@@ -134,22 +134,23 @@ def resample_stats(
             out[start : start + len(w)] = (w @ case_sum) / (w @ case_n)[:, None]
         return out
     n_classes = int(q.max()) + 1
-    pair, pair_idx = np.unique(g * n_classes + q, return_inverse=True)  # (case, class) pairs
+    # (class, case) pairs sorted by class, so each class is one contiguous block of columns
+    pair, pair_idx = np.unique(q * n_cases + g, return_inverse=True)
     pair_sum = _group_sums(p, pair_idx, len(pair))  # [P, K]
     pair_n = np.bincount(pair_idx, minlength=len(pair)).astype(np.float64)
-    pair_case, pair_class = pair // n_classes, pair % n_classes
-    members = [np.flatnonzero(pair_class == c) for c in range(n_classes)]
-    members = [m for m in members if len(m)]
+    pair_case, pair_class = pair % n_cases, pair // n_cases
+    classes, starts = np.unique(pair_class, return_index=True)
+    ends = np.r_[starts[1:], len(pair)]
+    chunk = max(1, min(n_boot, 2**24 // max(n_cases, len(pair))))
     for start, w in case_weights(n_cases, n_boot, seed, chunk):
+        wp = w[:, pair_case]  # [b, P]: times each pair's case was drawn
+        n_cls = np.add.reduceat(wp * pair_n, starts, axis=1)  # [b, classes]: resampled queries per class
         total = np.zeros((len(w), k))
-        present = np.zeros(len(w))
-        for m in members:
-            wc = w[:, pair_case[m]]  # [b, pairs of this class]
-            n = wc @ pair_n[m]  # [b]
-            drawn = n > 0
-            total[drawn] += (wc[drawn] @ pair_sum[m]) / n[drawn, None]
-            present += drawn
-        out[start : start + len(w)] = total / present[:, None]
+        for j, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
+            n = n_cls[:, j]
+            ok = n > 0
+            total += np.where(ok[:, None], (wp[:, lo:hi] @ pair_sum[lo:hi]) / np.where(ok, n, 1.0)[:, None], 0.0)
+        out[start : start + len(w)] = total / (n_cls > 0).sum(axis=1)[:, None]
     return out
 
 

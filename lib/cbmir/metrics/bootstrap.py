@@ -133,13 +133,12 @@ def resample_stats(
         for start, w in case_weights(n_cases, n_boot, seed, chunk):
             out[start : start + len(w)] = (w @ case_sum) / (w @ case_n)[:, None]
         return out
-    n_classes = int(q.max()) + 1
     # (class, case) pairs sorted by class, so each class is one contiguous block of columns
     pair, pair_idx = np.unique(q * n_cases + g, return_inverse=True)
     pair_sum = _group_sums(p, pair_idx, len(pair))  # [P, K]
     pair_n = np.bincount(pair_idx, minlength=len(pair)).astype(np.float64)
     pair_case, pair_class = pair % n_cases, pair // n_cases
-    classes, starts = np.unique(pair_class, return_index=True)
+    _, starts = np.unique(pair_class, return_index=True)
     ends = np.r_[starts[1:], len(pair)]
     chunk = max(1, min(n_boot, 2**24 // max(n_cases, len(pair))))
     for start, w in case_weights(n_cases, n_boot, seed, chunk):
@@ -149,7 +148,9 @@ def resample_stats(
         for j, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
             n = n_cls[:, j]
             ok = n > 0
-            total += np.where(ok[:, None], (wp[:, lo:hi] @ pair_sum[lo:hi]) / np.where(ok, n, 1.0)[:, None], 0.0)
+            total += np.where(
+                ok[:, None], (wp[:, lo:hi] @ pair_sum[lo:hi]) / np.where(ok, n, 1.0)[:, None], 0.0
+            )
         out[start : start + len(w)] = total / (n_cls > 0).sum(axis=1)[:, None]
     return out
 

@@ -110,3 +110,14 @@ def test_bad_inputs_and_paper_comparison():
     micro = table[table["average"] == "micro"].set_index("N")["estimate"]
     np.testing.assert_allclose(same["ours"], micro.loc[[1, 3, 5, 10]].to_numpy())
     assert isinstance(summary.PAPER_REPORTED, pd.DataFrame)
+
+
+def test_display_table_quotes_the_model_table():
+    models, qr, ir, labels, cases = problem(1)
+    table = summary.model_table(models, qr, ir, labels, cases, ns=(1, 5), n_boot=20)
+    shown = summary.display_table(table).set_index("model")
+    assert list(shown.index)[0] == table.attrs["best"] and shown["rank"].is_monotonic_increasing
+    for _, r in table.iterrows():
+        cell = shown.loc[r["model"], f"{r['average']} P@{r['N']}"]
+        assert cell == f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+        assert shown.loc[r["model"], "cases"] == r["n_cases"]

@@ -270,3 +270,20 @@ def paper_comparison(
         else f"not comparable with config {config_name!r} (different data or models); the paper's value alone"
     )
     return out
+
+
+def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """`model_table` as one row per model for reading: rank, model, "<average> P@N" = "estimate [low, high]" for
+    each average and N, chance at each N, and the numbers of queries and cases."""
+    rows = []
+    for model, part in table.groupby("model", sort=False):
+        row = {"rank": int(part["rank"].iloc[0]), "model": model}
+        for _, r in part.iterrows():
+            row[f"{r['average']} P@{int(r['N'])}"] = (
+                f"{r['estimate']:.{digits}f} [{r['low']:.{digits}f}, {r['high']:.{digits}f}]"
+            )
+        for _, r in part[part["average"] == "micro"].iterrows():
+            row[f"chance micro P@{int(r['N'])}"] = round(float(r["chance"]), digits)
+        row["queries"], row["cases"] = int(part["n_queries"].iloc[0]), int(part["n_cases"].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["rank", "model"], ignore_index=True)

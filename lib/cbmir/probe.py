@@ -34,8 +34,8 @@ class ProbeResult:
 def train_linear_probe(
     x_train: np.ndarray,
     y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
+    x_val: np.ndarray | None,
+    y_val: np.ndarray | None,
     n_classes: int,
     *,
     lr: float = 1e-3,
@@ -46,7 +46,11 @@ def train_linear_probe(
     seed: int = 0,
     progress: bool = True,
 ):
-    """Train the probe; returns (best `nn.Linear`, history DataFrame(epoch, train_loss, val_accuracy), best epoch)."""
+    """Train the probe; returns (best `nn.Linear`, history DataFrame(epoch, train_loss, val_accuracy, val_loss), best epoch).
+
+    With `x_val=None` there is no early stopping: the layer trains exactly `max_epochs` epochs and the last is kept
+    (validation columns NaN); used to refit on all training rows for an epoch count chosen elsewhere.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -55,6 +59,9 @@ def train_linear_probe(
             raise ValueError(f"parameter {name!r} = {value} must be >= 1")
     xt = torch.as_tensor(np.asarray(x_train, dtype=np.float32))
     yt = torch.as_tensor(np.asarray(y_train, dtype=np.int64))
+    fixed = x_val is None
+    if fixed:
+        x_val, y_val = np.zeros((1, xt.shape[1]), np.float32), np.zeros(1, np.int64)
     xv = torch.as_tensor(np.asarray(x_val, dtype=np.float32))
     yv = torch.as_tensor(np.asarray(y_val, dtype=np.int64))
     if len(xt) == 0 or len(xv) == 0:
@@ -83,6 +90,10 @@ def train_linear_probe(
             opt.step()
             total += float(loss.detach()) * len(idx)
         model.eval()
+        if fixed:
+            history.append((epoch, total / len(xt), float("nan"), float("nan")))
+            best_epoch, best_state = epoch, model.state_dict()
+            continue
         with torch.no_grad():
             logits = model(xv)
             acc = float((logits.argmax(dim=1) == yv).float().mean())

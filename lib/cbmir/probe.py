@@ -17,6 +17,8 @@ from cbmir.classification import ClassificationResult, classification_metrics
 from cbmir.metrics import encode_labels
 from cbmir.progress import hide_progress
 
+SMALL_PROBLEM = 2_000_000  # training matrices with fewer elements train single-threaded
+
 
 @dataclass
 class ProbeResult:
@@ -52,7 +54,6 @@ def train_linear_probe(
     (validation columns NaN); used to refit on all training rows for an epoch count chosen elsewhere.
     """
     import torch
-    from tqdm.auto import tqdm
 
     for name, value in (("batch_size", batch_size), ("max_epochs", max_epochs), ("patience", patience)):
         if value < 1:
@@ -70,6 +71,35 @@ def train_linear_probe(
         raise ValueError(
             f"shapes disagree: x_train {tuple(xt.shape)}, y_train {tuple(yt.shape)}, x_val {tuple(xv.shape)}"
         )
+    threads = torch.get_num_threads()
+    if xt.numel() < SMALL_PROBLEM:  # tiny matrix products: extra threads only add synchronisation
+        torch.set_num_threads(1)
+    try:
+        return _train(
+            xt,
+            yt,
+            xv,
+            yv,
+            n_classes,
+            fixed,
+            lr,
+            weight_decay,
+            batch_size,
+            max_epochs,
+            patience,
+            seed,
+            progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    xt, yt, xv, yv, n_classes, fixed, lr, weight_decay, batch_size, max_epochs, patience, seed, progress
+):
+    import torch
+    from tqdm.auto import tqdm
+
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = torch.nn.Linear(xt.shape[1], n_classes)

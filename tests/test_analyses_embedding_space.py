@@ -14,13 +14,14 @@ def _cos(a, b):
 def _data(seed=0, n=40):
     rng = np.random.default_rng(seed)
     cases = rng.integers(0, 12, n)
-    fine = np.array([f"M{c % 2}/r{c % 3}/f{c % 5}" for c in rng.integers(0, 30, n)])
+    code = np.where(rng.random(n) < 0.8, cases * 7 % 30, rng.integers(0, 30, n))  # mostly one label per case
+    fine = np.array([f"M{c % 2}/r{c % 3}/f{c % 5}" for c in code])
     levels = {
         "modality": np.array([s.split("/")[0] for s in fine]),
         "region": np.array(["/".join(s.split("/")[:2]) for s in fine]),
         "label": fine,
     }
-    emb = rng.normal(size=(n, 6)) + cases[:, None] * 0.3  # images of one case are similar
+    emb = rng.normal(size=(n, 6)) * 0.5 + rng.normal(size=(12, 6))[cases] * 1.5  # one case's images are alike
     return emb, levels, cases
 
 

@@ -220,6 +220,147 @@ def scatter_2d(
     return fig
 
 
+def _top_classes(values: np.ndarray, top: int) -> tuple[list[str], np.ndarray]:
+    """The `top` most frequent classes (ties by name) and the values with every other class renamed "other"."""
+    counts = pd.Series(values).value_counts()
+    counts = counts.iloc[np.lexsort((counts.index.to_numpy(dtype=str), -counts.to_numpy()))]
+    keep = [str(c) for c in counts.index[:top]]
+    if len(counts) <= top + 1:  # one leftover class is shown as itself, not as "other"
+        keep = [str(c) for c in counts.index]
+    shown = np.where(np.isin(values, keep), values, "other")
+    return keep, shown
+
+
+def umap_grid(
+    frame: pd.DataFrame,
+    levels: Sequence[str] = ("modality", "region", "label"),
+    top: int = 10,
+    title: str = "",
+) -> plt.Figure:
+    """Small multiples of 2-D layouts: one row per model, one column per level, a key beside every panel.
+
+    `frame` has columns `model, x, y` and one column per level (e.g. from `analyses.embedding_space.umap_frame`).
+    Each level shows its `top` most frequent classes in colour and the rest in grey as "other (n classes)", with
+    the same colours in every row; keys sit outside the axes so they hide no point.
+    """
+    models = list(dict.fromkeys(frame["model"]))
+    fig, axes = plt.subplots(
+        len(models), len(levels), figsize=(5.6 * len(levels), 3.4 * len(models)), squeeze=False
+    )
+    for j, level in enumerate(levels):
+        values = frame[level].astype(str).to_numpy()
+        keep, shown = _top_classes(values, top)
+        n_other = len(set(values)) - len(keep)
+        palette = dict(
+            zip(keep, sns.color_palette("tab10" if len(keep) <= 10 else "tab20", len(keep)), strict=True)
+        )
+        for i, model in enumerate(models):
+            ax = axes[i, j]
+            m = (frame["model"] == model).to_numpy()
+            xy, lab = frame.loc[m, ["x", "y"]].to_numpy(), shown[m]
+            if n_other:
+                o = lab == "other"
+                ax.scatter(
+                    xy[o, 0], xy[o, 1], s=5, color="0.75", label=f"other ({n_other} classes)", alpha=0.6
+                )
+            for cls in keep:
+                c = lab == cls
+                if c.any():
+                    ax.scatter(xy[c, 0], xy[c, 1], s=7, color=palette[cls], label=cls, alpha=0.85)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{model}: {level}", fontsize=9)
+            ax.legend(
+                fontsize=6, markerscale=1.6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False
+            )
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def level_scores(
+    table: pd.DataFrame,
+    y: str,
+    lo: str | None = None,
+    hi: str | None = None,
+    chance: str | None = None,
+    title: str = "",
+    ylabel: str = "",
+    levels: Sequence[str] = ("modality", "region", "label"),
+) -> plt.Figure:
+    """One marker per model and label level (`table`: model, level, y[, lo, hi, chance]), CI bars, chance dashes.
+
+    The chance value of each marker is a short black line at its x position; the key (models, chance) sits
+    to the right of the axes.
+    """
+    models = list(dict.fromkeys(table["model"]))
+    levels = [lv for lv in levels if lv in set(table["level"])]
+    width = 0.8 / max(len(models), 1)
+    palette = sns.color_palette("tab10" if len(models) <= 10 else "tab20", len(models))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(levels) + 0.3 * len(models)), 3.6))
+    for i, model in enumerate(models):
+        part = table[table["model"] == model].set_index("level").reindex(levels)
+        pos = np.arange(len(levels)) + (i - (len(models) - 1) / 2) * width
+        yerr = None
+        if lo and hi:
+            yerr = np.vstack([part[y] - part[lo], part[hi] - part[y]])
+        ax.errorbar(pos, part[y], yerr=yerr, fmt="o", color=palette[i], capsize=2, label=model, ms=5)
+        if chance:
+            ax.hlines(part[chance], pos - width * 0.45, pos + width * 0.45, colors="black", lw=1.6,
+                      label="chance" if i == 0 else None)  # fmt: skip
+    ax.set_xticks(np.arange(len(levels)), levels)
+    ax.set_ylabel(ylabel or y)
+    if chance is None:
+        ax.axhline(0, color="0.5", lw=0.8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(
+    curves: pd.DataFrame, chosen: dict[str, int] | None = None, title: str = ""
+) -> plt.Figure:
+    """Per model: train and selection loss (left axis), selection accuracy (right axis), chosen epoch dashed.
+
+    `curves`: model, epoch, train_loss, selection_loss, selection_accuracy (the probe outcome's `curve`).
+    """
+    models = list(dict.fromkeys(curves["model"]))
+    cols = min(3, len(models))
+    rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False)
+    for ax, model in zip(axes.flat, models, strict=False):
+        part = curves[curves["model"] == model]
+        ax.plot(part["epoch"], part["train_loss"], color="tab:blue", label="train loss")
+        ax.plot(part["epoch"], part["selection_loss"], color="tab:orange", label="selection loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("cross-entropy")
+        acc = ax.twinx()
+        acc.plot(
+            part["epoch"], part["selection_accuracy"], color="tab:green", ls=":", label="selection accuracy"
+        )
+        acc.set_ylim(0, 1)
+        acc.set_ylabel("accuracy")
+        acc.grid(False)
+        if chosen and model in chosen:
+            ax.axvline(chosen[model], color="black", ls="--", lw=1, label=f"chosen epoch {chosen[model]}")
+        handles = ax.get_legend_handles_labels()
+        extra = acc.get_legend_handles_labels()
+        ax.legend(
+            handles[0] + extra[0], handles[1] + extra[1], fontsize=6, ncol=2, frameon=False,
+            loc="upper center", bbox_to_anchor=(0.5, -0.28),
+        )  # fmt: skip
+        ax.set_title(model, fontsize=9)
+    for ax in list(axes.flat)[len(models) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def grouped_bars(
     df: pd.DataFrame,
     x: str,

@@ -17,6 +17,8 @@ from cbmir.classification import ClassificationResult, classification_metrics
 from cbmir.metrics import encode_labels
 from cbmir.progress import hide_progress
 
+SMALL_PROBLEM = 2_000_000  # training matrices with fewer elements train single-threaded
+
 
 @dataclass
 class ProbeResult:
@@ -34,8 +36,8 @@ class ProbeResult:
 def train_linear_probe(
     x_train: np.ndarray,
     y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
+    x_val: np.ndarray | None,
+    y_val: np.ndarray | None,
     n_classes: int,
     *,
     lr: float = 1e-3,
@@ -46,15 +48,21 @@ def train_linear_probe(
     seed: int = 0,
     progress: bool = True,
 ):
-    """Train the probe; returns (best `nn.Linear`, history DataFrame(epoch, train_loss, val_accuracy), best epoch)."""
+    """Train the probe; returns (best `nn.Linear`, history DataFrame(epoch, train_loss, val_accuracy, val_loss), best epoch).
+
+    With `x_val=None` there is no early stopping: the layer trains exactly `max_epochs` epochs and the last is kept
+    (validation columns NaN); used to refit on all training rows for an epoch count chosen elsewhere.
+    """
     import torch
-    from tqdm.auto import tqdm
 
     for name, value in (("batch_size", batch_size), ("max_epochs", max_epochs), ("patience", patience)):
         if value < 1:
             raise ValueError(f"parameter {name!r} = {value} must be >= 1")
     xt = torch.as_tensor(np.asarray(x_train, dtype=np.float32))
     yt = torch.as_tensor(np.asarray(y_train, dtype=np.int64))
+    fixed = x_val is None
+    if fixed:
+        x_val, y_val = np.zeros((1, xt.shape[1]), np.float32), np.zeros(1, np.int64)
     xv = torch.as_tensor(np.asarray(x_val, dtype=np.float32))
     yv = torch.as_tensor(np.asarray(y_val, dtype=np.int64))
     if len(xt) == 0 or len(xv) == 0:
@@ -63,6 +71,35 @@ def train_linear_probe(
         raise ValueError(
             f"shapes disagree: x_train {tuple(xt.shape)}, y_train {tuple(yt.shape)}, x_val {tuple(xv.shape)}"
         )
+    threads = torch.get_num_threads()
+    if xt.numel() < SMALL_PROBLEM:  # tiny matrix products: extra threads only add synchronisation
+        torch.set_num_threads(1)
+    try:
+        return _train(
+            xt,
+            yt,
+            xv,
+            yv,
+            n_classes,
+            fixed,
+            lr,
+            weight_decay,
+            batch_size,
+            max_epochs,
+            patience,
+            seed,
+            progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    xt, yt, xv, yv, n_classes, fixed, lr, weight_decay, batch_size, max_epochs, patience, seed, progress
+):
+    import torch
+    from tqdm.auto import tqdm
+
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = torch.nn.Linear(xt.shape[1], n_classes)
@@ -83,6 +120,10 @@ def train_linear_probe(
             opt.step()
             total += float(loss.detach()) * len(idx)
         model.eval()
+        if fixed:
+            history.append((epoch, total / len(xt), float("nan"), float("nan")))
+            best_epoch, best_state = epoch, model.state_dict()
+            continue
         with torch.no_grad():
             logits = model(xv)
             acc = float((logits.argmax(dim=1) == yv).float().mean())

@@ -1,0 +1,435 @@
+"""Classification study: kNN classification and the linear probe on frozen embeddings, with case-level CIs.
+
+Inputs are arrays with one entry per image: an embedding matrix, string labels, the split of each row
+("train" = the index / training rows, "val", "test" = the queries) and its case (patient; see
+`cbmir.analyses.data.case_ids`; `None` = every row its own case).
+
+**Selection rule** (`selection=`):
+- `"val"` (the paper's): k is the smallest k with the best micro-F1 of the val queries against the train index;
+  the probe keeps the weights of its best val epoch (val accuracy, ties by val loss; patience 20, <= 100 epochs).
+- `"grouped-cv"`: k is chosen by micro-F1 of patient-grouped cross-validation on the train rows (scikit-learn
+  `StratifiedGroupKFold`, `n_splits` folds; each train row is classified once by the rows of the other folds,
+  and no case is on both sides of a fold); the probe early-stops on a patient-grouped hold-out of the train
+  rows (one fold of `round(1 / holdout_fraction)`), then is refitted on all train rows for the chosen number
+  of epochs (`refit=True`), so that classes whose only cases fell in the hold-out are still learnt.
+- `"auto"`: `"val"` when every class present in test has at least `min_val_cases` (default 2) distinct val
+  cases, else `"grouped-cv"`. The outcome says which rule ran and why (`rule`, `reason`).
+
+The probe standardises every feature with the mean and standard deviation of the rows it is trained on
+(features with zero spread are only centred). Test neighbours of the kNN never come from the query's own
+case (a no-op when splits are patient-disjoint). Metrics (`cbmir.classification`) are computed on the test
+rows; `classification_ci` gives percentile intervals from a cluster bootstrap over test cases.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cbmir.analyses.case_neighbours import neighbours_excluding_cases, search
+from cbmir.classification import ClassificationResult, classification_metrics
+from cbmir.errors import CbmirError
+
+SELECTIONS = ("val", "grouped-cv", "auto")
+MIN_VAL_CASES = 2
+PAPER_K_MAX = 100
+
+
+class ClassifyError(CbmirError, ValueError):
+    """Inputs of the classification study that disagree or cannot support the requested rule."""
+
+
+# ---- inputs -------------------------------------------------------------------------------------------
+@dataclass
+class _Data:
+    x: np.ndarray
+    classes: np.ndarray
+    y: np.ndarray
+    splits: np.ndarray
+    cases: np.ndarray
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == split)
+
+
+def _prepare(embeddings, labels, splits, cases) -> _Data:
+    x = np.asarray(embeddings, dtype=np.float32)
+    labels = np.asarray(labels).astype(str)
+    splits = np.asarray(splits).astype(str)
+    n = len(labels)
+    if x.ndim != 2 or len(x) != n or len(splits) != n:
+        raise ClassifyError(
+            f"parameters disagree: 'embeddings' {x.shape}, 'labels' {labels.shape}, 'splits' {splits.shape}"
+        )
+    if not np.isfinite(x).all():
+        raise ClassifyError(
+            f"parameter 'embeddings': row {int(np.flatnonzero(~np.isfinite(x).all(1))[0])} is not finite"
+        )
+    cases = np.arange(n) if cases is None else pd.factorize(pd.Series(np.asarray(cases)))[0]
+    if len(cases) != n:
+        raise ClassifyError(f"parameter 'cases' has {len(cases)} entries for {n} rows")
+    for split in ("train", "test"):
+        if not (splits == split).any():
+            raise ClassifyError(f"parameter 'splits' has no {split!r} rows")
+    classes, y = np.unique(labels, return_inverse=True)
+    return _Data(x, classes, y.astype(np.int64), splits, np.asarray(cases, dtype=np.int64))
+
+
+def absent_classes(labels: np.ndarray, splits: np.ndarray) -> dict[str, list[str]]:
+    """Classes (of all labels) with no image in val and in test: {"val": [...], "test": [...]}."""
+    labels, splits = np.asarray(labels).astype(str), np.asarray(splits).astype(str)
+    every = np.unique(labels)
+    return {s: sorted(set(every) - set(labels[splits == s])) for s in ("val", "test")}
+
+
+def val_support(labels: np.ndarray, splits: np.ndarray, cases: np.ndarray | None = None) -> pd.DataFrame:
+    """For each class present in test: `class, test images, test cases, val images, val cases`."""
+    labels, splits = np.asarray(labels).astype(str), np.asarray(splits).astype(str)
+    cases = np.arange(len(labels)) if cases is None else np.asarray(cases)
+    frame = pd.DataFrame({"class": labels, "split": splits, "case": cases})
+    out = pd.DataFrame({"class": sorted(set(labels[splits == "test"]))})
+    for split in ("test", "val"):
+        part = frame[frame["split"] == split].groupby("class")
+        out[f"{split} images"] = out["class"].map(part.size()).fillna(0).astype(np.int64)
+        out[f"{split} cases"] = out["class"].map(part["case"].nunique()).fillna(0).astype(np.int64)
+    return out
+
+
+def choose_rule(
+    selection: str,
+    labels: np.ndarray,
+    splits: np.ndarray,
+    cases: np.ndarray | None,
+    min_val_cases: int = MIN_VAL_CASES,
+) -> tuple[str, str]:
+    """(rule that runs, a sentence saying why) for `selection` in "val" | "grouped-cv" | "auto"."""
+    if selection not in SELECTIONS:
+        raise ClassifyError(f"parameter 'selection' is {selection!r}; allowed {list(SELECTIONS)}")
+    if selection == "val":
+        if not (np.asarray(splits).astype(str) == "val").any():
+            raise ClassifyError(
+                "selection='val' needs val rows; the data has none (use 'grouped-cv' or 'auto')"
+            )
+        return "val", "selection='val' (the paper's rule)"
+    if selection == "grouped-cv":
+        return "grouped-cv", "selection='grouped-cv'"
+    support = val_support(labels, splits, cases)
+    thin = support[support["val cases"] < min_val_cases]
+    if thin.empty:
+        return "val", f"auto: every test class has at least {min_val_cases} validation cases"
+    examples = ", ".join(f"{c}: {n}" for c, n in zip(thin["class"][:3], thin["val cases"][:3], strict=True))
+    return "grouped-cv", (
+        f"auto: {len(thin)} of {len(support)} test classes have fewer than {min_val_cases} validation cases "
+        f"({examples}{', ...' if len(thin) > 3 else ''}), so selection uses patient-grouped splits of train"
+    )
+
+
+def grouped_folds(y: np.ndarray, cases: np.ndarray, n_splits: int = 5, seed: int = 0) -> list[np.ndarray]:
+    """Held-out positions of each fold of a stratified, case-grouped K-fold (K = min(n_splits, cases))."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_cases = len(np.unique(cases))
+    k = min(n_splits, n_cases)
+    if k < 2:
+        raise ClassifyError(f"grouped selection needs at least 2 cases in train; it has {n_cases}")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore", UserWarning
+        )  # "least populated class has only n members": expected here
+        return [held for _, held in splitter.split(np.zeros(len(y)), y, groups=cases)]
+
+
+# ---- kNN ----------------------------------------------------------------------------------------------
+def knn_predictions(neighbour_codes: np.ndarray, n_classes: int, ks: Sequence[int]) -> np.ndarray:
+    """[len(ks), Q] predicted class for each k: the most frequent class among the first k (ties: lowest code)."""
+    nb = np.asarray(neighbour_codes, dtype=np.int64)
+    counts = np.zeros((len(nb), n_classes), dtype=np.int64)
+    rows = np.arange(len(nb))
+    out = np.empty((len(ks), len(nb)), dtype=np.int64)
+    wanted = {k: i for i, k in enumerate(ks)}
+    for k in range(1, max(ks) + 1):
+        counts[rows, nb[:, k - 1]] += 1
+        if k in wanted:
+            out[wanted[k]] = counts.argmax(axis=1)
+    return out
+
+
+def _f1_curve(y: np.ndarray, predictions: np.ndarray, ks: Sequence[int]) -> pd.DataFrame:
+    from sklearn.metrics import f1_score
+
+    return pd.DataFrame(
+        {
+            "k": list(ks),
+            "f1_micro": [f1_score(y, p, average="micro") for p in predictions],
+            "f1_macro": [
+                f1_score(y, p, average="macro", labels=np.unique(y), zero_division=0) for p in predictions
+            ],
+        }
+    )
+
+
+def _best_k(curve: pd.DataFrame, criterion: str = "f1_micro") -> int:
+    if criterion not in ("f1_micro", "f1_macro"):
+        raise ClassifyError(f"parameter 'criterion' is {criterion!r}; allowed ['f1_micro', 'f1_macro']")
+    return int(curve["k"].iloc[int(np.argmax(curve[criterion].to_numpy()))])  # first maximum = smallest k
+
+
+def grouped_cv_curve(
+    x: np.ndarray,
+    y: np.ndarray,
+    cases: np.ndarray,
+    n_classes: int,
+    k_max: int,
+    n_splits: int = 5,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """Micro- and macro-F1 for k = 1..k_max' of case-grouped cross-validation on (x, y); k_max' fits every fold.
+
+    Returns (DataFrame(k, f1_micro, f1_macro) over the pooled out-of-fold predictions, held-out positions per fold).
+    """
+    folds = grouped_folds(y, cases, n_splits, seed)
+    k_top = min(k_max, min(len(y) - len(f) for f in folds))
+    ks = list(range(1, k_top + 1))
+    pred = np.empty((len(ks), len(y)), dtype=np.int64)
+    for held in folds:
+        rest = np.setdiff1d(np.arange(len(y)), held)
+        pos = search(x[rest], x[held], k_top)
+        pred[:, held] = knn_predictions(y[rest][pos], n_classes, ks)
+    return _f1_curve(y, pred, ks), folds
+
+
+@dataclass
+class Outcome:
+    """What a classification head produced on test, and how its setting was chosen."""
+
+    head: str
+    rule: str  # "val" or "grouped-cv": the rule that ran
+    reason: str
+    setting: dict  # {"k": ..., "k (test)": ..., "criterion": ...} or {"epoch": ..., "refit": ...}
+    curve: (
+        pd.DataFrame
+    )  # kNN: k, f1_micro, f1_macro; probe: epoch, train_loss, selection_loss, selection_accuracy
+    classes: np.ndarray
+    test_labels: np.ndarray  # class codes
+    test_scores: np.ndarray  # [Q, C]
+    test_cases: np.ndarray
+    result: ClassificationResult
+    absent: dict[str, list[str]] = field(default_factory=dict)
+
+    def row(self, model: str) -> pd.DataFrame:
+        """One table row: model, head, rule, setting, metrics, number of test cases and queries, absent classes."""
+        row = {"model": model, "head": self.head, "rule": self.rule, **self.setting, **self.result.metrics}
+        row["test cases"] = len(np.unique(self.test_cases))
+        row["test queries"] = len(self.test_labels)
+        row["classes without val images"] = ", ".join(self.absent.get("val", []))
+        row["classes without test images"] = ", ".join(self.absent.get("test", []))
+        return pd.DataFrame([row])
+
+
+def knn_classify(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    splits: np.ndarray,
+    cases: np.ndarray | None = None,
+    *,
+    selection: str = "auto",
+    k_max: int = PAPER_K_MAX,
+    n_splits: int = 5,
+    min_val_cases: int = MIN_VAL_CASES,
+    paper_k_minus_one: bool = False,
+    criterion: str = "f1_micro",
+    seed: int = 0,
+) -> Outcome:
+    """kNN classification of the test rows against the train rows, k chosen by `selection` (module docstring).
+
+    Class scores = share of each class among the first k neighbours; `paper_k_minus_one` applies k - 1 on
+    test as the authors' code did. `criterion` = "f1_micro" (the paper's) or "f1_macro" (over the classes of
+    the selection rows; micro-F1 on few, large cases can favour a k that always votes the majority class).
+    """
+    d = _prepare(embeddings, labels, splits, cases)
+    rule, reason = choose_rule(selection, d.classes[d.y], d.splits, d.cases, min_val_cases)
+    train, test = d.rows("train"), d.rows("test")
+    n_classes = len(d.classes)
+    if rule == "val":
+        val = d.rows("val")
+        k_top = min(k_max, len(train))
+        ks = list(range(1, k_top + 1))
+        pos = neighbours_excluding_cases(d.x[train], d.x[val], k_top, d.cases[train], d.cases[val])
+        curve = _f1_curve(d.y[val], knn_predictions(d.y[train][pos], n_classes, ks), ks)
+    else:
+        curve, _ = grouped_cv_curve(d.x[train], d.y[train], d.cases[train], n_classes, k_max, n_splits, seed)
+    k = _best_k(curve, criterion)
+    k_test = max(1, k - 1) if paper_k_minus_one else k
+    pos = neighbours_excluding_cases(d.x[train], d.x[test], k_test, d.cases[train], d.cases[test])
+    scores = np.zeros((len(test), n_classes))
+    np.add.at(scores, (np.repeat(np.arange(len(test)), k_test), d.y[train][pos].ravel()), 1.0 / k_test)
+    y = d.y[test]
+    return Outcome(
+        "kNN", rule, reason, {"k": k, "k (test)": k_test, "criterion": criterion}, curve, d.classes, y, scores, d.cases[test],
+        classification_metrics(y, scores, d.classes), absent_classes(d.classes[d.y], d.splits),
+    )  # fmt: skip
+
+
+# ---- linear probe -------------------------------------------------------------------------------------
+def fit_standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) per feature of `x`; scale = standard deviation, 1 where it is 0."""
+    x = np.asarray(x, dtype=np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(x - mean) / scale as float32."""
+    return ((np.asarray(x, dtype=np.float64) - mean) / scale).astype(np.float32)
+
+
+def probe_classify(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    splits: np.ndarray,
+    cases: np.ndarray | None = None,
+    *,
+    selection: str = "auto",
+    standardise_features: bool = True,
+    holdout_fraction: float = 0.2,
+    refit: bool = True,
+    min_val_cases: int = MIN_VAL_CASES,
+    seed: int = 0,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    batch_size: int = 512,
+    max_epochs: int = 100,
+    patience: int = 20,
+    progress: bool = True,
+) -> Outcome:
+    """Linear probe trained on the train rows, early-stopped by `selection` (module docstring), scored on test.
+
+    `setting` holds the chosen epoch, whether the layer was refitted, and the standardiser's use.
+    """
+    import torch
+
+    from cbmir.probe import train_linear_probe
+
+    if not 0 < holdout_fraction < 1:
+        raise ClassifyError(f"parameter 'holdout_fraction' = {holdout_fraction} must lie between 0 and 1")
+    d = _prepare(embeddings, labels, splits, cases)
+    rule, reason = choose_rule(selection, d.classes[d.y], d.splits, d.cases, min_val_cases)
+    train, test = d.rows("train"), d.rows("test")
+    if rule == "val":
+        fit_rows, stop_rows = train, d.rows("val")
+    else:
+        folds = grouped_folds(d.y[train], d.cases[train], max(2, round(1 / holdout_fraction)), seed)
+        stop_rows = train[folds[0]]
+        fit_rows = np.setdiff1d(train, stop_rows)
+    settings = dict(lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed, progress=progress)
+    n_classes = len(d.classes)
+
+    def prep(rows_fit):
+        mean, scale = fit_standardiser(d.x[rows_fit]) if standardise_features else (0.0, 1.0)
+        return lambda rows: standardise(d.x[rows], mean, scale)
+
+    z = prep(fit_rows)
+    model, history, epoch = train_linear_probe(
+        z(fit_rows), d.y[fit_rows], z(stop_rows), d.y[stop_rows], n_classes,
+        max_epochs=max_epochs, patience=patience, **settings,
+    )  # fmt: skip
+    refitted = rule == "grouped-cv" and refit
+    if refitted:
+        z = prep(train)
+        model, _, _ = train_linear_probe(
+            z(train), d.y[train], None, None, n_classes, max_epochs=epoch, **settings
+        )
+    with torch.no_grad():
+        scores = torch.softmax(model(torch.as_tensor(z(test))), dim=1).numpy().astype(np.float64)
+    curve = history.rename(columns={"val_loss": "selection_loss", "val_accuracy": "selection_accuracy"})
+    curve = curve[["epoch", "train_loss", "selection_loss", "selection_accuracy"]]
+    y = d.y[test]
+    setting = {"epoch": epoch, "epochs run": len(history), "refit on all train": refitted,
+               "standardised": standardise_features, "selection rows": len(stop_rows)}  # fmt: skip
+    return Outcome(
+        "linear probe", rule, reason, setting, curve, d.classes, y, scores, d.cases[test],
+        classification_metrics(y, scores, d.classes), absent_classes(d.classes[d.y], d.splits),
+    )  # fmt: skip
+
+
+# ---- case-level bootstrap -----------------------------------------------------------------------------
+def cluster_bootstrap(
+    cases: np.ndarray,
+    statistic: Callable[[np.ndarray], dict[str, float]],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Percentile CI of `statistic(weights)` over a bootstrap of cases.
+
+    Draw b resamples the distinct cases with replacement: `rng.integers(0, n_cases, (n_boot, n_cases))` with
+    `rng = np.random.default_rng(seed)`, cases numbered in order of first appearance. A row's weight is how
+    often its case was drawn. Returns DataFrame(metric, value, ci_low, ci_high, cases, rows); NaN draws (e.g.
+    ROC-AUC with one class) are left out of the percentiles.
+    """
+    if n_boot < 1 or not 0 < level < 1:
+        raise ClassifyError(
+            f"parameters 'n_boot' = {n_boot} (>= 1) and 'level' = {level} (0..1) are out of range"
+        )
+    codes = pd.factorize(pd.Series(np.asarray(cases)))[0]
+    n_cases = int(codes.max()) + 1
+    point = statistic(np.ones(len(codes)))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_cases, (n_boot, n_cases))
+    values = np.array(
+        [
+            list(statistic(np.bincount(draw, minlength=n_cases)[codes].astype(np.float64)).values())
+            for draw in draws
+        ]
+    )
+    alpha = (1 - level) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+        lo, hi = np.nanquantile(values, [alpha, 1 - alpha], axis=0)
+    return pd.DataFrame(
+        {
+            "metric": list(point),
+            "value": list(point.values()),
+            "ci_low": lo,
+            "ci_high": hi,
+            "cases": n_cases,
+            "rows": len(codes),
+        }  # fmt: skip
+    )
+
+
+def classification_ci(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    cases: np.ndarray,
+    classes: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """The paper's classification metrics with a cluster-bootstrap CI over test cases (see `cluster_bootstrap`).
+
+    Each draw weighs every test query by how often its case was drawn (same as repeating its queries).
+    """
+    y, s = np.asarray(y_true), np.asarray(scores)
+    if len(np.asarray(cases)) != len(y):
+        raise ClassifyError(f"parameter 'cases' has {len(np.asarray(cases))} entries for {len(y)} queries")
+    return cluster_bootstrap(
+        cases, lambda w: classification_metrics(y, s, classes, sample_weight=w).metrics, n_boot, seed, level
+    )
+
+
+def outcome_ci(outcome: Outcome, model: str, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """`classification_ci` of an outcome's test scores, with `model, head, rule` columns in front."""
+    table = classification_ci(
+        outcome.test_labels, outcome.test_scores, outcome.test_cases, outcome.classes, n_boot, seed
+    )
+    table.insert(0, "rule", outcome.rule)
+    table.insert(0, "head", outcome.head)
+    table.insert(0, "model", model)
+    return table

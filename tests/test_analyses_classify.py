@@ -1,0 +1,202 @@
+"""cbmir.analyses.classify against slow, obviously correct loops on small seeded data."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from cbmir.analyses import classify
+from cbmir.analyses.case_neighbours import neighbours_excluding_cases
+from cbmir.classification import classification_metrics
+from cbmir.probe import train_linear_probe
+
+
+def _cos(a, b):
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _ref_neighbours(xb, xq, k, index_cases=None, query_cases=None):
+    out = []
+    for i, q in enumerate(xq):
+        cand = [j for j in range(len(xb)) if index_cases is None or index_cases[j] != query_cases[i]]
+        cand.sort(key=lambda j: -_cos(xb[j], q))
+        out.append(cand[:k])
+    return np.array(out)
+
+
+def _ref_vote(codes):
+    counts = Counter(codes)
+    best = max(counts.values())
+    return min(c for c, n in counts.items() if n == best)
+
+
+def _data(seed=0, n_cases=24, n_classes=3, dim=6):
+    """Cases of 1-4 images each, one class per case, class-dependent means; splits by case."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim))
+    x, labels, cases, splits = [], [], [], []
+    for c in range(n_cases):
+        cls = c % n_classes
+        split = ("train", "train", "val", "test")[c % 4] if c >= n_classes else "train"
+        own = rng.normal(size=dim) * 0.6
+        for _ in range(rng.integers(1, 5)):
+            x.append(centres[cls] + own + rng.normal(size=dim) * 0.5)
+            labels.append(f"class{cls}")
+            cases.append(f"p{c}")
+            splits.append(split)
+    return np.array(x), np.array(labels), np.array(splits), np.array(cases)
+
+
+def test_neighbours_excluding_cases_match_a_loop():
+    rng = np.random.default_rng(1)
+    xb, xq = rng.normal(size=(30, 5)), rng.normal(size=(7, 5))
+    cb, cq = rng.integers(0, 6, 30), rng.integers(0, 6, 7)
+    got = neighbours_excluding_cases(xb, xq, 4, cb, cq)
+    assert np.array_equal(got, _ref_neighbours(xb, xq, 4, cb, cq))
+    assert np.array_equal(neighbours_excluding_cases(xb, xq, 4), _ref_neighbours(xb, xq, 4))
+
+
+def test_grouped_folds_never_split_a_case():
+    x, labels, splits, cases = _data()
+    y = np.unique(labels, return_inverse=True)[1]
+    folds = classify.grouped_folds(y, cases, n_splits=4, seed=3)
+    held = np.concatenate(folds)
+    assert sorted(held.tolist()) == list(range(len(y)))  # every row held out exactly once
+    for fold in folds:
+        rest = np.setdiff1d(np.arange(len(y)), fold)
+        assert not set(cases[fold]) & set(cases[rest])
+
+
+def test_grouped_cv_k_matches_a_brute_force_loop():
+    x, labels, splits, cases = _data(seed=2)
+    tr = splits == "train"
+    xt, yt, ct = x[tr], np.unique(labels, return_inverse=True)[1][tr], cases[tr]
+    curve, folds = classify.grouped_cv_curve(xt, yt, ct, 3, k_max=12, n_splits=4, seed=5)
+    ks = list(range(1, 13))
+    assert curve["k"].tolist() == ks
+    for k in ks:
+        correct = 0
+        for fold in folds:
+            rest = [j for j in range(len(yt)) if j not in set(fold.tolist())]
+            for i in fold:
+                order = sorted(rest, key=lambda j, i=i: -_cos(xt[j], xt[i]))
+                correct += _ref_vote([yt[j] for j in order[:k]]) == yt[i]
+        assert curve.loc[curve["k"] == k, "f1_micro"].item() == pytest.approx(correct / len(yt))
+    out = classify.knn_classify(
+        x, labels, splits, cases, selection="grouped-cv", k_max=12, n_splits=4, seed=5
+    )
+    best = max(ks, key=lambda k: (curve.loc[curve["k"] == k, "f1_micro"].item(), -k))
+    assert out.rule == "grouped-cv" and out.setting["k"] == best
+
+
+def test_val_rule_and_test_scores_match_a_loop_with_same_case_exclusion():
+    x, labels, splits, cases = _data(seed=4)
+    cases = cases.copy()
+    cases[np.flatnonzero(splits == "test")[:3]] = cases[
+        np.flatnonzero(splits == "train")[0]
+    ]  # leaked patient
+    classes, y = np.unique(labels, return_inverse=True)
+    out = classify.knn_classify(x, labels, splits, cases, selection="val", k_max=8)
+    tr, va, te = (np.flatnonzero(splits == s) for s in ("train", "val", "test"))
+    f1 = []
+    for k in range(1, 9):
+        nb = _ref_neighbours(x[tr], x[va], k, cases[tr], cases[va])
+        f1.append(np.mean([_ref_vote(list(y[tr][row])) == y[va][i] for i, row in enumerate(nb)]))
+    k = int(np.argmax(f1)) + 1
+    assert out.setting["k"] == k and np.allclose(out.curve["f1_micro"], f1)
+    nb = _ref_neighbours(x[tr], x[te], k, cases[tr], cases[te])
+    ref = np.array([[np.mean(y[tr][row] == c) for c in range(len(classes))] for row in nb])
+    assert np.allclose(out.test_scores, ref)
+    assert out.result.metrics == classification_metrics(y[te], ref, classes).metrics
+
+
+def test_auto_rule_needs_two_val_cases_per_test_class():
+    labels = np.array(["a", "a", "b", "b", "a", "a", "b", "b", "a", "b"])
+    splits = np.array(["val", "val", "val", "val", "test", "test", "test", "test", "train", "train"])
+    cases = np.array(["v1", "v2", "v3", "v4", "t1", "t2", "t3", "t4", "r1", "r2"])
+    assert classify.choose_rule("auto", labels, splits, cases)[0] == "val"
+    one_case = cases.copy()
+    one_case[1] = "v1"  # class a now has 2 val images but 1 val case
+    rule, reason = classify.choose_rule("auto", labels, splits, one_case)
+    assert rule == "grouped-cv" and "1 of 2 test classes" in reason and "a: 1" in reason
+    assert classify.choose_rule("val", labels, splits, one_case)[0] == "val"
+    with pytest.raises(classify.ClassifyError, match="selection"):
+        classify.choose_rule("best", labels, splits, cases)
+    absent = classify.absent_classes(np.append(labels, "c"), np.append(splits, "train"))
+    assert absent == {"val": ["c"], "test": ["c"]}
+
+
+def test_standardiser_matches_a_loop_and_ignores_test_rows():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 4)) * [1, 5, 0, 2] + [0, 3, 7, -1]
+    mean, scale = classify.fit_standardiser(x)
+    for j in range(4):
+        col = [x[i, j] for i in range(20)]
+        m = sum(col) / 20
+        sd = (sum((v - m) ** 2 for v in col) / 20) ** 0.5
+        assert mean[j] == pytest.approx(m) and scale[j] == pytest.approx(sd if sd > 0 else 1.0)
+    assert np.allclose(classify.standardise(x, mean, scale)[:, [0, 1, 3]].std(axis=0), 1, atol=1e-5)
+
+    xs, labels, splits, cases = _data(seed=6)
+    kw = dict(selection="grouped-cv", max_epochs=15, patience=5, progress=False, seed=1)
+    base = classify.probe_classify(xs, labels, splits, cases, **kw)
+    # extra test rows with wild values change nothing for the original test rows (the scaler sees train only)
+    wild = xs[splits == "test"][:4] * 1000 + 50
+    more = classify.probe_classify(
+        np.vstack([xs, wild]), np.append(labels, labels[splits == "test"][:4]),
+        np.append(splits, ["test"] * 4), np.append(cases, ["w1", "w2", "w3", "w4"]), **kw,
+    )  # fmt: skip
+    assert np.allclose(more.test_scores[: len(base.test_scores)], base.test_scores, atol=1e-6)
+    # standardised features make the probe invariant to a per-feature affine change of all rows
+    scaled = classify.probe_classify(xs * [3, 0.5, 10, 1, 2, 7] + 4, labels, splits, cases, **kw)
+    assert np.allclose(scaled.test_scores, base.test_scores, atol=1e-4)
+
+
+def test_probe_early_stopping_rule_matches_its_history():
+    rng = np.random.default_rng(3)
+    xt, yt = rng.normal(size=(60, 5)), rng.integers(0, 3, 60)
+    xv, yv = rng.normal(size=(15, 5)), rng.integers(0, 3, 15)
+    model, hist, best = train_linear_probe(
+        xt, yt, xv, yv, 3, max_epochs=40, patience=4, batch_size=8, progress=False
+    )
+    # reference: the first epoch with the highest val accuracy, ties broken by the lowest val loss
+    ref = max(hist.itertuples(), key=lambda r: (r.val_accuracy, -r.val_loss, -r.epoch)).epoch
+    assert best == ref
+    assert len(hist) == min(40, best + 4)
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.as_tensor(xv, dtype=torch.float32))
+    assert float((logits.argmax(1).numpy() == yv).mean()) == pytest.approx(hist.loc[best - 1, "val_accuracy"])
+    # the outcome's learning curve and chosen epoch
+    x, labels, splits, cases = _data(seed=7)
+    out = classify.probe_classify(
+        x, labels, splits, cases, selection="val", max_epochs=30, patience=3, progress=False
+    )
+    c = out.curve
+    assert list(c.columns) == ["epoch", "train_loss", "selection_loss", "selection_accuracy"]
+    ref = max(c.itertuples(), key=lambda r: (r.selection_accuracy, -r.selection_loss, -r.epoch)).epoch
+    assert out.setting["epoch"] == ref and len(c) == min(30, ref + 3) and out.rule == "val"
+    assert not out.setting["refit on all train"]
+
+
+def test_classification_ci_matches_a_reference_loop():
+    rng = np.random.default_rng(8)
+    n, c = 40, 3
+    y = rng.integers(0, c, n)
+    scores = rng.dirichlet(np.ones(c), n) + np.eye(c)[y] * 0.3
+    cases = rng.integers(0, 12, n)
+    table = classify.classification_ci(y, scores, cases, n_boot=60, seed=4)
+    # reference: draw cases (same generator call), repeat their queries, compute metrics on the repeated data
+    order = list(dict.fromkeys(cases.tolist()))
+    draws = np.random.default_rng(4).integers(0, len(order), (60, len(order)))
+    values = []
+    for draw in draws:
+        idx = [i for d in draw for i in range(n) if cases[i] == order[d]]
+        values.append(classification_metrics(y[idx], scores[idx]).metrics)
+    point = classification_metrics(y, scores).metrics
+    for row in table.itertuples():
+        vals = np.array([v[row.metric] for v in values])
+        lo, hi = np.nanpercentile(vals, [2.5, 97.5])
+        assert row.value == pytest.approx(point[row.metric])
+        assert row.ci_low == pytest.approx(lo) and row.ci_high == pytest.approx(hi)
+        assert row.cases == len(order) and row.rows == n

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from cbmir.index import Neighbours
+from cbmir.search import Neighbours
 from cbmir.metrics import (
     average_precision_at_n,
     bootstrap_ci,

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from cbmir import metrics
 from cbmir.config import NOTEBOOKS_DIR, load_config
-from cbmir.index import Neighbours
+from cbmir.search import Neighbours
 from cbmir.manifest import read_manifest, row_labels
 from cbmir.report import run_report
 

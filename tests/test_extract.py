@@ -1,4 +1,4 @@
-"""The embedding store: layout, reuse, failures, and exact resumption after a kill at any point."""
+"""Extraction into a store: layout, reuse, failures, and exact resumption after a kill at any point."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cbmir import embeddings as E
-from cbmir.embeddings import EmbeddingStore, StoreError, extract_embeddings, is_complete
+from cbmir import store as S
+from cbmir.extract import extract_embeddings
+from cbmir.store import EmbeddingStore, StoreError, is_complete
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -59,13 +60,14 @@ def _assert_same(store: EmbeddingStore, reference: EmbeddingStore) -> None:
     assert store.ids.tolist() == reference.ids.tolist()
     np.testing.assert_allclose(np.asarray(store.embeddings), np.asarray(reference.embeddings), atol=1e-5)
     pd.testing.assert_frame_equal(store.failed, reference.failed)
-    assert not (store.path / E.CHUNKS_DIR).exists()
+    assert not (store.path / S.CHUNKS_DIR).exists()
 
 
 def test_store_layout_and_round_trip(reference: EmbeddingStore, images: tuple[Path, pd.DataFrame]) -> None:
     _, manifest = images
     path = reference.path
-    assert sorted(p.name for p in path.iterdir()) == [
+    assert sorted(p.name for p in path.iterdir() if p.name.startswith(".")) == [S.LOCK_FILE]  # released
+    assert sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) == [
         "embeddings.npy",
         "failed.csv",
         "ids.csv",
@@ -291,33 +293,6 @@ def test_sigkilled_subprocess_resumes_to_the_uninterrupted_result(
     assert stdout.split() == [b"60", b"2"]
     _assert_same(EmbeddingStore.open(out), reference)
     assert json.loads((out / "provenance.json").read_text())["chunk_size"] == 5
-
-
-def test_cli_embed(
-    images: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from cbmir.cli import main
-
-    root, manifest = images
-    manifest = manifest.assign(dataset="toy", modality="XR", anatomic_region="chest", **{"XR/chest/a": 1})
-    manifest_csv = tmp_path / "m.csv"
-    manifest.to_csv(manifest_csv, index=False)
-    seen = {}
-
-    def fake_load_encoder(spec: str, checkpoint: str | None = None, device: str = "cpu"):
-        seen.update(spec=spec, checkpoint=checkpoint, device=device)
-        return tiny_encoder(spec=spec)
-
-    monkeypatch.setattr("cbmir.models.load_encoder", fake_load_encoder, raising=False)
-    out = tmp_path / "store"
-    argv = ["embed", "--model", "tiny-cli", "--manifest", str(manifest_csv), "--data-root", str(root)]
-    argv += ["--out", str(out), "--workers", "0", "--device", "cpu", "--splits", "test", "--chunk-size", "8"]
-    assert main(argv) == 0
-    assert seen == {"spec": "tiny-cli", "checkpoint": None, "device": "cpu"}
-    store = EmbeddingStore.open(out)
-    expected = manifest.loc[manifest["split"] == "test", "filepath"]
-    assert store.ids.tolist() == [p for p in expected if p in set(_readable(manifest))]
-    assert store.provenance["spec"] == "tiny-cli"
 
 
 class _Fp32Only(torch.nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from cbmir.index import Neighbours, l2_normalise, load_store_matrix, search, search_rows
+from cbmir.search import Neighbours, l2_normalise, load_store_matrix, search, search_rows
 
 
 def brute_force(xb: np.ndarray, xq: np.ndarray, k: int, exclude_self: bool = False):
@@ -71,7 +71,7 @@ def test_approximate_indexes_recall(data, index_type, params, min_recall):
 def test_ivfpq_reranks_exactly(data, pq_nbits, kind):
     """4-bit codes use fast-scan lists, 8-bit classic ones; both return exact cosines of their candidates."""
     import faiss
-    from cbmir.index import build_index
+    from cbmir.search import build_index
 
     xb, xq = data
     xb, xq = l2_normalise(xb), l2_normalise(xq)
@@ -84,7 +84,7 @@ def test_ivfpq_reranks_exactly(data, pq_nbits, kind):
 
 
 def test_ivfpq_default_sub_quantisers_divide_the_dimension():
-    from cbmir.index import default_pq_m
+    from cbmir.search import default_pq_m
 
     assert default_pq_m(512) == 256 and default_pq_m(512, 8) == 64
     assert default_pq_m(768) == 384 and default_pq_m(1024, 8) == 128
@@ -143,47 +143,36 @@ def test_search_rows_maps_to_manifest_rows_and_roundtrips(tmp_path, data):
         search_rows(emb, index_rows, query_rows, 4, embedding_rows=mapping, progress=False)
 
 
-def test_cli_search_reads_store_and_manifest(tmp_path, data):
-    from cbmir.cli import main
+def test_store_vectors_map_manifest_rows_through_a_shuffled_store(tmp_path, data):
+    """What `cbmir search` does: stores opened through their completeness check, rows mapped by filepath."""
+    from cbmir.store import StoreError, open_stores, write_store
 
     xb, _ = data
     n = 30
-    fps = [f"img/{i}.png" for i in range(n)]
-    split = ["train"] * 20 + ["test"] * 10
-    manifest = pd.DataFrame(
-        {"filepath": fps, "dataset": "toy", "split": split, "modality": "CT", "anatomic_region": "lung"}
-    )
-    manifest["CT/lung/a"] = [i % 2 for i in range(n)]
-    manifest["CT/lung/b"] = [1 - i % 2 for i in range(n)]
-    manifest.to_csv(tmp_path / "m.csv", index=False)
-    store = tmp_path / "store"
-    store.mkdir()
+    fps = np.array([f"img/{i}.png" for i in range(n)], dtype=object)
     order = np.random.default_rng(1).permutation(n)[:-1]  # store rows shuffled; the last image failed
-    np.save(store / "embeddings.npy", l2_normalise(xb[order]))
-    pd.DataFrame({"filepath": [fps[i] for i in order]}).to_csv(store / "ids.csv", index=False)
-    out = tmp_path / "nb.npz"
-    argv = [
-        "search",
-        "--store",
-        str(store),
-        "--manifest",
-        str(tmp_path / "m.csv"),
-        "--k",
-        "3",
-        "--out",
-        str(out),
-    ]
-    assert main(argv) == 0
-    nb = Neighbours.load(out)
-    emb, rows = load_store_matrix([store], np.array(fps))
-    have = [r for r in range(20, 30) if rows[r] >= 0]
-    np.testing.assert_array_equal(nb.query_rows, have)
-    _, ref = brute_force(np.asarray(emb)[rows[:20]], np.asarray(emb)[rows[have]], 3)
-    np.testing.assert_array_equal(nb.ids, np.arange(20)[ref])
+    failed = pd.DataFrame({"filepath": [fps[np.setdiff1d(np.arange(n), order)[0]]], "error": "corrupt"})
+    write_store(tmp_path / "store", xb[order], fps[order], spec="toy", failed=failed)
+    emb, rows = load_store_matrix([tmp_path / "store"], fps)
+    vectors = open_stores([tmp_path / "store"], fps)
+    np.testing.assert_array_equal(rows, vectors.store_row)
+    np.testing.assert_array_equal(vectors.failed_rows, np.setdiff1d(np.arange(n), order))
+    for r in range(n):  # slow reference: look every filepath up by hand
+        hit = [j for j, i in enumerate(order) if fps[i] == fps[r]]
+        assert rows[r] == (hit[0] if hit else -1)
+    index_rows, query_rows = vectors.present(np.arange(20)), vectors.present(np.arange(20, 30))
+    with pytest.raises(ValueError, match="'index_rows': manifest row .* has no embedding"):
+        search_rows(vectors, np.arange(30), query_rows, 3, progress=False)
+    nb = search_rows(vectors, index_rows, query_rows, 3, progress=False)
+    _, ref = brute_force(xb[index_rows], xb[query_rows], 3)
+    np.testing.assert_array_equal(nb.ids, index_rows[ref])
+    (tmp_path / "store" / "provenance.json").unlink()  # an unfinished store is never read
+    with pytest.raises(StoreError, match="not a complete embedding store"):
+        load_store_matrix([tmp_path / "store"], fps)
 
 
 def test_train_sample_is_seeded_and_capped():
-    from cbmir.index import train_sample
+    from cbmir.search import train_sample
 
     x = np.arange(1000, dtype=np.float32).reshape(500, 2)
     a = train_sample(x, nlist=4, per_list=10)
@@ -194,7 +183,7 @@ def test_train_sample_is_seeded_and_capped():
 
 
 def test_default_nprobe_scans_about_five_percent_of_lists():
-    from cbmir.index import build_index, default_nlist, default_nprobe
+    from cbmir.search import build_index, default_nlist, default_nprobe
 
     assert default_nprobe(8) == 16 and default_nprobe(5060) == 253
     x = l2_normalise(np.random.default_rng(0).normal(size=(3000, 8)))

@@ -202,3 +202,93 @@ def test_l2_normalise_copies_only_when_rows_are_not_unit_length():
     np.testing.assert_array_equal(x, before)  # the caller's array is never modified
     scaled = unit * 2
     np.testing.assert_allclose(l2_normalise(scaled), unit, atol=1e-6)
+
+
+def brute_force_cases(xb, xq, k, index_cases, query_cases, exclude_self=False):
+    """Slow reference, one query at a time: drop every index row of the query's case, then rank the rest."""
+    out_s, out_i = [], []
+    for q in range(len(xq)):
+        sims = []
+        for j in range(len(xb)):
+            if index_cases[j] == query_cases[q] or (exclude_self and j == q):
+                continue
+            a, b = xq[q].astype(np.float64), xb[j].astype(np.float64)
+            sims.append((-(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b)), j))
+        sims.sort()
+        out_s.append([-s for s, _ in sims[:k]])
+        out_i.append([j for _, j in sims[:k]])
+    return np.array(out_s), np.array(out_i)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_same_case_exclusion_matches_a_per_query_reference(seed):
+    rng = np.random.default_rng(seed)
+    xb, xq = rng.normal(size=(120, 8)).astype(np.float32), rng.normal(size=(25, 8)).astype(np.float32)
+    index_cases = rng.integers(0, 15, len(xb))  # cases of very different sizes
+    index_cases[:30] = 3  # one large case
+    query_cases = rng.integers(0, 20, len(xq))  # some queries share a case with the index, some do not
+    query_cases[:4] = 3
+    scores, ids = search(
+        xb, xq, 7, index_cases=index_cases, query_cases=query_cases, batch_size=6, progress=False
+    )
+    ref_s, ref_i = brute_force_cases(xb, xq, 7, index_cases, query_cases)
+    np.testing.assert_array_equal(ids, ref_i)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+    assert not (index_cases[ids] == query_cases[:, None]).any()
+
+
+def test_same_case_exclusion_with_exclude_self_and_manifest_rows():
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(80, 6)).astype(np.float32)
+    cases = np.repeat(np.arange(20), 4)  # four images (slices) per patient
+    rows = np.arange(0, 80)
+    nb = search_rows(emb, rows, rows, 5, exclude_self=True, cases=cases, progress=False)
+    _, ref = brute_force_cases(emb, emb, 5, cases, cases, exclude_self=True)
+    np.testing.assert_array_equal(nb.ids, ref)
+    # index and queries that share no case: the exclusion changes nothing
+    index_rows, query_rows = np.arange(0, 40), np.arange(40, 80)
+    with_cases = search_rows(emb, index_rows, query_rows, 5, cases=cases, progress=False)
+    without = search_rows(emb, index_rows, query_rows, 5, progress=False)
+    np.testing.assert_array_equal(with_cases.ids, without.ids)
+
+
+def test_same_case_exclusion_errors_name_the_parameter():
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    cases = np.array([0] * 6 + [1] * 4)
+    with pytest.raises(ValueError, match=r"'k' = 5 must be between 1 and 4 .*own-case"):
+        search(x, x[:1], 5, index_cases=cases, query_cases=cases[:1], progress=False)
+    assert search(x, x[:1], 4, index_cases=cases, query_cases=cases[:1], progress=False)[1].shape == (1, 4)
+    with pytest.raises(ValueError, match="give both or neither"):
+        search(x, x, 2, index_cases=cases, progress=False)
+    with pytest.raises(ValueError, match="'query_cases' must hold one case per row"):
+        search(x, x, 2, index_cases=cases, query_cases=cases[:3], progress=False)
+    with pytest.raises(ValueError, match="'cases' must hold one case per manifest row"):
+        search_rows(x, np.arange(5), np.arange(5, 10), 2, cases=cases[:4], progress=False)
+
+
+def test_case_codes_from_patient_id():
+    from cbmir.search import case_codes, max_k
+
+    m = pd.DataFrame({"filepath": list("abcdef"), "patient_id": ["p1", "p2", "p1", "", None, " p2 "]})
+    codes = case_codes(m)
+    assert codes[0] == codes[2] and codes[1] == codes[5] and codes[0] != codes[1]
+    assert len(set(codes[[3, 4]]) | set(codes[[0, 1]])) == 4  # empty ids: each row its own case
+    assert case_codes(m.drop(columns="patient_id")) is None
+    assert max_k(6, codes, codes[[0]]) == 4 and max_k(6) == 6
+
+
+def test_truncated_neighbour_table_is_refused_naming_the_file(tmp_path, data):
+    from cbmir.search import NeighbourTableError
+
+    xb, _ = data
+    nb = search_rows(xb[:50], np.arange(25), np.arange(25, 50), 4, progress=False)
+    path = tmp_path / "nb.npz"
+    nb.save(path)
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary left
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(NeighbourTableError, match="nb.npz.*truncated"):
+        Neighbours.load(path)
+    path.write_bytes(b"")
+    with pytest.raises(NeighbourTableError, match="nb.npz"):
+        Neighbours.load(path)

@@ -131,7 +131,9 @@ def _manifest_columns(manifest: pd.DataFrame) -> tuple[list[str], list[int | Non
     duplicated = pd.Index(ids)[pd.Index(ids).duplicated()].unique().tolist()
     if duplicated:
         shown = ", ".join(duplicated[:5]) + (", ..." if len(duplicated) > 5 else "")
-        raise ValueError(f"manifest has {len(duplicated)} duplicated filepath(s) ({shown}); store ids must be unique")
+        raise ValueError(
+            f"manifest has {len(duplicated)} duplicated filepath(s) ({shown}); store ids must be unique"
+        )
     frames: list[int | None] = [None] * len(ids)
     if "frame" in manifest.columns:
         frames = [None if pd.isna(v) or v == "" else int(v) for v in manifest["frame"].tolist()]
@@ -198,9 +200,13 @@ def _reuse(out_dir: Path, spec: str, checkpoint: str | None, ids_hash: str) -> E
         except StoreError as err:
             warnings.warn(f"rebuilding a damaged embedding store: {err}", stacklevel=3)
         else:
-            shutil.rmtree(out_dir / S.CHUNKS_DIR, ignore_errors=True)  # leftovers of a run killed after completion
+            shutil.rmtree(
+                out_dir / S.CHUNKS_DIR, ignore_errors=True
+            )  # leftovers of a run killed after completion
             return store
-    S.clear_final_files(out_dir)  # truncated or half-assembled files are rebuilt from the chunks, never loaded
+    S.clear_final_files(
+        out_dir
+    )  # truncated or half-assembled files are rebuilt from the chunks, never loaded
     return None
 
 
@@ -283,7 +289,6 @@ def _run_chunks(
 ) -> None:
     """Embed the pending chunks in order; batches never cross a chunk, each chunk is written when complete."""
     import torch
-
     from tqdm.auto import tqdm
 
     n_rows, chunk_size, dim = plan["n_rows"], plan["chunk_size"], plan["dim"]

@@ -137,7 +137,9 @@ class Context:
         index_rows = self.searchable_rows(model, index_split)
         query_rows = self.searchable_rows(model, query_split)
         cases = self.cases
-        limit = max_k(len(index_rows), *(None, None) if cases is None else (cases[index_rows], cases[query_rows]))
+        limit = max_k(
+            len(index_rows), *(None, None) if cases is None else (cases[index_rows], cases[query_rows])
+        )
         k = min(self.cfg.k, limit)
         key = self._neighbours_key(model, index_rows, query_rows)
         meta = path.with_suffix(".json")
@@ -152,7 +154,9 @@ class Context:
                 meta.unlink()  # the key is written only after its table has landed
             nb = search_rows(vectors, index_rows, query_rows, k=k, cases=cases, **self.search_settings)
             nb.save(path)
-            write_json(meta, {"key": key, "k": k, "same_case_excluded": cases is not None, **self.search_settings})
+            write_json(
+                meta, {"key": key, "k": k, "same_case_excluded": cases is not None, **self.search_settings}
+            )
         return nb
 
     def query(self, image: str | Path, model: str, k: int = 10, index_split: str = "train") -> pd.DataFrame:
@@ -172,7 +176,9 @@ class Context:
             device = "cpu"  # the store was made on a GPU this machine lacks
         device = resolve_device(device or None)
         encoder = load_encoder(model, checkpoint=self.cfg.checkpoints.get(model), device=device)
-        query = embed_images(encoder, [load_image(image)], bf16=bool(store.provenance.get("bf16")), device=device)
+        query = embed_images(
+            encoder, [load_image(image)], bf16=bool(store.provenance.get("bf16")), device=device
+        )
         vectors = self.vectors(model)
         index_rows = self.searchable_rows(model, index_split)
         scores, pos = search(vectors.take(index_rows), query, k=min(k, len(index_rows)), progress=False)

@@ -48,7 +48,11 @@ class PrecisionRunner:
         self.device_type = "cuda" if device.startswith("cuda") else "cpu"
         self.module, self.dtype = encoder.module.to(device).eval(), torch.float32
         self.precision = "autocast" if bf16 else "fp32"
-        if bf16 and self.device_type == "cpu" and any(p.is_floating_point() for p in self.module.parameters()):
+        if (
+            bf16
+            and self.device_type == "cpu"
+            and any(p.is_floating_point() for p in self.module.parameters())
+        ):
             self.module = copy.deepcopy(self.module).to(dtype=torch.bfloat16)
             self.dtype, self.precision = torch.bfloat16, "weights+autocast"
 

@@ -12,10 +12,8 @@ of the query's own case are never returned.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,7 +86,9 @@ class Neighbours:
             with np.load(path, allow_pickle=False) as data:
                 missing = {"query_rows", "ids", "scores"} - set(data.files)
                 if missing:
-                    raise NeighbourTableError(f"{path}: not a neighbour table (missing arrays {sorted(missing)})")
+                    raise NeighbourTableError(
+                        f"{path}: not a neighbour table (missing arrays {sorted(missing)})"
+                    )
                 index_rows = data["index_rows"] if "index_rows" in data.files else None
                 arrays = data["query_rows"], data["ids"], data["scores"]
         except (OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
@@ -266,7 +266,9 @@ def case_codes(manifest: pd.DataFrame, column: str = CASE_COLUMN) -> np.ndarray 
     return codes
 
 
-def _own_case_counts(index_cases: np.ndarray, query_cases: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _own_case_counts(
+    index_cases: np.ndarray, query_cases: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(index case codes, query case codes, how many index rows share each query's case)."""
     codes = pd.factorize(np.concatenate([np.asarray(index_cases), np.asarray(query_cases)]))[0]
     icode, qcode = codes[: len(index_cases)], codes[len(index_cases) :]
@@ -307,7 +309,9 @@ def search(
     xb = l2_normalise(index_vectors, "index_vectors")
     xq = l2_normalise(queries, "queries")
     if xq.shape[1] != xb.shape[1]:
-        raise ValueError(f"parameter 'queries' has dimension {xq.shape[1]} but 'index_vectors' has {xb.shape[1]}")
+        raise ValueError(
+            f"parameter 'queries' has dimension {xq.shape[1]} but 'index_vectors' has {xb.shape[1]}"
+        )
     if exclude_self and len(xq) != len(xb):
         raise ValueError(
             f"parameter 'exclude_self' needs queries = index rows; got {len(xq)} queries, {len(xb)} index rows"
@@ -318,7 +322,9 @@ def search(
             raise ValueError("parameters 'index_cases' and 'query_cases' go together: give both or neither")
         for name, cases, n in (("index_cases", index_cases, len(xb)), ("query_cases", query_cases, len(xq))):
             if np.ndim(cases) != 1 or len(cases) != n:
-                raise ValueError(f"parameter {name!r} must hold one case per row ({n}); got shape {np.shape(cases)}")
+                raise ValueError(
+                    f"parameter {name!r} must hold one case per row ({n}); got shape {np.shape(cases)}"
+                )
         icode, qcode, own = _own_case_counts(index_cases, query_cases)
         if exclude_self:
             own = np.maximum(own, 1)
@@ -335,7 +341,9 @@ def search(
     kk = min(k + extra, len(xb))
     scores = np.empty((len(xq), k), dtype=np.float32)
     ids = np.empty((len(xq), k), dtype=np.int64)
-    for start in tqdm(range(0, len(xq), batch_size), desc="search", disable=hide_progress(progress), leave=False):
+    for start in tqdm(
+        range(0, len(xq), batch_size), desc="search", disable=hide_progress(progress), leave=False
+    ):
         s, i = index.search(xq[start : start + batch_size], kk)
         if by_case:
             own_row = np.arange(start, start + len(i)) if exclude_self else None
@@ -408,14 +416,18 @@ def search_rows(
         mapping = np.arange(n) if embedding_rows is None else np.asarray(embedding_rows, dtype=np.int64)
         vectors = ManifestVectors(vectors, mapping, [])
     elif embedding_rows is not None:
-        raise ValueError("parameter 'embedding_rows' is only for a plain array; ManifestVectors maps its rows")
+        raise ValueError(
+            "parameter 'embedding_rows' is only for a plain array; ManifestVectors maps its rows"
+        )
     xb = vectors.take(index_rows, "index_rows")
     xq = xb if exclude_self else vectors.take(query_rows, "query_rows")
     case_args = {}
     if cases is not None:
         cases = np.asarray(cases)
         if cases.ndim != 1 or len(cases) != len(vectors):
-            raise ValueError(f"parameter 'cases' must hold one case per manifest row ({len(vectors)}); got {cases.shape}")
+            raise ValueError(
+                f"parameter 'cases' must hold one case per manifest row ({len(vectors)}); got {cases.shape}"
+            )
         case_args = {"index_cases": cases[index_rows], "query_cases": cases[query_rows]}
     scores, pos = search(xb, xq, k, exclude_self=exclude_self, **case_args, **kwargs)
     return Neighbours(query_rows=query_rows, ids=index_rows[pos], scores=scores, index_rows=index_rows)

@@ -49,7 +49,16 @@ PLAN_FILE = "plan.json"
 LOCK_FILE = ".writer.lock"
 _CHUNK_RE = re.compile(r"^chunk_(\d{6})\.npz$")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-PLAN_KEYS = ("format_version", "spec", "checkpoint", "manifest_ids_sha256", "n_rows", "chunk_size", "bf16", "dim")
+PLAN_KEYS = (
+    "format_version",
+    "spec",
+    "checkpoint",
+    "manifest_ids_sha256",
+    "n_rows",
+    "chunk_size",
+    "bf16",
+    "dim",
+)
 
 
 class StoreError(CbmirError, RuntimeError):
@@ -200,7 +209,9 @@ class ManifestVectors:
         return rows
 
 
-def open_stores(stores: Sequence[str | os.PathLike], manifest: pd.DataFrame | Sequence[str]) -> ManifestVectors:
+def open_stores(
+    stores: Sequence[str | os.PathLike], manifest: pd.DataFrame | Sequence[str]
+) -> ManifestVectors:
     """Open complete stores (one per dataset is fine) and map the manifest's rows to their vectors."""
     return ManifestVectors.build([EmbeddingStore.open(s) for s in stores], manifest)
 
@@ -303,7 +314,9 @@ def check_writable(folder: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        reason = "no space left on device" if no_space(err) else f"{type(err).__name__}: {err.strerror or err}"
+        reason = (
+            "no space left on device" if no_space(err) else f"{type(err).__name__}: {err.strerror or err}"
+        )
         raise StoreError(f"output folder {folder} cannot be written ({reason})") from err
 
 
@@ -342,7 +355,9 @@ def check_plan(chunks: Path, plan: dict[str, Any]) -> None:
         existing = json.loads(plan_path.read_text())
     except ValueError as err:
         raise StoreError(f"{plan_path} is unreadable ({err}); remove {chunks} or pass redo=True") from err
-    diffs = [f"{k}: {existing.get(k)!r} -> {plan.get(k)!r}" for k in PLAN_KEYS if existing.get(k) != plan.get(k)]
+    diffs = [
+        f"{k}: {existing.get(k)!r} -> {plan.get(k)!r}" for k in PLAN_KEYS if existing.get(k) != plan.get(k)
+    ]
     if diffs:
         raise StoreError(
             f"partial results in {chunks} were made for a different run ({'; '.join(diffs)}). "
@@ -379,11 +394,15 @@ def read_chunk(path: Path, lo: int, hi: int, keys: Sequence[str]) -> dict[str, n
         with np.load(path, allow_pickle=False) as data:
             chunk = {key: data[key] for key in keys}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise StoreError(f"chunk file {path} is unreadable ({err}); delete it to recompute that chunk") from err
+        raise StoreError(
+            f"chunk file {path} is unreadable ({err}); delete it to recompute that chunk"
+        ) from err
     if "failed_rows" in chunk:
         covered = np.sort(np.concatenate([chunk["rows"], chunk["failed_rows"]]))
         if not np.array_equal(covered, np.arange(lo, hi)):
-            raise StoreError(f"chunk file {path} does not cover manifest rows {lo}..{hi - 1}; delete it to recompute")
+            raise StoreError(
+                f"chunk file {path} does not cover manifest rows {lo}..{hi - 1}; delete it to recompute"
+            )
     return chunk
 
 
@@ -442,7 +461,9 @@ def _reserve(path: str, nbytes: int) -> None:
                 raise
 
 
-def _write_matrix(target: Path, paths: list[Path], bounds: list[tuple[int, int]], meta: list[dict], dim: int) -> None:
+def _write_matrix(
+    target: Path, paths: list[Path], bounds: list[tuple[int, int]], meta: list[dict], dim: int
+) -> None:
     """Stream the chunks' vectors into a memory-mapped temporary `.npy`, then move it into place."""
     n = sum(len(m["rows"]) for m in meta)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -489,7 +510,9 @@ def assemble(
     rows = np.concatenate([m["rows"] for m in meta]) if meta else np.zeros(0, np.int64)
     _write_matrix(out_dir / EMBEDDINGS_FILE, paths, bounds, meta, dim)
     write_csv(out_dir / IDS_FILE, pd.DataFrame({"filepath": [ids[r] for r in rows]}, dtype=object))
-    failed = [(int(r), str(e)) for m in meta for r, e in zip(m["failed_rows"], m["failed_errors"], strict=True)]
+    failed = [
+        (int(r), str(e)) for m in meta for r, e in zip(m["failed_rows"], m["failed_errors"], strict=True)
+    ]
     failed_frame = pd.DataFrame(
         {"filepath": [ids[r] for r, _ in failed], "error": [e for _, e in failed]}, dtype=object
     )
@@ -522,7 +545,9 @@ def write_store(
     matrix = np.asarray(embeddings, dtype=np.float32)
     ids = [str(p) for p in filepaths]
     if matrix.ndim != 2 or len(matrix) != len(ids):
-        raise ValueError(f"parameter 'embeddings' must be [N, D] with N = {len(ids)} filepaths; got {matrix.shape}")
+        raise ValueError(
+            f"parameter 'embeddings' must be [N, D] with N = {len(ids)} filepaths; got {matrix.shape}"
+        )
     if len(set(ids)) != len(ids):
         raise ValueError("parameter 'filepaths' has duplicates; store ids must be unique")
     norms = np.linalg.norm(matrix, axis=1)

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from cbmir import metrics
+from cbmir.manifest import LEVELS, label_columns, row_labels
 from cbmir.search import Neighbours, search_rows
 from cbmir.store import ManifestVectors
-from cbmir.manifest import LEVELS, label_columns, row_labels
 
 PAPER_NS = (1, 3, 5, 10)
 # Published headline of Denner et al. (arXiv 2403.06567, Table 3): BiomedCLIP, micro P@N on their 4 datasets.

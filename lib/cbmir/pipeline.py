@@ -129,8 +129,7 @@ class Context:
         With a `patient_id` column, neighbours of the query's own case are never returned (nothing changes
         when query and index share no case). A table whose key matches is reused; a damaged one is rebuilt.
         """
-        from cbmir.locking import writer_lock
-        from cbmir.search import NeighbourTableError, max_k, search_rows
+        from cbmir.search import NeighbourTableError, max_k, search_rows, table_lock
 
         path = self.neighbours_path(model, query_split, index_split)
         vectors = self.vectors(model)
@@ -143,8 +142,7 @@ class Context:
         k = min(self.cfg.k, limit)
         key = self._neighbours_key(model, index_rows, query_rows)
         meta = path.with_suffix(".json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with writer_lock(path.with_name(path.name + ".lock"), f"neighbour table {path}", wait=self.wait):
+        with table_lock(path, wait=self.wait):
             if path.exists() and meta.exists() and not redo and _meta_key(meta) == key:
                 try:
                     return Neighbours.load(path)

@@ -12,6 +12,7 @@ of the query's own case are never returned.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import zipfile
@@ -249,6 +250,16 @@ def build_index(x: np.ndarray, index_type: str = "flat", **params: Any) -> Any:
     """Build a FAISS index of `index_type` over normalised float32 `x` with builder `params`."""
     check_index_params(index_type, params)
     return BUILDERS[index_type](x, **params)
+
+
+def table_lock(path: str | os.PathLike, wait: bool = False) -> contextlib.AbstractContextManager[None]:
+    """The one-writer lock of the neighbour table at `path` (`path.lock` beside it); hold it while searching
+    and saving. Another holder raises `cbmir.locking.LockedError` naming it, unless `wait`."""
+    from cbmir.locking import writer_lock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return writer_lock(path.with_name(path.name + ".lock"), f"neighbour table {path}", wait=wait)
 
 
 def case_codes(manifest: pd.DataFrame, column: str = CASE_COLUMN) -> np.ndarray | None:

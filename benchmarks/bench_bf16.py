@@ -1,7 +1,7 @@
 """bf16 on the CPU: fp32 vs autocast vs bf16 weights, on randomly initialised timm ViTs (no downloads).
 
 Times the encoder forward pass only, modes interleaved round-robin (best of `--repeat` rounds) (what the precision mode changes), ratios against fp32 in the same run,
-and the cosine similarity of the bf16 embeddings to the fp32 ones. `cbmir.embeddings` uses bf16 weights
+and the cosine similarity of the bf16 embeddings to the fp32 ones. `cbmir.precision` uses bf16 weights
 (+ autocast) on the CPU and autocast on CUDA; this script is the evidence for the CPU choice.
 
     python benchmarks/bench_bf16.py                       # vit_small_patch16_224, vit_base_patch16_224

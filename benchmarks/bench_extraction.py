@@ -1,7 +1,7 @@
 """Feature-extraction throughput: a bare forward pass against the full pipeline, per encoder and precision.
 
 bare     : random tensors, pre-batched, straight through `encoder.module` (the ceiling).
-pipeline : `cbmir.embeddings.extract_embeddings` on JPEG/PNG files on disk (decode, resize, normalise,
+pipeline : `cbmir.extract.extract_embeddings` on JPEG/PNG files on disk (decode, resize, normalise,
            DataLoader with 2 workers, batching, store writes), the path a real run takes.
 The overhead ratio is bare images/s divided by pipeline images/s, measured in the same run. Encoders: a
 randomly initialised ViT-B/16 (fp32 and bf16) and each offline encoder whose weights ship in a package.
@@ -84,7 +84,7 @@ def bare(encoder, n: int, batch: int, bf16: bool) -> float:
 
 def pipeline(encoder, manifest: pd.DataFrame, root: Path, out: Path, batch: int, bf16: bool) -> float:
     """Images/s of `extract_embeddings` from files on disk (2 DataLoader workers), including its start-up."""
-    from cbmir.embeddings import extract_embeddings
+    from cbmir.extract import extract_embeddings
 
     start = time.perf_counter()
     store = extract_embeddings(

@@ -35,8 +35,8 @@ def rss_mib() -> float:
 def child(n_index: int, n_queries: int, k: int, n_boot: int) -> dict:
     """Run the scoring in this process; return timings and the RSS after imports."""
     import pandas as pd  # noqa: F401  (imported by cbmir.metrics; counted in the baseline)
-    from cbmir.index import Neighbours
     from cbmir.metrics import bootstrap_ci, label_matrices, precision_at_n, retrieval_metrics
+    from cbmir.search import Neighbours
 
     sys.path.insert(0, str(Path(__file__).parent))
     from synthetic import class_sizes

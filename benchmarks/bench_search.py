@@ -27,7 +27,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from cbmir import index as cindex
+from cbmir import search as csearch
 from cbmir.metrics import micro_macro, precision_at_n
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -35,7 +35,7 @@ from results import append_results
 from synthetic import HARD, SyntheticSpace, class_sizes, make_dataset  # noqa: E402
 
 K = 100
-BATCH = 4096  # cbmir.index.search's default query batch
+BATCH = 4096  # cbmir.search.search's default query batch
 
 
 def rss_bytes() -> int:
@@ -62,7 +62,7 @@ def _timed(fn) -> float:
 
 
 def run_search(index, xq: np.ndarray, k: int = K) -> tuple[np.ndarray, float]:
-    """ids [Q, k] and seconds, searching in cbmir.index.search's query batches."""
+    """ids [Q, k] and seconds, searching in cbmir.search.search's query batches."""
     ids = np.empty((len(xq), k), dtype=np.int64)
     t0 = time.perf_counter()
     for start in range(0, len(xq), BATCH):
@@ -107,17 +107,17 @@ def load_store(
     """
     import pandas as pd
     from cbmir.manifest import read_manifest, row_labels, split_rows
+    from cbmir.store import open_stores
 
     table = read_manifest(manifest)
-    emb, mapping = cindex.load_store_matrix(stores, table["filepath"].to_numpy())
+    vectors = open_stores(stores, table)
     codes = pd.factorize(row_labels(table, "label"))[0].astype(np.int64)
     out = []
     for split in (index_split, query_split):
-        rows = split_rows(table, split)
-        rows = rows[mapping[rows] >= 0]
+        rows = vectors.present(split_rows(table, split))
         if len(rows) == 0:
             raise ValueError(f"{manifest}: no rows with an embedding in split {split!r}")
-        out += [cindex.l2_normalise(np.asarray(emb[mapping[rows]]), split), codes[rows]]
+        out += [csearch.l2_normalise(vectors.take(rows), split), codes[rows]]
     return tuple(out)
 
 
@@ -130,10 +130,10 @@ def quality(ids: np.ndarray, exact_ids: np.ndarray, lb: np.ndarray, lq: np.ndarr
 
 def settings(n: int, d: int, args: argparse.Namespace) -> list[tuple[str, dict, str, list[int]]]:
     """(index_type, build params, search-time attribute, search-time values to try), from the command line."""
-    nlist = cindex.default_nlist(n)
+    nlist = csearch.default_nlist(n)
     pq = {
         "nlist": nlist,
-        "pq_m": cindex.default_pq_m(d, args.pq_nbits),
+        "pq_m": csearch.default_pq_m(d, args.pq_nbits),
         "pq_nbits": args.pq_nbits,
         "k_factor": args.k_factor,
     }
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     rss0 = rss_bytes()
     t0 = time.perf_counter()
-    flat = cindex.build_index(xb, "flat")
+    flat = csearch.build_index(xb, "flat")
     t_build = time.perf_counter() - t0
     rss_flat = rss_bytes() - rss0
     exact_ids, t_exact = run_search(flat, xq, k)
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         rss0 = rss_bytes()
         t0 = time.perf_counter()
-        index = cindex.build_index(xb, kind, **params)
+        index = csearch.build_index(xb, kind, **params)
         t_build = time.perf_counter() - t0
         rss_delta = rss_bytes() - rss0
         nbytes = index_bytes(kind, n, d, index)

@@ -62,7 +62,7 @@ def die_after_replace(n: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from cbmir.embeddings import extract_embeddings
+    from cbmir.extract import extract_embeddings
 
     p = argparse.ArgumentParser()
     p.add_argument("manifest")

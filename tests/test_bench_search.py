@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cbmir import store as cstore
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import bench_search  # noqa: E402
@@ -36,9 +37,8 @@ def write_store(tmp_path: Path, n: int = 240, missing: int = 7) -> tuple[Path, P
     emb = (centres[chosen] + 0.3 * rng.normal(size=(n, 32))).astype(np.float32)
     keep = np.arange(n) != missing
     store = tmp_path / "store"
-    store.mkdir()
-    np.save(store / "embeddings.npy", emb[keep])
-    df.loc[keep, ["filepath"]].to_csv(store / "ids.csv", index=False)
+    failed = pd.DataFrame({"filepath": df["filepath"][~keep], "error": "corrupt"})
+    cstore.write_store(store, emb[keep], df["filepath"][keep], spec="toy", failed=failed)
     return store, manifest, df.assign(code=chosen)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cbmir.classification import classification_metrics
-from cbmir.index import Neighbours
 from cbmir.knn import f1_by_k, knn_classification, knn_scores
 from cbmir.probe import linear_probe, train_linear_probe
+from cbmir.search import Neighbours
 
 
 def test_classification_metrics_hand_case_and_skipped_class():

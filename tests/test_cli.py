@@ -19,9 +19,9 @@ def test_every_stage_registers_its_subcommands():
         "summary",
         "radmini",
         "models",
-        "embed",
-        "search",
         "report",
+        # "embed" and "search" moved out of cbmir.extract / cbmir.search into the cbmir.cli package
+        # (branch cli); take that branch's version of this test at merge
     }
 
 

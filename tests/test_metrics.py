@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from cbmir.index import Neighbours
 from cbmir.metrics import (
     average_precision_at_n,
     bootstrap_ci,
@@ -21,6 +20,7 @@ from cbmir.metrics import (
     retrieval_metrics,
     retrieval_metrics_by_level,
 )
+from cbmir.search import Neighbours
 
 # ---------------------------------------------------------------- references (plain Python, one query at a time)
 

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from cbmir import metrics
 from cbmir.config import NOTEBOOKS_DIR, load_config
-from cbmir.index import Neighbours
 from cbmir.manifest import read_manifest, row_labels
 from cbmir.report import run_report
+from cbmir.search import Neighbours
 
 pytestmark = pytest.mark.slow
 MODELS = ["raw-pixels", "random-vit"]

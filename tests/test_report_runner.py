@@ -133,7 +133,7 @@ def test_slug_is_file_name_safe():
 
 
 def test_checkpoints_reach_the_extraction(tmp_path, monkeypatch):
-    import cbmir.embeddings
+    import cbmir.extract
     from cbmir.pipeline import Context
 
     path = write_config(tmp_path, [{"name": "a"}], models=["biomedclip"])
@@ -143,7 +143,7 @@ def test_checkpoints_reach_the_extraction(tmp_path, monkeypatch):
     cfg = load_config(path)
     assert cfg.checkpoints == {"biomedclip": (tmp_path / "weights" / "biomedclip").resolve()}
     seen = {}
-    monkeypatch.setattr(cbmir.embeddings, "extract_embeddings", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setattr(cbmir.extract, "extract_embeddings", lambda *a, **kw: seen.update(kw))
     Context(cfg, manifest=None).embeddings("biomedclip")
     assert seen["checkpoint"] == cfg.checkpoints["biomedclip"]
     text["checkpoints"] = ["not", "a", "mapping"]

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from cbmir import metrics, studies
-from cbmir.index import Neighbours, search_rows
 from cbmir.pipeline import subsample_per_class
+from cbmir.search import Neighbours, search_rows
 
 REGIONS = {
     "CT/lung": ["lesion", "normal"],

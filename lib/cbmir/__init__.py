@@ -1,7 +1,7 @@
 """cbmir: content-based medical image retrieval with vision foundation models.
 
 One module per stage of the pipeline (DESIGN.md §4):
-manifest -> embeddings -> index (neighbours) -> metrics -> plots / report.
+manifest -> store (extract) -> search (neighbours) -> metrics -> plots / report.
 """
 
 import warnings

@@ -15,8 +15,6 @@ STAGE_MODULES = [
     "cbmir.datasets.prepare",  # cbmir prepare / cbmir combine / cbmir summary
     "cbmir.datasets.radmini",  # cbmir radmini
     "cbmir.models",  # cbmir models
-    "cbmir.embeddings",  # cbmir embed
-    "cbmir.index",  # cbmir search
     "cbmir.report",  # cbmir report
 ]
 

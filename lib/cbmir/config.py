@@ -42,7 +42,7 @@ class ReportConfig:
     description: str = ""
     k: int = 100
     index_type: str = "flat"
-    # builder parameters of index_type (cbmir.index), e.g. {nprobe: 192}
+    # builder parameters of index_type (cbmir.search), e.g. {nprobe: 192}
     index_params: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 32
     bf16: bool = False
@@ -126,8 +126,8 @@ def load_config(
 
 
 def _check_index(cfg_path: Path, raw: dict[str, Any]) -> None:
-    """`index_type` and `index_params` must name a cbmir.index builder and its parameters."""
-    from cbmir.index import check_index_params
+    """`index_type` and `index_params` must name a cbmir.search builder and its parameters."""
+    from cbmir.search import check_index_params
 
     params = raw.get("index_params") or {}
     if not isinstance(params, dict):

@@ -3,14 +3,17 @@
 A notebook does `ctx = Context.open(config, quick=quick, out_root=out_root)`; then `ctx.embeddings(model)`
 extracts or reuses the store, `ctx.neighbours(model)` searches or reuses the neighbour table, and
 `ctx.save_figure` / `ctx.save_table` write the outputs where the config says. Each stage reads only the files
-of the stage before it (DESIGN.md §4).
+of the stage before it (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +21,30 @@ import pandas as pd
 
 from cbmir.config import ReportConfig, load_config, slug
 from cbmir.manifest import read_manifest, row_labels, split_rows
+from cbmir.search import Neighbours, case_codes
+from cbmir.store import EmbeddingStore, ManifestVectors, write_json
+
+
+def _meta_key(meta: Path) -> str | None:
+    """The key recorded beside a neighbour table (None if the file is unreadable)."""
+    try:
+        return json.loads(meta.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 @dataclass
 class Context:
+    """One notebook run: the config, the manifest, and each model's store and vectors (opened once, cached).
+
+    `wait`: a store or neighbour table being written by another process is waited for instead of an error.
+    """
+
     cfg: ReportConfig
     manifest: pd.DataFrame
+    wait: bool = False
+    _stores: dict[str, EmbeddingStore] = field(default_factory=dict, repr=False)
+    _vectors: dict[str, ManifestVectors] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(
@@ -46,6 +67,11 @@ class Context:
     def rows(self, split: str) -> np.ndarray:
         return split_rows(self.manifest, split)
 
+    @cached_property
+    def cases(self) -> np.ndarray | None:
+        """The case (patient) code of every manifest row from its `patient_id` column; None without one."""
+        return case_codes(self.manifest)
+
     def image_path(self, row: int, thumb: bool = False) -> Path:
         root = self.cfg.thumbs_root if thumb and self.cfg.thumbs_root else self.cfg.data_root
         path = root / self.manifest["filepath"].iloc[row]
@@ -57,34 +83,34 @@ class Context:
     def store_dir(self, model: str) -> Path:
         return self.cfg.work_dir / "embeddings" / slug(model)
 
-    def embeddings(self, model: str, redo: bool = False):
-        """The model's embedding store over the whole manifest: extracted once, then reused."""
-        from cbmir.embeddings import extract_embeddings
+    def embeddings(self, model: str, redo: bool = False) -> EmbeddingStore:
+        """The model's embedding store over the whole manifest: extracted once, then reused (checked once)."""
+        from cbmir import extract
 
-        return extract_embeddings(
-            self.manifest,
-            self.cfg.data_root,
-            model,
-            self.store_dir(model),
-            batch_size=self.cfg.batch_size,
-            bf16=self.cfg.bf16,
-            redo=redo,
-            checkpoint=self.cfg.checkpoints.get(model),
-        )
+        if redo or model not in self._stores:
+            self._vectors.pop(model, None)
+            self._stores[model] = extract.extract_embeddings(
+                self.manifest,
+                self.cfg.data_root,
+                model,
+                self.store_dir(model),
+                batch_size=self.cfg.batch_size,
+                bf16=self.cfg.bf16,
+                redo=redo,
+                checkpoint=self.cfg.checkpoints.get(model),
+                wait=self.wait,
+            )
+        return self._stores[model]
 
-    def vectors(self, model: str) -> tuple[np.ndarray, np.ndarray]:
-        """(the store's embedding matrix, the store row of every manifest row or -1 where its image failed)."""
-        store = self.embeddings(model)
-        mapping = np.full(len(self.manifest), -1, dtype=np.int64)
-        present = np.flatnonzero(self.manifest["filepath"].isin(set(store.ids)).to_numpy())
-        mapping[present] = store.rows_for(self.manifest["filepath"].iloc[present].tolist())
-        return store.embeddings, mapping
+    def vectors(self, model: str) -> ManifestVectors:
+        """The model's vectors for the manifest rows (`.store_row` is -1 where an image failed to load)."""
+        if model not in self._vectors:
+            self._vectors[model] = self.embeddings(model).vectors_for(self.manifest)
+        return self._vectors[model]
 
     def searchable_rows(self, model: str, split: str) -> np.ndarray:
         """Manifest rows of `split` that have an embedding (images that failed to load are left out)."""
-        _, mapping = self.vectors(model)
-        rows = self.rows(split)
-        return rows[mapping[rows] >= 0]
+        return self.vectors(model).present(self.rows(split))
 
     # ---- stage 3: neighbours ---------------------------------------------------------------------
     def neighbours_path(self, model: str, query_split: str = "test", index_split: str = "train") -> Path:
@@ -97,37 +123,63 @@ class Context:
 
     def neighbours(
         self, model: str, query_split: str = "test", index_split: str = "train", redo: bool = False
-    ):
-        """Top-k neighbours (manifest rows) of every `query_split` row among the `index_split` rows."""
-        from cbmir.index import Neighbours, search_rows
+    ) -> Neighbours:
+        """Top-k neighbours (manifest rows) of every `query_split` row among the `index_split` rows.
+
+        With a `patient_id` column, neighbours of the query's own case are never returned (nothing changes
+        when query and index share no case). A table whose key matches is reused; a damaged one is rebuilt.
+        """
+        from cbmir.search import NeighbourTableError, max_k, search_rows, table_lock
 
         path = self.neighbours_path(model, query_split, index_split)
-        emb, mapping = self.vectors(model)
+        vectors = self.vectors(model)
         index_rows = self.searchable_rows(model, index_split)
         query_rows = self.searchable_rows(model, query_split)
+        cases = self.cases
+        limit = max_k(
+            len(index_rows), *(None, None) if cases is None else (cases[index_rows], cases[query_rows])
+        )
+        k = min(self.cfg.k, limit)
         key = self._neighbours_key(model, index_rows, query_rows)
         meta = path.with_suffix(".json")
-        if path.exists() and meta.exists() and not redo and json.loads(meta.read_text()).get("key") == key:
-            return Neighbours.load(path)
-        k = min(self.cfg.k, len(index_rows))
-        nb = search_rows(emb, index_rows, query_rows, k=k, embedding_rows=mapping, **self.search_settings)
-        nb.save(path)
-        meta.write_text(json.dumps({"key": key, "k": k, **self.search_settings}) + "\n")
+        with table_lock(path, wait=self.wait):
+            if path.exists() and meta.exists() and not redo and _meta_key(meta) == key:
+                try:
+                    return Neighbours.load(path)
+                except NeighbourTableError as err:
+                    warnings.warn(f"rebuilding a damaged neighbour table: {err}", stacklevel=2)
+            with contextlib.suppress(FileNotFoundError):
+                meta.unlink()  # the key is written only after its table has landed
+            nb = search_rows(vectors, index_rows, query_rows, k=k, cases=cases, **self.search_settings)
+            nb.save(path)
+            write_json(
+                meta, {"key": key, "k": k, "same_case_excluded": cases is not None, **self.search_settings}
+            )
         return nb
 
     def query(self, image: str | Path, model: str, k: int = 10, index_split: str = "train") -> pd.DataFrame:
-        """Query by example: the top-k `index_split` images for one image file (PNG, JPEG or DICOM)."""
-        from cbmir.images import load_image
-        from cbmir.index import search
-        from cbmir.models import load_encoder
+        """Query by example: the top-k `index_split` images for one image file (PNG, JPEG or DICOM).
 
-        encoder = load_encoder(model, checkpoint=self.cfg.checkpoints.get(model))
-        query = encoder.embed_images([load_image(image)]).numpy()
-        emb, mapping = self.vectors(model)
-        index_rows = self.searchable_rows(model, index_split)
-        scores, pos = search(
-            np.asarray(emb[mapping[index_rows]]), query, k=min(k, len(index_rows)), progress=False
+        The image is embedded exactly as the store was (same preprocessing, precision and normalisation).
+        """
+        from cbmir.extract import embed_images
+        from cbmir.images import load_image
+        from cbmir.models import load_encoder
+        from cbmir.precision import resolve_device
+        from cbmir.search import search
+
+        store = self.embeddings(model)
+        device = str(store.provenance.get("device") or "")
+        if device.startswith("cuda") and resolve_device(None) != "cuda":
+            device = "cpu"  # the store was made on a GPU this machine lacks
+        device = resolve_device(device or None)
+        encoder = load_encoder(model, checkpoint=self.cfg.checkpoints.get(model), device=device)
+        query = embed_images(
+            encoder, [load_image(image)], bf16=bool(store.provenance.get("bf16")), device=device
         )
+        vectors = self.vectors(model)
+        index_rows = self.searchable_rows(model, index_split)
+        scores, pos = search(vectors.take(index_rows), query, k=min(k, len(index_rows)), progress=False)
         rows = index_rows[pos[0]]
         return pd.DataFrame(
             {
@@ -140,11 +192,16 @@ class Context:
         )
 
     def _neighbours_key(self, model: str, index_rows: np.ndarray, query_rows: np.ndarray) -> str:
-        """Changes whenever the store, the rows or the search settings change (then the table is redone)."""
+        """Changes whenever the store, the rows, their cases or the search settings change (then it is redone)."""
         h = hashlib.sha256((self.store_dir(model) / "provenance.json").read_bytes())
         fp = self.manifest["filepath"].to_numpy().astype(str)
         for rows in (index_rows, query_rows):
             h.update("\n".join(fp[rows]).encode() + b"\x00")
+        if self.cases is None:
+            h.update(b"cases: none\x00")
+        else:
+            for rows in (index_rows, query_rows):
+                h.update(np.ascontiguousarray(self.cases[rows], dtype=np.int64).tobytes() + b"\x00")
         h.update(f"{self.cfg.k}|{json.dumps(self.search_settings, sort_keys=True)}".encode())
         return h.hexdigest()
 

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 
 from cbmir import metrics
-from cbmir.index import Neighbours, search_rows
 from cbmir.manifest import LEVELS, label_columns, row_labels
+from cbmir.search import Neighbours, search_rows
+from cbmir.store import ManifestVectors
 
 PAPER_NS = (1, 3, 5, 10)
 # Published headline of Denner et al. (arXiv 2403.06567, Table 3): BiomedCLIP, micro P@N on their 4 datasets.
@@ -194,7 +195,7 @@ def stratified_subsample(labels: np.ndarray, fraction: float, rng: np.random.Gen
 
 
 def index_size_curve(
-    emb: np.ndarray,
+    emb: np.ndarray | ManifestVectors,
     labels: np.ndarray,
     index_rows: np.ndarray,
     query_rows: np.ndarray,
@@ -208,8 +209,8 @@ def index_size_curve(
 ) -> pd.DataFrame:
     """Micro and macro P@N against index size: stratified random subsamples of the index, repeated.
 
-    `index_rows` and `query_rows` are manifest rows; `embedding_rows` maps manifest rows to rows of `emb`
-    (None: they are the same); `search_settings` (`index_type` and its parameters) go to `search_rows`.
+    `emb` is a model's `ManifestVectors`, or an array whose rows `embedding_rows` maps manifest rows to (None:
+    one row per manifest row); `index_rows` and `query_rows` are manifest rows; `search_settings` (`index_type` and its parameters) go to `search_rows`.
     """
     rng = np.random.default_rng(seed)
     out = []
@@ -243,9 +244,9 @@ def index_size_curve(
 
 
 # ---- embedding space ---------------------------------------------------------------------------------
-def sample_present(mapping: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
-    """Manifest rows that have an embedding (`mapping >= 0`): all, or a seeded sample of `max_points`, sorted."""
-    rows = np.flatnonzero(np.asarray(mapping) >= 0)
+def sample_present(vectors: ManifestVectors, max_points: int, seed: int = 0) -> np.ndarray:
+    """Manifest rows that have an embedding: all, or a seeded sample of `max_points`, sorted."""
+    rows = vectors.present()
     if len(rows) > max_points:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_points, replace=False))
     return rows
@@ -346,12 +347,12 @@ def probe_table(ctx, model: str, **probe_settings) -> pd.DataFrame:
     """
     from cbmir.probe import linear_probe
 
-    emb, mapping = ctx.vectors(model)
+    vectors = ctx.vectors(model)
     res = linear_probe(
-        emb,
+        vectors.matrix,
         ctx.labels("label"),
         *(ctx.searchable_rows(model, s) for s in ("train", "val", "test")),
-        embedding_rows=mapping,
+        embedding_rows=vectors.store_row,
         seed=ctx.cfg.seed,
         **probe_settings,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from cbmir.index import Neighbours, l2_normalise, load_store_matrix, search, search_rows
+from cbmir.search import Neighbours, l2_normalise, load_store_matrix, search, search_rows
 
 
 def brute_force(xb: np.ndarray, xq: np.ndarray, k: int, exclude_self: bool = False):
@@ -71,7 +71,7 @@ def test_approximate_indexes_recall(data, index_type, params, min_recall):
 def test_ivfpq_reranks_exactly(data, pq_nbits, kind):
     """4-bit codes use fast-scan lists, 8-bit classic ones; both return exact cosines of their candidates."""
     import faiss
-    from cbmir.index import build_index
+    from cbmir.search import build_index
 
     xb, xq = data
     xb, xq = l2_normalise(xb), l2_normalise(xq)
@@ -84,7 +84,7 @@ def test_ivfpq_reranks_exactly(data, pq_nbits, kind):
 
 
 def test_ivfpq_default_sub_quantisers_divide_the_dimension():
-    from cbmir.index import default_pq_m
+    from cbmir.search import default_pq_m
 
     assert default_pq_m(512) == 256 and default_pq_m(512, 8) == 64
     assert default_pq_m(768) == 384 and default_pq_m(1024, 8) == 128
@@ -143,47 +143,36 @@ def test_search_rows_maps_to_manifest_rows_and_roundtrips(tmp_path, data):
         search_rows(emb, index_rows, query_rows, 4, embedding_rows=mapping, progress=False)
 
 
-def test_cli_search_reads_store_and_manifest(tmp_path, data):
-    from cbmir.cli import main
+def test_store_vectors_map_manifest_rows_through_a_shuffled_store(tmp_path, data):
+    """What `cbmir search` does: stores opened through their completeness check, rows mapped by filepath."""
+    from cbmir.store import StoreError, open_stores, write_store
 
     xb, _ = data
     n = 30
-    fps = [f"img/{i}.png" for i in range(n)]
-    split = ["train"] * 20 + ["test"] * 10
-    manifest = pd.DataFrame(
-        {"filepath": fps, "dataset": "toy", "split": split, "modality": "CT", "anatomic_region": "lung"}
-    )
-    manifest["CT/lung/a"] = [i % 2 for i in range(n)]
-    manifest["CT/lung/b"] = [1 - i % 2 for i in range(n)]
-    manifest.to_csv(tmp_path / "m.csv", index=False)
-    store = tmp_path / "store"
-    store.mkdir()
+    fps = np.array([f"img/{i}.png" for i in range(n)], dtype=object)
     order = np.random.default_rng(1).permutation(n)[:-1]  # store rows shuffled; the last image failed
-    np.save(store / "embeddings.npy", l2_normalise(xb[order]))
-    pd.DataFrame({"filepath": [fps[i] for i in order]}).to_csv(store / "ids.csv", index=False)
-    out = tmp_path / "nb.npz"
-    argv = [
-        "search",
-        "--store",
-        str(store),
-        "--manifest",
-        str(tmp_path / "m.csv"),
-        "--k",
-        "3",
-        "--out",
-        str(out),
-    ]
-    assert main(argv) == 0
-    nb = Neighbours.load(out)
-    emb, rows = load_store_matrix([store], np.array(fps))
-    have = [r for r in range(20, 30) if rows[r] >= 0]
-    np.testing.assert_array_equal(nb.query_rows, have)
-    _, ref = brute_force(np.asarray(emb)[rows[:20]], np.asarray(emb)[rows[have]], 3)
-    np.testing.assert_array_equal(nb.ids, np.arange(20)[ref])
+    failed = pd.DataFrame({"filepath": [fps[np.setdiff1d(np.arange(n), order)[0]]], "error": "corrupt"})
+    write_store(tmp_path / "store", xb[order], fps[order], spec="toy", failed=failed)
+    emb, rows = load_store_matrix([tmp_path / "store"], fps)
+    vectors = open_stores([tmp_path / "store"], fps)
+    np.testing.assert_array_equal(rows, vectors.store_row)
+    np.testing.assert_array_equal(vectors.failed_rows, np.setdiff1d(np.arange(n), order))
+    for r in range(n):  # slow reference: look every filepath up by hand
+        hit = [j for j, i in enumerate(order) if fps[i] == fps[r]]
+        assert rows[r] == (hit[0] if hit else -1)
+    index_rows, query_rows = vectors.present(np.arange(20)), vectors.present(np.arange(20, 30))
+    with pytest.raises(ValueError, match="'index_rows': manifest row .* has no embedding"):
+        search_rows(vectors, np.arange(30), query_rows, 3, progress=False)
+    nb = search_rows(vectors, index_rows, query_rows, 3, progress=False)
+    _, ref = brute_force(xb[index_rows], xb[query_rows], 3)
+    np.testing.assert_array_equal(nb.ids, index_rows[ref])
+    (tmp_path / "store" / "provenance.json").unlink()  # an unfinished store is never read
+    with pytest.raises(StoreError, match="not a complete embedding store"):
+        load_store_matrix([tmp_path / "store"], fps)
 
 
 def test_train_sample_is_seeded_and_capped():
-    from cbmir.index import train_sample
+    from cbmir.search import train_sample
 
     x = np.arange(1000, dtype=np.float32).reshape(500, 2)
     a = train_sample(x, nlist=4, per_list=10)
@@ -194,7 +183,7 @@ def test_train_sample_is_seeded_and_capped():
 
 
 def test_default_nprobe_scans_about_five_percent_of_lists():
-    from cbmir.index import build_index, default_nlist, default_nprobe
+    from cbmir.search import build_index, default_nlist, default_nprobe
 
     assert default_nprobe(8) == 16 and default_nprobe(5060) == 253
     x = l2_normalise(np.random.default_rng(0).normal(size=(3000, 8)))
@@ -213,3 +202,93 @@ def test_l2_normalise_copies_only_when_rows_are_not_unit_length():
     np.testing.assert_array_equal(x, before)  # the caller's array is never modified
     scaled = unit * 2
     np.testing.assert_allclose(l2_normalise(scaled), unit, atol=1e-6)
+
+
+def brute_force_cases(xb, xq, k, index_cases, query_cases, exclude_self=False):
+    """Slow reference, one query at a time: drop every index row of the query's case, then rank the rest."""
+    out_s, out_i = [], []
+    for q in range(len(xq)):
+        sims = []
+        for j in range(len(xb)):
+            if index_cases[j] == query_cases[q] or (exclude_self and j == q):
+                continue
+            a, b = xq[q].astype(np.float64), xb[j].astype(np.float64)
+            sims.append((-(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b)), j))
+        sims.sort()
+        out_s.append([-s for s, _ in sims[:k]])
+        out_i.append([j for _, j in sims[:k]])
+    return np.array(out_s), np.array(out_i)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_same_case_exclusion_matches_a_per_query_reference(seed):
+    rng = np.random.default_rng(seed)
+    xb, xq = rng.normal(size=(120, 8)).astype(np.float32), rng.normal(size=(25, 8)).astype(np.float32)
+    index_cases = rng.integers(0, 15, len(xb))  # cases of very different sizes
+    index_cases[:30] = 3  # one large case
+    query_cases = rng.integers(0, 20, len(xq))  # some queries share a case with the index, some do not
+    query_cases[:4] = 3
+    scores, ids = search(
+        xb, xq, 7, index_cases=index_cases, query_cases=query_cases, batch_size=6, progress=False
+    )
+    ref_s, ref_i = brute_force_cases(xb, xq, 7, index_cases, query_cases)
+    np.testing.assert_array_equal(ids, ref_i)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+    assert not (index_cases[ids] == query_cases[:, None]).any()
+
+
+def test_same_case_exclusion_with_exclude_self_and_manifest_rows():
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(80, 6)).astype(np.float32)
+    cases = np.repeat(np.arange(20), 4)  # four images (slices) per patient
+    rows = np.arange(0, 80)
+    nb = search_rows(emb, rows, rows, 5, exclude_self=True, cases=cases, progress=False)
+    _, ref = brute_force_cases(emb, emb, 5, cases, cases, exclude_self=True)
+    np.testing.assert_array_equal(nb.ids, ref)
+    # index and queries that share no case: the exclusion changes nothing
+    index_rows, query_rows = np.arange(0, 40), np.arange(40, 80)
+    with_cases = search_rows(emb, index_rows, query_rows, 5, cases=cases, progress=False)
+    without = search_rows(emb, index_rows, query_rows, 5, progress=False)
+    np.testing.assert_array_equal(with_cases.ids, without.ids)
+
+
+def test_same_case_exclusion_errors_name_the_parameter():
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    cases = np.array([0] * 6 + [1] * 4)
+    with pytest.raises(ValueError, match=r"'k' = 5 must be between 1 and 4 .*own-case"):
+        search(x, x[:1], 5, index_cases=cases, query_cases=cases[:1], progress=False)
+    assert search(x, x[:1], 4, index_cases=cases, query_cases=cases[:1], progress=False)[1].shape == (1, 4)
+    with pytest.raises(ValueError, match="give both or neither"):
+        search(x, x, 2, index_cases=cases, progress=False)
+    with pytest.raises(ValueError, match="'query_cases' must hold one case per row"):
+        search(x, x, 2, index_cases=cases, query_cases=cases[:3], progress=False)
+    with pytest.raises(ValueError, match="'cases' must hold one case per manifest row"):
+        search_rows(x, np.arange(5), np.arange(5, 10), 2, cases=cases[:4], progress=False)
+
+
+def test_case_codes_from_patient_id():
+    from cbmir.search import case_codes, max_k
+
+    m = pd.DataFrame({"filepath": list("abcdef"), "patient_id": ["p1", "p2", "p1", "", None, " p2 "]})
+    codes = case_codes(m)
+    assert codes[0] == codes[2] and codes[1] == codes[5] and codes[0] != codes[1]
+    assert len(set(codes[[3, 4]]) | set(codes[[0, 1]])) == 4  # empty ids: each row its own case
+    assert case_codes(m.drop(columns="patient_id")) is None
+    assert max_k(6, codes, codes[[0]]) == 4 and max_k(6) == 6
+
+
+def test_truncated_neighbour_table_is_refused_naming_the_file(tmp_path, data):
+    from cbmir.search import NeighbourTableError
+
+    xb, _ = data
+    nb = search_rows(xb[:50], np.arange(25), np.arange(25, 50), 4, progress=False)
+    path = tmp_path / "nb.npz"
+    nb.save(path)
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary left
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(NeighbourTableError, match="nb.npz.*truncated"):
+        Neighbours.load(path)
+    path.write_bytes(b"")
+    with pytest.raises(NeighbourTableError, match="nb.npz"):
+        Neighbours.load(path)

@@ -1,21 +1,25 @@
-"""The embedding store: layout, reuse, failures, and exact resumption after a kill at any point."""
+"""Extraction into a store: layout, reuse, failures, and exact resumption after a kill at any point."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cbmir import embeddings as E
-from cbmir.embeddings import EmbeddingStore, StoreError, extract_embeddings, is_complete
+from cbmir import store as S
+from cbmir.extract import extract_embeddings
+from cbmir.store import EmbeddingStore, StoreError, is_complete
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -59,13 +63,14 @@ def _assert_same(store: EmbeddingStore, reference: EmbeddingStore) -> None:
     assert store.ids.tolist() == reference.ids.tolist()
     np.testing.assert_allclose(np.asarray(store.embeddings), np.asarray(reference.embeddings), atol=1e-5)
     pd.testing.assert_frame_equal(store.failed, reference.failed)
-    assert not (store.path / E.CHUNKS_DIR).exists()
+    assert not (store.path / S.CHUNKS_DIR).exists()
 
 
 def test_store_layout_and_round_trip(reference: EmbeddingStore, images: tuple[Path, pd.DataFrame]) -> None:
     _, manifest = images
     path = reference.path
-    assert sorted(p.name for p in path.iterdir()) == [
+    assert sorted(p.name for p in path.iterdir() if p.name.startswith(".")) == [S.LOCK_FILE]  # released
+    assert sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) == [
         "embeddings.npy",
         "failed.csv",
         "ids.csv",
@@ -293,33 +298,6 @@ def test_sigkilled_subprocess_resumes_to_the_uninterrupted_result(
     assert json.loads((out / "provenance.json").read_text())["chunk_size"] == 5
 
 
-def test_cli_embed(
-    images: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from cbmir.cli import main
-
-    root, manifest = images
-    manifest = manifest.assign(dataset="toy", modality="XR", anatomic_region="chest", **{"XR/chest/a": 1})
-    manifest_csv = tmp_path / "m.csv"
-    manifest.to_csv(manifest_csv, index=False)
-    seen = {}
-
-    def fake_load_encoder(spec: str, checkpoint: str | None = None, device: str = "cpu"):
-        seen.update(spec=spec, checkpoint=checkpoint, device=device)
-        return tiny_encoder(spec=spec)
-
-    monkeypatch.setattr("cbmir.models.load_encoder", fake_load_encoder, raising=False)
-    out = tmp_path / "store"
-    argv = ["embed", "--model", "tiny-cli", "--manifest", str(manifest_csv), "--data-root", str(root)]
-    argv += ["--out", str(out), "--workers", "0", "--device", "cpu", "--splits", "test", "--chunk-size", "8"]
-    assert main(argv) == 0
-    assert seen == {"spec": "tiny-cli", "checkpoint": None, "device": "cpu"}
-    store = EmbeddingStore.open(out)
-    expected = manifest.loc[manifest["split"] == "test", "filepath"]
-    assert store.ids.tolist() == [p for p in expected if p in set(_readable(manifest))]
-    assert store.provenance["spec"] == "tiny-cli"
-
-
 class _Fp32Only(torch.nn.Module):
     """Stands in for wrapped runtimes (ONNX, custom kernels) that accept float32 only."""
 
@@ -354,3 +332,164 @@ def test_wrong_embedding_width_stops_with_a_clear_error(
     encoder.dim = DIM + 1
     with pytest.raises(StoreError, match=r"returned shape \(4, 6\).*expected \[B, 7\] \(Encoder.dim\)"):
         extract_embeddings(manifest.iloc[:8], root, encoder, tmp_path, batch_size=4, num_workers=0)
+
+
+# ------------------------------------------------------------------------------------ hostile input
+def test_paths_that_leave_the_data_root_are_failed_and_never_opened(
+    images: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cbmir.images
+
+    root, manifest = images
+    data = tmp_path / "data"
+    data.mkdir()
+    secret = tmp_path / "secret.png"  # a perfectly readable image outside the data root
+    Image.open(root / "sub/img_000.png").save(secret)
+    (data / "inside.png").symlink_to(root / "sub/img_001.png")  # a symlink out of the root: refused too
+    (data / "escape.png").symlink_to(secret)
+    Image.open(root / "sub/img_002.png").save(data / "real.png")
+    (data / "alias.png").symlink_to(data / "real.png")  # a symlink that stays inside: fine
+    names = ["real.png", "escape.png", "../secret.png", str(secret), "alias.png", "inside.png"]
+    opened: list[str] = []
+    real_load = cbmir.images.load_image
+
+    def spy(path: object, frame: int | None = None) -> Image.Image:
+        opened.append(str(path))
+        return real_load(path, frame=frame)
+
+    monkeypatch.setattr(cbmir.images, "load_image", spy)
+    store = extract_embeddings(
+        pd.DataFrame({"filepath": names}), data, tiny_encoder(), tmp_path / "s", num_workers=0
+    )
+    assert store.ids.tolist() == ["real.png", "alias.png"]
+    failed = store.failed.set_index("filepath")["error"]
+    assert sorted(failed.index) == sorted(["escape.png", "../secret.png", str(secret), "inside.png"])
+    assert failed.str.contains("outside the data root").all()
+    assert str(secret) not in opened and not any("img_001" in p for p in opened)
+    np.testing.assert_allclose(store.embeddings[0], store.embeddings[1], atol=1e-6)  # alias = real
+
+
+def test_unwritable_output_folder_is_reported_before_any_work(
+    images: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, manifest = images
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("no model may load before the output folder is checked")
+
+    monkeypatch.setattr("cbmir.models.load_encoder", forbidden, raising=False)
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(StoreError, match=r"output folder .*a-file/store cannot be written"):
+        extract_embeddings(manifest, root, "tiny-test", tmp_path / "a-file" / "store")
+    if os.geteuid() != 0:  # root ignores permission bits
+        locked = tmp_path / "readonly"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(StoreError, match="readonly cannot be written.*Permission"):
+            extract_embeddings(manifest, root, "tiny-test", locked)
+
+
+def test_a_second_run_on_the_same_store_names_the_holder(
+    images: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    root, manifest = images
+    out = tmp_path / "store"
+    out.mkdir()
+    with S.store_lock(out):
+        with pytest.raises(
+            StoreError, match=rf"embedding store {out} is being written by process {os.getpid()}"
+        ):
+            extract_embeddings(manifest, root, tiny_encoder(), out, num_workers=0)
+    assert not (out / S.CHUNKS_DIR).exists()  # refused before any work
+
+
+@pytest.mark.parametrize("damage", ["embeddings", "ids", "provenance"])
+def test_truncated_store_files_are_rebuilt_not_loaded(
+    images: tuple[Path, pd.DataFrame], reference: EmbeddingStore, tmp_path: Path, damage: str
+) -> None:
+    root, manifest = images
+    out = tmp_path / "store"
+    extract_embeddings(manifest, root, tiny_encoder(), out, num_workers=0, chunk_size=16)
+    target = (
+        out / {"embeddings": S.EMBEDDINGS_FILE, "ids": S.IDS_FILE, "provenance": S.PROVENANCE_FILE}[damage]
+    )
+    raw = target.read_bytes()
+    target.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(StoreError):
+        EmbeddingStore.open(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = extract_embeddings(manifest, root, tiny_encoder(), out, num_workers=0, chunk_size=16)
+    _assert_same(again, reference)
+
+
+# --------------------------------------------------------------------------------------- full disk
+class _NoSpaceAt:
+    """Make the n-th write point fail with ENOSPC: an fsync of a regular file (every landing file has one)
+    or the up-front allocation of the embedding matrix."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.count = n, 0
+        self.real_fsync, self.real_alloc = os.fsync, os.posix_fallocate
+
+    def _hit(self) -> None:
+        self.count += 1
+        if self.count == self.n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fsync(self, fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            self._hit()
+        self.real_fsync(fd)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        self._hit()
+        self.real_alloc(fd, offset, length)
+
+    def __enter__(self) -> _NoSpaceAt:
+        os.fsync, os.posix_fallocate = self.fsync, self.fallocate
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.fsync, os.posix_fallocate = self.real_fsync, self.real_alloc
+
+
+def test_no_space_at_every_write_point_keeps_what_was_committed(
+    images: tuple[Path, pd.DataFrame], reference: EmbeddingStore, tmp_path: Path
+) -> None:
+    root, manifest = images
+    encoder = tiny_encoder()
+    with _NoSpaceAt(10**9) as counter:
+        extract_embeddings(manifest, root, encoder, tmp_path / "count", num_workers=0, chunk_size=10)
+    n_points = counter.count
+    assert n_points == 1 + 7 + 1 + 4  # plan, 7 chunks, matrix allocation, embeddings/ids/failed/provenance
+    for n in range(1, n_points + 1):
+        out = tmp_path / f"full_{n}"
+        with pytest.raises(StoreError, match=rf"cannot write {out}/.*: no space left on device") as info:
+            with _NoSpaceAt(n):
+                extract_embeddings(manifest, root, encoder, out, num_workers=0, chunk_size=10)
+        assert "free some space and run again" in str(info.value)
+        assert not is_complete(out)
+        assert not list(out.rglob(".*.tmp"))  # the failed file's temporary is gone; committed files stay
+        committed = len(list((out / "chunks").glob("chunk_*.npz"))) if (out / "chunks").is_dir() else 0
+        assert committed == min(max(n - 2, 0), 7)
+        _assert_same(
+            extract_embeddings(manifest, root, encoder, out, num_workers=0, chunk_size=10), reference
+        )
+
+
+# ------------------------------------------------------------------------------------------- queries
+def test_a_query_is_embedded_exactly_as_the_store(images: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    from cbmir.extract import embed_images
+    from cbmir.images import load_image
+
+    root, manifest = images
+    store = extract_embeddings(
+        manifest, root, tiny_encoder(), tmp_path, num_workers=0, bf16=True, device="cpu"
+    )
+    ids = ["sub/img_007.png", "sub/img_042.png"]
+    query = embed_images(tiny_encoder(), [load_image(root / p) for p in ids], bf16=True, device="cpu")
+    stored = np.asarray(store.embeddings[store.rows_for(ids)])
+    np.testing.assert_allclose(np.sum(query * stored, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(query, stored, atol=1e-6)
+    fp32 = embed_images(tiny_encoder(), [load_image(root / p) for p in ids], bf16=False, device="cpu")
+    assert np.abs(fp32 - stored).max() > 1e-4  # the precision matters: a query must use the store's

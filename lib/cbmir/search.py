@@ -1,30 +1,40 @@
 """Nearest-neighbour search: cosine similarity with FAISS on L2-normalised float32 embeddings.
 
-The default is exact search (`IndexFlatIP`, as in the paper): ~100 queries/s against 1.6 M x 512 on 2 cores, at
-~95 % of the machine's float32 matrix-multiply rate. Approximate indexes ("hnsw", "ivf", "ivfpq") are built by
-small functions whose defaults come from `benchmarks/bench_search.py`; "ivfpq" (4-bit fast-scan PQ candidates
-re-ranked exactly against the stored vectors) is the one to use at the paper's scale: recall@10 0.98 at ~15x
-exact, P@1 within 0.003 (benchmarks/RESULTS.md). Below ~100,000 index rows exact search is fast enough.
+The default is exact search (`IndexFlatIP`, as in the paper). Approximate indexes ("hnsw", "ivf", "ivfpq") are
+built by small functions whose defaults come from `benchmarks/bench_search.py`; "ivfpq" (4-bit fast-scan PQ
+candidates re-ranked exactly against the stored vectors) is the one to use at the paper's scale. Measured speed
+and recall of each: `benchmarks/RESULTS.md`.
 
 A neighbour table holds **manifest row positions**, never file paths: `ids[q, j]` is the manifest row of the
-j-th neighbour of manifest row `query_rows[q]`.
+j-th neighbour of manifest row `query_rows[q]`. With `cases` (a case, e.g. patient, per manifest row), images
+of the query's own case are never returned.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import inspect
 import os
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from cbmir.errors import CbmirError
 from cbmir.progress import hide_progress
+from cbmir.store import ManifestVectors, open_stores
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 UNIT_TOLERANCE = 1e-5  # rows whose norm is this close to 1 are used as they are (float32 rounding is ~1e-7)
+CASE_COLUMN = "patient_id"
+
+
+class NeighbourTableError(CbmirError, ValueError):
+    """A neighbour table file that is not one, or is truncated or damaged; the message names the file."""
 
 
 @dataclass
@@ -60,20 +70,38 @@ class Neighbours:
         return int(self.ids.shape[1])
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write an `.npz` with arrays `query_rows`, `ids`, `scores` (and `index_rows` when known)."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        """Write an `.npz` with arrays `query_rows`, `ids`, `scores` (and `index_rows` when known), atomically:
+        the file is either the old table or the complete new one."""
+        from cbmir.store import atomic_open
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         extra = {} if self.index_rows is None else {"index_rows": self.index_rows}
-        np.savez(path, query_rows=self.query_rows, ids=self.ids, scores=self.scores, **extra)
+        with atomic_open(path) as handle:
+            np.savez(handle, query_rows=self.query_rows, ids=self.ids, scores=self.scores, **extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Neighbours:
-        """Read a table written by `save`."""
-        with np.load(path) as data:
-            missing = {"query_rows", "ids", "scores"} - set(data.files)
-            if missing:
-                raise ValueError(f"{path}: not a neighbour table (missing arrays {sorted(missing)})")
-            index_rows = data["index_rows"] if "index_rows" in data.files else None
-            return cls(data["query_rows"], data["ids"], data["scores"], index_rows)
+        """Read a table written by `save`; `NeighbourTableError` naming the file if it is damaged or truncated."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = {"query_rows", "ids", "scores"} - set(data.files)
+                if missing:
+                    raise NeighbourTableError(
+                        f"{path}: not a neighbour table (missing arrays {sorted(missing)})"
+                    )
+                index_rows = data["index_rows"] if "index_rows" in data.files else None
+                arrays = data["query_rows"], data["ids"], data["scores"]
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
+            raise NeighbourTableError(f"{path}: unreadable or truncated neighbour table ({err})") from err
+        except ValueError as err:
+            if isinstance(err, NeighbourTableError):
+                raise
+            raise NeighbourTableError(f"{path}: unreadable or truncated neighbour table ({err})") from err
+        try:
+            return cls(*arrays, index_rows)
+        except ValueError as err:
+            raise NeighbourTableError(f"{path}: inconsistent neighbour table ({err})") from err
 
 
 def l2_normalise(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
@@ -104,9 +132,8 @@ def build_flat(x: np.ndarray) -> Any:
 
 
 def build_hnsw(x: np.ndarray, m: int = 32, ef_construction: int = 40, ef_search: int = 256) -> Any:
-    """HNSW graph over inner product. At 1.6 M x 512 on 2 cores (benchmarks/RESULTS.md) efConstruction 40 builds
-    in ~10 min; efSearch 256 then gives recall@10 0.97 at 5.6x exact (efSearch 128: 0.93 at 10x). Prefer
-    "ivfpq" at that scale: 3 min to build, recall@10 0.98 at 15x exact."""
+    """HNSW graph over inner product. At the paper's scale "ivfpq" builds faster and recalls more at the same
+    speed; the measured trade-offs of `ef_construction` and `ef_search` are in benchmarks/RESULTS.md."""
     import faiss
 
     index = faiss.IndexHNSWFlat(x.shape[1], m, faiss.METRIC_INNER_PRODUCT)
@@ -127,8 +154,8 @@ TRAIN_PER_LIST = 64
 def train_sample(x: np.ndarray, nlist: int, per_list: int = TRAIN_PER_LIST, seed: int = 0) -> np.ndarray:
     """Seeded random rows of `x` (sorted), at most `per_list` per inverted list, to train the coarse quantiser.
 
-    FAISS would otherwise cluster up to 256 points per list: at 1.6 M x 512 with ~5,000 lists that is about
-    10 minutes on 2 cores, while 39 and 256 points per list gave the same recall (benchmarks/RESULTS.md).
+    FAISS would otherwise cluster up to 256 points per list, which is slow at the paper's scale and gave no
+    better recall than 39 per list (benchmarks/RESULTS.md).
     """
     m = per_list * nlist
     if m >= len(x):
@@ -138,8 +165,7 @@ def train_sample(x: np.ndarray, nlist: int, per_list: int = TRAIN_PER_LIST, seed
 
 
 def default_nprobe(nlist: int) -> int:
-    """About 5 % of the lists, at least 16: at 1.6 M x 512 (5,060 lists) nprobe 16 gave recall@10 ~0.6 and
-    P@1 ~0.03 below exact, 256 gave 0.98 with "ivf" and "ivfpq" and P@1 within 0.003 (benchmarks/RESULTS.md)."""
+    """About 5 % of the lists, at least 16 (the recall of smaller and larger values: benchmarks/RESULTS.md)."""
     return int(max(16, round(nlist / 20)))
 
 
@@ -173,11 +199,10 @@ def build_ivfpq(
 ) -> Any:
     """IVF-PQ candidates re-ranked exactly against the stored vectors (`k_factor` x k candidates).
 
-    4-bit codes (the default) use FAISS's SIMD fast-scan lists (`IndexIVFPQFastScan`), which scan the lists an
-    order of magnitude faster than 8-bit `IndexIVFPQ`: at 1.6 M x 512 (benchmarks/RESULTS.md) the defaults
-    (5,060 lists, nprobe 253, 256 sub-quantisers, k_factor 4) give recall@10 0.98 at ~15x exact search and P@1
-    within 0.003 of exact, after a ~3 min build on 2 cores. The index holds the float32 vectors for re-ranking
-    (as much memory as "flat") plus d/4 bytes of codes per vector.
+    4-bit codes (the default) use FAISS's SIMD fast-scan lists (`IndexIVFPQFastScan`), which scan the lists
+    much faster than 8-bit `IndexIVFPQ`; the defaults' recall, speed and build time at the paper's scale are in
+    benchmarks/RESULTS.md. The index holds the float32 vectors for re-ranking (as much memory as "flat") plus
+    d/4 bytes of codes per vector.
     """
     import faiss
 
@@ -227,12 +252,56 @@ def build_index(x: np.ndarray, index_type: str = "flat", **params: Any) -> Any:
     return BUILDERS[index_type](x, **params)
 
 
+def table_lock(path: str | os.PathLike, wait: bool = False) -> contextlib.AbstractContextManager[None]:
+    """The one-writer lock of the neighbour table at `path` (`path.lock` beside it); hold it while searching
+    and saving. Another holder raises `cbmir.locking.LockedError` naming it, unless `wait`."""
+    from cbmir.locking import writer_lock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return writer_lock(path.with_name(path.name + ".lock"), f"neighbour table {path}", wait=wait)
+
+
+def case_codes(manifest: pd.DataFrame, column: str = CASE_COLUMN) -> np.ndarray | None:
+    """One int64 case code per manifest row from `column` (e.g. `patient_id`), or None without that column.
+
+    Rows with an empty value are each their own case.
+    """
+    if column not in manifest.columns:
+        return None
+    values = manifest[column].astype("string").fillna("").str.strip().to_numpy(dtype=object)
+    codes, uniques = pd.factorize(values)
+    empty = values == ""
+    codes = codes.astype(np.int64)
+    codes[empty] = len(uniques) + np.flatnonzero(empty)
+    return codes
+
+
+def _own_case_counts(
+    index_cases: np.ndarray, query_cases: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(index case codes, query case codes, how many index rows share each query's case)."""
+    codes = pd.factorize(np.concatenate([np.asarray(index_cases), np.asarray(query_cases)]))[0]
+    icode, qcode = codes[: len(index_cases)], codes[len(index_cases) :]
+    own = np.bincount(icode, minlength=codes.max() + 1)[qcode] if len(codes) else np.zeros(0, np.int64)
+    return icode, qcode, own
+
+
+def max_k(n_index: int, index_cases: np.ndarray | None = None, query_cases: np.ndarray | None = None) -> int:
+    """The largest k every query can get: the index size less the largest own-case count among the queries."""
+    if index_cases is None or query_cases is None or len(query_cases) == 0:
+        return n_index
+    return n_index - int(_own_case_counts(index_cases, query_cases)[2].max())
+
+
 def search(
     index_vectors: np.ndarray,
     queries: np.ndarray,
     k: int,
     *,
     exclude_self: bool = False,
+    index_cases: np.ndarray | None = None,
+    query_cases: np.ndarray | None = None,
     batch_size: int = 4096,
     index_type: str = "flat",
     progress: bool = True,
@@ -241,7 +310,9 @@ def search(
     """Cosine search: (scores [Q, k] float32, ids [Q, k] int64 = positions in `index_vectors`).
 
     With `exclude_self`, `queries` must be the same rows as `index_vectors` (query i = index row i); each
-    query's own row is dropped from its results (k + 1 are searched).
+    query's own row is dropped from its results (k + 1 are searched). With `index_cases` and `query_cases`
+    (a case id per index row and per query), index rows of the query's own case are dropped before ranking:
+    k + the largest own-case count are searched, then filtered.
     """
     from tqdm.auto import tqdm
 
@@ -256,22 +327,39 @@ def search(
         raise ValueError(
             f"parameter 'exclude_self' needs queries = index rows; got {len(xq)} queries, {len(xb)} index rows"
         )
-    available = len(xb) - int(exclude_self)
+    by_case = index_cases is not None or query_cases is not None
+    if by_case:
+        if index_cases is None or query_cases is None:
+            raise ValueError("parameters 'index_cases' and 'query_cases' go together: give both or neither")
+        for name, cases, n in (("index_cases", index_cases, len(xb)), ("query_cases", query_cases, len(xq))):
+            if np.ndim(cases) != 1 or len(cases) != n:
+                raise ValueError(
+                    f"parameter {name!r} must hold one case per row ({n}); got shape {np.shape(cases)}"
+                )
+        icode, qcode, own = _own_case_counts(index_cases, query_cases)
+        if exclude_self:
+            own = np.maximum(own, 1)
+        extra = int(own.max())
+        available, what = len(xb) - extra, "index size - the largest own-case count among the queries"
+    else:
+        extra = int(exclude_self)
+        available, what = len(xb) - extra, "index size" + " - 1" * exclude_self
     if not 1 <= k <= available:
-        raise ValueError(
-            f"parameter 'k' = {k} must be between 1 and {available} (index size{' - 1' * exclude_self})"
-        )
+        raise ValueError(f"parameter 'k' = {k} must be between 1 and {available} ({what})")
     if batch_size < 1:
         raise ValueError(f"parameter 'batch_size' = {batch_size} must be >= 1")
     index = build_index(xb, index_type, **params)
-    kk = k + int(exclude_self)
+    kk = min(k + extra, len(xb))
     scores = np.empty((len(xq), k), dtype=np.float32)
     ids = np.empty((len(xq), k), dtype=np.int64)
     for start in tqdm(
         range(0, len(xq), batch_size), desc="search", disable=hide_progress(progress), leave=False
     ):
         s, i = index.search(xq[start : start + batch_size], kk)
-        if exclude_self:
+        if by_case:
+            own_row = np.arange(start, start + len(i)) if exclude_self else None
+            s, i = _drop_own_case(s, i, icode, qcode[start : start + len(i)], k, own_row)
+        elif exclude_self:
             s, i = _drop_self(s, i, np.arange(start, start + len(i)), k)
         scores[start : start + len(s)] = s
         ids[start : start + len(i)] = i
@@ -281,6 +369,19 @@ def search(
             "raise nprobe / ef_search or use 'flat'"
         )
     return scores, ids
+
+
+def _drop_own_case(
+    s: np.ndarray, i: np.ndarray, icode: np.ndarray, qcode: np.ndarray, k: int, own_row: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep, in rank order, the first k results outside each query's case (-1 where fewer remain)."""
+    valid = i >= 0
+    keep = valid & (icode[np.where(valid, i, 0)] != qcode[:, None])
+    if own_row is not None:
+        keep &= i != own_row[:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    s, i, kept = (np.take_along_axis(a, order, axis=1) for a in (s, i, keep))
+    return np.where(kept, s, -np.inf).astype(np.float32), np.where(kept, i, -1)
 
 
 def _drop_self(s: np.ndarray, i: np.ndarray, own: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -296,20 +397,23 @@ def _drop_self(s: np.ndarray, i: np.ndarray, own: np.ndarray, k: int) -> tuple[n
 
 
 def search_rows(
-    embeddings: np.ndarray,
+    vectors: np.ndarray | ManifestVectors,
     index_rows: np.ndarray,
     query_rows: np.ndarray,
     k: int = 100,
     *,
     embedding_rows: np.ndarray | None = None,
     exclude_self: bool = False,
+    cases: np.ndarray | None = None,
     **kwargs: Any,
 ) -> Neighbours:
     """Search manifest rows `query_rows` against manifest rows `index_rows`; ids are manifest rows.
 
-    `embeddings` has one row per manifest row, unless `embedding_rows` maps each manifest row to its row of
-    `embeddings` (-1 = no embedding, an error for the rows used). `exclude_self` requires
-    `query_rows` == `index_rows`. Other keyword arguments go to `search`.
+    `vectors` is a `ManifestVectors` (a model's vectors for the manifest), or an array with one row per
+    manifest row unless `embedding_rows` maps each manifest row to its row (-1 = no embedding, an error for
+    the rows used). `exclude_self` requires `query_rows` == `index_rows`. `cases` (one case id per manifest
+    row, e.g. from `case_codes`) drops neighbours of the query's own case. Other keyword arguments go to
+    `search`.
     """
     index_rows = np.asarray(index_rows, dtype=np.int64)
     query_rows = np.asarray(query_rows, dtype=np.int64)
@@ -318,116 +422,35 @@ def search_rows(
             raise ValueError(f"parameter {name!r} must be a non-empty 1-D array of manifest rows")
     if exclude_self and not np.array_equal(index_rows, query_rows):
         raise ValueError("parameter 'exclude_self' requires query_rows to equal index_rows")
-    n_manifest = len(embeddings) if embedding_rows is None else len(embedding_rows)
-    mapping = np.arange(n_manifest) if embedding_rows is None else np.asarray(embedding_rows, dtype=np.int64)
-    for name, rows in (("index_rows", index_rows), ("query_rows", query_rows)):
-        bad = (rows < 0) | (rows >= n_manifest)
-        if bad.any():
-            raise ValueError(f"parameter {name!r}: row {rows[bad][0]} outside the {n_manifest} manifest rows")
-        missing = mapping[rows] < 0
-        if missing.any():
-            raise ValueError(f"parameter {name!r}: manifest row {rows[missing][0]} has no embedding")
-    xb = np.asarray(embeddings[mapping[index_rows]])
-    xq = xb if exclude_self else np.asarray(embeddings[mapping[query_rows]])
-    scores, pos = search(xb, xq, k, exclude_self=exclude_self, **kwargs)
+    if not isinstance(vectors, ManifestVectors):
+        n = len(vectors) if embedding_rows is None else len(embedding_rows)
+        mapping = np.arange(n) if embedding_rows is None else np.asarray(embedding_rows, dtype=np.int64)
+        vectors = ManifestVectors(vectors, mapping, [])
+    elif embedding_rows is not None:
+        raise ValueError(
+            "parameter 'embedding_rows' is only for a plain array; ManifestVectors maps its rows"
+        )
+    xb = vectors.take(index_rows, "index_rows")
+    xq = xb if exclude_self else vectors.take(query_rows, "query_rows")
+    case_args = {}
+    if cases is not None:
+        cases = np.asarray(cases)
+        if cases.ndim != 1 or len(cases) != len(vectors):
+            raise ValueError(
+                f"parameter 'cases' must hold one case per manifest row ({len(vectors)}); got {cases.shape}"
+            )
+        case_args = {"index_cases": cases[index_rows], "query_cases": cases[query_rows]}
+    scores, pos = search(xb, xq, k, exclude_self=exclude_self, **case_args, **kwargs)
     return Neighbours(query_rows=query_rows, ids=index_rows[pos], scores=scores, index_rows=index_rows)
 
 
 def load_store_matrix(
-    stores: list[str | os.PathLike], filepaths: np.ndarray
+    stores: Sequence[str | os.PathLike], filepaths: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Open embedding stores (`embeddings.npy` + `ids.csv`) and map manifest `filepaths` to their rows.
+    """Open complete embedding stores and map manifest `filepaths` to their rows (see `store.open_stores`).
 
     Returns (embeddings [N, D] float32, embedding_rows [len(filepaths)] int64, -1 where a file has none).
     Several stores (one per dataset) are stacked in the given order.
     """
-    import pandas as pd
-
-    mats, ids = [], []
-    for store in stores:
-        store = Path(store)
-        emb_path, ids_path = store / "embeddings.npy", store / "ids.csv"
-        for p in (emb_path, ids_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"embedding store {store}: missing {p.name}")
-        mat = np.load(emb_path, mmap_mode="r")
-        table = pd.read_csv(ids_path, dtype={"filepath": str})
-        if "filepath" not in table.columns:
-            raise ValueError(f"{ids_path}: no 'filepath' column; found {list(table.columns)}")
-        if mat.ndim != 2 or len(mat) != len(table):
-            raise ValueError(
-                f"{emb_path}: shape {mat.shape} does not match the {len(table)} rows of {ids_path}"
-            )
-        mats.append(mat)
-        ids.append(table["filepath"].to_numpy())
-    if len({m.shape[1] for m in mats}) > 1:
-        raise ValueError(f"embedding stores have different dimensions: {[m.shape[1] for m in mats]}")
-    all_ids = np.concatenate(ids)
-    lookup = pd.Series(np.arange(len(all_ids)), index=all_ids)
-    if lookup.index.has_duplicates:
-        raise ValueError(
-            f"filepath {lookup.index[lookup.index.duplicated()][0]!r} appears twice in the stores"
-        )
-    rows = lookup.reindex(np.asarray(filepaths)).fillna(-1).to_numpy(dtype=np.int64)
-    emb = mats[0] if len(mats) == 1 else np.concatenate([np.asarray(m) for m in mats])
-    return emb, rows
-
-
-def _cli_search(args: argparse.Namespace) -> int:
-    from cbmir.manifest import read_manifest, split_rows
-
-    manifest = read_manifest(args.manifest if len(args.manifest) > 1 else args.manifest[0])
-    emb, mapping = load_store_matrix(args.store, manifest["filepath"].to_numpy())
-    index_rows = split_rows(manifest, args.index_split)
-    query_rows = index_rows if args.exclude_self else split_rows(manifest, args.query_split)
-    for name, rows in (("index", index_rows), ("query", query_rows)):
-        missing = int((mapping[rows] < 0).sum())
-        if missing:
-            print(
-                f"{name} rows: {missing} of {len(rows)} manifest rows have no embedding (failed images); skipped"
-            )
-    index_rows = index_rows[mapping[index_rows] >= 0]
-    query_rows = index_rows if args.exclude_self else query_rows[mapping[query_rows] >= 0]
-    params = {}
-    for key in ("m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_nbits", "k_factor"):
-        if getattr(args, key) is not None:
-            params[key] = getattr(args, key)
-    nb = search_rows(
-        emb,
-        index_rows,
-        query_rows,
-        args.k,
-        embedding_rows=mapping,
-        exclude_self=args.exclude_self,
-        index_type=args.index_type,
-        batch_size=args.batch_size,
-        **params,
-    )
-    nb.save(args.out)
-    print(
-        f"wrote {args.out}: {len(nb.query_rows)} queries x {nb.k} neighbours over {len(index_rows)} index rows"
-    )
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add `cbmir search`."""
-    p = subparsers.add_parser("search", help="nearest-neighbour search over an embedding store")
-    p.add_argument("--store", action="append", required=True, help="embedding store folder (repeatable)")
-    p.add_argument("--manifest", nargs="+", required=True, help="manifest CSV(s)")
-    p.add_argument("--out", required=True, help="output neighbours .npz")
-    p.add_argument("--k", type=int, default=100)
-    p.add_argument("--index-split", default="train")
-    p.add_argument("--query-split", default="test")
-    p.add_argument("--exclude-self", action="store_true", help="queries = index split, own row dropped")
-    p.add_argument("--index-type", choices=INDEX_TYPES, default="flat")
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--m", type=int, help="HNSW graph degree")
-    p.add_argument("--ef-construction", type=int, help="HNSW efConstruction")
-    p.add_argument("--ef-search", type=int, help="HNSW efSearch")
-    p.add_argument("--nlist", type=int, help="IVF lists")
-    p.add_argument("--nprobe", type=int, help="IVF lists probed")
-    p.add_argument("--pq-m", type=int, help="IVF-PQ sub-quantisers")
-    p.add_argument("--pq-nbits", type=int, choices=(4, 8), help="IVF-PQ bits per code (4: fast-scan)")
-    p.add_argument("--k-factor", type=int, help="IVF-PQ candidates re-ranked exactly, as a multiple of k")
-    p.set_defaults(func=_cli_search)
+    vectors = open_stores(stores, np.asarray(filepaths, dtype=object))
+    return vectors.matrix, vectors.store_row

@@ -1,0 +1,88 @@
+"""The encoder at the requested precision: device, bf16, and L2-normalised float32 output rows.
+
+Extraction into a store and query-by-example both embed through `PrecisionRunner`, so a query is embedded
+exactly as the index it searches.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cbmir.store import StoreError
+
+if TYPE_CHECKING:
+    import torch
+
+    from cbmir.models.base import Encoder
+
+
+class EncoderOutputError(StoreError):
+    """The encoder returned a batch of the wrong shape (nothing is stored from it)."""
+
+
+def resolve_device(device: str | None) -> str:
+    """`device`, or "cuda" when available, else "cpu"."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class PrecisionRunner:
+    """Embed one batch at a time into L2-normalised float32 rows, at the requested precision.
+
+    bf16 means autocast on CUDA, and bf16 weights (+ autocast) on the CPU, which is faster there (see
+    benchmarks/bench_bf16.py). If a module rejects bf16 weights, it falls back to fp32 weights + autocast.
+    The caller's module is never cast: bf16 weights live in a copy. `precision` records what ran.
+    """
+
+    def __init__(self, encoder: Encoder, device: str, bf16: bool) -> None:
+        import torch
+
+        self.encoder, self.device, self.bf16 = encoder, device, bf16
+        self.device_type = "cuda" if device.startswith("cuda") else "cpu"
+        self.module, self.dtype = encoder.module.to(device).eval(), torch.float32
+        self.precision = "autocast" if bf16 else "fp32"
+        if (
+            bf16
+            and self.device_type == "cpu"
+            and any(p.is_floating_point() for p in self.module.parameters())
+        ):
+            self.module = copy.deepcopy(self.module).to(dtype=torch.bfloat16)
+            self.dtype, self.precision = torch.bfloat16, "weights+autocast"
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16),
+        ):
+            return self.module(batch.to(device=self.device, dtype=self.dtype, non_blocking=True)).float()
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        """`[B, D]` float32 rows of unit length (non-finite outputs are passed through for the caller to flag)."""
+        import torch
+
+        try:
+            out = self._forward(batch)
+        except RuntimeError as err:
+            if self.precision != "weights+autocast":
+                raise
+            warnings.warn(
+                f"{self.encoder.spec}: bf16 weights failed ({err}); using fp32 weights with bf16 autocast",
+                stacklevel=2,
+            )
+            self.module, self.dtype, self.precision = self.encoder.module.eval(), torch.float32, "autocast"
+            out = self._forward(batch)
+        if out.ndim != 2 or out.shape != (batch.shape[0], self.encoder.dim):
+            raise EncoderOutputError(
+                f"encoder {self.encoder.spec!r} returned shape {tuple(out.shape)} for a batch of "
+                f"{batch.shape[0]}; expected [B, {self.encoder.dim}] (Encoder.dim)"
+            )
+        return torch.nn.functional.normalize(out, dim=1).cpu().numpy().astype(np.float32, copy=False)

@@ -76,19 +76,41 @@ def test_a_failing_notebook_is_recorded_and_the_others_still_run(tmp_path, monke
 def test_config_errors_name_the_file_and_key(tmp_path):
     path = write_config(tmp_path, [{"name": "a"}])
     text = json.loads(path.read_text())
-    del text["models"]
-    path.write_text(json.dumps(text))
-    with pytest.raises(ConfigError, match=r"tiny\.yaml: missing key\(s\) \['models'\]"):
+    for change, message in (
+        ({"models": None}, r"tiny\.yaml: models: missing key$"),
+        ({"colour": "red"}, r"tiny\.yaml: colour: unknown key \(known keys: .*index_type"),
+        ({"index_tpye": "flat"}, r"tiny\.yaml: index_tpye: unknown key \(did you mean 'index_type'\?\)$"),
+        ({"notebooks": [{"per_model": True}]}, r"tiny\.yaml: notebooks\[0\]\.name: missing key"),
+        ({"notebooks": ["a", {"name": "b", "per_modle": True}]}, r"notebooks\[1\]\.per_modle: unknown key"),
+        ({"k": "100"}, r"tiny\.yaml: k: must be an integer \(got '100'\)"),
+        ({"k": 0}, r"tiny\.yaml: k: must be >= 1 \(got 0\)"),
+        ({"bf16": "yes"}, r"tiny\.yaml: bf16: must be true or false \(got 'yes'\)"),
+        ({"models": []}, r"tiny\.yaml: models: must not be empty"),
+        ({"name": "a b"}, r"tiny\.yaml: name: must be letters, digits"),
+        ({"root": "/"}, r"tiny\.yaml: root: set by the loader"),
+        ({"quick": {"max_per_clas": 3}}, r"tiny\.yaml: quick\.max_per_clas: unknown key \(did you mean"),
+        ({"quick": [1]}, r"tiny\.yaml: quick: must be a mapping"),
+    ):
+        changed = {**text, **change}
+        changed = {k: v for k, v in changed.items() if v is not None}
+        path.write_text(json.dumps(changed))
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+    path.write_text(json.dumps({**text, "k": 0, "colour": "red"}))
+    with pytest.raises(ConfigError, match="colour: unknown key"):  # unknown keys are reported first
         load_config(path)
-    text.update(models=["x"], colour="red")
-    path.write_text(json.dumps(text))
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['colour'\]"):
-        load_config(path)
-    text.pop("colour")
-    text["notebooks"] = [{"per_model": True}]
-    path.write_text(json.dumps(text))
-    with pytest.raises(ConfigError, match="needs a 'name'"):
-        load_config(path)
+
+
+def test_config_file_that_is_not_a_yaml_mapping(tmp_path):
+    path = write_config(tmp_path, [{"name": "a"}])
+    for content, message in (
+        (b"\xff\xfe n\x00a\x00", r"tiny\.yaml: not UTF-8 text .*expected a YAML config"),
+        (b"name: [unclosed", r"tiny\.yaml: not valid YAML"),
+        (b"- a\n- b\n", r"tiny\.yaml: expected a mapping of keys at the top level \(got list\)"),
+    ):
+        path.write_bytes(content)
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
 
 
 def test_index_settings_are_checked_at_load_and_reach_the_search(tmp_path):
@@ -107,7 +129,7 @@ def test_index_settings_are_checked_at_load_and_reach_the_search(tmp_path):
             {"index_params": {"ef_search": 64}},
             r"tiny\.yaml: index_type 'ivfpq' has no parameter\(s\) \['ef_search'\]",
         ),
-        ({"index_params": [64]}, r"tiny\.yaml: 'index_params' must map"),
+        ({"index_params": [64]}, r"tiny\.yaml: index_params: must be a mapping \(got \[64\]\)"),
     ):
         path.write_text(json.dumps({**text, **bad}))
         with pytest.raises(ConfigError, match=message):
@@ -148,7 +170,7 @@ def test_checkpoints_reach_the_extraction(tmp_path, monkeypatch):
     assert seen["checkpoint"] == cfg.checkpoints["biomedclip"]
     text["checkpoints"] = ["not", "a", "mapping"]
     path.write_text(json.dumps(text))
-    with pytest.raises(ConfigError, match="'checkpoints' must map"):
+    with pytest.raises(ConfigError, match="checkpoints: must be a mapping"):
         load_config(path)
 
 

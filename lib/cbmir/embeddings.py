@@ -14,7 +14,6 @@ files are assembled atomically and `provenance.json`, written last, marks the st
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -642,58 +641,3 @@ def _run_chunks(
                 current = todo[position + 1] if position + 1 < len(todo) else -1
     if current != -1:
         raise StoreError(f"extraction stopped before chunk {current} was complete")
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-def _cmd_embed(args: argparse.Namespace) -> int:
-    try:
-        from cbmir.manifest import read_manifest
-    except ModuleNotFoundError:  # the manifest stage is optional here: a plain CSV works too
-        read_manifest = None
-    paths = args.manifest
-    if read_manifest is not None:
-        manifest = read_manifest(paths if len(paths) > 1 else paths[0])
-    else:
-        manifest = pd.concat([pd.read_csv(p, keep_default_na=False) for p in paths], ignore_index=True)
-    if args.splits:
-        wanted = [s.strip() for s in args.splits.split(",") if s.strip()]
-        if "split" not in manifest.columns:
-            raise SystemExit("--splits given but the manifest has no 'split' column")
-        manifest = manifest[manifest["split"].isin(wanted)].reset_index(drop=True)
-    store = extract_embeddings(
-        manifest,
-        args.data_root,
-        args.model,
-        args.out,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        bf16=args.bf16,
-        device=args.device,
-        chunk_size=args.chunk_size,
-        redo=args.redo,
-        checkpoint=args.checkpoint,
-    )
-    print(f"{store.path}: {len(store)} rows x {store.dim} dims, {len(store.failed)} failed")
-    if len(store.failed):
-        print(f"unreadable images are listed in {store.path / FAILED_FILE}", file=sys.stderr)
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add `cbmir embed`."""
-    p = subparsers.add_parser("embed", help="embed manifest images into a resumable embedding store")
-    p.add_argument(
-        "--model", required=True, help="model spec (preset, timm:NAME, open_clip:ARCH@TAG, hf:REPO)"
-    )
-    p.add_argument("--manifest", required=True, nargs="+", help="manifest CSV file(s)")
-    p.add_argument("--data-root", required=True, help="folder the manifest filepaths are relative to")
-    p.add_argument("--out", required=True, help="store folder (work/<config>/embeddings/<model-slug>)")
-    p.add_argument("--checkpoint", default=None, help="local weights file for the model")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--chunk-size", type=int, default=1024, help="rows per resumable chunk")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 (autocast on GPU, bf16 weights on CPU)")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
-    p.add_argument("--redo", action="store_true", help="discard an existing store or partial run")
-    p.add_argument("--splits", default=None, help="comma-separated splits to embed, e.g. train,test")
-    p.set_defaults(func=_cmd_embed)

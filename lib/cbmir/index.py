@@ -12,7 +12,6 @@ j-th neighbour of manifest row `query_rows[q]`.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import os
 from dataclasses import dataclass
@@ -371,63 +370,3 @@ def load_store_matrix(
     rows = lookup.reindex(np.asarray(filepaths)).fillna(-1).to_numpy(dtype=np.int64)
     emb = mats[0] if len(mats) == 1 else np.concatenate([np.asarray(m) for m in mats])
     return emb, rows
-
-
-def _cli_search(args: argparse.Namespace) -> int:
-    from cbmir.manifest import read_manifest, split_rows
-
-    manifest = read_manifest(args.manifest if len(args.manifest) > 1 else args.manifest[0])
-    emb, mapping = load_store_matrix(args.store, manifest["filepath"].to_numpy())
-    index_rows = split_rows(manifest, args.index_split)
-    query_rows = index_rows if args.exclude_self else split_rows(manifest, args.query_split)
-    for name, rows in (("index", index_rows), ("query", query_rows)):
-        missing = int((mapping[rows] < 0).sum())
-        if missing:
-            print(
-                f"{name} rows: {missing} of {len(rows)} manifest rows have no embedding (failed images); skipped"
-            )
-    index_rows = index_rows[mapping[index_rows] >= 0]
-    query_rows = index_rows if args.exclude_self else query_rows[mapping[query_rows] >= 0]
-    params = {}
-    for key in ("m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_nbits", "k_factor"):
-        if getattr(args, key) is not None:
-            params[key] = getattr(args, key)
-    nb = search_rows(
-        emb,
-        index_rows,
-        query_rows,
-        args.k,
-        embedding_rows=mapping,
-        exclude_self=args.exclude_self,
-        index_type=args.index_type,
-        batch_size=args.batch_size,
-        **params,
-    )
-    nb.save(args.out)
-    print(
-        f"wrote {args.out}: {len(nb.query_rows)} queries x {nb.k} neighbours over {len(index_rows)} index rows"
-    )
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add `cbmir search`."""
-    p = subparsers.add_parser("search", help="nearest-neighbour search over an embedding store")
-    p.add_argument("--store", action="append", required=True, help="embedding store folder (repeatable)")
-    p.add_argument("--manifest", nargs="+", required=True, help="manifest CSV(s)")
-    p.add_argument("--out", required=True, help="output neighbours .npz")
-    p.add_argument("--k", type=int, default=100)
-    p.add_argument("--index-split", default="train")
-    p.add_argument("--query-split", default="test")
-    p.add_argument("--exclude-self", action="store_true", help="queries = index split, own row dropped")
-    p.add_argument("--index-type", choices=INDEX_TYPES, default="flat")
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--m", type=int, help="HNSW graph degree")
-    p.add_argument("--ef-construction", type=int, help="HNSW efConstruction")
-    p.add_argument("--ef-search", type=int, help="HNSW efSearch")
-    p.add_argument("--nlist", type=int, help="IVF lists")
-    p.add_argument("--nprobe", type=int, help="IVF lists probed")
-    p.add_argument("--pq-m", type=int, help="IVF-PQ sub-quantisers")
-    p.add_argument("--pq-nbits", type=int, choices=(4, 8), help="IVF-PQ bits per code (4: fast-scan)")
-    p.add_argument("--k-factor", type=int, help="IVF-PQ candidates re-ranked exactly, as a multiple of k")
-    p.set_defaults(func=_cli_search)

@@ -163,27 +163,3 @@ def _portable(path: Path, base: Path) -> str:
 def _short_error(err: BaseException) -> str:
     text = "".join(traceback.format_exception_only(type(err), err)).strip()
     return text[-4000:]
-
-
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("report", help="run the report's notebooks for a config (papermill)")
-    p.add_argument("--config", default="configs/radmini.yaml", help="YAML config (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="small subset and baseline models (smoke test)")
-    p.add_argument("--redo", action="store_true", help="recompute finished stages (embeddings, neighbours)")
-    p.add_argument(
-        "--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks, e.g. 03_retrieval"
-    )
-    p.add_argument("--models", nargs="+", metavar="SPEC", help="override the config's models")
-    p.add_argument("--out-root", help="write work/, reports/ and figures/ under this folder instead")
-    p.add_argument("--no-html", action="store_true", help="skip the HTML copies")
-    p.set_defaults(
-        func=lambda a: run_report(
-            a.config,
-            quick=a.quick,
-            redo=a.redo,
-            only=a.only,
-            models=a.models,
-            out_root=a.out_root,
-            html=not a.no_html,
-        )
-    )

@@ -216,3 +216,21 @@ def test_python_dash_m_cbmir(bad_manifest):
 def test_console_script_entry_point_is_main():
     text = (ROOT / "pyproject.toml").read_text()
     assert 'cbmir = "cbmir.cli:main"' in text
+
+
+def test_wait_reaches_the_library_or_is_refused():
+    """`--wait` is passed as `wait=` where the library takes it, and refused (not ignored) where it does not."""
+    from cbmir.cli import OptionError
+    from cbmir.cli.embed import lock_options
+
+    def with_lock(manifest, wait: bool = False):
+        return wait
+
+    def without_lock(manifest):
+        return None
+
+    assert lock_options(with_lock, True) == {"wait": True}
+    assert lock_options(with_lock, False) == {"wait": False}
+    assert lock_options(without_lock, False) == {}
+    with pytest.raises(OptionError, match="--wait"):
+        lock_options(without_lock, True)

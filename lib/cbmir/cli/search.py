@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from pathlib import Path
 
 # cbmir.index.INDEX_TYPES, listed here so that `cbmir --help` does not import FAISS.
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
@@ -35,8 +37,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_search)
 
 
+def table_lock(out: Path, wait: bool) -> contextlib.AbstractContextManager[object]:
+    """One writer per neighbour table, held for the whole search: `cbmir.locking.writer_lock` on `<out>.lock`.
+
+    Until the store's locks are merged `cbmir.locking` may not exist: then no lock is taken and `--wait` is
+    refused rather than silently ignored.
+    """
+    try:
+        from cbmir.locking import writer_lock
+    except ModuleNotFoundError:
+        if wait:
+            from cbmir.cli import OptionError
+
+            raise OptionError(
+                "--wait: this version of the library has no neighbour-table lock to wait for"
+            ) from None
+        return contextlib.nullcontext()
+    return writer_lock(out.with_name(out.name + ".lock"), f"neighbour table {out}", wait=wait)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    from cbmir.cli.embed import lock_options
+    with table_lock(Path(args.out), args.wait):
+        return _search(args)
+
+
+def _search(args: argparse.Namespace) -> int:
     from cbmir.index import load_store_matrix, search_rows
     from cbmir.manifest import read_manifest, split_rows
 
@@ -64,7 +89,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         **params,
     )
-    nb.save(args.out, **lock_options(nb.save, args.wait))
+    nb.save(args.out)
     print(
         f"wrote {args.out}: {len(nb.query_rows)} queries x {nb.k} neighbours over {len(index_rows)} index rows"
     )

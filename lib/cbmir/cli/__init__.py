@@ -33,6 +33,8 @@ from cbmir.errors import CbmirError
 # Command groups: modules under cbmir.cli, in the order their subcommands appear in `cbmir --help`.
 GROUPS = ("prepare", "radmini", "models", "embed", "search", "report")
 DEBUG_ENV = "CBMIR_DEBUG"
+DESCRIPTION = "cbmir: content-based image retrieval in radiology with vision foundation models."
+EPILOG = "User errors print one line and exit with status 2; --debug (or CBMIR_DEBUG=1) shows the traceback."
 
 _USER_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 _USER_ERRNOS = (errno.ENOSPC, errno.EROFS)
@@ -45,7 +47,7 @@ class OptionError(CbmirError):
 
 def build_parser() -> argparse.ArgumentParser:
     """The `cbmir` parser with every group's subcommands and a `--debug` flag on each."""
-    parser = argparse.ArgumentParser(prog="cbmir", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cbmir", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument(
         "--debug", action="store_true", help=f"show tracebacks of user errors (or {DEBUG_ENV}=1)"
     )

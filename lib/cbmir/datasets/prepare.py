@@ -4,8 +4,8 @@
 images, checks the image files, and writes a manifest in the paper's schema (`cbmir.manifest`) whose
 filepaths are relative to the parent of `raw_root`. Splits depend only on the data and the seed, rows are
 sorted, and the CSV is written with fixed formatting, so preparing twice gives byte-identical files.
-Every dropped or missing image is counted in a report (printed, and written beside the CSV as
-`<name>.report.json`).
+Every dropped or missing image is counted in a report, returned in `df.attrs["report"]` and written beside
+the CSV as `<name>.report.json` (`cbmir prepare` prints it).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cbmir.datasets import chexpert, mimic, nih14, radimagenet
-from cbmir.datasets.common import Raw
+from cbmir.datasets.common import DatasetError, Raw
 
 BUILDERS = {
     "radimagenet": radimagenet.build,
@@ -137,7 +137,7 @@ def prepare(
             rec = rec[~bad].reset_index(drop=True)
     counts["images_written"] = len(rec)
     if rec.empty:
-        raise ValueError(
+        raise DatasetError(
             f"prepare {name}: no single-label image left to write from {raw_root} (counts: {counts})"
         )
 

@@ -82,6 +82,7 @@ def test_data_card_matches_the_committed_manifest(tmp_path):
     assert f"**{len(df)} images**" in CARD.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_rebuild_of_pip_sources_matches_the_committed_rows_and_bytes(tmp_path, radmini_pip_build):
     _pip_sources_or_skip()
     first_root, first_manifest = radmini_pip_build  # built once per test run (tests/conftest.py)

@@ -52,6 +52,7 @@ def test_jobs_are_named_after_their_parameters(tmp_path):
     assert [j.output_name for j in plan_jobs(quick)] == ["a", "b--m-a"]
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "nbs").mkdir()

@@ -102,6 +102,14 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         load_config(path)
 
 
+def test_keys_without_a_value_take_their_empty_default(tmp_path):
+    path = write_config(tmp_path, [{"name": "a"}])
+    text = json.loads(path.read_text())
+    path.write_text(json.dumps({**text, "checkpoints": None, "index_params": None, "description": None}))
+    cfg = load_config(path)
+    assert (cfg.checkpoints, cfg.index_params, cfg.description) == ({}, {}, "")
+
+
 def test_config_file_that_is_not_a_yaml_mapping(tmp_path):
     path = write_config(tmp_path, [{"name": "a"}])
     for content, message in (

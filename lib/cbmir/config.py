@@ -91,6 +91,14 @@ class ReportConfig(BaseModel):
     def figures_dir(self) -> Path:
         return (self.out_root or self.root) / "figures" / self.name
 
+    @field_validator("index_params", "checkpoints", "description", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """A key written without a value (`checkpoints:`) means its empty default."""
+        if value is None:
+            return "" if info.field_name == "description" else {}
+        return value
+
     @field_validator("notebooks", mode="before")
     @classmethod
     def _names_alone(cls, value: Any) -> Any:

@@ -10,11 +10,12 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-data radmini report test lint bench lab clean
+.PHONY: help venv system-data radmini report test test-fast lint bench lab clean
 
 help:
 	@echo "make report   set up, build RadMini, run the whole report (reports/, figures/)"
 	@echo "make test     set up, lint and run the test suite"
+	@echo "make test-fast  lint and the tests not marked slow (a few minutes; for development)"
 	@echo "make radmini  build the RadMini images and manifest only"
 	@echo "make bench    run every benchmark (slow, ~1 h; appends to benchmarks/RESULTS.md)"
 	@echo "make lab      open JupyterLab with the project's kernel"
@@ -51,6 +52,10 @@ lint: venv
 
 test: lint
 	$(VENV)/bin/pytest -q
+
+# The development lane: everything but the tests marked @pytest.mark.slow (end-to-end runs, RadMini builds).
+test-fast: lint
+	$(VENV)/bin/pytest -q -m "not slow"
 
 bench: venv
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done

@@ -7,7 +7,7 @@ The overhead ratio is bare images/s divided by pipeline images/s, measured in th
 randomly initialised ViT-B/16 (fp32 and bf16) and each offline encoder whose weights ship in a package.
 Figures are printed and appended to benchmarks/RESULTS.md.
 
-    python benchmarks/bench_extraction.py              # --n 32 images per measurement, about 3 minutes on 2 cores
+    python benchmarks/bench_extraction.py              # --n 32 images per measurement
     python benchmarks/bench_extraction.py --n 64 --models vit-b16-random,litemedsam --no-append
 """
 

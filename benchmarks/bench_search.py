@@ -7,9 +7,9 @@ queries/s, recall@10 against exact, and the change in micro/macro modified P@1 a
 Also this machine's float32 matrix-multiply rate (NumPy sgemm of the shape exact search computes) and exact
 search's effective rate 2*Q*N*D/s against it. Figures are printed and appended to benchmarks/RESULTS.md.
 
-    .venv/bin/python benchmarks/bench_search.py --only ivfpq       # 1.6 M x 512, 4,000 queries (~8 min)
-    .venv/bin/python benchmarks/bench_search.py --only ivf ivfpq   # 1.6 M x 512, 4,000 queries (~14 min)
-    .venv/bin/python benchmarks/bench_search.py --only hnsw        # 1.6 M (~12 min; all three: ~25 min)
+    .venv/bin/python benchmarks/bench_search.py --only ivfpq       # 1.6 M x 512, 4,000 queries
+    .venv/bin/python benchmarks/bench_search.py --only ivf ivfpq   # 1.6 M x 512, 4,000 queries
+    .venv/bin/python benchmarks/bench_search.py --only hnsw        # 1.6 M (run times: benchmarks/README.md)
     .venv/bin/python benchmarks/bench_search.py --quick    # 100,000 x 512, 1,000 queries
 
 With `--store DIR --manifest CSV` it measures the same on a real embedding store (`cbmir embed`): the manifest's

@@ -8,7 +8,7 @@ labels that dominate the paper's data. The noise scales are tuned so that exact 
 paper's scale (BiomedCLIP in the paper: 0.594 micro). The noise is mostly low-rank (64 directions, power-law
 spectrum) plus a small isotropic part (`iso`): a moderate intrinsic dimension, as foundation-model embeddings
 have. Approximate search is harder when the isotropic part is larger: `HARD` (iso 0.03) is that variant
-(exact P@1 micro 0.68, macro 0.32 at 1.6 M with 4,058 queries), for sensitivity checks
+(its measured exact P@1: benchmarks/RESULTS.md), for sensitivity checks
 (`bench_search.py --hard`). Generation runs in chunks; the same seed gives the same data.
 """
 

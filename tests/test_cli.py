@@ -1,28 +1,57 @@
-"""The `cbmir` command line: every stage contributes its subcommand, and one runs end to end."""
+"""The `cbmir` command line: every group registers its subcommands; user errors are one line, bugs are not."""
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
-from cbmir.cli import build_parser, main
+from cbmir.cli import GROUPS, build_parser, error_message, is_user_error, main
+from cbmir.config import ConfigError
+from cbmir.errors import CbmirError
+from cbmir.manifest import ManifestError
 
 ROOT = Path(__file__).resolve().parents[1]
+CLI_DIR = ROOT / "lib" / "cbmir" / "cli"
+COMMANDS = {"prepare", "combine", "summary", "radmini", "models", "embed", "search", "report"}
 
 
-def test_every_stage_registers_its_subcommands():
+def test_every_command_group_registers_its_subcommands():
+    assert sorted(GROUPS) == sorted(p.stem for p in CLI_DIR.glob("*.py") if p.stem != "__init__")
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {
-        "prepare",
-        "combine",
-        "summary",
-        "radmini",
-        "models",
-        "report",
-        # "embed" and "search" moved out of cbmir.extract / cbmir.search into the cbmir.cli package
-        # (branch cli); take that branch's version of this test at merge
-    }
+    assert set(sub.choices) == COMMANDS
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"    {command}" in out for command in COMMANDS), out
+
+
+def test_no_library_module_parses_arguments():
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "lib" / "cbmir").rglob("*.py")
+        if CLI_DIR not in p.parents and "argparse" in p.read_text()
+    ]
+    assert offenders == []
+
+
+def test_choices_listed_in_the_cli_match_the_library():
+    from cbmir.cli import prepare, search
+    from cbmir.datasets.prepare import BUILDERS
+    from cbmir.search import INDEX_TYPES
+
+    assert sorted(prepare.DATASETS) == sorted(BUILDERS)
+    assert search.INDEX_TYPES == INDEX_TYPES
 
 
 def test_summary_of_the_committed_radmini_manifest(capsys):
@@ -31,6 +60,177 @@ def test_summary_of_the_committed_radmini_manifest(capsys):
     assert "XR/chest/pneumonia" in out and "MR/brain/glioma" in out
 
 
-def test_unknown_subcommand_exits_with_usage():
-    with pytest.raises(SystemExit):
+def test_unknown_subcommand_exits_with_usage(capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(["no-such-stage"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'no-such-stage'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- user errors
+@pytest.fixture
+def bad_manifest(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.csv"
+    path.write_text("filepath,dataset,split,modality,anatomic_region,CT/lung/a\nx.png,d,tran,CT,lung,1\n")
+    return path
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cbmir: error: "), err
+    return lines[0]
+
+
+def test_manifest_error_is_one_line_with_status_2(bad_manifest, capsys):
+    assert main(["summary", str(bad_manifest)]) == 2
+    line = one_error_line(capsys)
+    assert f"{bad_manifest}, row 1" in line and "column 'split' has 'tran'" in line
+
+
+def test_config_error_is_one_line(tmp_path, capsys):
+    config = tmp_path / "configs" / "c.yaml"
+    config.parent.mkdir()
+    text = (ROOT / "configs" / "radmini.yaml").read_text().replace("index_type:", "index_tpye:")
+    config.write_text(text)
+    assert main(["report", "--config", str(config)]) == 2
+    line = one_error_line(capsys)
+    assert line.endswith("c.yaml: index_tpye: unknown key (did you mean 'index_type'?)")
+
+
+def test_missing_file_is_one_line(tmp_path, capsys):
+    assert main(["report", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in one_error_line(capsys)
+    assert main(["summary", str(tmp_path / "nope.csv")]) == 2
+    assert one_error_line(capsys) == f"cbmir: error: {tmp_path / 'nope.csv'}: manifest file not found"
+
+
+def test_bad_option_value_is_one_line(tmp_path, capsys, bad_manifest):
+    manifest = tmp_path / "ok.csv"
+    df = pd.read_csv(bad_manifest).assign(split="test")
+    df.to_csv(manifest, index=False)
+    argv = ["embed", "--model", "raw-pixels", "--manifest", str(manifest), "--data-root", str(tmp_path)]
+    assert main([*argv, "--out", str(tmp_path / "s"), "--splits", "train,tst"]) == 2
+    assert "--splits 'train,tst': unknown split(s) ['tst']" in one_error_line(capsys)
+    assert main(["radmini", "build", "--out", str(tmp_path / "r"), "--sources", "nope"]) == 2
+    assert "--sources: unknown source(s) ['nope']" in one_error_line(capsys)
+
+
+def test_parameter_value_error_is_one_line(tmp_path, capsys):
+    """A ValueError that names a parameter (the library's convention for bad arguments) is a user error."""
+    n = 12
+    fps = [f"img/{i}.png" for i in range(n)]
+    manifest = pd.DataFrame(
+        {"filepath": fps, "dataset": "toy", "split": ["train"] * 8 + ["test"] * 4, "modality": "CT"}
+    )
+    manifest["anatomic_region"] = "lung"
+    manifest["CT/lung/a"] = 1
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    store = tmp_path / "store"
+    store.mkdir()
+    x = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
+    np.save(store / "embeddings.npy", x / np.linalg.norm(x, axis=1, keepdims=True))
+    pd.DataFrame({"filepath": fps}).to_csv(store / "ids.csv", index=False)
+    argv = [
+        "search",
+        "--store",
+        str(store),
+        "--manifest",
+        str(tmp_path / "m.csv"),
+        "--out",
+        str(tmp_path / "n"),
+    ]
+    assert main([*argv, "--k", "1000"]) == 2
+    assert "parameter 'k' = 1000" in one_error_line(capsys)
+
+
+def test_debug_flag_and_environment_show_the_traceback(bad_manifest, monkeypatch):
+    monkeypatch.delenv("CBMIR_DEBUG", raising=False)
+    with pytest.raises(ManifestError):
+        main(["--debug", "summary", str(bad_manifest)])
+    with pytest.raises(ManifestError):
+        main(["summary", str(bad_manifest), "--debug"])
+    monkeypatch.setenv("CBMIR_DEBUG", "1")
+    with pytest.raises(ManifestError):
+        main(["summary", str(bad_manifest)])
+    monkeypatch.setenv("CBMIR_DEBUG", "0")
+    assert main(["summary", str(bad_manifest)]) == 2
+
+
+def test_internal_errors_keep_their_traceback(monkeypatch, tmp_path):
+    import cbmir.datasets.prepare
+
+    for err in (RuntimeError("a bug"), ValueError("operands could not be broadcast"), KeyError("x")):
+
+        def broken(df, err=err):
+            raise err
+
+        monkeypatch.setattr(cbmir.datasets.prepare, "summary", broken)
+        with pytest.raises(type(err)):
+            main(["summary", str(ROOT / "data_splits" / "radmini.csv")])
+
+
+def test_which_errors_are_the_users():
+    assert is_user_error(ConfigError("c.yaml: k: must be >= 1"))
+    assert is_user_error(CbmirError("anything cbmir names as bad input"))
+    assert is_user_error(FileNotFoundError(errno.ENOENT, "No such file or directory", "x.csv"))
+    assert is_user_error(PermissionError(errno.EACCES, "Permission denied", "/root/out"))
+    assert is_user_error(IsADirectoryError(errno.EISDIR, "Is a directory", "d"))
+    assert is_user_error(NotADirectoryError(errno.ENOTDIR, "Not a directory", "f/x"))
+    assert is_user_error(OSError(errno.ENOSPC, "No space left on device", "work/x"))
+    assert is_user_error(ValueError("parameter 'k' = 1000 must be between 1 and 36"))
+    assert is_user_error(ValueError("search_rows: parameters 'a' and 'b' differ"))
+    assert not is_user_error(ValueError("operands could not be broadcast together"))
+    assert not is_user_error(OSError(errno.EIO, "Input/output error", "x"))
+    assert not is_user_error(RuntimeError("parameter 'k' is fine but this is a bug"))
+    assert not is_user_error(KeyError("filepath"))
+    assert error_message(FileNotFoundError(errno.ENOENT, "No such file or directory", "x.csv")) == (
+        "x.csv: No such file or directory"
+    )
+    assert error_message(ConfigError("first\n  second")) == "first second"
+
+
+# ------------------------------------------------------------------------------------ python -m cbmir
+def run_cbmir(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "CBMIR_DEBUG"}
+    environ.update(PYTHONPATH=str(ROOT / "lib"), **env)
+    return subprocess.run(
+        [sys.executable, "-m", "cbmir", *args], capture_output=True, text=True, env=environ, timeout=300
+    )
+
+
+def test_python_dash_m_cbmir(bad_manifest):
+    helped = run_cbmir("--help")
+    assert helped.returncode == 0 and all(c in helped.stdout for c in COMMANDS)
+    failed = run_cbmir("summary", str(bad_manifest))
+    assert failed.returncode == 2
+    assert failed.stderr.splitlines() == [
+        f"cbmir: error: {bad_manifest}, row 1 (filepath 'x.png'): column 'split' has 'tran'; allowed "
+        "['train', 'val', 'test'] (unknown values in the table: ['tran'])"
+    ]
+    debug = run_cbmir("summary", str(bad_manifest), CBMIR_DEBUG="1")
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr and "ManifestError" in debug.stderr
+
+
+def test_console_script_entry_point_is_main():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'cbmir = "cbmir.cli:main"' in text
+
+
+def test_wait_reaches_the_library_or_is_refused():
+    """`--wait` is passed as `wait=` where the library takes it, and refused (not ignored) where it does not."""
+    from cbmir.cli import OptionError
+    from cbmir.cli.embed import lock_options
+
+    def with_lock(manifest, wait: bool = False):
+        return wait
+
+    def without_lock(manifest):
+        return None
+
+    assert lock_options(with_lock, True) == {"wait": True}
+    assert lock_options(with_lock, False) == {"wait": False}
+    assert lock_options(without_lock, False) == {}
+    with pytest.raises(OptionError, match="--wait"):
+        lock_options(without_lock, True)

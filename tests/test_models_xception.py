@@ -172,6 +172,7 @@ def test_stem_by_hand_equals_timm(archive, encoder, brain):
     torch.testing.assert_close(ours, y, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_whole_network_equals_keras_graph_reference(archive, encoder, brain):
     """Our GAP features equal the Keras graph run layer by layer; plain timm (eps 1e-5, symmetric pool) does not."""
     import timm
@@ -190,6 +191,7 @@ def test_whole_network_equals_keras_graph_reference(archive, encoder, brain):
         assert (off - ref).abs().max() > 1e-2  # the two fixes in xception_timm() matter
 
 
+@pytest.mark.slow
 def test_braintumor_head_on_our_features(archive, encoder, brain):
     """The classifier's GAP -> Dense(128, relu) -> Dense(4) on our features: the trained model's accuracy."""
     arrays = archive[1]
@@ -206,6 +208,7 @@ def test_braintumor_head_on_our_features(archive, encoder, brain):
     assert accuracy >= 0.8  # chance 0.25, majority class 0.35; measured 15/17 = 0.882
 
 
+@pytest.mark.slow
 def test_embeds_a_real_image_deterministically(encoder, brain):
     import timm
     from cbmir.models import list_models

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pandas as pd
 import pytest
+from cbmir.cli import main
 from cbmir.datasets.common import patient_split
-from cbmir.datasets.prepare import combine, prepare, register_cli, summary
+from cbmir.datasets.prepare import combine, prepare, summary
 from cbmir.manifest import label_columns, read_manifest
 from fake_raw import make_chexpert, make_mimic, make_nih, make_radimagenet
 
@@ -79,14 +78,6 @@ def test_summary_counts_images_per_label_and_split(prepared):
         "radiology_ai", "CT", 1, 1, 1, 3,
     )  # fmt: skip
     assert table["total"].sum() == len(prepared["radimagenet"][0])
-
-
-def main(argv: list[str]) -> int:
-    """`cbmir` restricted to this module's subcommands (cbmir.cli wires them the same way)."""
-    parser = argparse.ArgumentParser(prog="cbmir")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def test_cli_prepare_combine_summary(tmp_path, capsys):

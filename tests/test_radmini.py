@@ -12,11 +12,11 @@ from cbmir.datasets.radmini import builder
 from cbmir.datasets.radmini.render import ROBUST, Item, SourceUnavailable, to_display
 from cbmir.datasets.radmini.sources_pip import package_dir
 from cbmir.manifest import label_columns, read_manifest, validate_manifest
+from conftest import PIP_SOURCES
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "data_splits" / "radmini.csv"
 CARD = ROOT / "data_splits" / "README.md"
-PIP_SOURCES = ("pneumonia", "braintumor", "pydicom")
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -82,13 +82,14 @@ def test_data_card_matches_the_committed_manifest(tmp_path):
     assert f"**{len(df)} images**" in CARD.read_text(encoding="utf-8")
 
 
-def test_rebuild_of_pip_sources_matches_the_committed_rows_and_bytes(tmp_path):
+@pytest.mark.slow
+def test_rebuild_of_pip_sources_matches_the_committed_rows_and_bytes(tmp_path, radmini_pip_build):
     _pip_sources_or_skip()
-    first = radmini.build(tmp_path / "a", tmp_path / "a.csv", sources=PIP_SOURCES, progress=False)
-    assert set(first["source"]) == set(PIP_SOURCES)
+    first_root, first_manifest = radmini_pip_build  # built once per test run (tests/conftest.py)
+    rebuilt = _read(first_manifest)
+    assert set(rebuilt["source"]) == set(PIP_SOURCES)
     committed = _read(MANIFEST)
     committed = committed[committed["source"].isin(PIP_SOURCES)].reset_index(drop=True)
-    rebuilt = _read(tmp_path / "a.csv")
     assert rebuilt["filepath"].tolist() == committed["filepath"].tolist()
     # Splits depend on all sources, so they are checked by the split test above; labels and metadata here.
     rebuilt_labels = radmini.card._labels(rebuilt).tolist()
@@ -100,7 +101,7 @@ def test_rebuild_of_pip_sources_matches_the_committed_rows_and_bytes(tmp_path):
     files = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
     assert files, "no PNG written"
     for rel in files:
-        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+        assert (first_root / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
 
 def test_unknown_source_and_missing_optional_sources(tmp_path):

@@ -1,6 +1,6 @@
 """Every notebook of the report, run through the runner in quick mode on a small real RadMini build.
 
-RadMini is rebuilt from the pip-package sources only (no Debian, npm or download), the baseline models are
+RadMini is built from the pip-package sources only (no Debian, npm or download), the baseline models are
 used, and each executed notebook must have no error output and must have written its figures and tables.
 The summary's numbers must equal what `cbmir.metrics` returns for the stored neighbour tables.
 """
@@ -8,7 +8,6 @@ The summary's numbers must equal what `cbmir.metrics` returns for the stored nei
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -17,39 +16,17 @@ import pytest
 from cbmir import metrics
 from cbmir.config import NOTEBOOKS_DIR, load_config
 from cbmir.manifest import read_manifest, row_labels
-from cbmir.report import run_report
 from cbmir.search import Neighbours
+from conftest import QUICK_MODELS
 
 pytestmark = pytest.mark.slow
-MODELS = ["raw-pixels", "random-vit"]
+MODELS = QUICK_MODELS
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    from cbmir.datasets import radmini
-
-    root = tmp_path_factory.mktemp("quick")
-    try:
-        radmini.build(
-            root / "data",
-            root / "radmini.csv",
-            debian=False,
-            npm=False,
-            download=False,
-            card_path=root / "card.md",
-        )
-    except Exception as err:  # the pip-package sources are part of requirements-assets.txt
-        pytest.skip(f"RadMini pip-package sources unavailable: {err}")
-    src = (Path(__file__).parents[1] / "configs" / "radmini.yaml").read_text()
-    yaml_config = src.replace("manifest: data_splits/radmini.csv", "manifest: radmini.csv")
-    yaml_config = yaml_config.replace("data_root: data/radmini", "data_root: data")
-    yaml_config = yaml_config.replace("thumbs_root: data/radmini/thumbs", "thumbs_root: data/thumbs")
-    yaml_config += f"\nnotebooks_dir: {NOTEBOOKS_DIR}\n"
-    (root / "configs").mkdir()
-    config = root / "configs" / "radmini.yaml"
-    config.write_text(yaml_config)
-    status = run_report(config, quick=True, out_root=root / "out")
-    return root, status
+@pytest.fixture
+def quick_run(quick_report):
+    """The session's quick report run (tests/conftest.py): built once per test run."""
+    return quick_report
 
 
 def test_every_notebook_ran_without_error(quick_run):

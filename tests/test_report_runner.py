@@ -52,6 +52,7 @@ def test_jobs_are_named_after_their_parameters(tmp_path):
     assert [j.output_name for j in plan_jobs(quick)] == ["a", "b--m-a"]
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "nbs").mkdir()
@@ -76,19 +77,49 @@ def test_a_failing_notebook_is_recorded_and_the_others_still_run(tmp_path, monke
 def test_config_errors_name_the_file_and_key(tmp_path):
     path = write_config(tmp_path, [{"name": "a"}])
     text = json.loads(path.read_text())
-    del text["models"]
-    path.write_text(json.dumps(text))
-    with pytest.raises(ConfigError, match=r"tiny\.yaml: missing key\(s\) \['models'\]"):
+    for change, message in (
+        ({"models": None}, r"tiny\.yaml: models: missing key$"),
+        ({"colour": "red"}, r"tiny\.yaml: colour: unknown key \(known keys: .*index_type"),
+        ({"index_tpye": "flat"}, r"tiny\.yaml: index_tpye: unknown key \(did you mean 'index_type'\?\)$"),
+        ({"notebooks": [{"per_model": True}]}, r"tiny\.yaml: notebooks\[0\]\.name: missing key"),
+        ({"notebooks": ["a", {"name": "b", "per_modle": True}]}, r"notebooks\[1\]\.per_modle: unknown key"),
+        ({"k": "100"}, r"tiny\.yaml: k: must be an integer \(got '100'\)"),
+        ({"k": 0}, r"tiny\.yaml: k: must be >= 1 \(got 0\)"),
+        ({"bf16": "yes"}, r"tiny\.yaml: bf16: must be true or false \(got 'yes'\)"),
+        ({"models": []}, r"tiny\.yaml: models: must not be empty"),
+        ({"name": "a b"}, r"tiny\.yaml: name: must be letters, digits"),
+        ({"root": "/"}, r"tiny\.yaml: root: set by the loader"),
+        ({"quick": {"max_per_clas": 3}}, r"tiny\.yaml: quick\.max_per_clas: unknown key \(did you mean"),
+        ({"quick": [1]}, r"tiny\.yaml: quick: must be a mapping"),
+    ):
+        changed = {**text, **change}
+        changed = {k: v for k, v in changed.items() if v is not None}
+        path.write_text(json.dumps(changed))
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+    path.write_text(json.dumps({**text, "k": 0, "colour": "red"}))
+    with pytest.raises(ConfigError, match="colour: unknown key"):  # unknown keys are reported first
         load_config(path)
-    text.update(models=["x"], colour="red")
-    path.write_text(json.dumps(text))
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['colour'\]"):
-        load_config(path)
-    text.pop("colour")
-    text["notebooks"] = [{"per_model": True}]
-    path.write_text(json.dumps(text))
-    with pytest.raises(ConfigError, match="needs a 'name'"):
-        load_config(path)
+
+
+def test_keys_without_a_value_take_their_empty_default(tmp_path):
+    path = write_config(tmp_path, [{"name": "a"}])
+    text = json.loads(path.read_text())
+    path.write_text(json.dumps({**text, "checkpoints": None, "index_params": None, "description": None}))
+    cfg = load_config(path)
+    assert (cfg.checkpoints, cfg.index_params, cfg.description) == ({}, {}, "")
+
+
+def test_config_file_that_is_not_a_yaml_mapping(tmp_path):
+    path = write_config(tmp_path, [{"name": "a"}])
+    for content, message in (
+        (b"\xff\xfe n\x00a\x00", r"tiny\.yaml: not UTF-8 text .*expected a YAML config"),
+        (b"name: [unclosed", r"tiny\.yaml: not valid YAML"),
+        (b"- a\n- b\n", r"tiny\.yaml: expected a mapping of keys at the top level \(got list\)"),
+    ):
+        path.write_bytes(content)
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
 
 
 def test_index_settings_are_checked_at_load_and_reach_the_search(tmp_path):
@@ -107,7 +138,7 @@ def test_index_settings_are_checked_at_load_and_reach_the_search(tmp_path):
             {"index_params": {"ef_search": 64}},
             r"tiny\.yaml: index_type 'ivfpq' has no parameter\(s\) \['ef_search'\]",
         ),
-        ({"index_params": [64]}, r"tiny\.yaml: 'index_params' must map"),
+        ({"index_params": [64]}, r"tiny\.yaml: index_params: must be a mapping \(got \[64\]\)"),
     ):
         path.write_text(json.dumps({**text, **bad}))
         with pytest.raises(ConfigError, match=message):
@@ -148,7 +179,7 @@ def test_checkpoints_reach_the_extraction(tmp_path, monkeypatch):
     assert seen["checkpoint"] == cfg.checkpoints["biomedclip"]
     text["checkpoints"] = ["not", "a", "mapping"]
     path.write_text(json.dumps(text))
-    with pytest.raises(ConfigError, match="'checkpoints' must map"):
+    with pytest.raises(ConfigError, match="checkpoints: must be a mapping"):
         load_config(path)
 
 
@@ -161,3 +192,103 @@ def test_progress_bars_hide_when_asked_or_under_tqdm_disable(monkeypatch):
     assert hide_progress(True) is True
     monkeypatch.setenv("TQDM_DISABLE", "0")
     assert hide_progress(True) is False
+
+
+def test_unwritable_output_folder_is_reported_before_any_notebook_runs(tmp_path, monkeypatch, capsys):
+    from cbmir.cli import main
+    from cbmir.report import OutputFolderError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nbs").mkdir()
+    write_notebook(tmp_path / "nbs" / "a.ipynb", "from pathlib import Path\nPath('ran-a').touch()")
+    cfg_path = write_config(tmp_path, [{"name": "a"}], models=["m-a"])
+    (tmp_path / "blocked").write_text("a file where the output folder should be")
+    with pytest.raises(
+        OutputFolderError, match=r"blocked/reports/tiny: the reports folder cannot be written"
+    ):
+        run_report(cfg_path, out_root=tmp_path / "blocked")
+    assert main(["report", "--config", str(cfg_path), "--out-root", str(tmp_path / "blocked")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cbmir: error: ") and "cannot be written" in err and err.count("\n") == 1
+    (tmp_path / "work").write_text("work_dir's parent is a file")
+    with pytest.raises(OutputFolderError, match=r"work/tiny: the work folder cannot be written"):
+        run_report(cfg_path)
+    assert not (tmp_path / "ran-a").exists()
+
+
+def test_only_names_unknown_notebooks(tmp_path):
+    (tmp_path / "nbs").mkdir()
+    write_notebook(tmp_path / "nbs" / "a.ipynb", "pass")
+    cfg = load_config(write_config(tmp_path, [{"name": "a"}]))
+    with pytest.raises(ValueError, match=r"parameter 'only': tiny\.yaml has no notebook\(s\) \['b'\]"):
+        plan_jobs(cfg, only=["a", "b"])
+
+
+SLOW_BODY = """
+import os, time
+from pathlib import Path
+with open("runs-slow", "a") as fh:
+    fh.write("x")
+if not Path("go").exists():
+    Path("slow-started").write_text(str(os.getpid()))
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_reuses_finished_jobs_and_reruns_the_interrupted_one(tmp_path, monkeypatch):
+    """SIGKILL the runner in the middle of a notebook: nothing half-done is recorded or left in place."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    for name in ("first", "last"):
+        write_notebook(nbs / f"{name}.ipynb", f"with open('runs-{name}', 'a') as fh:\n    fh.write('x')")
+    write_notebook(nbs / "slow.ipynb", SLOW_BODY)
+    cfg_path = write_config(tmp_path, [{"name": "first"}, {"name": "slow"}, {"name": "last"}], models=["m-a"])
+    reports = tmp_path / "reports" / "tiny"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "lib")}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "cbmir", "report", "--config", str(cfg_path)],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    started = tmp_path / "slow-started"
+    deadline = time.monotonic() + 300
+    while not (started.exists() and started.read_text()) and runner.poll() is None:
+        assert time.monotonic() < deadline, "the slow notebook never started"
+        time.sleep(0.2)
+    assert runner.poll() is None, runner.stderr.read().decode()[-2000:]
+    log = json.loads((reports / "run.json").read_text())
+    os.killpg(runner.pid, signal.SIGKILL)
+    runner.wait()
+    os.kill(int(started.read_text()), signal.SIGKILL)  # the kernel runs in its own session
+    runner.stderr.close()
+
+    assert {k: v["status"] for k, v in log.items()} == {"first": "ok", "slow": "running"}
+    assert json.loads((reports / "run.json").read_text()) == log  # nothing recorded as done after the kill
+    assert (reports / "first.ipynb").is_file() and (reports / "first.html").is_file()
+    assert not (reports / "slow.ipynb").exists() and not (reports / "slow.html").exists()
+    assert (tmp_path / "work" / "tiny" / "report-in-progress.json").is_file()
+
+    (tmp_path / "go").touch()
+    assert run_report(cfg_path) == 0
+    runs = {name: (tmp_path / f"runs-{name}").read_text() for name in ("first", "slow", "last")}
+    assert runs == {"first": "x", "slow": "xx", "last": "x"}  # first reused, slow re-run, last run once
+    log = json.loads((reports / "run.json").read_text())
+    assert {k: v["status"] for k, v in log.items()} == {"first": "ok", "slow": "ok", "last": "ok"}
+    assert not (tmp_path / "work" / "tiny" / "report-in-progress.json").exists()
+    assert not (reports / ".partial").exists()
+    meta = nbformat.read(reports / "slow.ipynb", as_version=4).metadata["papermill"]
+    assert meta["output_path"] == "reports/tiny/slow.ipynb"
+
+    assert run_report(cfg_path) == 0  # the last run finished: a new run runs every job again
+    assert (tmp_path / "runs-first").read_text() == "xx"

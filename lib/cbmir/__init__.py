@@ -1,6 +1,6 @@
 """cbmir: content-based medical image retrieval with vision foundation models.
 
-One module per stage of the pipeline (DESIGN.md §4):
+One module per stage of the pipeline (docs/ARCHITECTURE.md):
 manifest -> store (extract) -> search (neighbours) -> metrics -> plots / report.
 """
 

@@ -1,58 +1,87 @@
-"""Report configurations: which manifest, data and models a run covers (`configs/*.yaml`)."""
+"""Report configurations: which manifest, data and models a run covers (`configs/*.yaml`).
+
+The YAML is parsed into `ReportConfig`, a pydantic model: unknown keys, missing keys and values of the wrong
+kind are refused with a `ConfigError` that names the file and the key (`configs/radmini.yaml: index_tpye:
+unknown key (did you mean 'index_type'?)`). Relative paths are resolved against the folder that holds
+`configs/`. A config's `quick:` section holds overrides applied by `cbmir report --quick`; its keys are checked
+as strictly as the top level's.
+"""
 
 from __future__ import annotations
 
+import difflib
 import re
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from cbmir.errors import CbmirError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # lib/cbmir/config.py -> repository root
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+# Keys the loader sets itself; a config file may not set them.
+_LOADER_KEYS = ("root", "path", "quick")
 
 
 class ConfigError(CbmirError, ValueError):
-    """A configuration file is missing a key or has a value of the wrong kind."""
+    """A configuration file is missing a key or has a value of the wrong kind; the message names both."""
 
 
-@dataclass
-class NotebookEntry:
+class NotebookEntry(BaseModel):
+    """One notebook of a run: its name (`notebooks/<name>.ipynb`), whether it runs per model, its parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
     name: str
-    per_model: bool = False
-    parameters: dict[str, Any] = field(default_factory=dict)
+    per_model: StrictBool = False
+    parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-@dataclass
-class ReportConfig:
+class ReportConfig(BaseModel):
     """One report run. Relative paths are resolved against `root` (the folder that holds `configs/`)."""
 
-    name: str
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    root: Path  # set by the loader, first so that the path validators below can use it
+    path: Path  # the config file
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
     manifest: Path
     data_root: Path
     work_dir: Path
-    models: list[str]
-    notebooks: list[NotebookEntry]
-    root: Path
-    path: Path
+    models: Annotated[list[str], Field(min_length=1)]
+    notebooks: Annotated[list[NotebookEntry], Field(min_length=1)]
     thumbs_root: Path | None = None
     description: str = ""
-    k: int = 100
+    k: PositiveInt = 100
     index_type: str = "flat"
     # builder parameters of index_type (cbmir.search), e.g. {nprobe: 192}
-    index_params: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 32
-    bf16: bool = False
-    bootstrap: int = 1000
-    seed: int = 0
-    max_per_class: int | None = None  # subsample per (split, label): quick runs
-    out_root: Path | None = None  # where reports/ and figures/ go (default: root)
+    index_params: dict[str, Any] = Field(default_factory=dict)
+    batch_size: PositiveInt = 32
+    bf16: StrictBool = False
+    bootstrap: PositiveInt = 1000
+    seed: Annotated[int, Field(strict=True)] = 0
+    # subsample per (split, label): quick runs
+    max_per_class: PositiveInt | None = None
+    # where reports/ and figures/ go (default: root)
+    out_root: Path | None = None
     notebooks_dir: Path = NOTEBOOKS_DIR
-    checkpoints: dict[str, Path] = field(default_factory=dict)  # model spec -> local weights file or folder
-    quick: bool = False
+    # model spec -> local weights file or folder
+    checkpoints: dict[str, Path] = Field(default_factory=dict)
+    quick: StrictBool = False
 
     @property
     def reports_dir(self) -> Path:
@@ -62,9 +91,51 @@ class ReportConfig:
     def figures_dir(self) -> Path:
         return (self.out_root or self.root) / "figures" / self.name
 
+    @field_validator("index_params", "checkpoints", "description", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """A key written without a value (`checkpoints:`) means its empty default."""
+        if value is None:
+            return "" if info.field_name == "description" else {}
+        return value
 
-_REQUIRED = ("name", "manifest", "data_root", "work_dir", "models", "notebooks")
-_PATH_KEYS = ("manifest", "data_root", "work_dir", "thumbs_root", "notebooks_dir")
+    @field_validator("notebooks", mode="before")
+    @classmethod
+    def _names_alone(cls, value: Any) -> Any:
+        """A notebook entry may be just its name."""
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("manifest", "data_root", "work_dir", "thumbs_root", "notebooks_dir", "out_root")
+    @classmethod
+    def _resolve_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(_root(info), value)
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _resolve_checkpoints(cls, value: dict[str, Path], info: ValidationInfo) -> dict[str, Path]:
+        return {spec: _resolve(_root(info), p) for spec, p in value.items()}
+
+    @model_validator(mode="after")
+    def _index_settings_exist(self) -> ReportConfig:
+        """`index_type` and `index_params` must name a cbmir.search builder and its parameters."""
+        from cbmir.search import check_index_params
+
+        check_index_params(self.index_type, self.index_params)
+        return self
+
+
+def _root(info: ValidationInfo) -> Path:
+    context = info.context or {}
+    if "root" in context:
+        return Path(context["root"])
+    return Path(info.data["root"]) if "root" in info.data else Path.cwd()
+
+
+def _resolve(root: Path, value: str | Path) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (root / p).resolve()
 
 
 def find_project_file(path: str | Path) -> Path:
@@ -88,68 +159,109 @@ def load_config(
 ) -> ReportConfig:
     """Read a YAML config; `quick` applies its `quick:` section; keyword overrides win over both."""
     cfg_path = find_project_file(path)
-    try:
-        raw = yaml.safe_load(cfg_path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{cfg_path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{cfg_path}: expected a mapping at the top level")
-    quick_section = raw.pop("quick", {}) or {}
+    shown = _shown(cfg_path)
+    raw = _read_yaml(cfg_path, shown)
+    quick_section = raw.pop("quick", None) or {}
+    if not isinstance(quick_section, dict):
+        raise ConfigError(f"{shown}: quick: must be a mapping of overrides (got {quick_section!r})")
+    _refuse_unknown(shown, quick_section, prefix="quick.")
+    _refuse_unknown(shown, raw)
     if quick:
         raw.update(quick_section)
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    missing = [k for k in _REQUIRED if k not in raw]
-    if missing:
-        raise ConfigError(f"{cfg_path}: missing key(s) {missing}")
-    known = {f.name for f in fields(ReportConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{cfg_path}: unknown key(s) {unknown}; known: {sorted(known - {'root', 'path'})}")
-    if not isinstance(raw["models"], list) or not raw["models"]:
-        raise ConfigError(f"{cfg_path}: 'models' must be a non-empty list of model specs")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(raw["name"])):
-        raise ConfigError(f"{cfg_path}: 'name' must be letters, digits, '.', '_' or '-' (it names folders)")
     root = config_root(cfg_path)
-    for key in _PATH_KEYS:
-        if raw.get(key) is not None:
-            raw[key] = _resolve(root, raw[key])
-    raw["notebooks"] = [_notebook_entry(cfg_path, e) for e in raw["notebooks"]]
-    checkpoints = raw.get("checkpoints") or {}
-    if not isinstance(checkpoints, dict):
-        raise ConfigError(f"{cfg_path}: 'checkpoints' must map model specs to local weight paths")
-    raw["checkpoints"] = {str(spec): _resolve(root, path) for spec, path in checkpoints.items()}
-    _check_index(cfg_path, raw)
     if out_root is not None:
         raw["out_root"] = Path(out_root).resolve()
-        raw["work_dir"] = raw["out_root"] / "work" / raw["name"]
-    return ReportConfig(root=root, path=cfg_path, quick=quick, **raw)
-
-
-def _check_index(cfg_path: Path, raw: dict[str, Any]) -> None:
-    """`index_type` and `index_params` must name a cbmir.search builder and its parameters."""
-    from cbmir.search import check_index_params
-
-    params = raw.get("index_params") or {}
-    if not isinstance(params, dict):
-        raise ConfigError(f"{cfg_path}: 'index_params' must map parameter names to values (got {params!r})")
-    raw["index_params"] = params
+    if raw.get("out_root") is not None and isinstance(raw.get("name"), str):
+        raw["work_dir"] = _resolve(root, raw["out_root"]) / "work" / raw["name"]
     try:
-        check_index_params(str(raw.get("index_type", "flat")), params)
-    except ValueError as err:
-        raise ConfigError(f"{cfg_path}: {err}") from err
+        return ReportConfig.model_validate(
+            {**raw, "root": root, "path": cfg_path, "quick": quick}, context={"root": root}
+        )
+    except ValidationError as err:
+        raise ConfigError(format_errors(shown, err)) from None
 
 
-def _resolve(root: Path, value: str | Path) -> Path:
-    p = Path(value)
-    return p if p.is_absolute() else (root / p).resolve()
+def _read_yaml(cfg_path: Path, shown: str) -> dict[str, Any]:
+    try:
+        text = cfg_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{shown}: not UTF-8 text (byte {err.start}); expected a YAML config") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{shown}: not valid YAML: {' '.join(str(err).split())}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{shown}: expected a mapping of keys at the top level (got {type(raw).__name__})")
+    return raw
 
 
-def _notebook_entry(cfg_path: Path, entry: Any) -> NotebookEntry:
-    if isinstance(entry, str):
-        entry = {"name": entry}
-    if not isinstance(entry, dict) or "name" not in entry:
-        raise ConfigError(f"{cfg_path}: each notebook entry needs a 'name' (got {entry!r})")
-    return NotebookEntry(**entry)
+def _refuse_unknown(shown: str, raw: dict[str, Any], prefix: str = "") -> None:
+    """Unknown keys (and keys only the loader sets), each with the closest known key where one is close."""
+    known = [name for name in ReportConfig.model_fields if name not in _LOADER_KEYS]
+    problems = []
+    for key in raw:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
+        why = "set by the loader, not by a config" if key in _LOADER_KEYS else "unknown key"
+        problems.append(f"{prefix}{key}: {why}{hint}")
+    if problems:
+        raise ConfigError(f"{shown}: " + "; ".join(problems))
+
+
+_MESSAGES = {
+    "missing": "missing key",
+    "extra_forbidden": "unknown key",
+    "dict_type": "must be a mapping",
+    "list_type": "must be a list",
+    "string_type": "must be text",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "bool_type": "must be true or false",
+    "path_type": "must be a path",
+}
+
+
+def format_errors(shown: str, err: ValidationError) -> str:
+    """pydantic's errors as `<file>: <key>: <problem> (got <value>)`, joined with '; '."""
+    parts = []
+    for e in err.errors(include_url=False):
+        key = _key(e["loc"])
+        kind = e["type"]
+        if kind == "string_pattern_mismatch" and key == "name":
+            text = "must be letters, digits, '.', '_' or '-' (it names folders)"
+        elif kind == "greater_than_equal":
+            text = f"must be >= {e['ctx']['ge']}"
+        elif kind == "too_short":
+            text = "must not be empty"
+        elif kind == "value_error":
+            text = str(e["ctx"]["error"]) if "ctx" in e else e["msg"]
+        else:
+            text = _MESSAGES.get(kind, e["msg"][0].lower() + e["msg"][1:])
+        if kind not in ("missing", "extra_forbidden", "value_error") and "input" in e:
+            text += f" (got {e['input']!r})"
+        parts.append(f"{key}: {text}" if key else text)
+    return f"{shown}: " + "; ".join(parts)
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    """('notebooks', 2, 'name') -> 'notebooks[2].name'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _shown(path: Path) -> str:
+    """The config's path as a user would type it: relative to the working directory where possible."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def slug(text: str) -> str:

@@ -1,8 +1,17 @@
 """Dataset manifests: read, validate and concatenate tables in the paper's schema.
 
-A manifest is a CSV with the columns `filepath, dataset, split, modality, anatomic_region`, then one
+A manifest is a UTF-8 CSV with the columns `filepath, dataset, split, modality, anatomic_region`, then one
 one-hot column per label. **Label columns are the columns whose name contains "/"** (`XR/chest/Pneumonia`);
 any other extra column (`patient_id`, `frame`, ...) is metadata and is kept as is.
+
+**The label path defines the label levels**: modality = its first component, region = its first two. The
+`modality` and `anatomic_region` columns must equal the label's first and second components, compared exactly
+(case included); a row that disagrees is rejected naming both values. Our preparers, RadMini and the authors'
+preparation scripts all write them that way (`XR`/`chest` for `XR/chest/...`, RadImageNet's folder names).
+
+A file that is not a UTF-8 CSV (a spreadsheet saved as .xlsx or UTF-16, latin-1 text, binary data) is
+rejected with a `ManifestError` naming the file and what was found; a UTF-8 byte-order mark (Excel's "CSV
+UTF-8") is accepted.
 
 The authors' published split CSVs (Zenodo 11196400, written by their `prepare_*.py` scripts with
 `to_csv(index=False)`) are accepted unchanged: their label values are written as `0.0` / `1.0` (floats after a
@@ -17,7 +26,7 @@ from __future__ import annotations
 import bisect
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +41,7 @@ LEVELS = ("modality", "region", "label")
 _ABSOLUTE = re.compile(r"^(?:[/\\]|[A-Za-z]:)")
 _ESCAPES = re.compile(r"(?:^|[/\\])\.\.(?:[/\\]|$)")
 _INDEX_COLUMN = re.compile(r"^(Unnamed: 0|index)?$")
+ENCODING = "utf-8-sig"  # UTF-8, with or without a byte-order mark
 
 
 class ManifestError(CbmirError, ValueError):
@@ -96,7 +106,8 @@ def validate_manifest(
         )
 
     counts = np.zeros(len(df), dtype=np.int64)
-    for col in labels:
+    label_of_row = np.zeros(len(df), dtype=np.int64)  # position in `labels` of each row's (last) 1
+    for j, col in enumerate(labels):
         values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
         bad = ~np.isin(values, (0.0, 1.0))
         if bad.any():
@@ -105,6 +116,7 @@ def validate_manifest(
                 f"{where(pos)}: label column {col!r} has {_show(df[col].iloc[pos])}; label values must be 0 or 1"
             )
         counts += values.astype(np.int64)
+        label_of_row[values == 1.0] = j
     bad = counts != 1
     if bad.any():
         pos = np.flatnonzero(bad)[0]
@@ -115,6 +127,8 @@ def validate_manifest(
             f"{where(pos)}: {counts[pos]} label columns are 1 ({ones}); every row needs exactly one label"
         )
 
+    _check_levels_agree(df, labels, label_of_row, where)
+
     dup = fp.duplicated(keep=False).to_numpy()
     if dup.any():
         first = np.flatnonzero(dup)[0]
@@ -122,6 +136,24 @@ def validate_manifest(
         raise ManifestError(
             f"{where(same[1])}: column 'filepath' duplicates {where(same[0])}; filepaths must be unique"
         )
+
+
+def _check_levels_agree(
+    df: pd.DataFrame, labels: list[str], label_of_row: np.ndarray, where: Callable[[int], str]
+) -> None:
+    """`modality` and `anatomic_region` must equal the first and second components of the row's label."""
+    parts = [name.split("/") for name in labels]
+    for col, component, level in (("modality", 0, "modality"), ("anatomic_region", 1, "region")):
+        expected = np.array([p[component] for p in parts], dtype=object)[label_of_row]
+        given = df[col].astype(str).to_numpy(dtype=object)
+        bad = given != expected
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise ManifestError(
+                f"{where(pos)}: column {col!r} is {given[pos]!r} but the row's label "
+                f"{labels[label_of_row[pos]]!r} has {level} {expected[pos]!r}; the label path defines the "
+                f"{level} (component {component + 1} of the label name)"
+            )
 
 
 def _show(value: object) -> str:
@@ -148,22 +180,81 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+# What a manifest file that is not a CSV text file usually turns out to be, by its first bytes.
+_SIGNATURES = (
+    (b"PK\x03\x04", "a ZIP archive (an .xlsx or .ods spreadsheet?)"),
+    (b"\xd0\xcf\x11\xe0", "an OLE2 file (an .xls spreadsheet?)"),
+    (b"\xff\xfe\x00\x00", "UTF-32 text"),
+    (b"\x00\x00\xfe\xff", "UTF-32 text"),
+    (b"\xff\xfe", "UTF-16 text"),
+    (b"\xfe\xff", "UTF-16 text"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"%PDF", "a PDF document"),
+)
+EXPECTED = "expected a CSV text file in UTF-8 (from a spreadsheet: save as 'CSV UTF-8')"
+_SNIFF_BYTES = 1 << 16
+
+
+def _check_is_text(path: Path) -> None:
+    """Refuse binary files and other encodings by their first bytes, naming what was found."""
+    with open(path, "rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    for signature, what in _SIGNATURES:
+        if head.startswith(signature):
+            raise ManifestError(f"{path}: {what}, not a CSV text file; {EXPECTED}")
+    if b"\x00" in head:
+        line = head[: head.index(b"\x00")].count(b"\n") + 1
+        raise ManifestError(
+            f"{path}: NUL byte on line {line} (binary data, or UTF-16 text without a byte-order mark); {EXPECTED}"
+        )
+
+
+def _not_utf8(path: Path) -> ManifestError:
+    """A ManifestError naming the first line that is not UTF-8 and its offending byte."""
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                byte = line[err.start]
+                return ManifestError(
+                    f"{path}: not UTF-8 text (line {number} has byte 0x{byte:02x}, e.g. latin-1 or Windows-1252 "
+                    f"text); {EXPECTED}"
+                )
+    return ManifestError(f"{path}: not UTF-8 text; {EXPECTED}")
+
+
 def _read_one(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest file not found")
+    _check_is_text(path)
     try:
-        header = pd.read_csv(path, nrows=0).columns
+        header = pd.read_csv(path, nrows=0, encoding=ENCODING).columns
+        dtypes = {c: str for c in BASE_COLUMNS if c in header}
+        dtypes.update({c: np.float32 for c in header if "/" in c})
+        try:
+            df = pd.read_csv(path, dtype=dtypes, low_memory=False, encoding=ENCODING)
+        except ValueError as err:  # a label cell that is not a number: read as text so validation can name it
+            if isinstance(err, UnicodeDecodeError):
+                raise
+            text = {c: str for c in BASE_COLUMNS if c in header}
+            df = pd.read_csv(path, dtype=text, low_memory=False, encoding=ENCODING)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
-        raise ManifestError(f"{path}: cannot read as CSV ({err})") from err
-    dtypes = {c: str for c in BASE_COLUMNS if c in header}
-    dtypes.update({c: np.float32 for c in header if "/" in c})
-    try:
-        df = pd.read_csv(path, dtype=dtypes, low_memory=False)
-    except ValueError:  # a label cell that is not a number: read as text so validation can name it
-        df = pd.read_csv(path, dtype={c: str for c in BASE_COLUMNS if c in header}, low_memory=False)
+        raise ManifestError(
+            f"{path}: cannot read as CSV ({' '.join(str(err).split())}); {EXPECTED}"
+        ) from None
     if len(df.columns) and _INDEX_COLUMN.match(str(df.columns[0])) and df.columns[0] not in BASE_COLUMNS:
         df = df.drop(columns=df.columns[0])
+    if len(df.columns) == 1 and not set(BASE_COLUMNS) & set(df.columns):
+        only = str(df.columns[0])
+        sep = next((s for s in (";", "\t", "|") if s in only), None)
+        found = f"columns separated by {sep!r}" if sep else f"one column {only[:60]!r}"
+        raise ManifestError(
+            f"{path}: found {found}; expected comma-separated columns {', '.join(BASE_COLUMNS)}, <labels>"
+        )
     return df
 
 

@@ -5,12 +5,21 @@ executed notebooks to `reports/<config>/`, an HTML copy without code cells besid
 the status and time of every job. A failing notebook is recorded and the run goes on; the exit status is
 non-zero if any job failed. Finished pipeline stages (embedding stores, neighbour tables) are reused by the
 notebooks unless `--redo` is given.
+
+Interruption: each notebook is executed into `reports/<config>/.partial/` and moved into place only when it is
+complete; `run.json` is rewritten atomically before and after each job, and a job counts as done only once
+its entry says `ok`. While a run is going on, `work/<config>/report-in-progress.json` exists; a run started
+while it is still there (the last one was killed) resumes: jobs recorded `ok` with the same parameters whose
+outputs exist are reused, the others run (`--redo` runs everything). Output folders that cannot be written are
+reported before any notebook runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -18,6 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from cbmir.config import ReportConfig, load_config, slug
+from cbmir.errors import CbmirError
+
+RUN_LOG = "run.json"
+IN_PROGRESS = "report-in-progress.json"  # under the config's work_dir while a run is going on
+PARTIAL_DIR = ".partial"  # under reports/<config>/: notebooks being executed
+
+
+class OutputFolderError(CbmirError):
+    """An output folder of a report run cannot be created or written; nothing was run."""
 
 
 @dataclass
@@ -29,6 +47,12 @@ class Job:
 
 def plan_jobs(cfg: ReportConfig, only: list[str] | None = None, redo: bool = False) -> list[Job]:
     """Expand the config's notebooks x models into jobs, in run order."""
+    unknown = sorted(set(only or ()) - {entry.name for entry in cfg.notebooks})
+    if unknown:
+        raise ValueError(
+            f"parameter 'only': {cfg.path.name} has no notebook(s) {unknown}; "
+            f"it has {[entry.name for entry in cfg.notebooks]}"
+        )
     jobs: list[Job] = []
     common: dict[str, Any] = {"config": _portable(cfg.path, cfg.root), "quick": cfg.quick, "redo": redo}
     if cfg.out_root is not None:
@@ -64,14 +88,26 @@ def run_report(
 
     cfg = load_config(config, quick=quick, out_root=out_root, models=models)
     jobs = plan_jobs(cfg, only=only, redo=redo)
-    cfg.reports_dir.mkdir(parents=True, exist_ok=True)
-    log_path = cfg.reports_dir / "run.json"
-    log: dict[str, Any] = json.loads(log_path.read_text()) if log_path.exists() and only else {}
+    for folder, what in ((cfg.reports_dir, "reports"), (cfg.figures_dir, "figures"), (cfg.work_dir, "work")):
+        check_writable(folder, what)
+    log_path = cfg.reports_dir / RUN_LOG
+    marker = cfg.work_dir / IN_PROGRESS
+    resuming = marker.exists() and not redo
+    log = read_log(log_path) if (only or resuming) else {}
+    reuse = {j.output_name for j in jobs if resuming and is_finished(j, log.get(j.output_name), cfg, html)}
+    write_json_atomic(marker, {"config": str(cfg.path), "started": time.time(), "pid": os.getpid()})
+    write_json_atomic(log_path, log)
+    if reuse:
+        print(f"report {cfg.name}: resuming an interrupted run; {len(reuse)} finished notebook(s) reused")
     failed = []
     bar = tqdm(jobs, desc=f"report {cfg.name}", unit="notebook", disable=False)
     for job in bar:
+        if job.output_name in reuse:
+            continue
         bar.set_postfix_str(job.output_name)
         start = time.perf_counter()
+        log[job.output_name] = _entry(job, "running", None, 0.0)  # not done until it says ok
+        write_json_atomic(log_path, log)
         status, error = "ok", None
         try:
             out_nb = execute(job, cfg)
@@ -81,14 +117,11 @@ def run_report(
             status, error = "failed", _short_error(err)
             failed.append(job.output_name)
             bar.write(f"FAILED {job.output_name}: {error.splitlines()[-1] if error else err}")
-        log[job.output_name] = {
-            "notebook": job.notebook.name,
-            "parameters": job.parameters,
-            "status": status,
-            "seconds": round(time.perf_counter() - start, 1),
-            "error": error,
-        }
-        log_path.write_text(json.dumps(log, indent=2, sort_keys=True) + "\n")
+        log[job.output_name] = _entry(job, status, error, time.perf_counter() - start)
+        write_json_atomic(log_path, log)
+    marker.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (cfg.reports_dir / PARTIAL_DIR).rmdir()  # only when empty
     total = sum(v["seconds"] for k, v in log.items() if any(j.output_name == k for j in jobs))
     print(f"report {cfg.name}: {len(jobs) - len(failed)}/{len(jobs)} notebooks ok in {total:.0f} s")
     print(
@@ -99,11 +132,75 @@ def run_report(
     return 1 if failed else 0
 
 
+def _entry(job: Job, status: str, error: str | None, seconds: float) -> dict[str, Any]:
+    return {
+        "notebook": job.notebook.name,
+        "parameters": job.parameters,
+        "status": status,
+        "seconds": round(seconds, 1),
+        "error": error,
+    }
+
+
+def is_finished(job: Job, entry: dict[str, Any] | None, cfg: ReportConfig, html: bool) -> bool:
+    """A job of an interrupted run that need not run again: recorded ok, same parameters, outputs present."""
+    if not entry or entry.get("status") != "ok" or entry.get("parameters") != job.parameters:
+        return False
+    out = cfg.reports_dir / f"{job.output_name}.ipynb"
+    return out.is_file() and (not html or out.with_suffix(".html").is_file())
+
+
+def read_log(path: Path) -> dict[str, Any]:
+    """The jobs recorded in `run.json` ({} when there is none or it is not a readable JSON mapping)."""
+    try:
+        log = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return log if isinstance(log, dict) else {}
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Create `folder` if needed and write a scratch file in it; raise `OutputFolderError` if either fails."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".cbmir-write-check-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise OutputFolderError(
+            f"{folder}: the {what} folder cannot be written ({reason}); nothing was run"
+        ) from None
+
+
 def execute(job: Job, cfg: ReportConfig) -> Path:
-    """Execute one notebook with papermill in the project root; return the executed notebook's path."""
+    """Execute one notebook with papermill in the project root; return the executed notebook's path.
+
+    The notebook is executed into `reports/<config>/.partial/` and moved into place when papermill returns,
+    so an interrupted run never leaves a half-executed notebook under the final name. A notebook that raised
+    is moved into place too (it shows the error), and the error is raised again.
+    """
     import papermill as pm
 
     out = cfg.reports_dir / f"{job.output_name}.ipynb"
+    partial = cfg.reports_dir / PARTIAL_DIR / out.name
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.unlink(missing_ok=True)
     # The kernel inherits this environment: no GUI backend, and no progress bars in the rendered reports
     # (the runner shows its own). Restored afterwards.
     kernel_env = {"MPLBACKEND": "Agg", "TQDM_DISABLE": "1"}
@@ -112,28 +209,39 @@ def execute(job: Job, cfg: ReportConfig) -> Path:
     try:
         pm.execute_notebook(
             str(job.notebook),
-            str(out),
+            str(partial),
             parameters=job.parameters,
             cwd=str(cfg.root),
             kernel_name="python3",
             progress_bar=False,
         )
+    except Exception:
+        if partial.is_file():
+            _make_metadata_portable(partial, cfg.root, out)
+            os.replace(partial, out)
+        raise
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    _make_metadata_portable(out, cfg.root)
+    _make_metadata_portable(partial, cfg.root, out)
+    os.replace(partial, out)
     return out
 
 
-def _make_metadata_portable(notebook: Path, root: Path) -> None:
-    """Record papermill's input and output paths relative to the project root, not this machine's paths."""
+def _make_metadata_portable(notebook: Path, root: Path, output: Path | None = None) -> None:
+    """Record papermill's input and output paths relative to the project root, not this machine's paths.
+
+    `output` is where the notebook will end up (it is executed under a temporary name).
+    """
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
     meta = nb.metadata.get("papermill", {})
+    if output is not None and meta.get("output_path"):
+        meta["output_path"] = str(output)
     for key in ("input_path", "output_path"):
         if meta.get(key):
             meta[key] = _portable(Path(meta[key]), root)
@@ -141,14 +249,16 @@ def _make_metadata_portable(notebook: Path, root: Path) -> None:
 
 
 def render_html(notebook: Path) -> Path:
-    """Write `<notebook>.html` beside it, without code cells (for readers)."""
+    """Write `<notebook>.html` beside it, without code cells (for readers); written whole or not at all."""
     import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     out = notebook.with_suffix(".html")
-    out.write_text(body)
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_text(body, encoding="utf-8")
+    os.replace(partial, out)
     return out
 
 
@@ -163,27 +273,3 @@ def _portable(path: Path, base: Path) -> str:
 def _short_error(err: BaseException) -> str:
     text = "".join(traceback.format_exception_only(type(err), err)).strip()
     return text[-4000:]
-
-
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("report", help="run the report's notebooks for a config (papermill)")
-    p.add_argument("--config", default="configs/radmini.yaml", help="YAML config (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="small subset and baseline models (smoke test)")
-    p.add_argument("--redo", action="store_true", help="recompute finished stages (embeddings, neighbours)")
-    p.add_argument(
-        "--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks, e.g. 03_retrieval"
-    )
-    p.add_argument("--models", nargs="+", metavar="SPEC", help="override the config's models")
-    p.add_argument("--out-root", help="write work/, reports/ and figures/ under this folder instead")
-    p.add_argument("--no-html", action="store_true", help="skip the HTML copies")
-    p.set_defaults(
-        func=lambda a: run_report(
-            a.config,
-            quick=a.quick,
-            redo=a.redo,
-            only=a.only,
-            models=a.models,
-            out_root=a.out_root,
-            html=not a.no_html,
-        )
-    )

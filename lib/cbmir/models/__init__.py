@@ -6,7 +6,6 @@ Nothing here downloads weights: a missing model raises `ModelUnavailableError` s
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from pathlib import Path
 from typing import Any
@@ -106,30 +105,3 @@ def list_models():
             }
         )
     return pd.DataFrame(rows)
-
-
-def _cmd_models(args: argparse.Namespace) -> int:
-    import json
-
-    if args.load:
-        enc = load_encoder(args.load, checkpoint=args.checkpoint)
-        print(json.dumps(enc.provenance, indent=2, default=str))
-        return 0
-    table = list_models()
-    cols = (
-        ["name", "family", "dim", "behaviour", "weights_local", "where"]
-        if not args.wide
-        else list(table.columns)
-    )
-    with __import__("pandas").option_context("display.max_colwidth", 90, "display.width", 250):
-        print(table[cols].to_string(index=False))
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """`cbmir models`: list the presets; `cbmir models --load SPEC [--checkpoint PATH]` loads one."""
-    p = subparsers.add_parser("models", help="list model presets and whether their weights are here")
-    p.add_argument("--wide", action="store_true", help="show every column (source, embedding rule)")
-    p.add_argument("--load", metavar="SPEC", help="load this model and print its provenance")
-    p.add_argument("--checkpoint", metavar="PATH", help="local checkpoint file or folder for --load")
-    p.set_defaults(func=_cmd_models)

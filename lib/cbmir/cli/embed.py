@@ -1,0 +1,74 @@
+"""`cbmir embed`: embed a manifest's images into a resumable embedding store (cbmir.extract)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `cbmir embed`."""
+    p = subparsers.add_parser("embed", help="embed manifest images into a resumable embedding store")
+    p.add_argument(
+        "--model", required=True, help="model spec (preset, timm:NAME, open_clip:ARCH@TAG, hf:REPO)"
+    )
+    p.add_argument("--manifest", required=True, nargs="+", help="manifest CSV file(s)")
+    p.add_argument("--data-root", required=True, help="folder the manifest filepaths are relative to")
+    p.add_argument("--out", required=True, help="store folder (work/<config>/embeddings/<model-slug>)")
+    p.add_argument("--checkpoint", default=None, help="local weights file for the model")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--chunk-size", type=int, default=1024, help="rows per resumable chunk")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 (autocast on GPU, bf16 weights on CPU)")
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
+    p.add_argument("--redo", action="store_true", help="discard an existing store or partial run")
+    p.add_argument("--splits", default=None, help="comma-separated splits to embed, e.g. train,test")
+    p.add_argument(
+        "--wait", action="store_true", help="wait for another run writing the same store instead of exiting"
+    )
+    p.set_defaults(func=cmd_embed)
+
+
+def select_splits(manifest: Any, splits: str | None) -> Any:
+    """The manifest rows of the comma-separated `splits` (all rows when None)."""
+    from cbmir.cli import OptionError
+    from cbmir.manifest import SPLITS
+
+    if not splits:
+        return manifest
+    wanted = [s.strip() for s in splits.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(SPLITS))
+    if unknown or not wanted:
+        raise OptionError(f"--splits {splits!r}: unknown split(s) {unknown}; allowed {list(SPLITS)}")
+    selected = manifest[manifest["split"].isin(wanted)].reset_index(drop=True)
+    if selected.empty:
+        raise OptionError(f"--splits {splits!r}: the manifest has no rows in these splits")
+    return selected
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from cbmir.extract import extract_embeddings
+    from cbmir.manifest import read_manifest
+    from cbmir.store import FAILED_FILE
+
+    manifest = read_manifest(args.manifest if len(args.manifest) > 1 else args.manifest[0])
+    manifest = select_splits(manifest, args.splits)
+    store = extract_embeddings(
+        manifest,
+        args.data_root,
+        args.model,
+        args.out,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        bf16=args.bf16,
+        device=args.device,
+        chunk_size=args.chunk_size,
+        redo=args.redo,
+        checkpoint=args.checkpoint,
+        wait=args.wait,
+    )
+    print(f"{store.path}: {len(store)} rows x {store.dim} dims, {len(store.failed)} failed")
+    if len(store.failed):
+        print(f"unreadable images are listed in {store.path / FAILED_FILE}", file=sys.stderr)
+    return 0

@@ -1,9 +1,9 @@
-"""The report runner: executes every notebook of a config with papermill and renders HTML copies.
+"""The report runner: executes every notebook of a config with papermill, then builds the report's website.
 
 `cbmir report --config configs/radmini.yaml` runs each notebook (once per model where `per_model`), writes
-executed notebooks to `reports/<config>/`, an HTML copy without code cells beside each, and a `run.json` with
-the status and time of every job. A failing notebook is recorded and the run goes on; the exit status is
-non-zero if any job failed. Finished pipeline stages (embedding stores, neighbour tables) are reused by the
+executed notebooks to `reports/<config>/` and a `run.json` with the status and time of every job, then builds
+the website `reports/<config>/site/` (`cbmir.site`). A failing notebook is recorded and the run goes on; the
+exit status is non-zero if any job failed. Finished pipeline stages (embedding stores, neighbour tables) are reused by the
 notebooks unless `--redo` is given.
 """
 
@@ -74,9 +74,7 @@ def run_report(
         start = time.perf_counter()
         status, error = "ok", None
         try:
-            out_nb = execute(job, cfg)
-            if html:
-                render_html(out_nb)
+            execute(job, cfg)
         except Exception as err:  # one failing notebook must not stop the others
             status, error = "failed", _short_error(err)
             failed.append(job.output_name)
@@ -96,7 +94,14 @@ def run_report(
     )
     if failed:
         print(f"  failed: {', '.join(failed)} (details in {_portable(log_path, Path.cwd())})")
-    return 1 if failed else 0
+    # --- site (issue 19): the report website replaces the per-notebook HTML copies (cbmir.site) ---
+    site_status = 0
+    if html:
+        from cbmir.site import build_after_run
+
+        site_status = build_after_run(cfg)
+    # --- end site ---
+    return 1 if failed or site_status else 0
 
 
 def execute(job: Job, cfg: ReportConfig) -> Path:
@@ -140,18 +145,6 @@ def _make_metadata_portable(notebook: Path, root: Path) -> None:
     nbformat.write(nb, notebook)
 
 
-def render_html(notebook: Path) -> Path:
-    """Write `<notebook>.html` beside it, without code cells (for readers)."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    out = notebook.with_suffix(".html")
-    out.write_text(body)
-    return out
-
-
 def _portable(path: Path, base: Path) -> str:
     """A path relative to `base` where possible, so logs and notebooks carry no machine-specific prefix."""
     try:
@@ -175,7 +168,9 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument("--models", nargs="+", metavar="SPEC", help="override the config's models")
     p.add_argument("--out-root", help="write work/, reports/ and figures/ under this folder instead")
-    p.add_argument("--no-html", action="store_true", help="skip the HTML copies")
+    p.add_argument(
+        "--no-html", action="store_true", help="skip building the website (reports/<config>/site/)"
+    )
     p.set_defaults(
         func=lambda a: run_report(
             a.config,

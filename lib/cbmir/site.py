@@ -132,7 +132,10 @@ def build_after_run(cfg: Any, check: bool = True) -> int:
         return 1
     _print_build(build, cfg.root)
     if check:
-        _check_and_print(build, cfg.root)
+        try:
+            _check_and_print(build, cfg.root)
+        except Exception as err:  # a browser that misbehaves must not hide the finished run's outputs
+            print(f"  site: browser check failed to run: {type(err).__name__}: {err}")
     return 0
 
 
@@ -304,16 +307,16 @@ class _Builder:
 
         nb = nbformat.read(page.notebook, as_version=4)
         nb = self.reference_figures(nb, page)
+        cut = 0
         for cell in nb.cells:
             for out in cell.get("outputs", []):
                 text = out.get("data", {}).get("text/html", "")
-                if isinstance(text, list):
-                    text = "".join(text)
-                if _PANDAS_TRUNCATED.search(text or ""):
-                    self.warnings.append(
-                        f"{page.notebook.name}: a table is cut by pandas' display limits "
-                        "(display it with cbmir.tables.show)"
-                    )
+                cut += bool(_PANDAS_TRUNCATED.search("".join(text) if isinstance(text, list) else text))
+        if cut:
+            self.warnings.append(
+                f"{page.notebook.name}: {cut} table(s) cut by pandas' display limits "
+                "(display them with cbmir.tables.show)"
+            )
         body, _ = self.exporter.from_notebook_node(nb)
         return body
 

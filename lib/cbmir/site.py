@@ -39,6 +39,7 @@ TEMPLATES = Path(__file__).with_name("site_templates")
 HEADLINE_FIGURE = "08_summary-curves"
 FINDINGS = "findings.md"
 SCREENSHOT = "screenshot.png"
+RESERVED_PAGES = ("index.html", "data.html")
 PARAMETER_TAGS = ("parameters", "injected-parameters")
 # pandas' own truncation marks in a rendered DataFrame: the "…" row/column and the "N rows × M columns" footer
 _PANDAS_TRUNCATED = re.compile(r"<p>\d+ rows × \d+ columns</p>|<t[dh][^>]*>[^<]*\.\.\.</t[dh]>")
@@ -107,6 +108,11 @@ def build_site(config: Any, out_root: str | Path | None = None, quick: bool = Fa
     """
     cfg = _config(config, out_root=out_root, quick=quick)
     sections = plan_sections(cfg)
+    clash = [p.output_name for s in sections for p in s.pages if p.filename in RESERVED_PAGES]
+    if clash:
+        raise SiteError(
+            f"{cfg.path}: notebook(s) {clash} would overwrite the site's own pages {RESERVED_PAGES}"
+        )
     if not any(p.rendered for s in sections for p in s.pages):
         raise SiteError(f"{cfg.path}: no executed notebook under {cfg.reports_dir}; run `cbmir report` first")
     site_dir = cfg.reports_dir / SITE_DIR

@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-data radmini report test test-fast lint bench lab clean
+.PHONY: help venv system-data browser radmini report test test-fast lint bench lab clean
 
 help:
 	@echo "make report   set up, build RadMini, run the whole report (reports/, figures/)"
@@ -40,17 +40,25 @@ system-data:
 	  if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi; \
 	else echo "system-data: apt-get not usable here; RadMini will skip the Debian extras"; fi
 
+# Headless Chromium for the report website's check (cbmir.site_check) and its screenshot. Best effort, as
+# above: without it the runner builds the site unchecked and the browser tests skip, saying why.
+browser:
+	-@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	else echo "browser: apt-get not usable here; the site is built but not checked in Chromium"; fi
+
 radmini: venv system-data
 	$(VENV)/bin/cbmir radmini build --out data/radmini --manifest data_splits/radmini.csv
 
-report: radmini
+report: radmini browser
 	$(VENV)/bin/cbmir report --config $(CONFIG)
 
 lint: venv
 	$(VENV)/bin/ruff check lib tests benchmarks
 	$(VENV)/bin/ruff format --check lib tests benchmarks
 
-test: lint
+test: lint browser
 	$(VENV)/bin/pytest -q
 
 # The development lane: everything but the tests marked @pytest.mark.slow (end-to-end runs, RadMini builds).

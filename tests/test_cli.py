@@ -18,7 +18,7 @@ from cbmir.manifest import ManifestError
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_DIR = ROOT / "lib" / "cbmir" / "cli"
-COMMANDS = {"prepare", "combine", "summary", "radmini", "models", "embed", "search", "report"}
+COMMANDS = {"prepare", "combine", "summary", "radmini", "models", "embed", "search", "report", "site"}
 
 
 def test_every_command_group_registers_its_subcommands():

@@ -54,7 +54,7 @@ def test_every_notebook_ran_without_error(quick_run):
             if o.get("output_type") == "stream" and "%|" in o["text"]
         ]
         assert not bars, f"{name}: progress bar text in the rendered notebook: {bars[0][:60]!r}"
-        assert (root / "out" / "reports" / "radmini" / f"{name}.html").stat().st_size > 0
+        assert (root / "out" / "reports" / "radmini" / "site" / f"{name}.html").stat().st_size > 0
 
 
 def test_figures_and_tables_were_written(quick_run):

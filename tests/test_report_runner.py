@@ -1,4 +1,4 @@
-"""The report runner and config loader: job naming, error recording, HTML without code, config errors."""
+"""The report runner and config loader: job naming, error recording, the website, config errors."""
 
 from __future__ import annotations
 
@@ -70,8 +70,9 @@ def test_a_failing_notebook_is_recorded_and_the_others_still_run(tmp_path, monke
     assert (tmp_path / "ran-ok1").read_text() == "None"  # ran in the project root with its parameters
     meta = nbformat.read(tmp_path / "reports" / "tiny" / "ok2.ipynb", as_version=4).metadata["papermill"]
     assert (meta["input_path"], meta["output_path"]) == ("nbs/ok2.ipynb", "reports/tiny/ok2.ipynb")
-    html = (tmp_path / "reports" / "tiny" / "ok2.html").read_text()
-    assert "visible output" in html and "print(" not in html  # output kept, code cells left out
+    page = (tmp_path / "reports" / "tiny" / "site" / "ok2.html").read_text()  # the website, not loose copies
+    assert "visible output" in page and '<details class="cbmir-code">' in page  # output shown, code folded
+    assert not (tmp_path / "reports" / "tiny" / "ok2.html").exists()
 
 
 def test_config_errors_name_the_file_and_key(tmp_path):

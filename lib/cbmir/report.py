@@ -1,9 +1,9 @@
-"""The report runner: executes every notebook of a config with papermill and renders HTML copies.
+"""The report runner: executes every notebook of a config with papermill, then builds the report's website.
 
 `cbmir report --config configs/radmini.yaml` runs each notebook (once per model where `per_model`), writes
-executed notebooks to `reports/<config>/`, an HTML copy without code cells beside each, and a `run.json` with
-the status and time of every job. A failing notebook is recorded and the run goes on; the exit status is
-non-zero if any job failed. Finished pipeline stages (embedding stores, neighbour tables) are reused by the
+executed notebooks to `reports/<config>/` and a `run.json` with the status and time of every job, then builds
+the website `reports/<config>/site/` (`cbmir.site`). A failing notebook is recorded and the run goes on; the
+exit status is non-zero if any job failed. Finished pipeline stages (embedding stores, neighbour tables) are reused by the
 notebooks unless `--redo` is given.
 
 Interruption: each notebook is executed into `reports/<config>/.partial/` and moved into place only when it is
@@ -94,7 +94,7 @@ def run_report(
     marker = cfg.work_dir / IN_PROGRESS
     resuming = marker.exists() and not redo
     log = read_log(log_path) if (only or resuming) else {}
-    reuse = {j.output_name for j in jobs if resuming and is_finished(j, log.get(j.output_name), cfg, html)}
+    reuse = {j.output_name for j in jobs if resuming and is_finished(j, log.get(j.output_name), cfg)}
     write_json_atomic(marker, {"config": str(cfg.path), "started": time.time(), "pid": os.getpid()})
     write_json_atomic(log_path, log)
     if reuse:
@@ -110,9 +110,7 @@ def run_report(
         write_json_atomic(log_path, log)
         status, error = "ok", None
         try:
-            out_nb = execute(job, cfg)
-            if html:
-                render_html(out_nb)
+            execute(job, cfg)
         except Exception as err:  # one failing notebook must not stop the others
             status, error = "failed", _short_error(err)
             failed.append(job.output_name)
@@ -129,7 +127,14 @@ def run_report(
     )
     if failed:
         print(f"  failed: {', '.join(failed)} (details in {_portable(log_path, Path.cwd())})")
-    return 1 if failed else 0
+    # --- site (issue 19): the report website replaces the per-notebook HTML copies (cbmir.site) ---
+    site_status = 0
+    if html:
+        from cbmir.site import build_after_run
+
+        site_status = build_after_run(cfg)
+    # --- end site ---
+    return 1 if failed or site_status else 0
 
 
 def _entry(job: Job, status: str, error: str | None, seconds: float) -> dict[str, Any]:
@@ -142,12 +147,11 @@ def _entry(job: Job, status: str, error: str | None, seconds: float) -> dict[str
     }
 
 
-def is_finished(job: Job, entry: dict[str, Any] | None, cfg: ReportConfig, html: bool) -> bool:
+def is_finished(job: Job, entry: dict[str, Any] | None, cfg: ReportConfig) -> bool:
     """A job of an interrupted run that need not run again: recorded ok, same parameters, outputs present."""
     if not entry or entry.get("status") != "ok" or entry.get("parameters") != job.parameters:
         return False
-    out = cfg.reports_dir / f"{job.output_name}.ipynb"
-    return out.is_file() and (not html or out.with_suffix(".html").is_file())
+    return (cfg.reports_dir / f"{job.output_name}.ipynb").is_file()
 
 
 def read_log(path: Path) -> dict[str, Any]:
@@ -246,20 +250,6 @@ def _make_metadata_portable(notebook: Path, root: Path, output: Path | None = No
         if meta.get(key):
             meta[key] = _portable(Path(meta[key]), root)
     nbformat.write(nb, notebook)
-
-
-def render_html(notebook: Path) -> Path:
-    """Write `<notebook>.html` beside it, without code cells (for readers); written whole or not at all."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    out = notebook.with_suffix(".html")
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(body, encoding="utf-8")
-    os.replace(partial, out)
-    return out
 
 
 def _portable(path: Path, base: Path) -> str:

@@ -1,0 +1,267 @@
+"""Tables formatted for reading, in notebooks and on the report's website.
+
+`show(df, caption=...)` returns a `Table` that notebooks display as HTML: every row and column (never
+truncated), no meaningless 0..n-1 index, each estimate and its confidence interval in one cell
+("0.594 [0.550, 0.630]"), numbers rounded for reading, long tables folded into a `<details>` element, and a
+caption that says what the table is. The CSV written by `Context.save_table` stays unrounded; `show` only
+formats what is displayed.
+
+In a notebook:
+
+    from cbmir.tables import show
+    summary = studies.summary_table(...)
+    ctx.save_table(summary, "08_summary")  # the unrounded CSV
+    show(summary, caption="Micro and macro P@N of every model, ranked by micro P@1",
+         ci=[("micro P@1", "micro P@1 lo", "micro P@1 hi")])  # or ci="auto" (the default)
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import numbers
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from cbmir.errors import CbmirError
+
+# Column-name patterns `ci="auto"` recognises beside an estimate column `c`.
+CI_BOUND_SUFFIXES = ((" lo", " hi"), ("_lo", "_hi"), (" low", " high"), ("_low", "_high"))
+CI_TEXT_SUFFIXES = (" CI", "_ci", " ci")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|NaN")
+MISSING = "—"
+
+_STYLE = (
+    "<style>"
+    ".cbmir-table{overflow-x:auto;margin:0.5em 0 1em}"
+    ".cbmir-table table{border-collapse:collapse;font-size:0.9em}"
+    ".cbmir-table caption{caption-side:top;text-align:left;padding:0.3em 0;font-weight:600}"
+    ".cbmir-table caption .note{font-weight:normal;color:#555}"
+    ".cbmir-table th,.cbmir-table td{padding:0.25em 0.6em;border-bottom:1px solid #ddd;"
+    "text-align:left;vertical-align:top}"
+    ".cbmir-table th{border-bottom:2px solid #999}"
+    ".cbmir-table td.num,.cbmir-table th.num{text-align:right;white-space:nowrap;"
+    "font-variant-numeric:tabular-nums}"
+    ".cbmir-table summary{cursor:pointer;font-weight:600;padding:0.3em 0}"
+    "</style>"
+)
+
+
+class TableError(CbmirError, KeyError):
+    """A column named in `ci` is not in the table."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table formatted for reading: `frame` holds the displayed text, `html` the rendered table."""
+
+    frame: pd.DataFrame
+    caption: str
+    html: str
+    numeric: tuple[str, ...] = ()
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        text = self.frame.to_string(index=False) if len(self.frame.columns) else "(no columns)"
+        return f"{self.caption}\n{text}" if self.caption else text
+
+
+def show(
+    df: pd.DataFrame,
+    caption: str = "",
+    ci: str | Sequence[tuple[str, ...]] | None = "auto",
+    digits: int = 3,
+    collapse_after: int | None = 25,
+    ci_label: str = "95 % confidence interval",
+    index: bool | None = None,
+) -> Table:
+    """Format `df` for reading; display the returned `Table` in a notebook (it renders as HTML).
+
+    - `caption`: what the table is (shown above it, and on the fold of a long table).
+    - `ci`: estimates to merge with their interval into one cell: a list of `(estimate, lo, hi)` column triples,
+      or `(estimate, interval)` pairs where `interval` holds "[lo, hi]" text or (lo, hi) pairs; `"auto"` finds
+      columns named `<estimate> lo`/`<estimate> hi` (also `_lo`/`_hi`, `low`/`high`) or `<estimate> CI`;
+      `None` merges nothing. The bound columns are dropped from the display.
+    - `digits`: decimals of floats (non-zero values below 10**-digits are written as 1.2e-05).
+    - `collapse_after`: tables with more rows are folded into a `<details>` element (every row is still in
+      the HTML); `None` never folds.
+    - `index`: show the index as the first column(s); by default only when it is not the plain 0..n-1 range.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"show() expects a pandas DataFrame, got {type(df).__name__}")
+    frame = _with_index(df, index)
+    frame.columns = [_column_name(c) for c in frame.columns]
+    pairs = _ci_columns(frame, ci)
+    shown: dict[str, list[str]] = {}
+    numeric: list[str] = []
+    dropped = {c for spec in pairs for c in spec[1:]}
+    merged = {spec[0]: spec for spec in pairs}
+    for col in frame.columns:
+        if col in dropped and col not in merged:
+            continue
+        if col in merged:
+            shown[col] = _ci_cells(frame, merged[col], digits)
+            numeric.append(col)
+        else:
+            values = frame[col]
+            shown[col] = [format_value(v, digits) for v in values]
+            if _is_numeric(values):
+                numeric.append(col)
+    out = pd.DataFrame(shown, columns=list(shown))
+    note = f"[lo, hi]: {ci_label}." if pairs else ""
+    html_text = _render(out, caption, note, numeric, collapse_after)
+    return Table(frame=out, caption=caption, html=html_text, numeric=tuple(numeric))
+
+
+def format_value(value: object, digits: int = 3) -> str:
+    """One cell for reading: floats rounded to `digits` decimals, integers with thousands separators."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,}"
+    if isinstance(value, numbers.Real):
+        x = float(value)
+        if math.isnan(x):
+            return MISSING
+        if math.isinf(x):
+            return "∞" if x > 0 else "−∞"
+        if x != 0 and abs(x) < 0.5 * 10.0**-digits:
+            return f"{x:.1e}"
+        return f"{x:.{digits}f}"
+    if value is pd.NA or value is pd.NaT:
+        return MISSING
+    return str(value)
+
+
+def format_ci(estimate: object, lo: object, hi: object, digits: int = 3) -> str:
+    """'0.594 [0.550, 0.630]'; a missing interval leaves the estimate alone."""
+    est = format_value(estimate, digits)
+    lo_s, hi_s = format_value(lo, digits), format_value(hi, digits)
+    if lo_s == MISSING and hi_s == MISSING:
+        return est
+    return f"{est} [{lo_s}, {hi_s}]"
+
+
+def _with_index(df: pd.DataFrame, index: bool | None) -> pd.DataFrame:
+    plain = isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1
+    plain = plain and all(name is None for name in df.index.names)
+    keep = (not plain) if index is None else index
+    if not keep:
+        return df.reset_index(drop=True)
+    names = [n if n is not None else "" for n in df.index.names]
+    out = df.copy()
+    out.index = out.index.set_names(names)
+    return out.reset_index()
+
+
+def _column_name(col: object) -> str:
+    if isinstance(col, tuple):
+        return " ".join(str(c) for c in col if str(c) != "")
+    return str(col)
+
+
+def _ci_columns(frame: pd.DataFrame, ci: str | Sequence[tuple[str, ...]] | None) -> list[tuple[str, ...]]:
+    columns = list(frame.columns)
+    if ci is None:
+        return []
+    if isinstance(ci, str):
+        if ci != "auto":
+            raise TableError(f"show(): ci must be 'auto', None or a list of column tuples, got {ci!r}")
+        found = []
+        for col in columns:
+            for lo_suffix, hi_suffix in CI_BOUND_SUFFIXES:
+                if f"{col}{lo_suffix}" in columns and f"{col}{hi_suffix}" in columns:
+                    found.append((col, f"{col}{lo_suffix}", f"{col}{hi_suffix}"))
+                    break
+            else:
+                for suffix in CI_TEXT_SUFFIXES:
+                    if f"{col}{suffix}" in columns:
+                        found.append((col, f"{col}{suffix}"))
+                        break
+        return found
+    specs = []
+    for spec in ci:
+        spec = tuple(spec)
+        if len(spec) not in (2, 3):
+            raise TableError(
+                f"show(): each ci entry is (estimate, lo, hi) or (estimate, interval); got {spec!r}"
+            )
+        missing = [c for c in spec if c not in columns]
+        if missing:
+            raise TableError(f"show(): ci column(s) {missing} not in the table; its columns are {columns}")
+        specs.append(spec)
+    return specs
+
+
+def _ci_cells(frame: pd.DataFrame, spec: tuple[str, ...], digits: int) -> list[str]:
+    est = frame[spec[0]].tolist()
+    if len(spec) == 3:
+        return [
+            format_ci(e, lo, hi, digits)
+            for e, lo, hi in zip(est, frame[spec[1]], frame[spec[2]], strict=True)
+        ]
+    cells = []
+    for e, interval in zip(est, frame[spec[1]], strict=True):
+        bounds = _parse_interval(interval)
+        if bounds is None:
+            text = "" if _missing(interval) else f" {interval}"
+            cells.append(format_value(e, digits) + text)
+        else:
+            cells.append(format_ci(e, *bounds, digits))
+    return cells
+
+
+def _parse_interval(value: object) -> tuple[float, float] | None:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return float(value[0]), float(value[1])
+    if isinstance(value, str):
+        nums = _NUMBER.findall(value)
+        if len(nums) == 2:
+            return float(nums[0]), float(nums[1])
+    return None
+
+
+def _missing(value: object) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+
+
+def _render(
+    out: pd.DataFrame, caption: str, note: str, numeric: list[str], collapse_after: int | None
+) -> str:
+    n_rows = len(out)
+    cls = {c: ' class="num"' if c in numeric else "" for c in out.columns}
+    head = "".join(f"<th{cls[c]}>{html.escape(c)}</th>" for c in out.columns)
+    rows = []
+    for record in out.itertuples(index=False, name=None):
+        cells = "".join(
+            f"<td{cls[c]}>{html.escape(v)}</td>" for c, v in zip(out.columns, record, strict=True)
+        )
+        rows.append(f"<tr>{cells}</tr>")
+    size = f"{n_rows:,} row{'s' if n_rows != 1 else ''}"
+    note_parts = " ".join(p for p in (note, f"{size}.") if p)
+    cap = f"{html.escape(caption)} " if caption else ""
+    table = (
+        f'<table><caption>{cap}<span class="note">{html.escape(note_parts)}</span></caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    if collapse_after is not None and n_rows > collapse_after:
+        summary = f"{html.escape(caption) + ' — ' if caption else ''}{size} (click to show)"
+        table = f"<details><summary>{summary}</summary>{table}</details>"
+    return f'{_STYLE}<div class="cbmir-table" data-rows="{n_rows}" data-columns="{len(out.columns)}">{table}</div>'

@@ -1,0 +1,140 @@
+"""cbmir.tables.show: every row and column, no index column, estimate and CI in one cell, long tables folded.
+
+The rendered HTML is parsed back and compared cell by cell with a slow reference formatter written out here.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import numpy as np
+import pandas as pd
+import pytest
+from bs4 import BeautifulSoup
+from cbmir.tables import TableError, show
+
+
+def parse(html: str) -> tuple[list[str], list[list[str]], BeautifulSoup]:
+    soup = BeautifulSoup(html, "html.parser")
+    table = soup.find("table")
+    header = [th.get_text() for th in table.find("thead").find_all("th")]
+    rows = [[td.get_text() for td in tr.find_all(["td", "th"])] for tr in table.find("tbody").find_all("tr")]
+    return header, rows, soup
+
+
+def reference_number(x: float, digits: int = 3) -> str:
+    """Slow and obvious: NaN is a dash, tiny non-zero values are scientific, the rest has `digits` decimals.
+
+    Decimal(x) is the exact binary value, rounded half-to-even like Python's float formatting.
+    """
+    if math.isnan(x):
+        return "—"
+    exact = Decimal(x)
+    if x != 0 and abs(exact) < Decimal(5) / Decimal(10) ** (digits + 1):
+        exponent = exact.adjusted()  # floor(log10(|x|))
+        mantissa = (exact / Decimal(10) ** exponent).quantize(Decimal("0.1"), rounding=ROUND_HALF_EVEN)
+        if abs(mantissa) >= 10:
+            exponent, mantissa = exponent + 1, (mantissa / 10).quantize(Decimal("0.1"))
+        return f"{mantissa}e{exponent:+03d}"
+    return str(exact.quantize(Decimal(1) / Decimal(10) ** digits, rounding=ROUND_HALF_EVEN))
+
+
+def test_every_row_and_column_with_ci_in_one_cell_and_no_index():
+    rng = np.random.default_rng(0)
+    n = 161  # the paper's number of classes
+    est = rng.random(n)
+    lo, hi = est - rng.random(n) * 0.1, est + rng.random(n) * 0.1
+    df = pd.DataFrame(
+        {
+            "class": [
+                f"CT/region{i % 7}/finding {i} with a rather long name that pandas would cut"
+                for i in range(n)
+            ],
+            "p@1": est,
+            "p@1 lo": lo,
+            "p@1 hi": hi,
+            "n queries": rng.integers(1, 50_000, n),
+        }
+    )
+    df.loc[3, "p@1"] = np.nan
+    table = show(df, caption="Per-class precision", collapse_after=25)
+    header, rows, soup = parse(table.html)
+    assert header == ["class", "p@1", "n queries"]  # bounds merged away, no index column
+    assert len(rows) == n
+    for i, row in enumerate(rows):
+        expected_est = reference_number(df.loc[i, "p@1"])
+        assert row == [
+            df.loc[i, "class"],
+            f"{expected_est} [{reference_number(lo[i])}, {reference_number(hi[i])}]",
+            f"{int(df.loc[i, 'n queries']):,}",
+        ], i
+    assert soup.find("details") is not None and soup.find("summary").get_text().startswith(
+        "Per-class precision"
+    )
+    assert "161 rows" in soup.find("caption").get_text()
+    assert "..." not in table.html and "rows ×" not in table.html
+    # the frame behind the HTML holds the same text
+    assert table.frame.shape == (n, 3)
+
+
+def test_reference_formatter_agrees_with_the_library_on_random_values():
+    from cbmir.tables import format_value
+
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.normal(0, 1, 500), rng.normal(0, 1e-4, 200), [0.0, np.nan, 0.0005, -0.0004]])
+    for x in values:
+        assert format_value(float(x)) == reference_number(float(x)), x
+
+
+def test_wide_table_keeps_every_column_and_short_table_is_not_folded():
+    df = pd.DataFrame(np.arange(3 * 40).reshape(3, 40) / 7, columns=[f"column {i}" for i in range(40)])
+    header, rows, soup = parse(show(df, caption="Wide").html)
+    assert header == list(df.columns)
+    assert len(rows) == 3 and all(len(r) == 40 for r in rows)
+    assert soup.find("details") is None
+    assert rows[1][39] == f"{df.iloc[1, 39]:.3f}"
+
+
+def test_meaningful_index_becomes_the_first_column_and_range_index_is_dropped():
+    df = pd.DataFrame({"model": ["a", "b"], "P@1": [0.5, 0.25]})
+    assert parse(show(df).html)[0] == ["model", "P@1"]
+    assert parse(show(df.set_index("model")).html)[0] == ["model", "P@1"]
+    shuffled = df.iloc[
+        [1, 0]
+    ]  # not a 0..n-1 index, but unnamed and meaningless after a sort: kept on request
+    assert parse(show(shuffled, index=False).html)[1] == [["b", "0.250"], ["a", "0.500"]]
+
+
+def test_text_intervals_and_explicit_ci_columns():
+    df = pd.DataFrame(
+        {
+            "model": ["m1", "m2"],
+            "micro P@1": [0.68852459, 0.5],
+            "micro P@1 CI": ["[0.557, 0.803]", np.nan],
+            "acc": [0.9, 0.8],
+            "acc_low": [0.85, 0.7],
+            "acc_high": [0.95, 0.9],
+            "p": [2.1e-5, 0.04],
+        }
+    )
+    header, rows, _ = parse(show(df, digits=2).html)
+    assert header == ["model", "micro P@1", "acc", "p"]
+    assert rows[0] == ["m1", "0.69 [0.56, 0.80]", "0.90 [0.85, 0.95]", "2.1e-05"]
+    assert rows[1] == ["m2", "0.50", "0.80 [0.70, 0.90]", "0.04"]
+    header, rows, _ = parse(show(df, ci=[("acc", "acc_low", "acc_high")]).html)
+    assert header == ["model", "micro P@1", "micro P@1 CI", "acc", "p"]
+    assert parse(show(df, ci=None).html)[0] == list(df.columns)
+    with pytest.raises(TableError, match=r"ci column\(s\) \['acc_hi'\] not in the table"):
+        show(df, ci=[("acc", "acc_low", "acc_hi")])
+
+
+def test_caption_and_notebook_display():
+    df = pd.DataFrame({"a": [1, 2]})
+    table = show(df, caption="Counts <by> class")
+    assert table._repr_html_() == table.html
+    _, _, soup = parse(table.html)
+    assert soup.find("caption").get_text().startswith("Counts <by> class")  # escaped, then read back
+    assert "Counts <by> class" in repr(table)
+    with pytest.raises(TypeError, match="DataFrame"):
+        show([1, 2])

@@ -37,14 +37,15 @@ def test_litemedsam_embeds_a_real_chest_xray(cxr):
 
 
 def test_imgfocus_converted_to_timm_matches_onnxruntime(cxr):
-    from cbmir.models.packaged import IMGFOCUS_TOKENS, imgfocus_session, package_file
-    from cbmir.models.registry import resolve_spec
+    from cbmir.installed import package_file
+    from cbmir.models import presets
+    from cbmir.models.loaders.imgfocus import IMGFOCUS_TOKENS, imgfocus_session
 
     enc = load_encoder("dinov2-s14-imgfocus")
     x = torch.stack([enc.transform(im) for im in cxr])
     with torch.no_grad():
         ours = enc.module(x).numpy()
-    session = imgfocus_session(package_file(resolve_spec("dinov2-s14-imgfocus")))
+    session = imgfocus_session(package_file(presets()["dinov2-s14-imgfocus"].source))
     ref = session.run([IMGFOCUS_TOKENS], {"input_image": x.numpy()})[0][:, 0]
     assert ours.shape == (2, 384)
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)

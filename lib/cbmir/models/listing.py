@@ -83,13 +83,13 @@ def _cell(value: object) -> str:
 
 def models_markdown() -> str:
     """The preset table of docs/models.md (between its BEGIN/END markers), generated from presets.yaml."""
-    table = list_models(locate=False)
     lines = [
         MARKDOWN_BEGIN,
         "| " + " | ".join(MARKDOWN_COLUMNS.values()) + " |",
         "|" + "---|" * len(MARKDOWN_COLUMNS),
     ]
-    for row in table.to_dict("records"):
+    for preset in presets().values():
+        row = preset.model_dump()
         lines.append("| " + " | ".join(_cell(row[key]) for key in MARKDOWN_COLUMNS) + " |")
     lines.append(MARKDOWN_END)
     return "\n".join(lines) + "\n"

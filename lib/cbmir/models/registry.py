@@ -185,6 +185,10 @@ def parse_presets(table: Any, source: str = "presets.yaml") -> dict[str, Preset]
             preset = Preset.model_validate({**fields, "name": name})
         except ValidationError as err:
             raise PresetError(f"{source}: preset {name!r}: {_errors(err)}") from err
+        if preset.loader not in families():
+            raise PresetError(
+                f"{source}: preset {name!r}: loader: unknown {preset.loader!r}; known: {', '.join(sorted(families()))}"
+            )
         if preset.dim is None:
             raise PresetError(f"{source}: preset {name!r}: dim: a preset must declare its dimension")
         try:

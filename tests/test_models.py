@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from cbmir.models import ModelUnavailableError, list_models, load_encoder, presets, resolve_spec
+from cbmir.models import list_models, load_encoder, presets, resolve_spec
 from PIL import Image
 
 PAPER_PRESETS = {
@@ -95,7 +95,12 @@ def missing_hub_errors(tmp_path_factory) -> dict[str, list[str]]:
     env = {**os.environ, "HF_HOME": str(empty / "hf"), "HF_HUB_CACHE": str(empty / "hf" / "hub"),
            "CBMIR_CACHE": str(empty / "cbmir"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-c", MISSING_PROBE], env=env, capture_output=True, text=True, timeout=600, check=True
+        [sys.executable, "-c", MISSING_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 

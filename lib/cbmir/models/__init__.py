@@ -8,7 +8,7 @@ Nothing here downloads weights: a missing model raises `ModelUnavailableError` s
 from __future__ import annotations
 
 from .base import Encoder
-from .listing import describe_encoder, list_models, models_listing, models_markdown
+from .listing import describe_encoder, list_models, models_listing, models_markdown, update_models_doc
 from .load import build_encoder, load_encoder
 from .registry import (
     Loaded,
@@ -45,4 +45,5 @@ __all__ = [
     "presets",
     "register_family",
     "resolve_spec",
+    "update_models_doc",
 ]

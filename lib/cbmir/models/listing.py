@@ -93,3 +93,16 @@ def models_markdown() -> str:
         lines.append("| " + " | ".join(_cell(row[key]) for key in MARKDOWN_COLUMNS) + " |")
     lines.append(MARKDOWN_END)
     return "\n".join(lines) + "\n"
+
+
+def update_models_doc(path: str | Path) -> bool:
+    """Replace the preset table between the BEGIN/END markers of `path` (docs/models.md); True if it changed."""
+    path = Path(path)
+    text = path.read_text()
+    if text.count(MARKDOWN_BEGIN) != 1 or text.count(MARKDOWN_END) != 1:
+        raise ValueError(f"{path}: needs exactly one {MARKDOWN_BEGIN!r} and one {MARKDOWN_END!r} line")
+    start, end = text.index(MARKDOWN_BEGIN), text.index(MARKDOWN_END) + len(MARKDOWN_END) + 1
+    new = text[:start] + models_markdown() + text[end:]
+    if new != text:
+        path.write_text(new)
+    return new != text

@@ -146,12 +146,16 @@ def register_family(cls: type[LoaderFamily]) -> type[LoaderFamily]:
 
 
 @cache
-def families() -> dict[str, LoaderFamily]:
-    """Every registered loader family, by name (importing each module of `cbmir.models.loaders` once)."""
+def _import_loaders() -> None:
     from . import loaders
 
     for info in pkgutil.iter_modules(loaders.__path__):
         importlib.import_module(f"{loaders.__name__}.{info.name}")
+
+
+def families() -> dict[str, LoaderFamily]:
+    """Every registered loader family, by name (each module of `cbmir.models.loaders` is imported once)."""
+    _import_loaders()
     prefixes = [f.prefix for f in _FAMILIES.values() if f.prefix]
     if len(prefixes) != len(set(prefixes)):
         raise ValueError(f"loader families share a spec prefix: {sorted(prefixes)}")

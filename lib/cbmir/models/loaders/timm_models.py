@@ -136,7 +136,7 @@ class RandomVitFamily(LoaderFamily):
     def with_argument(self, preset: Preset, arg: str, spec: str) -> Preset:
         import timm
 
-        if arg not in timm.list_models():
+        if not timm.is_model(arg):
             raise PresetError(f"model spec {spec!r}: {arg!r} is not a timm model name")
         return preset.model_copy(
             update={

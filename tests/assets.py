@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from cbmir.installed import find_package_dir
 
 
 def package_dir(name: str) -> Path:
-    """The folder of installed package `name`, located without importing it."""
-    spec = importlib.util.find_spec(name)
-    if spec is None:
+    """The folder of installed package `name`, located without importing it; skip the test if it is absent."""
+    path = find_package_dir(name)
+    if path is None:
         pytest.skip(f"{name} not installed")
-    return Path(list(spec.submodule_search_locations)[0])
+    return path

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from cbmir.models import ModelUnavailableError, list_models, load_encoder, presets, resolve_spec
+from cbmir.models import list_models, load_encoder, presets, resolve_spec
 from PIL import Image
 
 PAPER_PRESETS = {
@@ -36,10 +36,14 @@ def test_preset_table_covers_the_paper_and_is_consistent():
     assert dims["sam-vit-b"] == dims["medsam-vit-b"] == 256 and dims["clip-vit-l14"] == 768
     assert set(table["weights_local"]) <= {"yes", "no"}
     assert (table.loc[table.name == "raw-pixels", "weights_local"] == "yes").all()
-    assert {presets()[n]["behaviour"] for n in ("vit-mae-b-paper", "resnet50-paper")} == {"paper"}
+    assert {presets()[n].behaviour for n in ("vit-mae-b-paper", "resnet50-paper")} == {"paper"}
 
 
-@pytest.mark.parametrize("spec", ["nope", "timm:", "open_clip:ViT-B-32", "raw-pixels:x", ""])
+@pytest.mark.parametrize(
+    "spec",
+    ["nope", "timm:", "open_clip:ViT-B-32", "raw-pixels:x", "raw-pixels:0", "raw-pixels:", "litemedsam:3",
+     "random-vit:no_such_model", "", "hf"],
+)  # fmt: skip
 def test_bad_specs_raise_clear_errors(spec):
     with pytest.raises(ValueError, match="spec"):
         resolve_spec(spec)
@@ -54,12 +58,59 @@ def test_missing_checkpoint_and_unsafe_suffix(tmp_path):
         load_encoder("timm:vit_tiny_patch16_224", checkpoint=bad)
 
 
-def test_missing_hub_model_says_what_is_needed():
-    for name in ("vit-mae-b", "biomedclip", "medsam-vit-b", "medclip"):
-        if list_models().set_index("name").loc[name, "weights_local"] == "yes":
-            continue
-        with pytest.raises(ModelUnavailableError, match="checkpoint"):
-            load_encoder(name)
+def test_spec_arguments_and_generic_forms_resolve_to_presets():
+    small = resolve_spec("raw-pixels:16")
+    assert (small.name, small.dim, small.input_size, small.option("size")) == ("raw-pixels:16", 256, 16, 16)
+    base = resolve_spec("random-vit:vit_tiny_patch16_224")
+    assert base.option("model") == "vit_tiny_patch16_224" and base.option("seed") == 0 and base.dim is None
+    assert resolve_spec("timm:resnet18").loader == "timm"
+    assert resolve_spec("open_clip:hf-hub:org/repo").source == "hf-hub:org/repo"
+    assert resolve_spec("hf:org/repo").option("head") == "pooled_or_cls"
+
+
+MISSING_PROBE = """
+import json, sys
+from cbmir.models import ModelUnavailableError, load_encoder, presets
+out = {}
+for name, preset in presets().items():
+    if preset.family.offline:
+        continue
+    try:
+        load_encoder(name)
+        out[name] = ["loaded", ""]
+    except Exception as err:
+        out[name] = [type(err).__name__, str(err)]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def missing_hub_errors(tmp_path_factory) -> dict[str, list[str]]:
+    """Load every hub preset in a process whose HF cache and weights cache are empty folders."""
+    import os
+    import subprocess
+    import sys
+
+    empty = tmp_path_factory.mktemp("empty-caches")
+    env = {**os.environ, "HF_HOME": str(empty / "hf"), "HF_HUB_CACHE": str(empty / "hf" / "hub"),
+           "CBMIR_CACHE": str(empty / "cbmir"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", MISSING_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in presets().items() if not p.family.offline))
+def test_missing_hub_model_says_what_is_needed(missing_hub_errors, name):
+    kind, message = missing_hub_errors[name]
+    assert kind == "ModelUnavailableError", message
+    repo = presets()[name].source.removeprefix("hf-hub:")
+    assert name in message and repo in message and "checkpoint" in message
 
 
 # ---- Hugging Face transformers --------------------------------------------------------------------------
@@ -331,12 +382,21 @@ def test_raw_pixels_default_and_configurable(images):
     np.testing.assert_allclose(emb[0].numpy(), grey.ravel(), atol=1e-6)
 
 
-def test_cli_lists_models(capsys):
-    from cbmir.cli import main
+def test_listing_is_what_cbmir_models_prints():
+    from cbmir.models import models_listing
 
-    assert main(["models"]) == 0
-    out = capsys.readouterr().out
-    assert "biomedclip" in out and "litemedsam" in out
+    short, wide = models_listing(), models_listing(wide=True)
+    for name in presets():
+        assert name in short and name in wide
+    assert "weights_local" in short and "licence" not in short and "licence" in wide
+
+
+def test_describe_encoder_prints_the_provenance_as_json():
+    from cbmir.models import describe_encoder
+
+    prov = json.loads(describe_encoder("raw-pixels:8"))
+    assert prov["spec"] == "raw-pixels:8" and prov["preset"] == "raw-pixels" and prov["dim"] == 64
+    assert prov["versions"]["torch"] == torch.__version__.split("+")[0]
 
 
 def test_portable_path_hides_machine_prefixes(tmp_path, monkeypatch):

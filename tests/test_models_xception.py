@@ -32,7 +32,7 @@ def keras_path() -> Path:
 
 @pytest.fixture(scope="module")
 def archive(keras_path):
-    from cbmir.models.packaged import read_keras_archive
+    from cbmir.models.loaders.xception import read_keras_archive
 
     return read_keras_archive(keras_path)
 
@@ -134,7 +134,7 @@ def run_keras_graph(layers: list[dict], weights: dict, x: torch.Tensor) -> torch
 
 
 def test_every_keras_tensor_maps_to_exactly_one_timm_tensor(keras_path, archive):
-    from cbmir.models.packaged import convert_xception, xception_timm
+    from cbmir.models.loaders.xception import convert_xception, xception_timm
 
     converted = convert_xception(keras_path)
     timm_state = xception_timm().state_dict()
@@ -227,14 +227,14 @@ def test_embeds_a_real_image_deterministically(encoder, brain):
     assert cos < 0.99 and (a - r).abs().max() > 0.1
     cached = [p for p in encoder.provenance["weights_sha256"] if p.endswith(".safetensors")]
     assert cached and Path(cached[0].replace("$CBMIR_CACHE", str(cache_dir()))).exists()
-    assert encoder.provenance["family"].startswith("Xception")
+    assert encoder.provenance["title"].startswith("Xception")
     row = list_models().set_index("name").loc["xception-imagenet"]
     assert row["weights_local"] == "yes" and row["dim"] == 2048
 
 
 def test_same_backbone_in_pneumonia_package(archive):
     """The frozen sub-model is bit-identical in a separately trained classifier: stock ImageNet weights."""
-    from cbmir.models.packaged import read_keras_archive
+    from cbmir.models.loaders.xception import read_keras_archive
 
     pkg = package_dir("pneumonia_model_package")
     other = read_keras_archive(pkg / "trained_models/pneumonia_xception_model_val-acc_0.861.keras")[1]

@@ -15,7 +15,6 @@ import hashlib
 import math
 import os
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cbmir import store as S
+from cbmir.installed import library_versions
 from cbmir.precision import EncoderOutputError, PrecisionRunner, resolve_device
 from cbmir.store import EmbeddingStore, StoreError
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 NON_FINITE = "encoder output is not finite (NaN/inf)"
 OUTSIDE_ROOT = "outside the data root"
-_VERSIONED = ("torch", "torchvision", "timm", "open_clip_torch", "transformers", "numpy", "pydicom", "pillow")
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -109,19 +108,6 @@ def _ids_sha256(ids: Sequence[str], frames: Sequence[int | None]) -> str:
     for path, frame in zip(ids, frames, strict=True):
         digest.update(f"{path}\t{'' if frame is None else frame}\n".encode())
     return digest.hexdigest()
-
-
-def _library_versions() -> dict[str, str | None]:
-    """Versions of the libraries that shape an embedding (recorded in provenance)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for name in (*_VERSIONED, "cbmir"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def _manifest_columns(manifest: pd.DataFrame) -> tuple[list[str], list[int | None]]:
@@ -264,7 +250,7 @@ def _extract(
         "weights_sha256": encoder.provenance.get("weights_sha256"),
         "preprocessing": encoder.provenance.get("preprocessing"),
         "encoder": encoder.provenance,
-        "library_versions": _library_versions(),
+        "library_versions": library_versions(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "bf16": bool(bf16),
         "precision": runner.precision,

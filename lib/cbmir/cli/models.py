@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,24 +11,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--wide", action="store_true", help="show every column (source, embedding rule)")
     p.add_argument("--load", metavar="SPEC", help="load this model and print its provenance")
     p.add_argument("--checkpoint", metavar="PATH", help="local checkpoint file or folder for --load")
+    p.add_argument(
+        "--markdown",
+        nargs="?",
+        const="-",
+        metavar="DOC",
+        help="print the preset table as markdown, or rewrite it in DOC (e.g. docs/models.md)",
+    )
     p.set_defaults(func=cmd_models)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from cbmir.models import list_models, load_encoder
+    from cbmir.models import describe_encoder, models_listing, models_markdown, update_models_doc
 
     if args.load:
-        enc = load_encoder(args.load, checkpoint=args.checkpoint)
-        print(json.dumps(enc.provenance, indent=2, default=str))
-        return 0
-    table = list_models()
-    cols = (
-        ["name", "family", "dim", "behaviour", "weights_local", "where"]
-        if not args.wide
-        else list(table.columns)
-    )
-    with pd.option_context("display.max_colwidth", 90, "display.width", 250):
-        print(table[cols].to_string(index=False))
+        print(describe_encoder(args.load, args.checkpoint))
+    elif args.markdown == "-":
+        print(models_markdown())
+    elif args.markdown:
+        changed = update_models_doc(args.markdown)
+        print(f"{args.markdown}: {'table rewritten' if changed else 'already up to date'}")
+    else:
+        print(models_listing(wide=args.wide))
     return 0

@@ -1,4 +1,4 @@
-"""The `Encoder`: what every model loader returns, whatever library the model comes from."""
+"""The `Encoder`: what `load_encoder` returns, whatever library the model comes from."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class Encoder:
 
     `transform` turns one RGB PIL image into a `[C, H, W]` tensor (the checkpoint's own preprocessing);
     `module(batch)` maps a `[B, C, H, W]` batch to `[B, dim]` embeddings by the documented embedding rule.
-    `provenance` records what ran (spec, embedding rule, weights SHA-256, preprocessing, behaviour).
+    `provenance` records what ran (spec, embedding rule, weights SHA-256, preprocessing, behaviour, versions).
     """
 
     spec: str

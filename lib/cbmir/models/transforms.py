@@ -1,12 +1,13 @@
-"""Preprocessing from a small dict (the `preprocess` field of a preset): PIL RGB -> tensor."""
+"""Preprocessing: the typed `preprocess` settings of a preset, and the transform they define."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
@@ -17,67 +18,77 @@ _INTERP = {
 }
 
 
-class Preprocess:
-    """Resize (exact / shortest side / longest side), centre-crop, pad, scale and normalise.
+class Preprocessing(BaseModel):
+    """The `preprocess` settings of a preset: resize, centre-crop, pad, scale and normalise."""
 
-    `scale="unit"` divides by 255; `scale="minmax"` maps each image's min..max to 0..1.
-    `pad_to` pads bottom/right with zeros after normalisation (as SAM's processor does).
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    resize: PositiveInt = 224
+    resize_mode: Literal["exact", "shortest", "longest"] = "exact"
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    crop: PositiveInt | None = None
+    pad_to: PositiveInt | None = None
+    mean: list[float] | None = Field(default=None, min_length=3, max_length=3)
+    std: list[float] | None = Field(default=None, min_length=3, max_length=3)
+    scale: Literal["unit", "minmax"] = "unit"
+
+    @model_validator(mode="after")
+    def _mean_with_std(self) -> Preprocessing:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        return self
+
+    @property
+    def output_size(self) -> int | None:
+        """Side of the square tensor it produces (None when the aspect ratio is kept)."""
+        if self.pad_to:
+            return self.pad_to
+        if self.crop:
+            return self.crop
+        return self.resize if self.resize_mode == "exact" else None
+
+
+class Preprocess:
+    """PIL RGB image -> [C, H, W] tensor by `Preprocessing` settings (picklable, for DataLoader workers).
+
+    Resize (exact / shortest side / longest side), centre-crop, scale (`unit`: /255; `minmax`: each image's
+    min..max to 0..1), normalise, then `pad_to` pads bottom/right with zeros (as SAM's processor does).
     """
 
-    def __init__(self, cfg: dict[str, Any]):
-        unknown = set(cfg) - {
-            "resize",
-            "resize_mode",
-            "interpolation",
-            "crop",
-            "pad_to",
-            "mean",
-            "std",
-            "scale",
-        }
-        if unknown:
-            raise ValueError(f"preprocess: unknown keys {sorted(unknown)}")
-        self.cfg = dict(cfg)
-        self.size = int(cfg.get("resize", 224))
-        self.mode = cfg.get("resize_mode", "exact")
-        if self.mode not in {"exact", "shortest", "longest"}:
-            raise ValueError(f"preprocess.resize_mode must be exact/shortest/longest, got {self.mode!r}")
-        self.interp = _INTERP[cfg.get("interpolation", "bilinear")]
-        self.crop = cfg.get("crop")
-        self.pad_to = cfg.get("pad_to")
-        self.mean = cfg.get("mean")
-        self.std = cfg.get("std")
-        self.scale = cfg.get("scale", "unit")
+    def __init__(self, cfg: Preprocessing | dict[str, Any]):
+        self.cfg = cfg if isinstance(cfg, Preprocessing) else Preprocessing.model_validate(cfg)
+        self.interp = _INTERP[self.cfg.interpolation]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        cfg = self.cfg
         image = image.convert("RGB")
         w, h = image.size
-        if self.mode == "exact":
-            size = [self.size, self.size]
-        elif self.mode == "shortest":
-            size = [self.size]
+        if cfg.resize_mode == "exact":
+            size = [cfg.resize, cfg.resize]
+        elif cfg.resize_mode == "shortest":
+            size = [cfg.resize]
         else:
-            s = self.size / max(w, h)
+            s = cfg.resize / max(w, h)
             size = [int(h * s + 0.5), int(w * s + 0.5)]
         image = F.resize(image, size, interpolation=self.interp, antialias=True)
-        if self.crop:
-            image = F.center_crop(image, [int(self.crop), int(self.crop)])
+        if cfg.crop:
+            image = F.center_crop(image, [cfg.crop, cfg.crop])
         x = F.pil_to_tensor(image).float()
-        if self.scale == "minmax":
+        if cfg.scale == "minmax":
             lo, hi = x.min(), x.max()
             x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
         else:
             x = x / 255.0
-        if self.mean is not None:
-            x = F.normalize(x, self.mean, self.std)
-        if self.pad_to:
-            p = int(self.pad_to)
+        if cfg.mean is not None:
+            x = F.normalize(x, cfg.mean, cfg.std)
+        if cfg.pad_to:
+            p = cfg.pad_to
             x = torch.nn.functional.pad(x, (0, p - x.shape[2], 0, p - x.shape[1]))
         return x
 
     def describe(self) -> dict[str, Any]:
         """The settings, for provenance."""
-        return {"kind": "cbmir.Preprocess", **self.cfg}
+        return {"kind": "cbmir.Preprocess", **self.cfg.model_dump(exclude_none=True)}
 
 
 def hf_processor_transform(processor: Any) -> Callable[[Image.Image], torch.Tensor]:

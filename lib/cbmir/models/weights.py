@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -16,6 +16,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 class ModelUnavailableError(CbmirError, RuntimeError):
     """The weights a model needs are not on this machine (and nothing may be downloaded)."""
+
+
+class CheckpointNotFoundError(CbmirError, FileNotFoundError):
+    """A checkpoint path given by the user does not exist, or a checkpoint folder holds no weights file."""
 
 
 def cache_dir() -> Path:
@@ -35,7 +39,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -95,6 +99,33 @@ def weight_files_in(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     found = [p for suffix in WEIGHT_SUFFIXES for p in sorted(folder.glob(f"*{suffix}"))]
     return found
+
+
+def first_weight_file(checkpoint: Path, name: str) -> Path:
+    """`checkpoint` itself if it is a file, else the first weights file inside the folder."""
+    path = checkpoint if checkpoint.is_file() else next(iter(weight_files_in(checkpoint)), None)
+    if path is None:
+        raise CheckpointNotFoundError(
+            f"model {name!r}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) in {checkpoint}"
+        )
+    return path
+
+
+def converted_weights(name: str, source: Path, convert: Callable[[Path], dict[str, torch.Tensor]]) -> Path:
+    """Convert `source` once into `$CBMIR_CACHE/converted/<name>-<sha16>.safetensors` and return that path.
+
+    The file name carries the source's SHA-256, so a changed source is converted again; written atomically.
+    """
+    from safetensors.torch import save_file
+
+    digest = sha256_file(source)
+    cached = cache_dir() / "converted" / f"{name}-{digest[:16]}.safetensors"
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        save_file(convert(source), str(tmp), metadata={"source_sha256": digest})
+        tmp.replace(cached)
+    return cached
 
 
 def find_local_file(names: Iterable[str]) -> Path | None:

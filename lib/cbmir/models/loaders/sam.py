@@ -1,4 +1,4 @@
-"""MedSAM ViT-B from the original segment-anything checkpoint (`medsam_vit_b.pth`), without segment_anything.
+"""The `medsam` family: MedSAM ViT-B from a segment-anything checkpoint (`medsam_vit_b.pth`), without segment_anything.
 
 The `image_encoder.*` tensors are renamed to transformers' `SamVisionEncoder` and its config is read off the
 tensor shapes, so the same code loads MedSAM, SAM or any SA-format ViT image encoder.
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .base import Encoder
-from .hf import SamMeanPool, load_hf_sam
-from .transforms import Preprocess
-from .weights import ModelUnavailableError, find_local_file, hash_files, load_state_dict
+from ..registry import Loaded, LoaderFamily, Preset, WeightsLocation, family, register_family
+from ..transforms import Preprocess
+from ..weights import find_local_file, load_state_dict
+from .hf import SamMeanPool
 
 _RENAMES = [
     (r"^patch_embed\.proj\.", "patch_embed.projection."),
@@ -82,30 +82,36 @@ def load_sa_image_encoder(path: Path):
     return encoder
 
 
-def load_medsam(entry: dict, checkpoint: Path | None, device: str) -> Encoder:
-    """`medsam-vit-b`: an SA-format .pth (default `$CBMIR_CACHE/weights/medsam_vit_b.pth`) or an HF SamModel folder."""
-    path = checkpoint or find_local_file(entry.get("local_files", []))
-    if path is None:
-        raise ModelUnavailableError(
-            f"model {entry['name']!r} needs the MedSAM checkpoint medsam_vit_b.pth ({entry['get']}). "
-            "Put it in $CBMIR_CACHE/weights/ (default ~/.cache/cbmir/weights/) or pass checkpoint=FILE "
-            "(CLI: --checkpoint FILE); an HF SamModel folder also works."
+@register_family
+class MedsamFamily(LoaderFamily):
+    """An SA-format .pth (default `$CBMIR_CACHE/weights/<local_files>`) or an HF SamModel folder; map mean-pooled."""
+
+    name = "medsam"
+
+    def locate(self, preset: Preset) -> WeightsLocation:
+        hit = find_local_file(preset.local_files)
+        if hit:
+            return WeightsLocation(True, str(hit))
+        return WeightsLocation(
+            False,
+            f"$CBMIR_CACHE/weights/{preset.local_files[0] if preset.local_files else preset.source} or --checkpoint",
         )
-    if path.is_dir():
-        return load_hf_sam(entry, path, device)
-    encoder = load_sa_image_encoder(path).eval()
-    pre_cfg = dict(entry["preprocess"])
-    pre_cfg.update(resize=encoder.config.image_size, pad_to=encoder.config.image_size)
-    pre = Preprocess(pre_cfg)
-    return Encoder(
-        spec=entry["spec"],
-        module=SamMeanPool(encoder),
-        transform=pre,
-        dim=encoder.config.output_channels,
-        embedding_rule=entry["embedding"],
-        provenance={
-            "preprocessing": pre.describe(),
-            "weights_from": str(path),
-            "weights_sha256": hash_files([path]),
-        },
-    )
+
+    def load(self, preset: Preset, checkpoint: Path | None) -> Loaded:
+        path = checkpoint or find_local_file(preset.local_files)
+        if path is None:
+            raise self.missing(
+                preset,
+                f"the MedSAM checkpoint {preset.source}",
+                "Put it in $CBMIR_CACHE/weights/ (default ~/.cache/cbmir/weights/) or pass checkpoint=FILE "
+                "(CLI: --checkpoint FILE); an HF SamModel folder also works.",
+            )
+        if path.is_dir():
+            hf_preset = preset.model_copy(update={"options": {"head": "sam_mean"}})
+            return family("hf").load(hf_preset, path)
+        encoder = load_sa_image_encoder(path).eval()
+        if preset.preprocess is None:
+            raise ValueError(f"preset {preset.name!r}: the medsam loader needs `preprocess`")
+        size = encoder.config.image_size
+        pre = Preprocess(preset.preprocess.model_copy(update={"resize": size, "pad_to": size}))
+        return Loaded(SamMeanPool(encoder), pre, pre.describe(), [path], dim=encoder.config.output_channels)

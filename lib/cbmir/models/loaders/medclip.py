@@ -1,4 +1,4 @@
-"""MedCLIP-ViT vision tower re-implemented with transformers: Swin-T (pooled) + linear 768->512, no bias.
+"""The `medclip` family: MedCLIP-ViT's vision tower in transformers, Swin-T (pooled) + linear 768->512, no bias.
 
 Loads the `vision_model.*` tensors of MedCLIP's `pytorch_model.bin` (weights_only) without the medclip package,
 which would download weights and pull in its text tower. The Swin config is read off the tensor shapes.
@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import Encoder
-from .transforms import Preprocess
-from .weights import ModelUnavailableError, find_local_file, hash_files, load_state_dict
+from ..registry import Loaded, LoaderFamily, Preset, WeightsLocation, register_family
+from ..transforms import Preprocess
+from ..weights import CheckpointNotFoundError, find_local_file, load_state_dict
 
 
 class MedCLIPVision(nn.Module):
@@ -84,29 +84,36 @@ def build_medclip_vision(path: Path, image_size: int = 224) -> MedCLIPVision:
     return MedCLIPVision(swin, projection).eval()
 
 
-def load_medclip(entry: dict, checkpoint: Path | None, device: str) -> Encoder:
-    """`medclip`: a MedCLIP-ViT folder (with pytorch_model.bin) or the file itself."""
-    path = checkpoint or find_local_file(entry.get("local_files", []))
-    if path is None:
-        raise ModelUnavailableError(
-            f"model {entry['name']!r} needs MedCLIP-ViT's pytorch_model.bin ({entry['get']}). Put the unzipped folder "
-            "at $CBMIR_CACHE/weights/medclip-vit/ (default ~/.cache/cbmir/weights/) or pass checkpoint=FOLDER_OR_FILE."
+@register_family
+class MedclipFamily(LoaderFamily):
+    """A MedCLIP-ViT folder (with pytorch_model.bin) or the file itself; default `$CBMIR_CACHE/weights/<local_files>`."""
+
+    name = "medclip"
+
+    def locate(self, preset: Preset) -> WeightsLocation:
+        hit = find_local_file(preset.local_files)
+        if hit:
+            return WeightsLocation(True, str(hit))
+        return WeightsLocation(
+            False,
+            f"$CBMIR_CACHE/weights/{preset.local_files[0] if preset.local_files else preset.source} or --checkpoint",
         )
-    if path.is_dir():
-        path = path / "pytorch_model.bin"
-    if not path.exists():
-        raise FileNotFoundError(f"model {entry['name']!r}: checkpoint {path} does not exist")
-    pre = Preprocess(entry["preprocess"])
-    module = build_medclip_vision(path, image_size=int(entry["preprocess"].get("crop", 224)))
-    return Encoder(
-        spec=entry["spec"],
-        module=module,
-        transform=pre,
-        dim=module.projection_head.out_features,
-        embedding_rule=entry["embedding"],
-        provenance={
-            "preprocessing": pre.describe(),
-            "weights_from": str(path),
-            "weights_sha256": hash_files([path]),
-        },
-    )
+
+    def load(self, preset: Preset, checkpoint: Path | None) -> Loaded:
+        path = checkpoint or find_local_file(preset.local_files)
+        if path is None:
+            raise self.missing(
+                preset,
+                "MedCLIP-ViT's pytorch_model.bin",
+                "Put the unzipped folder at $CBMIR_CACHE/weights/medclip-vit/ (default ~/.cache/cbmir/weights/) "
+                "or pass checkpoint=FOLDER_OR_FILE.",
+            )
+        if path.is_dir():
+            path = path / "pytorch_model.bin"
+        if not path.exists():
+            raise CheckpointNotFoundError(f"model {preset.name!r}: checkpoint {path} does not exist")
+        if preset.preprocess is None:
+            raise ValueError(f"preset {preset.name!r}: the medclip loader needs `preprocess`")
+        pre = Preprocess(preset.preprocess)
+        module = build_medclip_vision(path, image_size=preset.preprocess.crop or 224)
+        return Loaded(module, pre, pre.describe(), [path], dim=module.projection_head.out_features)

@@ -1,18 +1,30 @@
-"""Hugging Face transformers loaders: ViT, ViT-MAE, DINOv2, ResNet, SAM and generic `hf:REPO`."""
+"""Hugging Face transformers: the `hf` family (ViT, ViT-MAE, DINOv2, ResNet, SAM presets and `hf:REPO`).
+
+A preset picks its head with `options.head`; each head names the transformers class that loads the
+checkpoint and how the embedding is taken from it (table `HEADS`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from .base import Encoder
-from .transforms import Preprocess, describe_hf_processor, hf_processor_transform
-from .weights import ModelUnavailableError, hash_files, hf_cached_file, portable_path, weight_files_in
+from ..registry import Loaded, LoaderFamily, Preset, WeightsLocation, register_family
+from ..transforms import Preprocess, describe_hf_processor, hf_processor_transform
+from ..weights import (
+    CheckpointNotFoundError,
+    ModelUnavailableError,
+    hf_cached_file,
+    portable_path,
+    weight_files_in,
+)
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -31,10 +43,10 @@ def missing_hf_message(name: str, repo: str) -> str:
 
 def from_pretrained(
     cls: Any, name: str, repo: str, checkpoint: Path | None, **kwargs: Any
-) -> tuple[Any, dict]:
+) -> tuple[Any, list[Path], str]:
     """Load `cls` from the HF cache, a save_pretrained folder, an HF cache folder, or a weights file.
 
-    Returns the model and a provenance dict (`weights_from`, `weights_sha256`).
+    Returns the model, the weight files read and where they came from.
     """
     try:
         if checkpoint is None:
@@ -56,11 +68,11 @@ def from_pretrained(
             )
     except OSError as err:
         if checkpoint is not None and not checkpoint.exists():
-            raise FileNotFoundError(f"model {name!r}: checkpoint {checkpoint} does not exist") from err
+            raise CheckpointNotFoundError(f"model {name!r}: checkpoint {checkpoint} does not exist") from err
         raise ModelUnavailableError(
             missing_hf_message(name, repo) + f" [{type(err).__name__}: {err}]"
         ) from err
-    return model, {"weights_from": where, "weights_sha256": hash_files(files)}
+    return model, files, where
 
 
 def _from_file(cls: Any, name: str, repo: str, path: Path, **kwargs: Any) -> Any:
@@ -82,10 +94,11 @@ def _from_file(cls: Any, name: str, repo: str, path: Path, **kwargs: Any) -> Any
         return cls.from_pretrained(tmp, **kwargs)
 
 
-def processor_or_preset(entry: dict, repo: str, checkpoint: Path | None):
+def processor_or_preset(preset: Preset, checkpoint: Path | None):
     """The checkpoint's own image processor if it is available locally, else the preset's `preprocess`."""
     from transformers import AutoImageProcessor
 
+    repo = preset.source
     srcs: list[tuple[str, dict]] = []
     if checkpoint is not None and checkpoint.is_dir() and (checkpoint / "preprocessor_config.json").exists():
         srcs.append((str(checkpoint), {}))
@@ -99,9 +112,9 @@ def processor_or_preset(entry: dict, repo: str, checkpoint: Path | None):
         except (OSError, ValueError):
             continue
         return hf_processor_transform(proc), describe_hf_processor(proc)
-    if "preprocess" not in entry:
-        raise ModelUnavailableError(f"model {entry['name']!r}: no image processor config found for {repo!r}")
-    pre = Preprocess(entry["preprocess"])
+    if preset.preprocess is None:
+        raise ModelUnavailableError(f"model {preset.name!r}: no image processor config found for {repo!r}")
+    pre = Preprocess(preset.preprocess)
     return pre, pre.describe()
 
 
@@ -174,107 +187,104 @@ class PooledOrCls(nn.Module):
         return out.last_hidden_state[:, 0]
 
 
-def _encoder(
-    entry: dict, module: nn.Module, dim: int, transform, pre: dict, prov: dict, **extra: Any
-) -> Encoder:
-    module.eval()
-    return Encoder(
-        spec=entry["spec"],
-        module=module,
-        transform=transform,
-        dim=int(dim),
-        embedding_rule=entry["embedding"],
-        provenance={"preprocessing": pre, **prov, **extra},
-    )
-
-
-def load_hf_vit(entry: dict, checkpoint: Path | None, device: str) -> Encoder:
-    from transformers import ViTModel
-
-    repo = entry["source"]
-    model, prov = from_pretrained(ViTModel, entry["name"], repo, checkpoint, add_pooling_layer=False)
-    transform, pre = processor_or_preset(entry, repo, checkpoint)
-    return _encoder(entry, ClsToken(model), model.config.hidden_size, transform, pre, prov)
-
-
-def load_hf_cls(entry: dict, checkpoint: Path | None, device: str) -> Encoder:
-    from transformers import AutoModel
-
-    repo = entry["source"]
-    model, prov = from_pretrained(AutoModel, entry["name"], repo, checkpoint)
-    transform, pre = processor_or_preset(entry, repo, checkpoint)
-    return _encoder(entry, ClsToken(model), model.config.hidden_size, transform, pre, prov)
-
-
-def load_hf_vit_mae(entry: dict, checkpoint: Path | None, device: str) -> Encoder:
-    from transformers import ViTMAEModel
-
-    repo = entry["source"]
-    model, prov = from_pretrained(ViTMAEModel, entry["name"], repo, checkpoint)
-    ratio = entry.get("options", {}).get("mask_ratio")
-    if ratio is not None:
-        model.config.mask_ratio = float(ratio)
-    deterministic = model.config.mask_ratio == 0.0
-    transform, pre = processor_or_preset(entry, repo, checkpoint)
-    return _encoder(
-        entry,
-        MaeCls(model, deterministic),
-        model.config.hidden_size,
-        transform,
-        pre,
-        prov,
-        mask_ratio=model.config.mask_ratio,
-        deterministic=deterministic,
-    )
-
-
-def load_hf_resnet(entry: dict, checkpoint: Path | None, device: str) -> Encoder:
-    from transformers import ResNetForImageClassification
-
-    repo = entry["source"]
-    model, prov = from_pretrained(ResNetForImageClassification, entry["name"], repo, checkpoint)
-    output = entry.get("options", {}).get("output", "pooled")
-    dim = model.config.num_labels if output == "logits" else model.config.hidden_sizes[-1]
-    transform, pre = processor_or_preset(entry, repo, checkpoint)
-    return _encoder(entry, ResNetHead(model, output), dim, transform, pre, prov, output=output)
-
-
-def load_hf_sam(entry: dict, checkpoint: Path | None, device: str) -> Encoder:
-    from transformers import SamModel
-
-    repo = entry["source"]
-    model, prov = from_pretrained(SamModel, entry["name"], repo, checkpoint)
-    transform, pre = _sam_transform(entry, repo, checkpoint)
-    dim = model.config.vision_config.output_channels
-    return _encoder(entry, SamMeanPool(model.vision_encoder), dim, transform, pre, prov)
-
-
-def _sam_transform(entry: dict, repo: str, checkpoint: Path | None):
+def sam_transform(preset: Preset, checkpoint: Path | None):
     """SAM's processor returns extra keys and pads to 1024: use the preset settings, sized to the model."""
-    pre_cfg = dict(entry["preprocess"])
+    if preset.preprocess is None:
+        raise ModelUnavailableError(f"model {preset.name!r}: a SAM head needs the preset's `preprocess`")
+    cfg = preset.preprocess
     cfg_file = checkpoint / "config.json" if checkpoint is not None and checkpoint.is_dir() else None
     if cfg_file is not None and cfg_file.exists():
         size = json.loads(cfg_file.read_text()).get("vision_config", {}).get("image_size")
         if size:
-            pre_cfg.update(resize=size, pad_to=size)
-    pre = Preprocess(pre_cfg)
+            cfg = cfg.model_copy(update={"resize": size, "pad_to": size})
+    pre = Preprocess(cfg)
     return pre, pre.describe()
 
 
-def load_hf_generic(entry: dict, checkpoint: Path | None, device: str) -> Encoder:
-    from transformers import AutoModel
-
-    repo = entry["source"]
-    model, prov = from_pretrained(AutoModel, entry["name"], repo, checkpoint)
-    transform, pre = processor_or_preset(entry, repo, checkpoint)
-    module = PooledOrCls(model).eval()
-    with torch.no_grad():
-        probe = transform(_grey_probe())[None]
-        dim = module(probe).shape[-1]
-    return _encoder(entry, module, dim, transform, pre, prov)
+def _mae(model: Any, opts: dict) -> tuple[nn.Module, dict]:
+    if opts["mask_ratio"] is not None:
+        model.config.mask_ratio = float(opts["mask_ratio"])
+    deterministic = model.config.mask_ratio == 0.0
+    return MaeCls(model, deterministic), {
+        "mask_ratio": model.config.mask_ratio,
+        "deterministic": deterministic,
+    }
 
 
-def _grey_probe():
-    from PIL import Image
+class Head(NamedTuple):
+    """A transformers class, its from_pretrained kwargs, the embedding module and the embedding width."""
 
-    return Image.new("RGB", (64, 64), (128, 128, 128))
+    model_class: str
+    kwargs: dict[str, Any]
+    wrap: Callable[[Any, dict], tuple[nn.Module, dict]]
+    dim: Callable[[Any], int | None]
+
+
+HEADS: dict[str, Head] = {
+    "vit_cls": Head("ViTModel", {"add_pooling_layer": False}, lambda m, o: (ClsToken(m), {}), lambda m: m.config.hidden_size),
+    "cls": Head("AutoModel", {}, lambda m, o: (ClsToken(m), {}), lambda m: m.config.hidden_size),
+    "mae_cls": Head("ViTMAEModel", {}, _mae, lambda m: m.config.hidden_size),
+    "resnet_pooled": Head(
+        "ResNetForImageClassification", {}, lambda m, o: (ResNetHead(m, "pooled"), {"output": "pooled"}),
+        lambda m: m.config.hidden_sizes[-1],
+    ),
+    "resnet_logits": Head(
+        "ResNetForImageClassification", {}, lambda m, o: (ResNetHead(m, "logits"), {"output": "logits"}),
+        lambda m: m.config.num_labels,
+    ),
+    "sam_mean": Head(
+        "SamModel", {}, lambda m, o: (SamMeanPool(m.vision_encoder), {}), lambda m: m.config.vision_config.output_channels
+    ),
+    "pooled_or_cls": Head("AutoModel", {}, lambda m, o: (PooledOrCls(m), {}), lambda m: None),
+}  # fmt: skip
+
+
+class HfOptions(BaseModel):
+    """`head`: a key of `HEADS`; `mask_ratio` (mae_cls only): 0 = no masking, null = the checkpoint's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    head: Literal["vit_cls", "cls", "mae_cls", "resnet_pooled", "resnet_logits", "sam_mean", "pooled_or_cls"]
+    mask_ratio: float | None = 0.0
+
+
+@register_family
+class HfFamily(LoaderFamily):
+    """Hugging Face transformers checkpoints: from the HF cache, a save_pretrained folder or a weights file."""
+
+    name = "hf"
+    prefix = "hf"
+    spec_forms = ("hf:REPO",)
+    Options = HfOptions
+
+    def generic(self, arg: str, spec: str) -> Preset:
+        return Preset(
+            name=spec,
+            title=f"Hugging Face {arg}",
+            loader=self.name,
+            source=arg,
+            embedding="pooler_output if the model has one, else CLS token",
+            dim=None,
+            weights=f"Hugging Face {arg}",
+            options={"head": "pooled_or_cls"},
+        )
+
+    def locate(self, preset: Preset) -> WeightsLocation:
+        hit = hf_cached_file(preset.source, HF_WEIGHT_FILES)
+        return (
+            WeightsLocation(True, str(hit)) if hit else WeightsLocation(False, f"HF cache: {preset.source}")
+        )
+
+    def load(self, preset: Preset, checkpoint: Path | None) -> Loaded:
+        import transformers
+
+        opts = self.options(preset)
+        head = HEADS[opts["head"]]
+        cls = getattr(transformers, head.model_class)
+        model, files, where = from_pretrained(cls, preset.name, preset.source, checkpoint, **head.kwargs)
+        module, extra = head.wrap(model, opts)
+        if opts["head"] == "sam_mean":
+            transform, pre = sam_transform(preset, checkpoint)
+        else:
+            transform, pre = processor_or_preset(preset, checkpoint)
+        return Loaded(module, transform, pre, files, where, head.dim(model), extra)

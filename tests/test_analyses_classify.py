@@ -5,7 +5,6 @@ from collections import Counter
 import numpy as np
 import pytest
 from cbmir.analyses import classify
-from cbmir.analyses.case_neighbours import neighbours_excluding_cases
 from cbmir.classification import classification_metrics
 from cbmir.probe import train_linear_probe
 
@@ -44,15 +43,6 @@ def _data(seed=0, n_cases=24, n_classes=3, dim=6):
             cases.append(f"p{c}")
             splits.append(split)
     return np.array(x), np.array(labels), np.array(splits), np.array(cases)
-
-
-def test_neighbours_excluding_cases_match_a_loop():
-    rng = np.random.default_rng(1)
-    xb, xq = rng.normal(size=(30, 5)), rng.normal(size=(7, 5))
-    cb, cq = rng.integers(0, 6, 30), rng.integers(0, 6, 7)
-    got = neighbours_excluding_cases(xb, xq, 4, cb, cq)
-    assert np.array_equal(got, _ref_neighbours(xb, xq, 4, cb, cq))
-    assert np.array_equal(neighbours_excluding_cases(xb, xq, 4), _ref_neighbours(xb, xq, 4))
 
 
 def test_grouped_folds_never_split_a_case():

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cbmir.analyses import data
+from cbmir.manifest import case_ids
 from PIL import Image, ImageEnhance, ImageFilter
 
 
@@ -48,16 +49,16 @@ PATIENTS = [
 
 
 def test_case_ids_per_dataset_and_rows_without_patient():
-    cases = data.case_ids(_manifest(PATIENTS))
+    cases = case_ids(_manifest(PATIENTS))
     assert cases[0] == cases[1] == cases[3]  # d1 p1
     assert cases[6] != cases[0]  # d2 p1 is a different patient
     assert len({cases[4], cases[5]} | set(cases[[0, 2, 6, 7]])) == 6  # empty / missing ids: own cases
-    assert np.array_equal(data.case_ids(_manifest(None)), np.arange(8))
+    assert np.array_equal(case_ids(_manifest(None)), np.arange(8))
 
 
 def test_count_table_matches_a_loop_long_and_wide():
     df = _manifest(PATIENTS)
-    cases = data.case_ids(df)
+    cases = case_ids(df)
     labels = [c for c in df.columns if "/" in c]
     lab = np.array([labels[int(np.argmax(r))] for r in df[labels].to_numpy()])
     long = data.count_table(df, ["dataset", "label"])

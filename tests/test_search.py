@@ -266,14 +266,15 @@ def test_same_case_exclusion_errors_name_the_parameter():
         search_rows(x, np.arange(5), np.arange(5, 10), 2, cases=cases[:4], progress=False)
 
 
-def test_case_codes_from_patient_id():
-    from cbmir.search import case_codes, max_k
+def test_case_ids_from_patient_id():
+    from cbmir.manifest import case_ids
+    from cbmir.search import max_k
 
     m = pd.DataFrame({"filepath": list("abcdef"), "patient_id": ["p1", "p2", "p1", "", None, " p2 "]})
-    codes = case_codes(m)
+    codes = case_ids(m)
     assert codes[0] == codes[2] and codes[1] == codes[5] and codes[0] != codes[1]
     assert len(set(codes[[3, 4]]) | set(codes[[0, 1]])) == 4  # empty ids: each row its own case
-    assert case_codes(m.drop(columns="patient_id")) is None
+    assert list(case_ids(m.drop(columns="patient_id"))) == list(range(6))
     assert max_k(6, codes, codes[[0]]) == 4 and max_k(6) == 6
 
 

@@ -37,6 +37,7 @@ from cbmir.errors import CbmirError
 BASE_COLUMNS = ("filepath", "dataset", "split", "modality", "anatomic_region")
 SPLITS = ("train", "val", "test")
 LEVELS = ("modality", "region", "label")
+CASE_COLUMN = "patient_id"  # optional metadata: the independent case (patient, volume, near-duplicate group)
 
 _ABSOLUTE = re.compile(r"^(?:[/\\]|[A-Za-z]:)")
 _ESCAPES = re.compile(r"(?:^|[/\\])\.\.(?:[/\\]|$)")
@@ -327,3 +328,22 @@ def split_rows(df: pd.DataFrame, split: str) -> np.ndarray:
     if split not in SPLITS:
         raise ManifestError(f"split_rows: parameter 'split' is {split!r}; allowed {list(SPLITS)}")
     return np.flatnonzero(df["split"].to_numpy() == split).astype(np.int64)
+
+
+def case_ids(df: pd.DataFrame) -> np.ndarray:
+    """int64 case code per row: one code per (`dataset`, `patient_id`); a row without a patient id is its own case.
+
+    The case is the independent unit of every statistic (slices of one volume, images of one patient); a
+    manifest without a `patient_id` column has one case per row.
+    """
+    n = len(df)
+    if CASE_COLUMN not in df.columns:
+        return np.arange(n, dtype=np.int64)
+    pid = df[CASE_COLUMN].astype("string").fillna("").str.strip().to_numpy(dtype=object)
+    dataset = df["dataset"].astype(str).to_numpy() if "dataset" in df.columns else np.full(n, "")
+    keys = np.where(
+        pid == "",
+        [f"\x00row {i}" for i in range(n)],
+        [f"{d}\x00{p}" for d, p in zip(dataset, pid, strict=True)],
+    )
+    return pd.factorize(pd.Series(keys), sort=False)[0].astype(np.int64)

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from cbmir.config import ReportConfig, load_config, slug
-from cbmir.manifest import read_manifest, row_labels, split_rows
-from cbmir.search import Neighbours, case_codes
+from cbmir.manifest import case_ids, read_manifest, row_labels, split_rows
+from cbmir.search import Neighbours
 from cbmir.store import EmbeddingStore, ManifestVectors, write_json
 
 
@@ -68,9 +68,9 @@ class Context:
         return split_rows(self.manifest, split)
 
     @cached_property
-    def cases(self) -> np.ndarray | None:
-        """The case (patient) code of every manifest row from its `patient_id` column; None without one."""
-        return case_codes(self.manifest)
+    def cases(self) -> np.ndarray:
+        """The case (patient) code of every manifest row (`cbmir.manifest.case_ids`)."""
+        return case_ids(self.manifest)
 
     def image_path(self, row: int, thumb: bool = False) -> Path:
         root = self.cfg.thumbs_root if thumb and self.cfg.thumbs_root else self.cfg.data_root

@@ -30,7 +30,6 @@ from cbmir.store import ManifestVectors, open_stores
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 UNIT_TOLERANCE = 1e-5  # rows whose norm is this close to 1 are used as they are (float32 rounding is ~1e-7)
-CASE_COLUMN = "patient_id"
 
 
 class NeighbourTableError(CbmirError, ValueError):
@@ -262,21 +261,6 @@ def table_lock(path: str | os.PathLike, wait: bool = False) -> contextlib.Abstra
     return writer_lock(path.with_name(path.name + ".lock"), f"neighbour table {path}", wait=wait)
 
 
-def case_codes(manifest: pd.DataFrame, column: str = CASE_COLUMN) -> np.ndarray | None:
-    """One int64 case code per manifest row from `column` (e.g. `patient_id`), or None without that column.
-
-    Rows with an empty value are each their own case.
-    """
-    if column not in manifest.columns:
-        return None
-    values = manifest[column].astype("string").fillna("").str.strip().to_numpy(dtype=object)
-    codes, uniques = pd.factorize(values)
-    empty = values == ""
-    codes = codes.astype(np.int64)
-    codes[empty] = len(uniques) + np.flatnonzero(empty)
-    return codes
-
-
 def _own_case_counts(
     index_cases: np.ndarray, query_cases: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -412,7 +396,7 @@ def search_rows(
     `vectors` is a `ManifestVectors` (a model's vectors for the manifest), or an array with one row per
     manifest row unless `embedding_rows` maps each manifest row to its row (-1 = no embedding, an error for
     the rows used). `exclude_self` requires `query_rows` == `index_rows`. `cases` (one case id per manifest
-    row, e.g. from `case_codes`) drops neighbours of the query's own case. Other keyword arguments go to
+    row, e.g. from `cbmir.manifest.case_ids`) drops neighbours of the query's own case. Other keyword arguments go to
     `search`.
     """
     index_rows = np.asarray(index_rows, dtype=np.int64)

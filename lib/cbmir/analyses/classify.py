@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cbmir.analyses.case_neighbours import neighbours_excluding_cases, search
 from cbmir.classification import ClassificationResult, classification_metrics
 from cbmir.errors import CbmirError
+from cbmir.search import search
 
 SELECTIONS = ("val", "grouped-cv", "auto")
 MIN_VAL_CASES = 2
@@ -198,7 +198,7 @@ def grouped_cv_curve(
     pred = np.empty((len(ks), len(y)), dtype=np.int64)
     for held in folds:
         rest = np.setdiff1d(np.arange(len(y)), held)
-        pos = search(x[rest], x[held], k_top)
+        pos = _neighbours(x[rest], x[held], k_top)
         pred[:, held] = knn_predictions(y[rest][pos], n_classes, ks)
     return _f1_curve(y, pred, ks), folds
 
@@ -259,13 +259,13 @@ def knn_classify(
         val = d.rows("val")
         k_top = min(k_max, len(train))
         ks = list(range(1, k_top + 1))
-        pos = neighbours_excluding_cases(d.x[train], d.x[val], k_top, d.cases[train], d.cases[val])
+        pos = _neighbours(d.x[train], d.x[val], k_top, d.cases[train], d.cases[val])
         curve = _f1_curve(d.y[val], knn_predictions(d.y[train][pos], n_classes, ks), ks)
     else:
         curve, _ = grouped_cv_curve(d.x[train], d.y[train], d.cases[train], n_classes, k_max, n_splits, seed)
     k = _best_k(curve, criterion)
     k_test = max(1, k - 1) if paper_k_minus_one else k
-    pos = neighbours_excluding_cases(d.x[train], d.x[test], k_test, d.cases[train], d.cases[test])
+    pos = _neighbours(d.x[train], d.x[test], k_test, d.cases[train], d.cases[test])
     scores = np.zeros((len(test), n_classes))
     np.add.at(scores, (np.repeat(np.arange(len(test)), k_test), d.y[train][pos].ravel()), 1.0 / k_test)
     y = d.y[test]
@@ -433,3 +433,11 @@ def outcome_ci(outcome: Outcome, model: str, n_boot: int = 1000, seed: int = 0) 
     table.insert(0, "head", outcome.head)
     table.insert(0, "model", model)
     return table
+
+
+def _neighbours(
+    xb: np.ndarray, xq: np.ndarray, k: int, cb: np.ndarray | None = None, cq: np.ndarray | None = None
+) -> np.ndarray:
+    """Positions [Q, k] of each query's k nearest index rows outside its own case (exact cosine search)."""
+    cases = {} if cb is None else {"index_cases": cb, "query_cases": cq}
+    return search(xb, xq, k, progress=False, **cases)[1]

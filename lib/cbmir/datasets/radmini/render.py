@@ -104,8 +104,8 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_item(item: Item, root: Path) -> tuple[int, int]:
-    """Write the item's PNG under `root` and its thumbnail under `root/thumbs`; return the stored (w, h)."""
+def write_item(item: Item, root: Path) -> Image.Image:
+    """Write the item's PNG under `root` and its thumbnail under `root/thumbs`; return the stored image."""
     arr = to_display(item)
     img = Image.fromarray(arr, mode="RGB" if arr.ndim == 3 else "L")
     img = _fit(img, MAX_SIDE)
@@ -114,7 +114,7 @@ def write_item(item: Item, root: Path) -> tuple[int, int]:
         data = png_bytes(im)
         if not (path.is_file() and path.read_bytes() == data):
             path.write_bytes(data)
-    return img.size
+    return img
 
 
 def orient_slice(plane: np.ndarray, flip_rows: bool = False, flip_cols: bool = False) -> np.ndarray:

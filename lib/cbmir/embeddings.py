@@ -362,15 +362,14 @@ class _Runner:
         self.device_type = "cuda" if device.startswith("cuda") else "cpu"
         self.module, self.dtype = encoder.module.to(device).eval(), torch.float32
         self.precision = "autocast" if bf16 else "fp32"
-        if (
-            bf16
-            and self.device_type == "cpu"
-            and any(p.is_floating_point() for p in self.module.parameters())
-        ):
-            import copy
+        self.speed: dict = {}
+        if self.device_type == "cpu":  # [speed, issue 15] CPU rewrites (fusion, SDPA, NHWC, bf16) in a copy
+            from cbmir.accelerate import optimise_for_inference
 
-            self.module = copy.deepcopy(self.module).to(dtype=torch.bfloat16)
-            self.dtype, self.precision = torch.bfloat16, "weights+autocast"
+            fast, self.speed = optimise_for_inference(encoder, device, "bf16" if bf16 else "fp32")
+            self.module = fast.module
+            if bf16 and any(step.startswith("bf16 weights") for step in self.speed["steps"]):
+                self.precision = "weights+autocast"
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         import torch
@@ -581,6 +580,7 @@ def extract_embeddings(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "bf16": bool(bf16),
         "precision": runner.precision,
+        "speed": runner.speed,  # [speed, issue 15] what cbmir.accelerate ran
         "device": device,
         "manifest_rows": n_rows,
         "manifest_ids_sha256": ids_hash,

@@ -1,20 +1,24 @@
-"""Feature-extraction throughput: a bare forward pass against the full pipeline, per encoder and precision.
+"""Feature-extraction throughput against this machine's own matrix-multiply rate, per encoder and precision.
 
-bare     : random tensors, pre-batched, straight through `encoder.module` (the ceiling).
-pipeline : `cbmir.extract.extract_embeddings` on JPEG/PNG files on disk (decode, resize, normalise,
-           DataLoader with 2 workers, batching, store writes), the path a real run takes.
-The overhead ratio is bare images/s divided by pipeline images/s, measured in the same run. Encoders: a
-randomly initialised ViT-B/16 (fp32 and bf16) and each offline encoder whose weights ship in a package.
-Figures are printed and appended to benchmarks/RESULTS.md.
+For each encoder and precision (fp32; bf16 where the CPU multiplies bf16 natively):
+- GFLOP/image counted with `torch.utils.flop_counter.FlopCounterMode` on one image;
+- bare forward img/s of the encoder as loaded ("orig") and as `cbmir.accelerate.optimise_for_inference`
+  prepares it ("fast"), on random pre-batched tensors, and the GFLOP/s that makes;
+- the machine's GEMM rate for the same dtype (square-ish matmuls of transformer shapes), measured in the same
+  rounds, interleaved with the forward passes, best of `--rounds`: every speed is quoted as a ratio to it;
+- decode + resize + normalise time per image (the DataLoader's share) against the forward time per image;
+- the pipeline (`extract_embeddings` from JPEG/PNG files, 2 DataLoader workers): whole-call img/s including
+  start-up and the rewrite checks, and the steady rate from the store's chunk timing.
+The load average is printed beside each figure: on a shared machine only the ratios mean much. With CUDA present
+a GPU section records img/s per encoder and batch size (bf16 autocast, as the extraction runs it).
 
-    python benchmarks/bench_extraction.py              # --n 32 images per measurement
-    python benchmarks/bench_extraction.py --n 64 --models vit-b16-random,litemedsam --no-append
+    python benchmarks/bench_extraction.py                   # all offline encoders, --n 8 images
+    python benchmarks/bench_extraction.py --models litemedsam --n 4 --rounds 2 --no-append
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import os
 import shutil
@@ -28,7 +32,8 @@ import torch
 from PIL import Image
 from results import append_results
 
-DEFAULT_MODELS = "vit-b16-random,litemedsam,dinov2-s14-imgfocus,xception-imagenet"
+DEFAULT_MODELS = "vit-b16-random,dinov2-s14-imgfocus,xception-imagenet,litemedsam"
+GEMM_SHAPES = ((2048, 1024, 1024), (4096, 384, 1536), (4096, 1536, 384))  # (M, K, N)
 
 
 def write_images(folder: Path, n: int) -> pd.DataFrame:
@@ -66,39 +71,171 @@ def load(name: str):
     return load_encoder(name)
 
 
-@torch.no_grad()
-def bare(encoder, n: int, batch: int, bf16: bool) -> float:
-    """Images/s of the module alone on random pre-batched tensors (one warm-up batch first)."""
-    shape = tuple(encoder.transform(Image.new("RGB", (64, 64))).shape)
-    module = encoder.module.eval()
-    dtype = torch.float32
-    if bf16:
-        module, dtype = copy.deepcopy(module).to(torch.bfloat16), torch.bfloat16
-    batches = [torch.randn(min(batch, n - i), *shape, dtype=dtype) for i in range(0, n, batch)]
-    module(batches[0][:2])
+def gemm_rate(dtype: torch.dtype, repeats: int = 3) -> float:
+    """GFLOP/s of torch.matmul over GEMM_SHAPES in `dtype` (best single call of each shape, summed FLOPs)."""
+    flops, seconds = 0.0, 0.0
+    for m, k, n in GEMM_SHAPES:
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        torch.matmul(a, b)
+        best = min(_timed(lambda a=a, b=b: torch.matmul(a, b)) for _ in range(repeats))
+        flops, seconds = flops + 2.0 * m * k * n, seconds + best
+    return flops / seconds / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def count_gflop(module: torch.nn.Module, x: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module(x[:1])
+    return counter.get_total_flops() / 1e9
+
+
+def input_shape(encoder) -> tuple[int, ...]:
+    return tuple(encoder.transform(Image.new("RGB", (64, 64))).shape)
+
+
+@torch.inference_mode()
+def bare(module: torch.nn.Module, batches: list[torch.Tensor]) -> float:
+    """Images/s of `module` over pre-made batches (the first batch's first image runs once as warm-up)."""
+    module(batches[0][:1])
+    n = sum(len(b) for b in batches)
     start = time.perf_counter()
     for x in batches:
         module(x)
     return n / (time.perf_counter() - start)
 
 
-def pipeline(encoder, manifest: pd.DataFrame, root: Path, out: Path, batch: int, bf16: bool) -> float:
-    """Images/s of `extract_embeddings` from files on disk (2 DataLoader workers), including its start-up."""
+def decode_seconds(encoder, root: Path, manifest: pd.DataFrame) -> float:
+    """Seconds per image to read, decode, resize and normalise (what each DataLoader worker does)."""
+    from cbmir.images import load_image
+
+    paths = [root / p for p in manifest["filepath"]]
+    encoder.transform(load_image(str(paths[0])))
+    start = time.perf_counter()
+    for path in paths:
+        encoder.transform(load_image(str(path)))
+    return (time.perf_counter() - start) / len(paths)
+
+
+def pipeline(
+    encoder, manifest: pd.DataFrame, root: Path, out: Path, batch: int, bf16: bool
+) -> tuple[float, float, list]:
+    """(whole-call img/s, steady img/s from the chunk timing, the rewrite steps) of `extract_embeddings`."""
     from cbmir.extract import extract_embeddings
 
     start = time.perf_counter()
     store = extract_embeddings(
-        manifest, root, encoder, out, batch_size=batch, num_workers=2, bf16=bf16, redo=True
+        manifest, root, encoder, out, batch_size=batch, num_workers=2, bf16=bf16, redo=True, device="cpu"
     )
     elapsed = time.perf_counter() - start
     assert len(store.ids) == len(manifest), "pipeline lost rows"
-    return len(manifest) / elapsed
+    steps = store.provenance.get("speed", {}).get("steps", [])
+    return len(manifest) / elapsed, float(store.provenance["images_per_second"]), steps
+
+
+def load_avg() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
+    from cbmir.accelerate import cpu_info, optimise_for_inference
+
+    info = cpu_info()
+    precisions = ["fp32"] + (["bf16"] if info["native_bf16"] and not args.no_bf16 else [])
+    lines = [
+        f"- CPU: {info['model']}, {info['cores']} cores, torch threads {torch.get_num_threads()}; ISA: {', '.join(info['isa'])}",
+        f"- {args.n} images per measurement (chest X-ray JPEG/PNG from pneumonia-model-package), batch {args.batch}, "
+        f"best of {args.rounds} interleaved rounds (GEMM, orig forward, fast forward); load = 1-min load average",
+        "",
+        "| encoder | precision | GFLOP/img | GEMM GFLOP/s | orig img/s | orig % GEMM | fast img/s | fast % GEMM | fast/orig | "
+        "decode ms/img | forward ms/img | pipeline img/s (whole / steady) | steady % fast | load | steps |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in args.models.split(","):
+        encoder = load(name)
+        shape = input_shape(encoder)
+        gen = torch.Generator().manual_seed(0)
+        batches = [
+            torch.randn(min(args.batch, args.n - i), *shape, generator=gen)
+            for i in range(0, args.n, args.batch)
+        ]
+        gflop = count_gflop(encoder.module.eval(), batches[0])
+        decode = decode_seconds(encoder, root, manifest)
+        for precision in precisions:
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            fast, _info = optimise_for_inference(encoder, "cpu", precision, example=batches[0][:1])
+            orig = encoder.module if precision == "fp32" else _bf16_copy(encoder.module)
+            orig_batches = batches if precision == "fp32" else [b.to(dtype) for b in batches]
+            best = {"gemm": 0.0, "orig": 0.0, "fast": 0.0}
+            loads = []
+            for _ in range(args.rounds):
+                best["gemm"] = max(best["gemm"], gemm_rate(dtype))
+                best["orig"] = max(best["orig"], bare(orig, orig_batches))
+                best["fast"] = max(best["fast"], bare(fast.module, batches))
+                loads.append(load_avg())
+            whole, steady, steps = pipeline(
+                encoder, manifest, root, tmp / f"{name}-{precision}", args.batch, precision == "bf16"
+            )
+            g = best["gemm"]
+            row = (
+                f"| {name} | {precision} | {gflop:.1f} | {g:.0f} | {best['orig']:.3f} | {100 * best['orig'] * gflop / g:.0f} % "
+                f"| {best['fast']:.3f} | {100 * best['fast'] * gflop / g:.0f} % | {best['fast'] / best['orig']:.2f}x "
+                f"| {1000 * decode:.0f} | {1000 / best['fast']:.0f} | {whole:.3f} / {steady:.3f} | {100 * steady / best['fast']:.0f} % "
+                f"| {'/'.join(loads)} | {'; '.join(steps)} |"
+            )
+            print(row, flush=True)
+            lines.append(row)
+    return lines
+
+
+def _bf16_copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module).to(torch.bfloat16).eval()
+
+
+def gpu_section(args) -> list[str]:
+    """Images/s per encoder and batch size on CUDA under bf16 autocast (the extraction's GPU path)."""
+    lines = [
+        f"- GPU: {torch.cuda.get_device_name(0)}",
+        "",
+        "| encoder | batch | img/s (bf16 autocast) | img/s (fp32) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in args.models.split(","):
+        encoder = load(name)
+        module = encoder.module.cuda().eval()
+        shape = input_shape(encoder)
+        for batch in (16, 64, 256):
+            x = torch.randn(batch, *shape, device="cuda")
+            rates = []
+            for amp in (True, False):
+                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    module(x)
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    for _ in range(5):
+                        module(x)
+                    torch.cuda.synchronize()
+                rates.append(5 * batch / (time.perf_counter() - start))
+            line = f"| {name} | {batch} | {rates[0]:.0f} | {rates[1]:.0f} |"
+            print(line, flush=True)
+            lines.append(line)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=32, help="images per measurement")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--n", type=int, default=8, help="images per measurement")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best of each is kept")
     parser.add_argument(
         "--models", default=DEFAULT_MODELS, help="comma-separated: vit-b16-random or preset names"
     )
@@ -106,38 +243,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    lines = []
+    command = "python benchmarks/bench_extraction.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"
         root.mkdir()
         manifest = write_images(root, args.n)
-        for name in args.models.split(","):
-            encoder = load(name)
-            for bf16 in [False] if args.no_bf16 else [False, True]:
-                label = f"{name} {'bf16' if bf16 else 'fp32'}"
-                b = bare(encoder, args.n, args.batch, bf16)
-                p = pipeline(
-                    encoder, manifest, root, Path(tmp) / "out" / label.replace(" ", "-"), args.batch, bf16
-                )
-                line = f"- {label}: bare {b:.2f} img/s, pipeline {p:.2f} img/s, overhead ratio bare/pipeline {b / p:.2f}x"
-                print(line, flush=True)
-                lines.append(line)
-
-    setup = (
-        f"- {args.n} images per measurement (chest X-ray JPEG/PNG from pneumonia-model-package), batch {args.batch}; "
-        "bf16 = bf16 weights and inputs on CPU; pipeline time includes DataLoader start-up and store writes"
-    )
+        lines = cpu_section(args, manifest, root, Path(tmp) / "out")
     if not args.no_append:
-        command = "python benchmarks/bench_extraction.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
         append_results(
-            "bench_extraction: bare forward pass vs full pipeline (decode, resize, DataLoader x2 workers, store)",
+            "bench_extraction: forward pass and pipeline against the same-dtype GEMM rate (CPU)",
             command,
-            [setup, *lines],
-            machine_extra=f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+            lines,
+            machine_extra=f"torch {torch.__version__}; shared machine: compare ratios within a row, not across runs",
         )
+    if torch.cuda.is_available():
+        gpu = gpu_section(args)
+        if not args.no_append:
+            append_results("bench_extraction: GPU images/s per encoder and batch size", command, gpu)
     return 0
 
 

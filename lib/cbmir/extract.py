@@ -254,6 +254,7 @@ def _extract(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "bf16": bool(bf16),
         "precision": runner.precision,
+        "speed": runner.speed,  # what cbmir.accelerate ran on the CPU
         "device": device,
         "manifest_rows": n_rows,
         "manifest_ids_sha256": ids_hash,

@@ -6,9 +6,8 @@ exactly as the index it searches.
 
 from __future__ import annotations
 
-import copy
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,9 +35,10 @@ def resolve_device(device: str | None) -> str:
 class PrecisionRunner:
     """Embed one batch at a time into L2-normalised float32 rows, at the requested precision.
 
-    bf16 means autocast on CUDA, and bf16 weights (+ autocast) on the CPU, which is faster there (see
-    benchmarks/bench_bf16.py). If a module rejects bf16 weights, it falls back to fp32 weights + autocast.
-    The caller's module is never cast: bf16 weights live in a copy. `precision` records what ran.
+    bf16 means autocast on CUDA. On the CPU the module is prepared by `cbmir.accelerate.optimise_for_inference`
+    (each rewrite kept only if its output matches the original; bf16 weights + autocast where bf16 is asked for);
+    if a module then rejects bf16 weights, it falls back to fp32 weights + autocast. The caller's module is never
+    changed: rewrites live in a copy. `precision` and `speed` record what ran.
     """
 
     def __init__(self, encoder: Encoder, device: str, bf16: bool) -> None:
@@ -48,13 +48,16 @@ class PrecisionRunner:
         self.device_type = "cuda" if device.startswith("cuda") else "cpu"
         self.module, self.dtype = encoder.module.to(device).eval(), torch.float32
         self.precision = "autocast" if bf16 else "fp32"
+        self.speed: dict[str, Any] = {}
         if (
-            bf16
-            and self.device_type == "cpu"
-            and any(p.is_floating_point() for p in self.module.parameters())
-        ):
-            self.module = copy.deepcopy(self.module).to(dtype=torch.bfloat16)
-            self.dtype, self.precision = torch.bfloat16, "weights+autocast"
+            self.device_type == "cpu"
+        ):  # CPU rewrites (conv+BN fusion, SDPA, NHWC, bf16 weights) in a checked copy
+            from cbmir.accelerate import optimise_for_inference
+
+            fast, self.speed = optimise_for_inference(encoder, device, "bf16" if bf16 else "fp32")
+            self.module = fast.module
+            if bf16 and any(step.startswith("bf16 weights") for step in self.speed["steps"]):
+                self.precision = "weights+autocast"
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         import torch

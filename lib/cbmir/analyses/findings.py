@@ -47,6 +47,10 @@ def cases(n: int) -> str:
     return f"{int(n)} case" + ("" if int(n) == 1 else "s")
 
 
+def queries(n: int) -> str:
+    return f"{int(n)} quer" + ("y" if int(n) == 1 else "ies")
+
+
 def direction(low: float, high: float, reference: float = 0.0) -> int:
     """+1 if the interval lies above `reference`, -1 if below, 0 if it contains it."""
     return 1 if low > reference else -1 if high < reference else 0
@@ -223,7 +227,7 @@ def conditional_sentence(row: Mapping, name: str) -> str:
     return (
         f"{name}{where}: among anatomy-correct neighbours in the first {int(row['N'])}, the finding matches in "
         f"{num(row['share'])} against {num(row['chance'])} by chance, difference {signed(row['difference'])} "
-        f"({interval(row['difference_lo'], row['difference_hi'], diff=True)}; {int(row['n_queries'])} queries, "
+        f"({interval(row['difference_lo'], row['difference_hi'], diff=True)}; {queries(row['n_queries'])}, "
         f"{cases(row['n_cases'])}): {verdict}."
     )
 
@@ -411,12 +415,35 @@ def _numbers_verdict(table: pd.DataFrame, model: str = "biomedclip") -> tuple[st
     return _count_verdict(len(inside), len(tested) - len(inside), len(tested)), evidence
 
 
+def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) -> tuple[str, str]:
+    part = study[(study["metric"] == metric) & (study["N"] == n) & (study["average"] == average)]
+    if part.empty:
+        return NOT_SHOWN, f"no {metric} rows at N = {n} in the index-size table"
+    if too_few(part["n_cases"].min()):
+        return NOT_SHOWN, _few(part["n_cases"].min())
+    changed = total = 0
+    for _, g in part.groupby("model", sort=False):
+        t = g.sort_values("index_cases")
+        if t["index_cases"].nunique() < 2:
+            continue
+        total += 1
+        first, last = t["index_cases"].iloc[0], t["index_cases"].iloc[-1]
+        changed += int(_change(t, "index_cases", first, last, "estimate", "low", "high") != 0)
+    measure = f"{average} {metric.replace('@N', f'@{n}')}"
+    evidence = (
+        f"{measure} at the smallest and the full index differs beyond the 95 % bands for {changed} of {total} "
+        "models (notebook 4)"
+    )
+    return _count_verdict(changed, 0, total), evidence
+
+
 def claim_verdicts(
     claims: pd.DataFrame,
     table: pd.DataFrame,
     best: pd.DataFrame | None = None,
     baselines: pd.DataFrame | None = None,
     levels: pd.DataFrame | None = None,
+    index_size: pd.DataFrame | None = None,
     n: int = 1,
     average: str = "micro",
     image_text_models: Sequence[str] = IMAGE_TEXT_MODELS,
@@ -425,8 +452,10 @@ def claim_verdicts(
     cannot be tested here) and the evidence, judged at `average` P@`n`.
 
     `table`: `summary.model_table`; `best` / `baselines`: `summary.against_best` / `against_baselines`; `levels`:
-    `levels.level_precision` rows of every model with a `model` column. A claim whose table is missing is "not
-    shown"; the index-size claim is answered in its own notebook.
+    `levels.level_precision` rows of every model with a `model` column; `index_size`:
+    `index_size.index_size_study` rows with a `model` column (judged on micro plain P@10: it holds for a model
+    whose bands at the smallest and the full index do not overlap). A claim whose table is missing is "not
+    shown".
     """
     out = []
     for _, row in claims.iterrows():
@@ -443,8 +472,8 @@ def claim_verdicts(
             verdict, evidence = _anatomy_verdict(levels, n, average)
         elif key == "numbers":
             verdict, evidence = _numbers_verdict(table)
-        elif key == "index_size":
-            verdict, evidence = NOT_SHOWN, "answered by the index-size notebook (4), not summarised here"
+        elif key == "index_size" and index_size is not None:
+            verdict, evidence = _index_size_verdict(index_size, 10, "plain P@N", "micro")
         else:
             verdict, evidence = NOT_SHOWN, "its table was not given"
         out.append(

@@ -96,12 +96,12 @@ def test_chance_and_conditional_sentences_agree_with_their_row(seed):
         "difference": d,
         "difference_lo": d - rng.exponential(0.1),
         "difference_hi": d + rng.exponential(0.1),
-        "n_queries": 40,
+        "n_queries": int(rng.choice([1, 40])),
         "n_cases": int(rng.choice([1, 12])),
     }
     text = findings.conditional_sentence(row, "m")
     m = re.search(
-        rf"in ({NUM}) against ({NUM}) by chance, difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}); 40 queries, (\d+) cases?\): (.*)\.$",
+        rf"in ({NUM}) against ({NUM}) by chance, difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}); (\d+) quer(?:y|ies), (\d+) cases?\): (.*)\.$",
         text,
     )
     assert m, text
@@ -113,11 +113,12 @@ def test_chance_and_conditional_sentences_agree_with_their_row(seed):
         s3(row["difference_hi"]),
     )
     lo, hi = row["difference_lo"], row["difference_hi"]
-    assert int(m.group(6)) == row["n_cases"]
+    assert int(m.group(6)) == row["n_queries"] and int(m.group(7)) == row["n_cases"]
+    assert (f"{row['n_queries']} query," if row["n_queries"] == 1 else f"{row['n_queries']} queries,") in text
     if row["n_cases"] < findings.MIN_CASES:
-        assert m.group(7).startswith("too few cases (1 case;")
+        assert m.group(8).startswith("too few cases (1 case;")
     else:
-        assert m.group(7) == (
+        assert m.group(8) == (
             "above chance" if lo > 0 else "below chance" if hi < 0 else "not distinguishable from chance"
         )
 
@@ -253,3 +254,121 @@ def test_paper_claims():
     assert "no image-text model" in offline.loc[0, "why"]
     paper = findings.paper_claims(["biomedclip", "dinov2-b14"], "paper", index_size_ran=True)
     assert list(paper["testable"]) == [True, False, False, True, True]
+
+
+def random_pairs(rng, models, other, refs, n_cases):
+    rows = []
+    for m in models:
+        for ref in refs:
+            if m == ref:
+                continue
+            diff = rng.normal(0, 0.1)
+            rows.append(
+                {"model": m, other: ref, "average": "micro", "N": 1, "difference": diff,
+                 "low": diff - rng.exponential(0.05), "high": diff + rng.exponential(0.05),
+                 "p_value": rng.random(), "p_holm": rng.random(), "n_cases": n_cases}
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_claim_verdicts_follow_the_intervals(seed):
+    rng = np.random.default_rng(seed)
+    n_cases = int(rng.choice([3, 20]))
+    encoders = ["biomedclip", "enc-a"] if seed % 2 else ["enc-a", "enc-b"]
+    models = encoders + ["raw-pixels", "random-vit"]
+    config = "paper" if seed % 3 == 0 else "radmini"
+    table = pd.DataFrame(
+        [{"model": m, "average": "micro", "N": n, "estimate": e, "low": e - 0.05, "high": e + 0.05,
+          "chance": 0.1, "n_cases": n_cases}
+         for m in models for n, e in zip((1, 3, 5, 10), rng.uniform(0.5, 0.65, 4), strict=True)]
+    )  # fmt: skip
+    best_model = str(rng.choice(models))
+    table.attrs["best"] = best_model
+    best = random_pairs(rng, models, "best", [best_model], n_cases)
+    base = random_pairs(rng, encoders, "baseline", ["raw-pixels", "random-vit"], n_cases)
+    lv = pd.DataFrame(
+        [{"model": m, "level": level, "N": 1, "micro": v, "micro_lo": v - w, "micro_hi": v + w, "n_cases": n_cases}
+         for m in models for level, v, w in (("region", rng.random(), 0.05), ("label", rng.random(), 0.05))]
+    )  # fmt: skip
+    size = pd.DataFrame(
+        [{"model": m, "metric": metric, "N": 10, "average": "micro", "index_cases": c, "estimate": v,
+          "low": v - 0.05, "high": v + 0.05, "n_cases": n_cases}
+         for m in models for metric in ("plain P@N", "hit@N")
+         for c, v in zip((4.0, 10.0, 20.0), np.sort(rng.uniform(0.2, 0.4, 3)), strict=True)]
+    )  # fmt: skip
+    claims = findings.paper_claims(
+        models, config, regions_with_several_labels=int(rng.integers(0, 2)), index_size_ran=bool(seed % 4)
+    )
+    got = findings.claim_verdicts(
+        claims, table, best=best, baselines=base, levels=lv, index_size=size
+    ).set_index("claim")
+    assert list(got.index) == list(claims["claim"])
+    for _, claim in claims.iterrows():
+        verdict = got.loc[claim["claim"], "verdict"]
+        if not claim["testable"]:
+            assert verdict == findings.UNTESTABLE
+            continue
+        assert verdict != findings.UNTESTABLE
+        key = dict((c, k) for k, c in findings.PAPER_CLAIMS)[claim["claim"]]
+        few = n_cases < findings.MIN_CASES
+        if key == "baselines":
+            above, below = (base["low"] > 0).sum(), (base["high"] < 0).sum()
+            want = (
+                findings.NOT_SHOWN if few
+                else findings.HOLDS if above == len(base)
+                else findings.PARTLY if above
+                else findings.FAILS if below
+                else findings.NOT_SHOWN
+            )  # fmt: skip
+            assert verdict == want, got.loc[claim["claim"], "evidence"]
+        elif key == "anatomy":
+            pivot = {m: g.set_index("level") for m, g in lv.groupby("model")}
+            passed = sum(p.loc["region", "micro_lo"] > p.loc["label", "micro_hi"] for p in pivot.values())
+            failed = sum(p.loc["region", "micro_hi"] < p.loc["label", "micro_lo"] for p in pivot.values())
+            if few:
+                assert verdict == findings.NOT_SHOWN
+            else:
+                want = (
+                    findings.HOLDS if passed == len(pivot) else findings.PARTLY if passed
+                    else findings.FAILS if failed else findings.NOT_SHOWN
+                )  # fmt: skip
+                assert verdict == want
+                assert (
+                    f"for {passed} of {len(pivot)} models, below for {failed}"
+                    in got.loc[claim["claim"], "evidence"]
+                )
+        elif key == "image_text":
+            if few:
+                assert verdict == findings.NOT_SHOWN
+            elif best_model == "biomedclip":
+                assert verdict == (findings.HOLDS if (best["high"] < 0).all() else
+                                   findings.PARTLY if (best["high"] < 0).any() else findings.NOT_SHOWN)  # fmt: skip
+            else:
+                rival = best[best["model"] == "biomedclip"]
+                assert verdict == (findings.FAILS if (rival["high"] < 0).all() else findings.NOT_SHOWN)
+        elif key == "index_size":
+            plain = size[size["metric"] == "plain P@N"]
+            changed = 0
+            for _, g in plain.groupby("model"):
+                a, b = g[g["index_cases"] == 4.0].iloc[0], g[g["index_cases"] == 20.0].iloc[0]
+                changed += int(b["low"] > a["high"] or b["high"] < a["low"])
+            want = (
+                findings.NOT_SHOWN if few or not changed
+                else findings.HOLDS if changed == len(models) else findings.PARTLY
+            )  # fmt: skip
+            assert verdict == want
+            if not few:
+                assert f"for {changed} of {len(models)} models" in got.loc[claim["claim"], "evidence"]
+        elif key == "numbers":
+            ours = table[table["model"] == "biomedclip"].set_index("N")
+            inside = sum(
+                ours.loc[n, "low"] <= v <= ours.loc[n, "high"]
+                for n, v in zip((1, 3, 5, 10), (0.594, 0.590, 0.588, 0.583), strict=True)
+            )
+            assert f"at {inside} of 4 N" in got.loc[claim["claim"], "evidence"]
+    text = findings.findings_markdown(config, table, best, base, got.reset_index())
+    assert text.startswith(f"# Findings ({config})")
+    for _, r in got.reset_index().iterrows():
+        assert f"- {r['claim']} ({r['evidence']})" in text
+        assert f"**{r['verdict'].capitalize()}:**" in text

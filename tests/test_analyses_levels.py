@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import slow_stats as slow
 from cbmir.analyses import levels
@@ -138,6 +139,32 @@ def test_models_are_compared_on_one_common_set_of_queries():
         np.testing.assert_allclose(part.loc["a", "share"], np.mean([sa[i] for i in common]), atol=1e-12)
         np.testing.assert_allclose(part.loc["b", "share"], np.mean([sb[i] for i in common]), atol=1e-12)
         np.testing.assert_allclose(part["chance"], np.mean([chance[i] for i in common]), atol=1e-12)
+
+
+def test_models_are_compared_per_region_on_the_common_queries():
+    ids_a, ids_b, qr, ir, _, regions, labels, cases = problem(11)
+    got = levels.pathology_given_anatomy_models(
+        {"a": ids_a, "b": ids_b}, qr, ir, regions, labels, cases, ns=(1, 5), n_boot=20, by_region=True
+    )
+    overall = levels.pathology_given_anatomy_models(
+        {"a": ids_a, "b": ids_b}, qr, ir, regions, labels, cases, ns=(1, 5), n_boot=20
+    )
+    chance = [ref_chance(q, ir, regions, labels) for q in qr]
+    region_of = [regions[q] for q in qr]
+    for n in (1, 5):
+        sa, sb = ref_shares(ids_a, qr, regions, labels, n), ref_shares(ids_b, qr, regions, labels, n)
+        common = [i for i in range(len(qr)) if not np.isnan(sa[i]) and not np.isnan(sb[i])]
+        for region in sorted({region_of[i] for i in common}):
+            sel = [i for i in common if region_of[i] == region]
+            part = got[(got["N"] == n) & (got["region"] == region)].set_index("model")
+            assert (part["n_queries"] == len(sel)).all()
+            np.testing.assert_allclose(part.loc["a", "share"], np.mean([sa[i] for i in sel]), atol=1e-12)
+            np.testing.assert_allclose(part.loc["b", "share"], np.mean([sb[i] for i in sel]), atol=1e-12)
+            np.testing.assert_allclose(part["chance"], np.mean([chance[i] for i in sel]), atol=1e-12)
+        everything = got[(got["N"] == n) & (got["region"] == levels.ALL)].drop(columns="region")
+        pd.testing.assert_frame_equal(
+            everything.reset_index(drop=True), overall[overall["N"] == n].reset_index(drop=True)
+        )
 
 
 def test_classes_per_region():

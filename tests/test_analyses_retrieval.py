@@ -188,3 +188,18 @@ def test_informative_columns_and_bad_input():
         retrieval.precision_curves(np.zeros((2, 3), int), np.array([0]), np.array([1]), ["a", "b"])
     with pytest.raises(ValueError, match="'index_rows'"):
         retrieval.precision_curves(np.zeros((1, 1), int), np.array([0]), np.array([5]), ["a", "b"])
+
+
+def test_gallery_queries_show_every_class_once_before_repeating_one():
+    rng = np.random.default_rng(3)
+    labels = np.array([f"c{i}" for i in rng.integers(0, 5, 60)], dtype=object)
+    query_rows = np.sort(rng.choice(60, 30, replace=False))
+    present = set(labels[query_rows])
+    for n in (3, len(present), 12, 100):
+        shown = retrieval.gallery_queries(query_rows, labels, n=n, seed=1)
+        assert len(shown) == min(n, len(query_rows)) and len(set(shown)) == len(shown)
+        first = [labels[query_rows[p]] for p in shown[: len(present)]]
+        assert len(set(first)) == len(first)  # no class twice before every class was shown
+    assert retrieval.gallery_queries(query_rows, labels, 8, seed=1) == retrieval.gallery_queries(
+        query_rows, labels, 8, seed=1
+    )

@@ -142,3 +142,15 @@ def test_query_by_example_finds_itself_first_with_the_stored_vector(
     np.testing.assert_allclose(seen[0][0], ctx.vectors(MODEL).take([5])[0], atol=1e-6)  # the very same vector
     assert ctx.embeddings(MODEL).provenance["precision"] == "weights+autocast"  # bf16 on the CPU
     assert hits["rank"].tolist() == [1, 2, 3] and (np.diff(hits["cosine"]) <= 0).all()
+
+
+def test_findings_are_written_where_the_site_reads_them(ctx: Context, tmp_path: Path) -> None:
+    from cbmir.site import FINDINGS
+
+    ctx.cfg.reports_dir = tmp_path / "reports" / "toy"
+    path = ctx.save_findings("# Findings\n\n- one")
+    assert path == tmp_path / "reports" / "toy" / FINDINGS
+    assert path.read_text(encoding="utf-8") == "# Findings\n\n- one\n"
+    ctx.save_findings("- two\n")
+    assert path.read_text(encoding="utf-8") == "- two\n"
+    assert [p.name for p in path.parent.iterdir()] == [FINDINGS]

@@ -223,6 +223,18 @@ class Context:
         df.to_csv(path, index=False)
         return path
 
+    def save_findings(self, markdown: str) -> Path:
+        """Write the report's findings (markdown) to reports/<config>/findings.md (the site's landing page reads
+        it); return its path."""
+        from cbmir.site import FINDINGS
+
+        path = self.cfg.reports_dir / FINDINGS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(markdown if markdown.endswith("\n") else markdown + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
     def show_table(self, df: pd.DataFrame, name: str, caption: str, **show_options: Any) -> Table:
         """Store `df` unrounded (`save_table`) and return it formatted for reading (`cbmir.tables.show`)."""
         from cbmir.tables import show

@@ -47,6 +47,10 @@ def cases(n: int) -> str:
     return f"{int(n)} case" + ("" if int(n) == 1 else "s")
 
 
+def queries(n: int) -> str:
+    return f"{int(n)} quer" + ("y" if int(n) == 1 else "ies")
+
+
 def direction(low: float, high: float, reference: float = 0.0) -> int:
     """+1 if the interval lies above `reference`, -1 if below, 0 if it contains it."""
     return 1 if low > reference else -1 if high < reference else 0
@@ -223,7 +227,7 @@ def conditional_sentence(row: Mapping, name: str) -> str:
     return (
         f"{name}{where}: among anatomy-correct neighbours in the first {int(row['N'])}, the finding matches in "
         f"{num(row['share'])} against {num(row['chance'])} by chance, difference {signed(row['difference'])} "
-        f"({interval(row['difference_lo'], row['difference_hi'], diff=True)}; {int(row['n_queries'])} queries, "
+        f"({interval(row['difference_lo'], row['difference_hi'], diff=True)}; {queries(row['n_queries'])}, "
         f"{cases(row['n_cases'])}): {verdict}."
     )
 
@@ -313,3 +317,194 @@ def paper_claims(
 def as_markdown(sentences: Sequence[str]) -> str:
     """Sentences as a markdown bullet list (for `display(Markdown(...))` in a notebook)."""
     return "\n".join(f"- {s}" for s in sentences)
+
+
+# ---- what the tables say about each testable claim ---------------------------------------------------------------
+HOLDS, FAILS, PARTLY, NOT_SHOWN, UNTESTABLE = (
+    "holds",
+    "does not hold",
+    "holds in part",
+    "not shown",
+    "cannot be tested here",
+)
+
+
+def _count_verdict(passed: int, failed: int, total: int) -> str:
+    """All pass: holds; none passes and some fail: does not hold; some pass: in part; else not shown."""
+    if total and passed == total:
+        return HOLDS
+    if passed:
+        return PARTLY
+    return FAILS if failed else NOT_SHOWN
+
+
+def _pairs_at(frame: pd.DataFrame | None, n: int, average: str) -> pd.DataFrame:
+    if frame is None or frame.empty:
+        return pd.DataFrame()
+    return frame[(frame["N"] == n) & (frame["average"] == average)]
+
+
+def _baseline_verdict(base: pd.DataFrame) -> tuple[str, str]:
+    if base.empty:
+        return NOT_SHOWN, "no encoder-baseline comparison"
+    if too_few(base["n_cases"].min()):
+        return NOT_SHOWN, _few(base["n_cases"].min())
+    above = int((base["low"] > 0).sum())
+    below = int((base["high"] < 0).sum())
+    evidence = (
+        f"{above} of {len(base)} encoder-baseline pairs score higher (95 % CI of the paired difference above 0), "
+        f"{below} lower, {len(base) - above - below} not distinguishable"
+    )
+    return _count_verdict(above, below, len(base)), evidence
+
+
+def _best_verdict(best_model: str, best: pd.DataFrame, image_text: Sequence[str]) -> tuple[str, str]:
+    if best.empty or too_few(best["n_cases"].min()):
+        return NOT_SHOWN, "no comparison with the best model" if best.empty else _few(best["n_cases"].min())
+    if best_model in image_text:
+        below = int((best["high"] < 0).sum())
+        evidence = (
+            f"the best model is the image-text model {best_model}; {below} of {len(best)} other models score "
+            "lower (95 % CI of the paired difference below 0)"
+        )
+        return (HOLDS if below == len(best) else PARTLY if below else NOT_SHOWN), evidence
+    rivals = best[best["model"].isin(image_text)]
+    below = int((rivals["high"] < 0).sum())
+    evidence = (
+        f"the best model is {best_model}, not an image-text model; {below} of {len(rivals)} image-text models "
+        "score lower than it (95 % CI below 0)"
+    )
+    return (FAILS if len(rivals) and below == len(rivals) else NOT_SHOWN), evidence
+
+
+def _anatomy_verdict(levels: pd.DataFrame, n: int, average: str) -> tuple[str, str]:
+    part = levels[levels["N"] == n] if "N" in levels else levels
+    lo, hi = f"{average}_lo", f"{average}_hi"
+    passed = failed = total = 0
+    few = False
+    for _, g in part.groupby("model", sort=False):
+        g = g.set_index("level")
+        if not {"region", "label"} <= set(g.index):
+            continue
+        total += 1
+        reg, lab = g.loc["region"], g.loc["label"]
+        if too_few(reg["n_cases"]):
+            few = True
+            continue
+        passed += int(reg[lo] > lab[hi])
+        failed += int(reg[hi] < lab[lo])
+    if few and not passed and not failed:
+        return NOT_SHOWN, _few(part["n_cases"].min())
+    evidence = (
+        f"region-level {average} P@{n} above label-level (bands not overlapping) for {passed} of {total} models, "
+        f"below for {failed}"
+    )
+    return _count_verdict(passed, failed, total), evidence
+
+
+def _numbers_verdict(table: pd.DataFrame, model: str = "biomedclip") -> tuple[str, str]:
+    from cbmir.analyses.summary import PAPER_REPORTED
+
+    ours = table[(table["model"] == model) & (table["average"] == "micro")].set_index("N")
+    paper = PAPER_REPORTED[PAPER_REPORTED["model"] == model].set_index("N")["value"]
+    inside = [
+        n for n in paper.index if n in ours.index and ours.loc[n, "low"] <= paper[n] <= ours.loc[n, "high"]
+    ]
+    tested = [n for n in paper.index if n in ours.index]
+    evidence = f"the published value lies inside our 95 % CI at {len(inside)} of {len(tested)} N"
+    return _count_verdict(len(inside), len(tested) - len(inside), len(tested)), evidence
+
+
+def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) -> tuple[str, str]:
+    part = study[(study["metric"] == metric) & (study["N"] == n) & (study["average"] == average)]
+    if part.empty:
+        return NOT_SHOWN, f"no {metric} rows at N = {n} in the index-size table"
+    if too_few(part["n_cases"].min()):
+        return NOT_SHOWN, _few(part["n_cases"].min())
+    changed = total = 0
+    for _, g in part.groupby("model", sort=False):
+        t = g.sort_values("index_cases")
+        if t["index_cases"].nunique() < 2:
+            continue
+        total += 1
+        first, last = t["index_cases"].iloc[0], t["index_cases"].iloc[-1]
+        changed += int(_change(t, "index_cases", first, last, "estimate", "low", "high") != 0)
+    measure = f"{average} {metric.replace('@N', f'@{n}')}"
+    evidence = (
+        f"{measure} at the smallest and the full index differs beyond the 95 % bands for {changed} of {total} "
+        "models (notebook 4)"
+    )
+    return _count_verdict(changed, 0, total), evidence
+
+
+def claim_verdicts(
+    claims: pd.DataFrame,
+    table: pd.DataFrame,
+    best: pd.DataFrame | None = None,
+    baselines: pd.DataFrame | None = None,
+    levels: pd.DataFrame | None = None,
+    index_size: pd.DataFrame | None = None,
+    n: int = 1,
+    average: str = "micro",
+    image_text_models: Sequence[str] = IMAGE_TEXT_MODELS,
+) -> pd.DataFrame:
+    """`paper_claims` with what this run's tables say: verdict (holds, does not hold, holds in part, not shown,
+    cannot be tested here) and the evidence, judged at `average` P@`n`.
+
+    `table`: `summary.model_table`; `best` / `baselines`: `summary.against_best` / `against_baselines`; `levels`:
+    `levels.level_precision` rows of every model with a `model` column; `index_size`:
+    `index_size.index_size_study` rows with a `model` column (judged on micro plain P@10: it holds for a model
+    whose bands at the smallest and the full index do not overlap). A claim whose table is missing is "not
+    shown".
+    """
+    out = []
+    for _, row in claims.iterrows():
+        key = dict((claim, k) for k, claim in PAPER_CLAIMS).get(row["claim"])
+        if not row["testable"]:
+            verdict, evidence = UNTESTABLE, row["why"]
+        elif key == "baselines":
+            verdict, evidence = _baseline_verdict(_pairs_at(baselines, n, average))
+        elif key == "image_text":
+            verdict, evidence = _best_verdict(
+                str(table.attrs.get("best", "")), _pairs_at(best, n, average), image_text_models
+            )
+        elif key == "anatomy" and levels is not None:
+            verdict, evidence = _anatomy_verdict(levels, n, average)
+        elif key == "numbers":
+            verdict, evidence = _numbers_verdict(table)
+        elif key == "index_size" and index_size is not None:
+            verdict, evidence = _index_size_verdict(index_size, 10, "plain P@N", "micro")
+        else:
+            verdict, evidence = NOT_SHOWN, "its table was not given"
+        out.append(
+            {
+                "claim": row["claim"],
+                "testable": bool(row["testable"]),
+                "verdict": verdict,
+                "evidence": evidence,
+            }
+        )
+    return pd.DataFrame(out, columns=["claim", "testable", "verdict", "evidence"])
+
+
+def findings_markdown(
+    config_name: str,
+    table: pd.DataFrame,
+    best: pd.DataFrame | None,
+    baselines: pd.DataFrame | None,
+    verdicts: pd.DataFrame,
+    n: int = 1,
+    average: str = "micro",
+) -> str:
+    """The report's findings: the sentences of `summary_sentences`, then the paper's claims grouped by verdict."""
+    lines = [f"# Findings ({config_name})", "", f"## What the tables show ({average} P@{n})", ""]
+    lines.append(as_markdown(summary_sentences(table, best, baselines, n=n, average=average)))
+    lines += ["", "## The paper's claims", ""]
+    for verdict in (HOLDS, PARTLY, FAILS, NOT_SHOWN, UNTESTABLE):
+        part = verdicts[verdicts["verdict"] == verdict]
+        if part.empty:
+            continue
+        lines += [f"**{verdict.capitalize()}:**", ""]
+        lines.append(as_markdown([f"{r['claim']} ({r['evidence']})" for _, r in part.iterrows()]))
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -195,11 +195,13 @@ def pathology_given_anatomy_models(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    by_region: bool = False,
 ) -> pd.DataFrame:
     """`pathology_given_anatomy` over all regions for each model, on the queries common to all models (per N).
 
     Every model's neighbour table must hold the same `query_rows`. Columns: model, N, share, share_lo, share_hi,
-    chance, difference, difference_lo, difference_hi, n_queries, n_cases.
+    chance, difference, difference_lo, difference_hi, n_queries, n_cases; with `by_region`, also a `region`
+    column after `model` ("all regions" first, then each region, each on the common queries).
     """
     if not ids_by_model:
         raise ValueError("parameter 'ids_by_model' is empty")
@@ -207,14 +209,18 @@ def pathology_given_anatomy_models(
     ns = [n for n in ns if n <= k]
     shares = {m: conditional_shares(v, query_rows, regions, labels, ns) for m, v in ids_by_model.items()}
     common = common_queries(shares)
-    expected, _, case_q = _inputs(query_rows, index_rows, regions, labels, cases)
+    expected, groups, case_q = _inputs(query_rows, index_rows, regions, labels, cases)
     frames = []
     for model, s in shares.items():
         masked = np.where(common, s, np.nan)
-        rows = _conditional_rows(masked, expected, np.full(len(s), ALL), case_q, ns, n_boot, seed, ci)
-        frames.append(pd.DataFrame([r for r in rows if r["region"] == ALL]).assign(model=model))
-    out = pd.concat(frames, ignore_index=True).drop(columns="region")
-    return out.reindex(columns=["model", *_COND[1:]])
+        rows = _conditional_rows(
+            masked, expected, groups if by_region else np.full(len(s), ALL), case_q, ns, n_boot, seed, ci
+        )
+        frames.append(pd.DataFrame(rows).reindex(columns=_COND).assign(model=model))
+    out = pd.concat(frames, ignore_index=True)
+    if not by_region:
+        return out.drop(columns="region").reindex(columns=["model", *_COND[1:]])
+    return out.reindex(columns=["model", *_COND])
 
 
 def classes_per_region(label_names: Sequence[str]) -> pd.DataFrame:

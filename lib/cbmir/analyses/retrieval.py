@@ -312,3 +312,21 @@ def best_worst(
     best = ranked.iloc[:n_best]
     worst = ranked.iloc[len(ranked) - n_worst :].iloc[::-1].reset_index(drop=True)
     return best, worst
+
+
+def gallery_queries(
+    query_rows: np.ndarray, labels: Sequence | np.ndarray, n: int = 8, seed: int = 0
+) -> list[int]:
+    """Positions (into `query_rows`) of up to `n` queries to show: one per class first, in a seeded random order.
+
+    `labels` holds one label per manifest row.
+    """
+    labels = np.asarray(labels, dtype=object)
+    order = np.random.default_rng(seed).permutation(len(query_rows))
+    seen: set = set()
+    first, rest = [], []
+    for pos in order:
+        label = labels[query_rows[pos]]
+        (rest if label in seen else first).append(int(pos))
+        seen.add(label)
+    return (first + rest)[:n]

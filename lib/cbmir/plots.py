@@ -40,14 +40,25 @@ def save_figure(fig: plt.Figure, stem: Path, images: bool = False) -> Path:
     return png
 
 
-def count_bars(counts: pd.DataFrame, x: str, hue: str | None = None, title: str = "") -> plt.Figure:
-    """Horizontal bars of image counts (`counts` has columns x, [hue], 'images')."""
+def count_bars(
+    counts: pd.DataFrame,
+    x: str,
+    hue: str | None = None,
+    title: str = "",
+    values: Sequence[str] = ("images",),
+) -> plt.Figure:
+    """Horizontal bars of counts, one panel per column of `values` (`counts` has columns x, [hue], *values)."""
     n = counts[x].nunique()
-    fig, ax = plt.subplots(figsize=(7, max(2.0, 0.28 * n + 1)))
-    sns.barplot(data=counts, y=x, x="images", hue=hue, ax=ax, orient="h")
-    ax.set_title(title)
-    ax.set_xlabel("images")
-    ax.set_ylabel("")
+    fig, axes = plt.subplots(
+        1, len(values), figsize=(7 * len(values), max(2.0, 0.28 * n + 1)), squeeze=False, sharey=True
+    )
+    for i, (ax, value) in enumerate(zip(axes[0], values, strict=True)):
+        sns.barplot(data=counts, y=x, x=value, hue=hue, ax=ax, orient="h", legend=i == len(values) - 1)
+        ax.set_xlabel(value)
+        ax.set_ylabel("")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return fig
 
 

@@ -359,8 +359,8 @@ def separation_sentence(table: pd.DataFrame, name: str) -> str:
     if too_few(n):
         return f"{head}: {_few(n)}."
     verdict = {
-        1: "same-label images are closer, so nearest neighbours tend to share the label",
-        -1: "different-label images are closer, so nearest neighbours tend not to share the label",
+        1: "on average, same-label images of other cases are closer than different-label ones",
+        -1: "on average, different-label images of other cases are closer than same-label ones",
         0: "same- and different-label similarities are not distinguishable",
     }[direction(d["ci_low"], d["ci_high"])]
     return f"{head}: {verdict}."

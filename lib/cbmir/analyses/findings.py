@@ -397,7 +397,10 @@ def purity_sentences(table: pd.DataFrame) -> list[str]:
         if {"modality", "label"} <= set(p.index) and not too_few(n):
             a, b = p.loc["modality"], p.loc["label"]
             if b["ci_high"] < a["ci_low"]:
-                text += " Purity falls from modality to label (the bands do not overlap)."
+                text += (
+                    " Purity falls from modality to label (the bands do not overlap); so does chance, "
+                    f"from {num(a['chance'])} to {num(b['chance'])}."
+                )
             elif b["ci_low"] > a["ci_high"]:
                 text += " Purity rises from modality to label (the bands do not overlap)."
             else:

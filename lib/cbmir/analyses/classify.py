@@ -129,11 +129,15 @@ def choose_rule(
 
 
 def grouped_folds(y: np.ndarray, cases: np.ndarray, n_splits: int = 5, seed: int = 0) -> list[np.ndarray]:
-    """Held-out positions of each fold of a stratified, case-grouped K-fold (K = min(n_splits, cases))."""
+    """Held-out positions of each fold of a stratified, case-grouped K-fold.
+
+    K = min(n_splits, cases, images of the largest class) (scikit-learn needs a class with K members).
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_cases = len(np.unique(cases))
-    k = min(n_splits, n_cases)
+    # StratifiedGroupKFold refuses more folds than the largest class has members
+    k = min(n_splits, n_cases, int(np.bincount(pd.factorize(pd.Series(np.asarray(y)))[0]).max()))
     if k < 2:
         raise ClassifyError(f"grouped selection needs at least 2 cases in train; it has {n_cases}")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)

@@ -433,32 +433,40 @@ def _ranking(table: pd.DataFrame, value: str, low: str, high: str, what: str) ->
     return f"{text}: the intervals overlap, so the ranking of these two is not established."
 
 
+METRIC_NAMES = {"f1_macro": "macro-F1", "f1_micro": "micro-F1", "accuracy": "accuracy",
+                "roc_auc_macro": "macro ROC-AUC", "roc_auc_micro": "micro ROC-AUC"}  # fmt: skip
+
+
 def classification_sentences(
     wide: pd.DataFrame, metric: str = "f1_macro", baselines: Sequence[str] = tuple(BASELINE_NAMES)
 ) -> list[str]:
     """Findings of the classification table (`classify.wide_ci`: one row per model and head, `<metric>`,
-    `<metric> lo`, `<metric> hi`, `cases`): the best model per head with the runner-up's overlap, each model
-    against each baseline (interval overlap), and whether the kNN and probe rankings agree."""
+    `<metric> lo`, `<metric> hi`, `cases`): the best model per head with the runner-up's overlap, the models
+    that are not baselines against each baseline (interval overlap), and whether the kNN and probe rankings
+    agree."""
     lo, hi = f"{metric} lo", f"{metric} hi"
+    name = METRIC_NAMES.get(metric, metric)
     out = []
     orders = {}
     for head, part in wide.groupby("head", sort=False):
-        out.append(_ranking(part, metric, lo, hi, f"{metric} with the {head}"))
+        out.append(_ranking(part, metric, lo, hi, f"{name} with the {head}"))
         orders[head] = part.sort_values(metric, ascending=False)["model"].tolist()
+        encoders = part[~part["model"].isin(baselines)]
         for base in [b for b in baselines if b in set(part["model"])]:
             b = part[part["model"] == base].iloc[0]
-            above = [m for _, m in part.iterrows() if m["model"] != base and m[lo] > b[hi]]
-            if not too_few(b["cases"]):
-                out.append(
-                    f"{head}: {len(above)} of {len(part) - 1} other models have a {metric} interval entirely above "
-                    f"{BASELINE_NAMES.get(base, base)} ({num(b[metric])}, {interval(b[lo], b[hi])})"
-                    + (f": {', '.join(m['model'] for m in above)}." if above else ".")
-                )
+            if encoders.empty or too_few(b["cases"]):
+                continue
+            above = encoders[encoders[lo] > b[hi]]["model"].tolist()
+            out.append(
+                f"{head}: {len(above)} of {len(encoders)} encoders have a {name} interval entirely above "
+                f"{BASELINE_NAMES.get(base, base)} ({num(b[metric])}, {interval(b[lo], b[hi])})"
+                + (f": {', '.join(above)}." if above else ".")
+            )
     if len(orders) == 2 and all(len(o) > 1 for o in orders.values()):
         (h1, o1), (h2, o2) = orders.items()
         verdict = "agree" if o1 == o2 else "differ"
         out.append(
-            f"The {h1} and {h2} rankings by {metric} point estimates {verdict} ({h1}: {' > '.join(o1)}; "
+            f"The {h1} and {h2} rankings by {name} point estimates {verdict} ({h1}: {' > '.join(o1)}; "
             f"{h2}: {' > '.join(o2)}); orders within overlapping intervals are not established."
         )
     return out

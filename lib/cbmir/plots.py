@@ -57,7 +57,14 @@ def count_bars(
     for i, (ax, value) in enumerate(zip(axes[0], values, strict=True)):
         last = i == len(values) - 1
         sns.barplot(
-            data=counts, y=x, x=value, hue=hue, hue_order=hue_order, ax=ax, orient="h", legend=bool(last and hue)
+            data=counts,
+            y=x,
+            x=value,
+            hue=hue,
+            hue_order=hue_order,
+            ax=ax,
+            orient="h",
+            legend=bool(last and hue),
         )
         ax.set_xlabel(value)
         ax.set_ylabel("")

@@ -56,6 +56,15 @@ def test_grouped_folds_never_split_a_case():
         assert not set(cases[fold]) & set(cases[rest])
 
 
+def test_grouped_folds_with_classes_smaller_than_the_fold_count():
+    # every class has 3 images (3 cases): 5 folds are impossible, so K falls to 3 and no case is split
+    y = np.repeat(np.arange(4), 3)
+    cases = np.arange(12)
+    folds = classify.grouped_folds(y, cases, n_splits=5, seed=0)
+    assert len(folds) == 3
+    assert sorted(np.concatenate(folds).tolist()) == list(range(12))
+
+
 def test_grouped_cv_k_matches_a_brute_force_loop():
     x, labels, splits, cases = _data(seed=2)
     tr = splits == "train"

@@ -372,3 +372,148 @@ def test_claim_verdicts_follow_the_intervals(seed):
     for _, r in got.reset_index().iterrows():
         assert f"- {r['claim']} ({r['evidence']})" in text
         assert f"**{r['verdict'].capitalize()}:**" in text
+
+
+# ---- notebooks 01, 02, 05, 07 ---------------------------------------------------------------------------------
+def _ci(rng, centre):
+    return centre - rng.exponential(0.05), centre + rng.exponential(0.05)
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_data_sentences_count_the_thin_classes(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 12))
+    test_cases = rng.integers(0, 9, n)
+    by_label = pd.DataFrame(
+        {"label": [f"M/r/c{i}" for i in range(n)], "test images": test_cases * 2, "test cases": test_cases}
+    )
+    audit = pd.DataFrame(
+        {"check": ["patients in more than one split", "near"], "split pair": ["any", "train-test"],
+         "count": rng.integers(0, 3, 2)}
+    )  # fmt: skip
+    text = findings.data_sentences(by_label, audit, test_cases=int(test_cases.sum()))
+    present = test_cases > 0
+    thin = present & (test_cases < findings.MIN_CASES)
+    assert f"{int(thin.sum())} of the {int(present.sum())} test classes have fewer than 5" in text[0]
+    for i in range(n):
+        assert (f"M/r/c{i} (" in text[0]) == bool(thin[i])
+    assert (f"{int((~present).sum())} class(es) have no test image" in " ".join(text)) == bool(
+        (~present).any()
+    )
+    assert text[-2].startswith(f"Leakage check, patients in more than one split: {audit['count'][0]} found")
+    assert f"(train-test): {audit['count'][1]} found" in text[-1]
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_separation_sentence_agrees_with_its_table(seed):
+    rng = np.random.default_rng(seed)
+    same, diff = rng.random(), rng.random()
+    lo, hi = _ci(rng, same - diff)
+    n = int(rng.integers(1, 40))
+    table = pd.DataFrame(
+        {"pair": ["same label", "different label", "difference"], "mean": [same, diff, same - diff],
+         "ci_low": [same - 0.1, diff - 0.1, lo], "ci_high": [same + 0.1, diff + 0.1, hi],
+         "images": 3 * n, "cases": n}
+    )  # fmt: skip
+    text = findings.separation_sentence(table, "m")
+    assert f"is {r3(same)}," in text and f"other cases {r3(diff)};" in text
+    assert f"difference {s3(same - diff)} (95 % CI {s3(lo)} to {s3(hi)}; {3 * n} images, {n} case" in text
+    if n < findings.MIN_CASES:
+        assert "too few cases" in text and "closer" not in text
+    elif lo > 0:
+        assert "same-label images of other cases are closer" in text
+    elif hi < 0:
+        assert "different-label images of other cases are closer" in text
+    else:
+        assert "not distinguishable" in text and "closer" not in text
+
+
+def _purity_table(rng, models):
+    rows = []
+    for m in models:
+        n = int(rng.integers(1, 30))
+        for level in ("modality", "region", "label"):
+            p = rng.random()
+            lo, hi = _ci(rng, p)
+            rows.append({"model": m, "level": level, "classes": 3, "k": 10, "purity": p, "ci_low": lo,
+                         "ci_high": hi, "chance": rng.random(), "queries": 3 * n, "cases": n,
+                         "silhouette": rng.uniform(-1, 1)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_purity_sentences_agree_with_their_table(seed):
+    rng = np.random.default_rng(seed)
+    table = _purity_table(rng, ["a", "b", "c"])
+    text = findings.purity_sentences(table)
+    assert len(text) == 3
+    for sentence, (model, part) in zip(text, table.groupby("model", sort=False), strict=True):
+        p = part.set_index("level")
+        n = int(p["cases"].min())
+        assert sentence.startswith(f"{model} (kNN purity, k = 10, same-case neighbours excluded; {n} case")
+        for level, r in p.iterrows():
+            m = re.search(
+                rf"{level} ({NUM}) \(95 % CI ({NUM}) to ({NUM})\) against ({NUM}) by chance: ([^;.]+)",
+                sentence,
+            )
+            assert m, sentence
+            assert m.groups()[:4] == (r3(r["purity"]), r3(r["ci_low"]), r3(r["ci_high"]), r3(r["chance"]))
+            verdict = m.group(5)
+            if n < findings.MIN_CASES:
+                assert verdict.startswith("too few cases")
+            elif r["ci_low"] > r["chance"]:
+                assert verdict == "above chance"
+            elif r["ci_high"] < r["chance"]:
+                assert verdict == "below chance"
+            else:
+                assert verdict == "not distinguishable from chance"
+        a, b = p.loc["modality"], p.loc["label"]
+        falls = "Purity falls from modality to label" in sentence
+        rises = "Purity rises from modality to label" in sentence
+        assert falls == (n >= findings.MIN_CASES and b["ci_high"] < a["ci_low"])
+        assert rises == (n >= findings.MIN_CASES and b["ci_low"] > a["ci_high"])
+        assert f"highest at the {p['silhouette'].idxmax()} level" in sentence
+        for level, v in p["silhouette"].items():
+            assert f"{level} {r3(v)}" in sentence
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_classification_sentences_agree_with_their_table(seed):
+    rng = np.random.default_rng(seed)
+    models = ["raw-pixels", "enc-a", "enc-b", "random-vit"][: int(rng.integers(2, 5))]
+    n = int(rng.integers(3, 30))
+    rows = []
+    for head in ("kNN", "linear probe"):
+        for m in models:
+            f = rng.random()
+            lo, hi = _ci(rng, f)
+            rows.append({"model": m, "head": head, "rule": "val", "f1_macro": f, "f1_macro lo": lo,
+                         "f1_macro hi": hi, "cases": n, "queries": 2 * n})  # fmt: skip
+    wide = pd.DataFrame(rows)
+    text = findings.classification_sentences(wide)
+    joined = " ".join(text)
+    orders = {}
+    for head, part in wide.groupby("head", sort=False):
+        t = part.sort_values("f1_macro", ascending=False)
+        best, nxt = t.iloc[0], t.iloc[1]
+        line = next(s for s in text if s.startswith(f"Highest macro-F1 with the {head}: "))
+        assert (
+            f": {best['model']}, {r3(best['f1_macro'])} (95 % CI {r3(best['f1_macro lo'])} to {r3(best['f1_macro hi'])}; {n} cases)"
+            in line
+        )
+        assert f"next {nxt['model']}, {r3(nxt['f1_macro'])}" in line
+        if n < findings.MIN_CASES:
+            assert "too few cases" in line
+        elif best["f1_macro lo"] > nxt["f1_macro hi"]:
+            assert line.endswith("the intervals do not overlap.")
+        else:
+            assert "the intervals overlap" in line
+        orders[head] = t["model"].tolist()
+        encoders = part[~part["model"].isin(["raw-pixels", "random-vit"])]
+        base = part[part["model"] == "raw-pixels"].iloc[0]
+        above = encoders[encoders["f1_macro lo"] > base["f1_macro hi"]]
+        claim = f"{head}: {len(above)} of {len(encoders)} encoders have a macro-F1 interval entirely above the raw-pixel baseline"
+        assert (claim in joined) == (len(encoders) > 0 and n >= findings.MIN_CASES)
+    agree = orders["kNN"] == orders["linear probe"]
+    assert ("point estimates agree" in joined) == agree
+    assert ("point estimates differ" in joined) == (not agree)

@@ -40,14 +40,39 @@ def save_figure(fig: plt.Figure, stem: Path, images: bool = False) -> Path:
     return png
 
 
-def count_bars(counts: pd.DataFrame, x: str, hue: str | None = None, title: str = "") -> plt.Figure:
-    """Horizontal bars of image counts (`counts` has columns x, [hue], 'images')."""
+def count_bars(
+    counts: pd.DataFrame,
+    x: str,
+    hue: str | None = None,
+    title: str = "",
+    values: Sequence[str] = ("images",),
+    hue_order: Sequence[str] | None = None,
+) -> plt.Figure:
+    """Horizontal bars of counts, one panel per column of `values` (`counts` has columns x, [hue], *values);
+    the key sits right of the last panel."""
     n = counts[x].nunique()
-    fig, ax = plt.subplots(figsize=(7, max(2.0, 0.28 * n + 1)))
-    sns.barplot(data=counts, y=x, x="images", hue=hue, ax=ax, orient="h")
-    ax.set_title(title)
-    ax.set_xlabel("images")
-    ax.set_ylabel("")
+    fig, axes = plt.subplots(
+        1, len(values), figsize=(7 * len(values), max(2.0, 0.28 * n + 1)), squeeze=False, sharey=True
+    )
+    for i, (ax, value) in enumerate(zip(axes[0], values, strict=True)):
+        last = i == len(values) - 1
+        sns.barplot(
+            data=counts,
+            y=x,
+            x=value,
+            hue=hue,
+            hue_order=hue_order,
+            ax=ax,
+            orient="h",
+            legend=bool(last and hue),
+        )
+        ax.set_xlabel(value)
+        ax.set_ylabel("")
+        if last and hue:
+            sns.move_legend(ax, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return fig
 
 

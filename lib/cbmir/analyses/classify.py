@@ -129,11 +129,15 @@ def choose_rule(
 
 
 def grouped_folds(y: np.ndarray, cases: np.ndarray, n_splits: int = 5, seed: int = 0) -> list[np.ndarray]:
-    """Held-out positions of each fold of a stratified, case-grouped K-fold (K = min(n_splits, cases))."""
+    """Held-out positions of each fold of a stratified, case-grouped K-fold.
+
+    K = min(n_splits, cases, images of the largest class) (scikit-learn needs a class with K members).
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_cases = len(np.unique(cases))
-    k = min(n_splits, n_cases)
+    # StratifiedGroupKFold refuses more folds than the largest class has members
+    k = min(n_splits, n_cases, int(np.bincount(pd.factorize(pd.Series(np.asarray(y)))[0]).max()))
     if k < 2:
         raise ClassifyError(f"grouped selection needs at least 2 cases in train; it has {n_cases}")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -441,3 +445,19 @@ def _neighbours(
     """Positions [Q, k] of each query's k nearest index rows outside its own case (exact cosine search)."""
     cases = {} if cb is None else {"index_cases": cb, "query_cases": cq}
     return search(xb, xq, k, progress=False, **cases)[1]
+
+
+def wide_ci(long: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """`outcome_ci` tables (long: model, head, rule, metric, value, ci_low, ci_high, cases, rows) as one row per
+    model and head: `model, head, rule, <metric>, <metric> lo, <metric> hi, ..., cases, queries`."""
+    if metrics is not None:
+        long = long[long["metric"].isin(metrics)]
+    rows = []
+    for (model, head), part in long.groupby(["model", "head"], sort=False):
+        row = {"model": model, "head": head, "rule": part["rule"].iloc[0]}
+        for r in part.itertuples():
+            row.update({r.metric: r.value, f"{r.metric} lo": r.ci_low, f"{r.metric} hi": r.ci_high})
+        row["cases"] = int(part["cases"].iloc[0])
+        row["queries"] = int(part["rows"].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows)

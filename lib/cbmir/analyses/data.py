@@ -244,3 +244,25 @@ def leakage_audit(
             }
         )
     return LeakageAudit(shared, pairs, pd.DataFrame(summary), max_distance)
+
+
+def sample_images(
+    manifest: pd.DataFrame, by: str = "modality", per_group: int = 6, seed: int = 0
+) -> dict[str, list[int]]:
+    """A seeded sample of up to `per_group` rows of each `by` group, taken in turn from its labels: {group: rows}."""
+    rng = np.random.default_rng(seed)
+    labels = row_labels(manifest, "label")
+    groups = _column(manifest, by)
+    out: dict[str, list[int]] = {}
+    for name in sorted(set(groups)):
+        idx = np.flatnonzero(groups == name)
+        by_label: dict[str, list[int]] = {}
+        for i in idx[rng.permutation(len(idx))]:
+            by_label.setdefault(str(labels[i]), []).append(int(i))
+        picked: list[int] = []
+        while len(picked) < per_group and any(by_label.values()):
+            for lab in sorted(by_label):
+                if by_label[lab] and len(picked) < per_group:
+                    picked.append(by_label[lab].pop(0))
+        out[str(name)] = picked
+    return out

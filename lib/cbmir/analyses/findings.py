@@ -508,3 +508,160 @@ def findings_markdown(
         lines.append(as_markdown([f"{r['claim']} ({r['evidence']})" for _, r in part.iterrows()]))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+# ---- data, embeddings, embedding space, classification (notebooks 01, 02, 05, 07) -------------------------------
+def data_sentences(
+    by_label: pd.DataFrame, audit_summary: pd.DataFrame, test_cases: int, min_cases: int = MIN_CASES
+) -> list[str]:
+    """The data notebook's findings from `data.cases_per_split(m, "label")`, a `leakage_audit(...).summary` and
+    the number of distinct test cases: which test classes have fewer than `min_cases` test cases (their
+    per-class numbers cannot be bounded), classes never queried, and each leakage check's count."""
+    test = by_label[by_label["test images"] > 0]
+    thin = test[test["test cases"] < min_cases].sort_values(["test cases", "label"])
+    text = (
+        f"The test split holds {int(test['test images'].sum())} images of {len(test)} classes from "
+        f"{cases(test_cases)}; {len(thin)} of the {len(test)} test classes have fewer than {min_cases} test cases"
+    )
+    if len(thin):
+        listed = ", ".join(
+            f"{lab} ({cases(n)})" for lab, n in zip(thin["label"], thin["test cases"], strict=True)
+        )
+        text += f": {listed}. Per-class figures of these classes rest on too few patients to be bounded"
+    out = [text + "."]
+    missing = by_label[by_label["test images"] == 0]["label"].astype(str).tolist()
+    if missing:
+        out.append(
+            f"{len(missing)} class(es) have no test image and are never queried: {', '.join(missing)}."
+        )
+    for _, row in audit_summary.iterrows():
+        n = int(row["count"])
+        where = "" if row["split pair"] == "any" else f" ({row['split pair']})"
+        out.append(f"Leakage check, {row['check']}{where}: {n} found" + (" (listed below)." if n else "."))
+    return out
+
+
+def separation_sentence(table: pd.DataFrame, name: str) -> str:
+    """`embeddings.cosine_separation` of one model: same- against different-label similarity across cases."""
+    t = table.set_index("pair")
+    same, diff, d = t.loc["same label"], t.loc["different label"], t.loc["difference"]
+    n = int(d["cases"])
+    head = (
+        f"{name}: an image's mean cosine similarity to same-label images of other cases is {num(same['mean'])}, "
+        f"to different-label images of other cases {num(diff['mean'])}; difference {signed(d['mean'])} "
+        f"({interval(d['ci_low'], d['ci_high'], diff=True)}; {int(d['images'])} images, {cases(n)})"
+    )
+    if too_few(n):
+        return f"{head}: {_few(n)}."
+    verdict = {
+        1: "on average, same-label images of other cases are closer than different-label ones",
+        -1: "on average, different-label images of other cases are closer than same-label ones",
+        0: "same- and different-label similarities are not distinguishable",
+    }[direction(d["ci_low"], d["ci_high"])]
+    return f"{head}: {verdict}."
+
+
+LEVEL_ORDER = ("modality", "region", "label")
+
+
+def purity_sentences(table: pd.DataFrame) -> list[str]:
+    """`embedding_space.embedding_space_table` rows of several models (a `model` column): per model, purity against
+    chance at each level; whether purity falls from modality to label (bands must not overlap); silhouette quoted
+    with the level where it is highest (it is not compared with purity)."""
+    out = []
+    for model, part in table.groupby("model", sort=False):
+        p = part.set_index("level").reindex([lv for lv in LEVEL_ORDER if lv in set(part["level"])])
+        bits = []
+        for level, r in p.iterrows():
+            d = direction(r["ci_low"], r["ci_high"], r["chance"])
+            verdict = (
+                "above chance" if d > 0 else "below chance" if d < 0 else "not distinguishable from chance"
+            )
+            if too_few(r["cases"]):
+                verdict = _few(r["cases"])
+            bits.append(
+                f"{level} {num(r['purity'])} ({interval(r['ci_low'], r['ci_high'])}) against {num(r['chance'])} "
+                f"by chance: {verdict}"
+            )
+        n = int(p["cases"].min())
+        text = (
+            f"{model} (kNN purity, k = {int(p['k'].iloc[0])}, same-case neighbours excluded; {cases(n)}): "
+            + "; ".join(bits)
+            + "."
+        )
+        if {"modality", "label"} <= set(p.index) and not too_few(n):
+            a, b = p.loc["modality"], p.loc["label"]
+            if b["ci_high"] < a["ci_low"]:
+                text += (
+                    " Purity falls from modality to label (the bands do not overlap); so does chance, "
+                    f"from {num(a['chance'])} to {num(b['chance'])}."
+                )
+            elif b["ci_low"] > a["ci_high"]:
+                text += " Purity rises from modality to label (the bands do not overlap)."
+            else:
+                text += " Modality- and label-level purity are not distinguishable (the bands overlap)."
+        sil = p["silhouette"].dropna()
+        if len(sil):
+            top = sil.idxmax()
+            text += (
+                " Silhouette (over images, same case included): "
+                + ", ".join(f"{lv} {num(v)}" for lv, v in sil.items())
+                + f"; highest at the {top} level."
+            )
+        out.append(text)
+    return out
+
+
+def _ranking(table: pd.DataFrame, value: str, low: str, high: str, what: str) -> str:
+    """Best row by `value`, and whether its interval overlaps the runner-up's."""
+    t = table.sort_values(value, ascending=False)
+    best = t.iloc[0]
+    text = f"Highest {what}: {best['model']}, {num(best[value])} ({interval(best[low], best[high])}; {cases(best['cases'])})"
+    if len(t) < 2:
+        return text + "."
+    nxt = t.iloc[1]
+    text += f"; next {nxt['model']}, {num(nxt[value])} ({interval(nxt[low], nxt[high])})"
+    if too_few(best["cases"]):
+        return f"{text}: {_few(best['cases'])} whether they differ."
+    if best[low] > nxt[high]:
+        return f"{text}: the intervals do not overlap."
+    return f"{text}: the intervals overlap, so the ranking of these two is not established."
+
+
+METRIC_NAMES = {"f1_macro": "macro-F1", "f1_micro": "micro-F1", "accuracy": "accuracy",
+                "roc_auc_macro": "macro ROC-AUC", "roc_auc_micro": "micro ROC-AUC"}  # fmt: skip
+
+
+def classification_sentences(
+    wide: pd.DataFrame, metric: str = "f1_macro", baselines: Sequence[str] = tuple(BASELINE_NAMES)
+) -> list[str]:
+    """Findings of the classification table (`classify.wide_ci`: one row per model and head, `<metric>`,
+    `<metric> lo`, `<metric> hi`, `cases`): the best model per head with the runner-up's overlap, the models
+    that are not baselines against each baseline (interval overlap), and whether the kNN and probe rankings
+    agree."""
+    lo, hi = f"{metric} lo", f"{metric} hi"
+    name = METRIC_NAMES.get(metric, metric)
+    out = []
+    orders = {}
+    for head, part in wide.groupby("head", sort=False):
+        out.append(_ranking(part, metric, lo, hi, f"{name} with the {head}"))
+        orders[head] = part.sort_values(metric, ascending=False)["model"].tolist()
+        encoders = part[~part["model"].isin(baselines)]
+        for base in [b for b in baselines if b in set(part["model"])]:
+            b = part[part["model"] == base].iloc[0]
+            if encoders.empty or too_few(b["cases"]):
+                continue
+            above = encoders[encoders[lo] > b[hi]]["model"].tolist()
+            out.append(
+                f"{head}: {len(above)} of {len(encoders)} encoders have a {name} interval entirely above "
+                f"{BASELINE_NAMES.get(base, base)} ({num(b[metric])}, {interval(b[lo], b[hi])})"
+                + (f": {', '.join(above)}." if above else ".")
+            )
+    if len(orders) == 2 and all(len(o) > 1 for o in orders.values()):
+        (h1, o1), (h2, o2) = orders.items()
+        verdict = "agree" if o1 == o2 else "differ"
+        out.append(
+            f"The {h1} and {h2} rankings by {name} point estimates {verdict} ({h1}: {' > '.join(o1)}; "
+            f"{h2}: {' > '.join(o2)}); orders within overlapping intervals are not established."
+        )
+    return out

@@ -188,18 +188,15 @@ def combine(csv_paths: Sequence[str | os.PathLike], out_csv: str | os.PathLike) 
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Images per dataset, modality and label (rows), with one column per split plus `total`."""
-    from cbmir.manifest import row_labels
+    """Images and cases (patients) per dataset, modality and label (rows): for each split `<split>` (images) and
+    `<split> cases`, then `total` and `total cases` (`cbmir.analyses.data.count_table`)."""
+    from cbmir.analyses.data import count_table
 
-    long = pd.DataFrame(
-        {
-            "dataset": df["dataset"].astype(str).to_numpy(),
-            "modality": df["modality"].astype(str).to_numpy(),
-            "label": row_labels(df),
-            "split": df["split"].astype(str).to_numpy(),
-        }
-    )
-    table = long.groupby(["dataset", "modality", "label", "split"]).size().unstack("split", fill_value=0)
-    table = table.reindex(columns=list(SPLIT_ORDER), fill_value=0)
-    table["total"] = table.sum(axis=1)
-    return table.reset_index().rename_axis(columns=None)
+    table = count_table(df, ["dataset", "modality", "label"], columns="split")
+    columns = ["dataset", "modality", "label"]
+    for split in [*SPLIT_ORDER, "total"]:
+        for kind, name in (("images", split), ("cases", f"{split} cases")):
+            source = f"{split} {kind}"
+            table[name] = table[source].astype("int64") if source in table else 0
+            columns.append(name)
+    return table[columns].sort_values(["dataset", "modality", "label"], ignore_index=True)

@@ -1,0 +1,132 @@
+"""The embeddings study: what a store holds, and how similar same- and different-label images of different cases are.
+
+Pairs of images of one case (adjacent slices of a volume, frames of a clip) are left out everywhere: they say
+nothing about retrieval, which never returns the query's own case when index and queries can share one.
+
+**Separation** of an image i = mean cosine similarity to the same-label images of other cases minus the mean
+to the different-label images of other cases (images without a same-label image in another case are left
+out). Averaged over the images of a seeded sample of at most `max_points` (partners drawn from the same
+sample), with a cluster-bootstrap CI over the images' cases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cbmir.analyses.classify import cluster_bootstrap
+from cbmir.analyses.embedding_space import sample_rows
+from cbmir.errors import CbmirError
+
+
+class EmbeddingsError(CbmirError, ValueError):
+    """Inputs of the embeddings study that disagree."""
+
+
+def store_summary(store) -> pd.DataFrame:
+    """One row: images, dimension, failed images, the range of row norms, and the extraction speed."""
+    emb = np.asarray(store.embeddings)
+    norms = np.linalg.norm(emb, axis=1)
+    prov = store.provenance
+    seconds = prov.get("seconds")
+    return pd.DataFrame(
+        [
+            {
+                "model": prov.get("spec"),
+                "images": len(emb),
+                "dimension": emb.shape[1],
+                "failed": len(store.failed),
+                "min norm": norms.min() if len(emb) else np.nan,
+                "max norm": norms.max() if len(emb) else np.nan,
+                "seconds": seconds,
+                "images/s": len(emb) / seconds if seconds else np.nan,
+                "device": prov.get("device"),
+                "bf16": prov.get("bf16"),
+            }
+        ]
+    )
+
+
+def provenance_table(store) -> pd.DataFrame:
+    """The store's provenance as `field, value` (nested values flattened to `key.subkey`)."""
+    flat = pd.json_normalize(store.provenance, sep=".").T.reset_index()
+    flat.columns = ["field", "value"]
+    flat["value"] = flat["value"].astype(str)
+    return flat
+
+
+def _sample(emb, labels, cases, max_points, seed):
+    labels, cases = np.asarray(labels).astype(str), np.asarray(cases)
+    if not len(emb) == len(labels) == len(cases):
+        raise EmbeddingsError(
+            f"parameters disagree: {len(emb)} embeddings, {len(labels)} labels, {len(cases)} cases"
+        )
+    rows = sample_rows(len(emb), max_points, seed)
+    x = np.asarray(emb, dtype=np.float64)[rows]
+    return x, labels[rows], cases[rows]
+
+
+def cosine_separation(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    cases: np.ndarray,
+    max_points: int | None = 5000,
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> pd.DataFrame:
+    """Per-image mean cosine to same- and different-label images of other cases, and their difference.
+
+    Columns: `pair` ("same label", "different label", "difference"), `mean, ci_low, ci_high, images, cases`.
+    """
+    x, lab, cas = _sample(emb, labels, cases, max_points, seed)
+    sim = x @ x.T
+    other = cas[:, None] != cas[None, :]
+    same = (lab[:, None] == lab[None, :]) & other
+    diff = (lab[:, None] != lab[None, :]) & other
+    keep = same.any(1) & diff.any(1)
+    if not keep.any():
+        raise EmbeddingsError(
+            "cosine_separation: no image has both a same- and a different-label image in another case"
+        )
+    s = (sim * same).sum(1)[keep] / same.sum(1)[keep]
+    d = (sim * diff).sum(1)[keep] / diff.sum(1)[keep]
+    values = {"same label": s, "different label": d, "difference": s - d}
+    ci = cluster_bootstrap(
+        cas[keep], lambda w: {k: np.average(v, weights=w) for k, v in values.items()}, n_boot, seed
+    )
+    return pd.DataFrame(
+        {
+            "pair": list(values),
+            "mean": ci["value"].to_numpy(),
+            "ci_low": ci["ci_low"].to_numpy(),
+            "ci_high": ci["ci_high"].to_numpy(),
+            "images": int(keep.sum()),
+            "cases": len(np.unique(cas[keep])),
+        }
+    )
+
+
+def similarity_pairs(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    cases: np.ndarray,
+    max_points: int | None = 5000,
+    max_pairs: int = 20000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Cosine similarity of a seeded sample of pairs of images from DIFFERENT cases: `similarity, pair`
+    ("same label" / "different label"), at most `max_pairs` of each kind (for a histogram)."""
+    x, lab, cas = _sample(emb, labels, cases, max_points, seed)
+    i, j = np.triu_indices(len(x), k=1)
+    keep = cas[i] != cas[j]
+    i, j = i[keep], j[keep]
+    same = lab[i] == lab[j]
+    rng = np.random.default_rng(seed)
+    parts = []
+    for flag, name in ((True, "same label"), (False, "different label")):
+        pos = np.flatnonzero(same == flag)
+        if len(pos) > max_pairs:
+            pos = np.sort(rng.choice(pos, size=max_pairs, replace=False))
+        sims = np.einsum("ij,ij->i", x[i[pos]], x[j[pos]])
+        parts.append(pd.DataFrame({"similarity": sims, "pair": name}))
+    return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,69 @@
+"""cbmir.analyses.embeddings: similarity of images across cases, against slow loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from cbmir.analyses import embeddings
+from cbmir.analyses.data import sample_images
+
+
+def _data(seed, n=40):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = rng.choice(["a", "b", "c"], n)
+    cases = rng.integers(0, n // 3, n)
+    return x, labels, cases
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_cosine_separation_matches_a_loop(seed):
+    x, labels, cases = _data(seed)
+    table = embeddings.cosine_separation(x, labels, cases, max_points=None, n_boot=20).set_index("pair")
+    same, diff, kept = [], [], []
+    for i in range(len(x)):
+        s = [float(x[i] @ x[j]) for j in range(len(x)) if cases[j] != cases[i] and labels[j] == labels[i]]
+        d = [float(x[i] @ x[j]) for j in range(len(x)) if cases[j] != cases[i] and labels[j] != labels[i]]
+        if s and d:
+            same.append(np.mean(s))
+            diff.append(np.mean(d))
+            kept.append(cases[i])
+    assert table.loc["same label", "mean"] == pytest.approx(np.mean(same), abs=1e-12)
+    assert table.loc["different label", "mean"] == pytest.approx(np.mean(diff), abs=1e-12)
+    assert table.loc["difference", "mean"] == pytest.approx(np.mean(same) - np.mean(diff), abs=1e-12)
+    assert table.loc["difference", "images"] == len(kept)
+    assert table.loc["difference", "cases"] == len(set(kept))
+    assert (table["ci_low"] <= table["mean"] + 1e-12).all() and (
+        table["mean"] <= table["ci_high"] + 1e-12
+    ).all()
+
+
+def test_similarity_pairs_never_pair_one_case():
+    x, labels, cases = _data(3)
+    cases = np.repeat(np.arange(10), 4)  # four images per case
+    x[1::4] = x[0::4]  # images of one case identical: similarity 1 if same-case pairs leaked in
+    pairs = embeddings.similarity_pairs(x, labels, cases, max_points=None, max_pairs=10**6)
+    n_pairs = sum(1 for i in range(40) for j in range(i + 1, 40) if cases[i] != cases[j])
+    assert len(pairs) == n_pairs
+    expected_same = sum(
+        1 for i in range(40) for j in range(i + 1, 40) if cases[i] != cases[j] and labels[i] == labels[j]
+    )
+    assert (pairs["pair"] == "same label").sum() == expected_same
+    capped = embeddings.similarity_pairs(x, labels, cases, max_points=None, max_pairs=5)
+    assert capped["pair"].value_counts().max() == 5
+
+
+def test_sample_images_takes_labels_in_turn():
+    m = pd.DataFrame(
+        {"filepath": [f"{i}.png" for i in range(9)], "dataset": "d", "split": "train",
+         "modality": ["CT"] * 6 + ["MR"] * 3, "anatomic_region": ["lung"] * 6 + ["brain"] * 3,
+         "CT/lung/a": [1, 1, 1, 1, 0, 0, 0, 0, 0], "CT/lung/b": [0, 0, 0, 0, 1, 1, 0, 0, 0],
+         "MR/brain/c": [0, 0, 0, 0, 0, 0, 1, 1, 1]}
+    )  # fmt: skip
+    rows = sample_images(m, by="modality", per_group=4, seed=1)
+    assert sorted(rows) == ["CT", "MR"] and len(rows["MR"]) == 3
+    ct = rows["CT"]
+    assert len(ct) == 4 and sum(r >= 4 for r in ct) == 2  # both b rows, then a rows in turn
+    assert rows == sample_images(m, by="modality", per_group=4, seed=1)

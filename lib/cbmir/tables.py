@@ -9,10 +9,11 @@ formats what is displayed.
 In a notebook:
 
     from cbmir.tables import show
-    summary = studies.summary_table(...)
-    ctx.save_table(summary, "08_summary")  # the unrounded CSV
-    show(summary, caption="Micro and macro P@N of every model, ranked by micro P@1",
-         ci=[("micro P@1", "micro P@1 lo", "micro P@1 hi")])  # or ci="auto" (the default)
+    table = summary.display_table(summary.model_table(...))
+    ctx.save_table(table, "08_summary-by-model")  # the unrounded CSV
+    show(table, caption="Micro and macro P@N of every model, ranked by micro P@1")  # ci="auto" finds the CIs
+
+`Context.show_table(df, name, caption)` does both steps.
 """
 
 from __future__ import annotations

@@ -259,3 +259,18 @@ def test_wait_reaches_the_library(tmp_path, monkeypatch, capsys):
     assert main([*search, "--wait"]) == 2
     assert seen == {"embed": True, "search": True}
     assert "parameter 'stop'" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe_stops_quietly():
+    """`cbmir models | head -1`: the reader closes the pipe early; no traceback, exit status 0."""
+    proc = subprocess.run(
+        f"{sys.executable} -m cbmir models | head -c 10 >/dev/null; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "lib")},
+    )
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0

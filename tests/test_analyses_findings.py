@@ -61,11 +61,11 @@ def test_comparison_sentences_agree_with_their_row(seed):
             f"too few cases ({m.group(6)} case{'s' if row['n_cases'] > 1 else ''}; at least 5 needed) to tell."
         )
         assert "higher" not in text and "lower" not in text and "distinguishable" not in text
-    elif row["low"] > 0:
+    elif row["low"] > 0 and not (holm and row["p_holm"] >= 0.05):
         assert " scores higher than " in text and row["difference"] > 0
-    elif row["high"] < 0:
+    elif row["high"] < 0 and not (holm and row["p_holm"] >= 0.05):
         assert " scores lower than " in text and row["difference"] < 0
-    else:
+    else:  # the CI contains 0, or the Holm-adjusted p is 0.05 or more
         assert " is not distinguishable from " in text
         assert "higher" not in text and "lower" not in text
     if row[other] == "raw-pixels":
@@ -313,7 +313,8 @@ def test_claim_verdicts_follow_the_intervals(seed):
         key = dict((c, k) for k, c in findings.PAPER_CLAIMS)[claim["claim"]]
         few = n_cases < findings.MIN_CASES
         if key == "baselines":
-            above, below = (base["low"] > 0).sum(), (base["high"] < 0).sum()
+            significant = base["p_holm"] < 0.05  # a pair counts only with its Holm-adjusted p below 0.05
+            above, below = ((base["low"] > 0) & significant).sum(), ((base["high"] < 0) & significant).sum()
             want = (
                 findings.NOT_SHOWN if few
                 else findings.HOLDS if above == len(base)
@@ -342,11 +343,13 @@ def test_claim_verdicts_follow_the_intervals(seed):
             if few:
                 assert verdict == findings.NOT_SHOWN
             elif best_model == "biomedclip":
-                assert verdict == (findings.HOLDS if (best["high"] < 0).all() else
-                                   findings.PARTLY if (best["high"] < 0).any() else findings.NOT_SHOWN)  # fmt: skip
+                lower = (best["high"] < 0) & (best["p_holm"] < 0.05)
+                assert verdict == (findings.HOLDS if lower.all() else
+                                   findings.PARTLY if lower.any() else findings.NOT_SHOWN)  # fmt: skip
             else:
                 rival = best[best["model"] == "biomedclip"]
-                assert verdict == (findings.FAILS if (rival["high"] < 0).all() else findings.NOT_SHOWN)
+                lower = (rival["high"] < 0) & (rival["p_holm"] < 0.05)
+                assert verdict == (findings.FAILS if lower.all() else findings.NOT_SHOWN)
         elif key == "index_size":
             plain = size[size["metric"] == "plain P@N"]
             changed = 0

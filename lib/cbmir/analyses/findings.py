@@ -5,7 +5,7 @@ Rules (so that no sentence claims more than its numbers carry):
   (or the chance value); otherwise the sentence says "not distinguishable", naming the baseline.
 - A curve "rises" or "falls" between two N (or two index sizes) only when the bands at the two points do not
   overlap; it "flattens" only when it changes that way up to a middle point and not after it. Otherwise it
-  "does not change beyond its 95 % bands". Non-overlap of two bands is a conservative descriptive rule, not a test.
+  "is not shown to change (its 95 % bands at the two ends overlap)". Non-overlap of two bands is a conservative descriptive rule, not a test.
 - With fewer than MIN_CASES independent cases, a percentile bootstrap has too few distinct resamples to bound
   anything (one case gives a zero-width interval): no direction is claimed, the sentence says "too few cases".
 - Numbers are quoted rounded to 3 decimals (differences with their sign), p-values to 3 decimals or "< 0.001".
@@ -157,7 +157,9 @@ def shape_sentence(
                 "(the bands there and at the end overlap)."
             )
     if overall == 0:
-        return f"{quote}: it does not change beyond its 95 % bands."
+        return (
+            f"{quote}: it is not shown to change (its 95 % bands at the two ends overlap; an unpaired check)."
+        )
     return f"{quote}: it {'rises' if overall > 0 else 'falls'} (the bands at the two ends do not overlap)."
 
 
@@ -355,7 +357,7 @@ def _pairs_at(frame: pd.DataFrame | None, n: int, average: str) -> pd.DataFrame:
     return frame[(frame["N"] == n) & (frame["average"] == average)]
 
 
-def _baseline_verdict(base: pd.DataFrame) -> tuple[str, str]:
+def _baseline_verdict(base: pd.DataFrame, measure: str) -> tuple[str, str]:
     if base.empty:
         return NOT_SHOWN, "no encoder-baseline comparison"
     if too_few(base["n_cases"].min()):
@@ -363,7 +365,8 @@ def _baseline_verdict(base: pd.DataFrame) -> tuple[str, str]:
     signs = np.array([pair_direction(r) for _, r in base.iterrows()])
     above, below = int((signs > 0).sum()), int((signs < 0).sum())
     evidence = (
-        f"{above} of {len(base)} encoder-baseline pairs score higher (95 % CI of the paired difference above 0 and "
+        f"in {measure}: {above} of {len(base)} encoder-baseline pairs score higher (95 % CI of the paired "
+        "difference above 0 and "
         "Holm-adjusted p < 0.05), "
         f"{below} lower, {len(base) - above - below} not distinguishable"
     )
@@ -439,12 +442,14 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
         if t["index_cases"].nunique() < 2:
             continue
         total += 1
+        # judged above chance: chance itself rises with the index (more images of the query's class)
+        above = t.assign(**{c: t[c] - t["chance"] for c in ("estimate", "low", "high")})
         first, last = t["index_cases"].iloc[0], t["index_cases"].iloc[-1]
-        changed += int(_change(t, "index_cases", first, last, "estimate", "low", "high") != 0)
+        changed += int(_change(above, "index_cases", first, last, "estimate", "low", "high") != 0)
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
     evidence = (
-        f"{measure} at the smallest and the full index differs beyond the 95 % bands for {changed} of {total} "
-        "models (notebook 4)"
+        f"{measure} above its chance value (which rises with the index too) at the smallest and the full index "
+        f"differs beyond the 95 % bands for {changed} of {total} models (notebook 4)"
     )
     return _count_verdict(changed, 0, total), evidence
 
@@ -475,7 +480,7 @@ def claim_verdicts(
         if not row["testable"]:
             verdict, evidence = UNTESTABLE, row["why"]
         elif key == "baselines":
-            verdict, evidence = _baseline_verdict(_pairs_at(baselines, n, average))
+            verdict, evidence = _baseline_verdict(_pairs_at(baselines, n, average), f"{average} P@{n}")
         elif key == "image_text":
             verdict, evidence = _best_verdict(
                 str(table.attrs.get("best", "")), _pairs_at(best, n, average), image_text_models

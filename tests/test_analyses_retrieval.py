@@ -144,8 +144,11 @@ def test_breakdown_and_per_class_match_reference(seed):
         )
         part = got[got["source"] == g]
         np.testing.assert_allclose(part["macro"], want["estimate"], atol=1e-12)
-        np.testing.assert_allclose(part["macro_lo"], want["low"], atol=1e-12)
         assert (part["n_cases"] == want["n_cases"]).all()
+        if (part["n_cases"] < 2).all():  # one case: no interval is shown
+            assert part["macro_lo"].isna().all()
+            continue
+        np.testing.assert_allclose(part["macro_lo"], want["low"], atol=1e-12)
     classes = retrieval.per_class(ids, qr, ir, labels, cases, ns=(1, 5), n_boot=30, seed=2).set_index("class")
     for lab in sorted(set(qlab)):
         sel = [i for i in range(len(qr)) if qlab[i] == lab]
@@ -159,6 +162,9 @@ def test_breakdown_and_per_class_match_reference(seed):
             [per_query[i] for i in sel], [lab] * len(sel), [qcase[i] for i in sel], "micro", 30, 2
         )
         np.testing.assert_allclose(classes.loc[lab, ["P@1", "P@5"]], want["estimate"], atol=1e-12)
+        if classes.loc[lab, "n_cases"] < 2:  # one case: no interval is shown
+            assert classes.loc[lab, ["P@1_lo", "P@5_lo", "P@1_hi", "P@5_hi"]].isna().all()
+            continue
         np.testing.assert_allclose(classes.loc[lab, ["P@1_lo", "P@5_lo"]], want["low"], atol=1e-12)
         np.testing.assert_allclose(classes.loc[lab, "chance"], n_index / len(ir))
 
@@ -203,3 +209,19 @@ def test_gallery_queries_show_every_class_once_before_repeating_one():
     assert retrieval.gallery_queries(query_rows, labels, 8, seed=1) == retrieval.gallery_queries(
         query_rows, labels, 8, seed=1
     )
+
+
+def test_single_case_rows_have_no_interval():
+    """A class or group whose queries all come from one case keeps its estimate but shows no interval."""
+    table = pd.DataFrame(
+        {
+            "class": ["a", "b"],
+            "n_cases": [1, 3],
+            "P@1": [0.5, 0.4],
+            "P@1_lo": [0.5, 0.1],
+            "P@1_hi": [0.5, 0.7],
+        }
+    )
+    out = retrieval.without_single_case_intervals(table.copy())
+    assert out.loc[0, ["P@1_lo", "P@1_hi"]].isna().all() and out.loc[0, "P@1"] == 0.5
+    pd.testing.assert_series_equal(out.loc[1], table.loc[1])

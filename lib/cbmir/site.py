@@ -429,7 +429,7 @@ class _Builder:
         manifest = Path(cfg.manifest)
         card = data_card_path(manifest)
         card_link = ' (<a href="data.html">data card</a>)' if card is not None else " (no data card found)"
-        stats = manifest_summary(manifest)
+        stats = manifest_summary(manifest, cfg.max_per_class, cfg.seed)
         return f"<code>{html.escape(self.label(manifest))}</code>{card_link}: {html.escape(stats)}"
 
     def headline(self) -> dict[str, str] | None:
@@ -474,8 +474,12 @@ def data_card_path(manifest: Path) -> Path | None:
     return None
 
 
-def manifest_summary(manifest: Path) -> str:
-    """'252 images (train 186, val 5, test 61), 22 labels, 6 modalities, 8 source datasets, 58 cases'."""
+def manifest_summary(manifest: Path, max_per_class: int | None = None, seed: int = 0) -> str:
+    """'253 images analysed (train 123, ...), 48 test cases; of a manifest of 3,451 images ...'.
+
+    With a per-class cap (`max_per_class` in the config) the numbers of the analysed subset come first: they are
+    what every analysis ran on.
+    """
     import pandas as pd
 
     if not manifest.exists():
@@ -484,6 +488,23 @@ def manifest_summary(manifest: Path) -> str:
         df = pd.read_csv(manifest, low_memory=False)
     except (OSError, ValueError) as err:
         return f"the manifest could not be read ({err})."
+    if not max_per_class:
+        return _counts(df) + ". The training split is the search index, the test split the queries."
+    from cbmir.pipeline import subsample_per_class
+
+    try:
+        used = subsample_per_class(df, max_per_class, seed=seed)
+    except (KeyError, ValueError) as err:
+        return f"{_counts(df)}; the analysed subset could not be derived ({err})."
+    return (
+        f"every analysis ran on a seeded, case-aware subset of at most {max_per_class} images per split and class "
+        f"(the same images for every model): {_counts(used)}. The full manifest holds {_counts(df)}. "
+        "The training split is the search index, the test split the queries."
+    )
+
+
+def _counts(df) -> str:
+    """'3,451 images (train 2,057, val 299, test 1,095), 24 labels, 7 modalities, 967 cases (320 in test)'."""
     parts = [f"{len(df):,} images"]
     if "split" in df:
         counts = df["split"].value_counts()
@@ -499,8 +520,11 @@ def manifest_summary(manifest: Path) -> str:
             n = df[column].nunique()
             parts.append(f"{n} {one if n == 1 else many}")
     if "patient_id" in df:
-        parts.append(f"{df['patient_id'].nunique():,} patients or volumes")
-    return ", ".join(parts) + ". The training split is the search index, the test split the queries."
+        test = df.loc[df["split"] == "test", "patient_id"].nunique() if "split" in df else 0
+        parts.append(
+            f"{df['patient_id'].nunique():,} cases (patients, volumes or near-duplicate groups; {test:,} in test)"
+        )
+    return ", ".join(parts)
 
 
 # -- the browser check ---------------------------------------------------------------------------------------

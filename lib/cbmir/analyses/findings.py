@@ -5,7 +5,7 @@ Rules (so that no sentence claims more than its numbers carry):
   (or the chance value); otherwise the sentence says "not distinguishable", naming the baseline.
 - A curve "rises" or "falls" between two N (or two index sizes) only when the bands at the two points do not
   overlap; it "flattens" only when it changes that way up to a middle point and not after it. Otherwise it
-  "does not change beyond its 95 % bands". Non-overlap of two bands is a conservative descriptive rule, not a test.
+  "is not shown to change (its 95 % bands at the two ends overlap)". Non-overlap of two bands is a conservative descriptive rule, not a test.
 - With fewer than MIN_CASES independent cases, a percentile bootstrap has too few distinct resamples to bound
   anything (one case gives a zero-width interval): no direction is claimed, the sentence says "too few cases".
 - Numbers are quoted rounded to 3 decimals (differences with their sign), p-values to 3 decimals or "< 0.001".
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 DIGITS = 3
+ALPHA = 0.05  # level of the Holm-adjusted paired tests
 MIN_CASES = 5  # below this many cases, no sentence claims a direction
 BASELINE_NAMES = {"raw-pixels": "the raw-pixel baseline", "random-vit": "the random-ViT baseline"}
 IMAGE_TEXT_MODELS = ("biomedclip", "medclip", "clip-vit-l14")
@@ -56,6 +58,15 @@ def direction(low: float, high: float, reference: float = 0.0) -> int:
     return 1 if low > reference else -1 if high < reference else 0
 
 
+def pair_direction(row: Mapping) -> int:
+    """Direction of a paired difference: its 95 % CI must exclude 0 and, where the comparisons were adjusted for
+    multiplicity, its Holm-adjusted p must be below 0.05 too (so a claimed difference never rests on an unadjusted
+    interval beside an adjusted p of 0.05 or more)."""
+    d = direction(row["low"], row["high"])
+    p_holm = row.get("p_holm", np.nan) if hasattr(row, "get") else np.nan
+    return 0 if d and not pd.isna(p_holm) and p_holm >= ALPHA else d
+
+
 def too_few(n_cases: float) -> bool:
     return int(n_cases) < MIN_CASES
 
@@ -78,7 +89,7 @@ def comparison_sentence(row: Mapping, other: str = "best", measure: str | None =
     holm = "p_holm" in row and not pd.isna(row["p_holm"])
     p = pval(row["p_holm"] if holm else row["p_value"]) + (" (Holm-adjusted)" if holm else "")
     tail = f"({interval(row['low'], row['high'], diff=True)}; {p}; {cases(row['n_cases'])})"
-    d = direction(row["low"], row["high"])
+    d = pair_direction(row)
     if too_few(row["n_cases"]):
         return f"{model} against {ref} in {measure}: difference {signed(row['difference'])} {tail}: {_few(row['n_cases'])}."
     if d == 0:
@@ -146,7 +157,9 @@ def shape_sentence(
                 "(the bands there and at the end overlap)."
             )
     if overall == 0:
-        return f"{quote}: it does not change beyond its 95 % bands."
+        return (
+            f"{quote}: it is not shown to change (its 95 % bands at the two ends overlap; an unpaired check)."
+        )
     return f"{quote}: it {'rises' if overall > 0 else 'falls'} (the bands at the two ends do not overlap)."
 
 
@@ -344,15 +357,17 @@ def _pairs_at(frame: pd.DataFrame | None, n: int, average: str) -> pd.DataFrame:
     return frame[(frame["N"] == n) & (frame["average"] == average)]
 
 
-def _baseline_verdict(base: pd.DataFrame) -> tuple[str, str]:
+def _baseline_verdict(base: pd.DataFrame, measure: str) -> tuple[str, str]:
     if base.empty:
         return NOT_SHOWN, "no encoder-baseline comparison"
     if too_few(base["n_cases"].min()):
         return NOT_SHOWN, _few(base["n_cases"].min())
-    above = int((base["low"] > 0).sum())
-    below = int((base["high"] < 0).sum())
+    signs = np.array([pair_direction(r) for _, r in base.iterrows()])
+    above, below = int((signs > 0).sum()), int((signs < 0).sum())
     evidence = (
-        f"{above} of {len(base)} encoder-baseline pairs score higher (95 % CI of the paired difference above 0), "
+        f"in {measure}: {above} of {len(base)} encoder-baseline pairs score higher (95 % CI of the paired "
+        "difference above 0 and "
+        "Holm-adjusted p < 0.05), "
         f"{below} lower, {len(base) - above - below} not distinguishable"
     )
     return _count_verdict(above, below, len(base)), evidence
@@ -362,14 +377,14 @@ def _best_verdict(best_model: str, best: pd.DataFrame, image_text: Sequence[str]
     if best.empty or too_few(best["n_cases"].min()):
         return NOT_SHOWN, "no comparison with the best model" if best.empty else _few(best["n_cases"].min())
     if best_model in image_text:
-        below = int((best["high"] < 0).sum())
+        below = sum(pair_direction(r) < 0 for _, r in best.iterrows())
         evidence = (
             f"the best model is the image-text model {best_model}; {below} of {len(best)} other models score "
-            "lower (95 % CI of the paired difference below 0)"
+            "lower (95 % CI of the paired difference below 0 and Holm-adjusted p < 0.05)"
         )
         return (HOLDS if below == len(best) else PARTLY if below else NOT_SHOWN), evidence
     rivals = best[best["model"].isin(image_text)]
-    below = int((rivals["high"] < 0).sum())
+    below = sum(pair_direction(r) < 0 for _, r in rivals.iterrows())
     evidence = (
         f"the best model is {best_model}, not an image-text model; {below} of {len(rivals)} image-text models "
         "score lower than it (95 % CI below 0)"
@@ -427,12 +442,14 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
         if t["index_cases"].nunique() < 2:
             continue
         total += 1
+        # judged above chance: chance itself rises with the index (more images of the query's class)
+        above = t.assign(**{c: t[c] - t["chance"] for c in ("estimate", "low", "high")})
         first, last = t["index_cases"].iloc[0], t["index_cases"].iloc[-1]
-        changed += int(_change(t, "index_cases", first, last, "estimate", "low", "high") != 0)
+        changed += int(_change(above, "index_cases", first, last, "estimate", "low", "high") != 0)
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
     evidence = (
-        f"{measure} at the smallest and the full index differs beyond the 95 % bands for {changed} of {total} "
-        "models (notebook 4)"
+        f"{measure} above its chance value (which rises with the index too) at the smallest and the full index "
+        f"differs beyond the 95 % bands for {changed} of {total} models (notebook 4)"
     )
     return _count_verdict(changed, 0, total), evidence
 
@@ -463,7 +480,7 @@ def claim_verdicts(
         if not row["testable"]:
             verdict, evidence = UNTESTABLE, row["why"]
         elif key == "baselines":
-            verdict, evidence = _baseline_verdict(_pairs_at(baselines, n, average))
+            verdict, evidence = _baseline_verdict(_pairs_at(baselines, n, average), f"{average} P@{n}")
         elif key == "image_text":
             verdict, evidence = _best_verdict(
                 str(table.attrs.get("best", "")), _pairs_at(best, n, average), image_text_models

@@ -238,7 +238,7 @@ def breakdown(
         sub = Encoded(enc.neighbours[sel], enc.queries[sel], enc.counts, enc.classes, enc.cases[sel])
         row = _row(prec[sel], expected[sel], sub, n_boot, seed, ci)
         frames.append(pd.DataFrame({name: g, "N": ns, **row}))
-    return _order(pd.concat(frames, ignore_index=True))
+    return without_single_case_intervals(_order(pd.concat(frames, ignore_index=True)))
 
 
 def informative_columns(
@@ -289,7 +289,7 @@ def per_class(
             else:
                 row[f"P@{n}"] = row[f"P@{n}_lo"] = row[f"P@{n}_hi"] = np.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    return without_single_case_intervals(pd.DataFrame(rows))
 
 
 def best_worst(
@@ -330,3 +330,12 @@ def gallery_queries(
         (rest if label in seen else first).append(int(pos))
         seen.add(label)
     return (first + rest)[:n]
+
+
+def without_single_case_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """Blank the interval bounds (`*_lo`, `*_hi`) of rows resting on one case: a bootstrap over a single case
+    resamples nothing, so its zero-width interval would look like certainty (the estimate stays, beside n_cases)."""
+    bounds = [c for c in table.columns if str(c).endswith(("_lo", "_hi"))]
+    if "n_cases" in table.columns and bounds:
+        table.loc[table["n_cases"] < 2, bounds] = np.nan
+    return table

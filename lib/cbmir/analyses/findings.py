@@ -619,11 +619,9 @@ def purity_sentences(table: pd.DataFrame) -> list[str]:
                 text += " Modality- and label-level purity are not distinguishable (the bands overlap)."
         sil = p["silhouette"].dropna()
         if len(sil):
-            top = sil.idxmax()
             text += (
-                " Silhouette (over images, same case included): "
-                + ", ".join(f"{lv} {num(v)}" for lv, v in sil.items())
-                + f"; highest at the {top} level."
+                " Silhouette (over images, same case included; a point value without an interval, so levels are "
+                "not ranked by it): " + ", ".join(f"{lv} {num(v)}" for lv, v in sil.items()) + "."
             )
         out.append(text)
     return out

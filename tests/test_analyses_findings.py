@@ -10,7 +10,7 @@ import pytest
 from cbmir.analyses import findings
 
 NUM = r"[+-]?\d+\.\d{3}"
-P = r"p < 0\.001|p = \d\.\d{3}"
+P = r"p < 0\.001|p < 0\.05|p = \d\.\d{3}"
 
 
 def r3(x: float) -> str:
@@ -52,7 +52,8 @@ def test_comparison_sentences_agree_with_their_row(seed):
     assert (m.group(2), m.group(3)) == (s3(row["low"]), s3(row["high"]))
     holm = not np.isnan(row["p_holm"])
     p = row["p_holm"] if holm else row["p_value"]
-    assert m.group(4) == ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+    want = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    assert m.group(4) == ("p < 0.05" if p < 0.05 and want == "p = 0.050" else want)
     assert bool(m.group(5)) == holm
     assert int(m.group(6)) == row["n_cases"]
     assert f"{row['average']} P@{row['N']}" in text
@@ -525,3 +526,9 @@ def test_classification_sentences_agree_with_their_table(seed):
     agree = orders["kNN"] == orders["linear probe"]
     assert ("point estimates agree" in joined) == agree
     assert ("point estimates differ" in joined) == (not agree)
+
+
+def test_p_values_never_round_across_the_level():
+    assert findings.pval(0.04995) == "p < 0.05"  # would read 0.050 beside a claimed difference
+    assert findings.pval(0.0504) == "p = 0.050" and findings.pval(0.05) == "p = 0.050"
+    assert findings.pval(0.0083) == "p = 0.008" and findings.pval(0.0004) == "p < 0.001"

@@ -37,7 +37,11 @@ def signed(x: float) -> str:
 
 
 def pval(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.{DIGITS}f}"
+    """'p = 0.012', 'p < 0.001'; a p just below 0.05 that would round to 0.050 reads 'p < 0.05'."""
+    if p < 0.001:
+        return "p < 0.001"
+    text = f"{p:.{DIGITS}f}"
+    return "p < 0.05" if p < ALPHA <= float(text) else f"p = {text}"
 
 
 def interval(low: float, high: float, diff: bool = False) -> str:

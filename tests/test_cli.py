@@ -19,7 +19,18 @@ from cbmir.store import write_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_DIR = ROOT / "lib" / "cbmir" / "cli"
-COMMANDS = {"prepare", "combine", "summary", "radmini", "models", "embed", "search", "report", "site"}
+COMMANDS = {
+    "prepare",
+    "combine",
+    "summary",
+    "radmini",
+    "models",
+    "embed",
+    "search",
+    "report",
+    "site",
+    "import-authors",
+}
 
 
 def test_every_command_group_registers_its_subcommands():

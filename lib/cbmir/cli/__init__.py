@@ -1,7 +1,7 @@
 """The `cbmir` command line: one module per command group, each with `register(subparsers)`.
 
 Groups, in the order `cbmir --help` lists them: `prepare` (prepare, combine, summary), `radmini`, `models`,
-`embed`, `search`, `report`. A group's module adds its subcommand(s) and sets `func(args) -> int` on each
+`embed`, `search`, `report`, `authors` (import-authors). A group's module adds its subcommand(s) and sets `func(args) -> int` on each
 parser; heavy imports stay inside the command functions so that `cbmir --help` is quick. Library modules
 never parse arguments: these modules turn options into library calls and results into printed lines.
 
@@ -31,7 +31,7 @@ import sys
 from cbmir.errors import CbmirError
 
 # Command groups: modules under cbmir.cli, in the order their subcommands appear in `cbmir --help`.
-GROUPS = ("prepare", "radmini", "models", "embed", "search", "report")
+GROUPS = ("prepare", "radmini", "models", "embed", "search", "report", "authors")
 DEBUG_ENV = "CBMIR_DEBUG"
 DESCRIPTION = "cbmir: content-based image retrieval in radiology with vision foundation models."
 EPILOG = "User errors print one line and exit with status 2; --debug (or CBMIR_DEBUG=1) shows the traceback."

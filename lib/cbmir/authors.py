@@ -1,0 +1,370 @@
+"""Import the authors' published artefacts (Zenodo record 11196400) into cbmir's own files.
+
+The artefacts are found by file name, recursively, under one folder:
+
+- `train.csv`, `val.csv`, `test.csv` (the paper's schema, in one folder): the manifest, concatenated in that order;
+- `<ModelClass>/<dataset>.h5`: one HDF5 dataset per image named by its manifest filepath (its `/` makes nested
+  groups), a 1-D float32 L2-normalised vector;
+- `<ModelClass>/.../knn.csv` (header `query,1,...,K`, neighbour filepaths; test then val queries, the index is
+  train), `retrieval.csv`, `knn_classification.csv`, `linear_probing.csv`.
+
+Written under `out`: `manifest.csv`; `embeddings/<preset>/` (one embedding store per model, aligned to the manifest,
+rows missing from the HDF5 files listed in `failed.csv` with the reason); `neighbours/<preset>--authors-knn.npz`
+(a `cbmir.search.Neighbours` table, scores NaN since knn.csv has none); `reference/<preset>.csv` (the authors'
+tables in long form: `table, N, metric, value`). Staging state lives in `.import/<preset>/` until a store is
+finished, so a killed import resumes from the last finished HDF5 file; a finished model is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cbmir.config import slug
+from cbmir.errors import CbmirError
+from cbmir.manifest import read_manifest, split_rows
+from cbmir.progress import hide_progress
+from cbmir.search import Neighbours
+from cbmir.store import EmbeddingStore, is_complete, write_csv, write_json, write_store
+
+# The authors' model class names and the cbmir preset each corresponds to (see `cbmir models`).
+MODEL_PRESETS = {
+    "ViTB16": "vit-b16-in21k",
+    "ViTMAEB": "vit-mae-b-paper",
+    "DINOv2ViTB14": "dinov2-b14",
+    "SAMViTB": "sam-vit-b",
+    "MedSAMViTB": "medsam-vit-b",
+    "BiomedCLIPVitB16_224": "biomedclip",
+    "MedCLIP": "medclip",
+    "ResNet50": "resnet50-paper",
+    "CLIPOpenAIViTL14": "clip-vit-l14",
+}
+SPLIT_FILES = ("train.csv", "val.csv", "test.csv")
+REFERENCE_FILES = ("retrieval.csv", "knn_classification.csv", "linear_probing.csv")
+SOURCE = "imported from the authors' published embeddings"
+STAGING = ".import"
+KNN_CHUNK = 20_000
+
+
+class AuthorsImportError(CbmirError, ValueError):
+    """The authors' artefacts are missing, damaged or disagree; the message names the file and key."""
+
+
+@dataclass
+class ModelArtefacts:
+    """The files of one authors' model class found under the import folder."""
+
+    model_class: str
+    h5_files: list[Path] = field(default_factory=list)
+    knn: Path | None = None
+    references: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def preset(self) -> str:
+        return MODEL_PRESETS[self.model_class]
+
+
+def _model_of(path: Path, root: Path) -> str | None:
+    """The nearest ancestor folder of `path` (below `root`) named after a known model class."""
+    for parent in path.relative_to(root).parents:
+        if parent.name in MODEL_PRESETS:
+            return parent.name
+    return None
+
+
+def find_artefacts(root: str | Path) -> tuple[list[Path], dict[str, ModelArtefacts]]:
+    """(the train/val/test CSVs, the artefacts of each model class) under `root`, found by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AuthorsImportError(f"{root}: not a folder (expected the unpacked Zenodo 11196400 record)")
+    folders = sorted(
+        {p.parent for p in root.rglob("train.csv") if all((p.parent / f).is_file() for f in SPLIT_FILES)}
+    )
+    if not folders:
+        raise AuthorsImportError(f"{root}: no folder holds all of {', '.join(SPLIT_FILES)}")
+    if len(folders) > 1:
+        raise AuthorsImportError(
+            f"{root}: several folders hold {', '.join(SPLIT_FILES)}: {[str(f) for f in folders]}"
+        )
+    models: dict[str, ModelArtefacts] = {}
+    for path in sorted(root.rglob("*.h5")):
+        if path.parent.name not in MODEL_PRESETS:
+            warnings.warn(
+                f"{path}: not under a known model class folder {sorted(MODEL_PRESETS)}; skipped", stacklevel=2
+            )
+            continue
+        models.setdefault(path.parent.name, ModelArtefacts(path.parent.name)).h5_files.append(path)
+    for name in ("knn.csv", *REFERENCE_FILES):
+        for path in sorted(root.rglob(name)):
+            model = _model_of(path, root)
+            if model is None:
+                continue  # e.g. the experiments folder's table across models
+            art = models.setdefault(model, ModelArtefacts(model))
+            if name == "knn.csv":
+                if art.knn is not None:
+                    raise AuthorsImportError(f"{model}: two knn.csv files: {art.knn} and {path}")
+                art.knn = path
+            elif name in art.references:
+                raise AuthorsImportError(f"{model}: two {name} files: {art.references[name]} and {path}")
+            else:
+                art.references[name] = path
+    return [folders[0] / f for f in SPLIT_FILES], models
+
+
+def sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -------------------------------------------------------------------------------------------- embeddings
+def _read_vector(handle, path: Path, key: str) -> np.ndarray | None:
+    """The vector stored under `key`, or None when the file has no such dataset."""
+    try:
+        node = handle.get(key)
+        if node is None:
+            return None
+        return np.asarray(node[()], dtype=np.float32)
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        raise AuthorsImportError(
+            f"{path}: cannot read dataset {key!r} (truncated or damaged HDF5: {err})"
+        ) from err
+
+
+def _import_h5(path: Path, rows: np.ndarray, filepaths: np.ndarray, stage: _Stage, progress: bool) -> None:
+    import h5py
+
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise AuthorsImportError(f"{path}: cannot open as HDF5 (truncated or damaged: {err})") from err
+    with handle:
+        for row in tqdm(rows, desc=path.name, unit="img", disable=hide_progress(progress), leave=False):
+            key = str(filepaths[row])
+            vec = _read_vector(handle, path, key)
+            if vec is None:
+                stage.reasons[int(row)] = f"not in {path.name}"
+                continue
+            if vec.ndim != 1:
+                raise AuthorsImportError(
+                    f"{path}: dataset {key!r} has shape {vec.shape}; expected a 1-D vector"
+                )
+            stage.put(int(row), vec, path, key)
+
+
+class _Stage:
+    """Partial results of one model: a memmap of vectors, a mask of rows filled, reasons, files done."""
+
+    def __init__(self, folder: Path, n_rows: int, manifest_sha: str) -> None:
+        self.folder, self.n_rows, self.manifest_sha = folder, n_rows, manifest_sha
+        state = folder / "state.json"
+        loaded = json.loads(state.read_text()) if state.is_file() else {}
+        if loaded.get("manifest_sha256") != manifest_sha or not (folder / "vectors.npy").is_file():
+            loaded = {}
+        self.done: dict[str, dict] = loaded.get("done", {})
+        self.dim: int | None = loaded.get("dim")
+        self.dim_source: str | None = loaded.get("dim_source")
+        self.reasons: dict[int, str] = {int(k): v for k, v in loaded.get("reasons", {}).items()}
+        self.vectors: np.ndarray | None = None
+        self.have = np.zeros(n_rows, dtype=bool)
+        if self.done and self.dim:
+            self.vectors = np.load(folder / "vectors.npy", mmap_mode="r+")
+            self.have = np.load(folder / "have.npy")
+
+    def put(self, row: int, vec: np.ndarray, path: Path, key: str) -> None:
+        if self.dim is None:
+            self.dim, self.dim_source = len(vec), f"{path} ({key!r})"
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.vectors = np.lib.format.open_memmap(
+                self.folder / "vectors.npy", mode="w+", dtype=np.float32, shape=(self.n_rows, self.dim)
+            )
+        if len(vec) != self.dim:
+            raise AuthorsImportError(
+                f"{path}: dataset {key!r} has dimension {len(vec)} but {self.dim_source} has {self.dim}"
+            )
+        norm = float(np.linalg.norm(vec))
+        if not np.isfinite(norm) or norm == 0:
+            self.reasons[row] = f"vector in {path.name} is not finite or all zeros"
+            return
+        self.vectors[row] = vec
+        self.have[row] = True
+
+    def commit(self, path: Path, digest: str) -> None:
+        """Record `path` as finished (vectors flushed first, state written atomically last)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.vectors is not None:
+            self.vectors.flush()
+        np.save(self.folder / "have.tmp.npy", self.have)
+        (self.folder / "have.tmp.npy").replace(self.folder / "have.npy")
+        self.done[path.name] = {"sha256": digest, "bytes": path.stat().st_size}
+        write_json(
+            self.folder / "state.json",
+            {
+                "manifest_sha256": self.manifest_sha,
+                "dim": self.dim,
+                "dim_source": self.dim_source,
+                "done": self.done,
+                "reasons": {str(k): v for k, v in self.reasons.items()},
+            },
+        )
+
+
+def _finished(store_dir: Path, art: ModelArtefacts, manifest_sha: str) -> bool:
+    if not is_complete(store_dir):
+        return False
+    prov = json.loads((store_dir / "provenance.json").read_text())
+    files = {p.name: p.stat().st_size for p in art.h5_files}
+    return (
+        prov.get("source") == SOURCE
+        and prov.get("manifest_sha256") == manifest_sha
+        and {k: v["bytes"] for k, v in prov.get("files", {}).items()} == files
+    )
+
+
+def import_embeddings(
+    art: ModelArtefacts, manifest: pd.DataFrame, out: Path, manifest_sha: str, progress: bool = True
+) -> EmbeddingStore | None:
+    """One store for `art`'s HDF5 files aligned to `manifest` (skipped when already finished)."""
+    store_dir = out / "embeddings" / slug(art.preset)
+    if not art.h5_files:
+        return None
+    if _finished(store_dir, art, manifest_sha):
+        return EmbeddingStore.open(store_dir)
+    filepaths = manifest["filepath"].to_numpy(dtype=object)
+    datasets = manifest["dataset"].to_numpy(dtype=object)
+    stage = _Stage(out / STAGING / slug(art.preset), len(manifest), manifest_sha)
+    for path in art.h5_files:
+        if path.name in stage.done:
+            continue
+        rows = np.flatnonzero(datasets == path.stem)
+        if not len(rows):
+            warnings.warn(f"{path}: no manifest row has dataset {path.stem!r}; file not used", stacklevel=2)
+        digest = sha256(path)
+        _import_h5(path, rows, filepaths, stage, progress)
+        stage.commit(path, digest)
+    for row in np.flatnonzero(~stage.have):
+        if int(row) not in stage.reasons:
+            stage.reasons[int(row)] = f"no {art.model_class}/{datasets[row]}.h5 among the artefacts"
+    if stage.vectors is None:
+        raise AuthorsImportError(
+            f"{art.model_class}: none of {[str(p) for p in art.h5_files]} holds a manifest image"
+        )
+    keep = np.flatnonzero(stage.have)
+    missing = np.flatnonzero(~stage.have)
+    failed = pd.DataFrame(
+        {"filepath": filepaths[missing], "error": [stage.reasons[int(r)] for r in missing]}, dtype=object
+    )
+    provenance = {
+        "source": SOURCE,
+        "authors_model_class": art.model_class,
+        "preset": art.preset,
+        "manifest_sha256": manifest_sha,
+        "files": stage.done,
+        "embedding_rule": "as published by the authors (Zenodo 11196400)",
+    }
+    store = write_store(
+        store_dir, stage.vectors[keep], filepaths[keep], spec=art.preset, failed=failed, provenance=provenance
+    )
+    shutil.rmtree(stage.folder, ignore_errors=True)
+    return store
+
+
+# ------------------------------------------------------------------------------------ neighbours + tables
+def read_knn(path: Path, filepaths: np.ndarray, train_rows: np.ndarray) -> Neighbours:
+    """A knn.csv as a `Neighbours` table of manifest rows; a filepath the manifest lacks names file, row, value."""
+    lookup = pd.Index(filepaths)
+    header = pd.read_csv(path, nrows=0).columns
+    if len(header) < 2 or header[0] != "query" or list(header[1:]) != [str(i) for i in range(1, len(header))]:
+        raise AuthorsImportError(f"{path}: header {list(header[:4])}... is not 'query,1,...,K'")
+    queries, ids = [], []
+    start = 0
+    for chunk in pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=KNN_CHUNK):
+        codes = lookup.get_indexer(chunk.to_numpy().ravel()).reshape(chunk.shape)
+        bad = np.argwhere(codes < 0)
+        if len(bad):
+            r, c = bad[0]
+            raise AuthorsImportError(
+                f"{path}: row {start + r + 1}, column {header[c]!r}: {chunk.iat[r, c]!r} is not in the manifest"
+            )
+        queries.append(codes[:, 0])
+        ids.append(codes[:, 1:])
+        start += len(chunk)
+    q = np.concatenate(queries) if queries else np.zeros(0, np.int64)
+    nb = np.concatenate(ids) if ids else np.zeros((0, len(header) - 1), np.int64)
+    return Neighbours(q, nb, np.full(nb.shape, np.nan, dtype=np.float32), index_rows=train_rows)
+
+
+def reference_table(paths: dict[str, Path]) -> pd.DataFrame:
+    """The authors' result tables of one model in long form: `table, N, metric, value` (N only for retrieval)."""
+    parts = []
+    for name, path in sorted(paths.items()):
+        frame = pd.read_csv(path)
+        frame = frame.drop(columns=[c for c in frame.columns if str(c).startswith("Unnamed")])
+        try:
+            frame = frame.apply(pd.to_numeric)
+        except ValueError as err:
+            raise AuthorsImportError(f"{path}: a value is not a number ({err})") from err
+        table = name.removesuffix(".csv")
+        if table == "retrieval":
+            frame.insert(0, "N", np.arange(1, len(frame) + 1))
+        else:
+            frame.insert(0, "N", np.nan)
+        long = frame.melt(id_vars="N", var_name="metric", value_name="value")
+        long.insert(0, "table", table)
+        parts.append(long)
+    return pd.concat(parts, ignore_index=True)
+
+
+def read_reference(path: str | Path, table: str) -> pd.DataFrame:
+    """One table of a reference CSV back in wide form (retrieval: one row per N, `N` column first)."""
+    long = pd.read_csv(path)
+    part = long[long["table"] == table]
+    if part.empty:
+        raise AuthorsImportError(f"{path}: no table {table!r}")
+    if table == "retrieval":
+        return part.pivot(index="N", columns="metric", values="value").reset_index().rename_axis(columns=None)
+    return part.set_index("metric")["value"].to_frame().T.reset_index(drop=True).rename_axis(columns=None)
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def import_authors(root: str | Path, out: str | Path, progress: bool = True) -> dict[str, dict]:
+    """Import everything under `root` into `out`; returns per preset what was written or skipped."""
+    out = Path(out)
+    split_csvs, models = find_artefacts(root)
+    manifest = read_manifest(split_csvs)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_file = out / "manifest.csv"
+    if not manifest_file.is_file():
+        write_csv(manifest_file, manifest)
+    manifest_sha = hashlib.sha256("\n".join(manifest["filepath"]).encode()).hexdigest()
+    filepaths = manifest["filepath"].to_numpy(dtype=object)
+    train_rows = split_rows(manifest, "train")
+    report: dict[str, dict] = {}
+    for model_class, art in tqdm(sorted(models.items()), desc="models", disable=hide_progress(progress)):
+        entry: dict = {"model_class": model_class}
+        store = import_embeddings(art, manifest, out, manifest_sha, progress)
+        if store is not None:
+            entry.update(store=str(store.path), rows=len(store), failed=len(store.failed))
+        if art.knn is not None:
+            target = out / "neighbours" / f"{slug(art.preset)}--authors-knn.npz"
+            if not target.is_file():
+                read_knn(art.knn, filepaths, train_rows).save(target)
+            entry["neighbours"] = str(target)
+        if art.references:
+            target = out / "reference" / f"{slug(art.preset)}.csv"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_csv(target, reference_table(art.references))
+            entry["reference"] = str(target)
+        report[art.preset] = entry
+    return report

@@ -1,0 +1,284 @@
+"""`cbmir.authors`: the authors' published artefacts (their exact layout, written here) imported into cbmir files."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from cbmir import authors
+from cbmir.authors import AuthorsImportError, import_authors, read_reference
+from cbmir.cli import main
+from cbmir.errors import CbmirError
+from cbmir.manifest import row_labels
+from cbmir.metrics.retrieval import label_matrices, micro_macro, precision_at_n
+from cbmir.search import Neighbours
+from cbmir.store import EmbeddingStore
+
+LABELS = ["XR/chest/Normal", "XR/chest/Pneumonia", "CT/abdomen/Liver", "MR/knee/ACL"]
+DATASETS = ("nih14", "radiology_ai")
+K = 12
+
+
+def _manifest(rng: np.random.Generator) -> pd.DataFrame:
+    rows = []
+    for i in range(60):
+        dataset = DATASETS[i % 2]
+        label = LABELS[(i * 7) % 4] if dataset == "radiology_ai" else LABELS[i % 2]
+        split = ("train", "train", "train", "val", "test")[i % 5]
+        folder = "images" if dataset == "nih14" else f"{label}"
+        row = {
+            "filepath": f"{dataset}/{folder}/img_{i:03d}.png",
+            "dataset": dataset,
+            "split": split,
+            "modality": label.split("/")[0],
+            "anatomic_region": label.split("/")[1],
+        }
+        row.update({name: 1.0 if name == label else 0.0 for name in LABELS})  # the authors write 0.0 / 1.0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _paper_precision(knn: pd.DataFrame, labels: dict[str, str], counts: dict[str, int], n: int) -> tuple:
+    """The paper's definition, one query at a time: micro/macro mean and std of modified P@N over test queries."""
+    per_query, classes = [], []
+    for _, row in knn.iterrows():
+        label = labels[row["query"]]
+        m = min(n, counts[label])
+        hits = sum(labels[row[str(j)]] == label for j in range(1, m + 1))
+        per_query.append(hits / m)
+        classes.append(label)
+    frame = pd.DataFrame({"p": per_query, "c": classes})
+    grouped = frame.groupby("c")["p"]
+    return frame["p"].mean(), frame["p"].std(), grouped.mean().mean(), grouped.std().mean()
+
+
+@pytest.fixture
+def published(tmp_path):
+    """Artefacts in the authors' layout: split CSVs, nested-group HDF5 per model and dataset, knn.csv, tables."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "zenodo"
+    manifest = _manifest(rng)
+    exp = root / "experiments" / "chexpert_mimic_nih14_radimagenet"
+    exp.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        manifest[manifest["split"] == split].to_csv(exp / f"{split}.csv", index=False)
+    ordered = pd.concat(
+        [manifest[manifest["split"] == s] for s in ("train", "val", "test")], ignore_index=True
+    )
+    vectors = {}
+    for model, dim in (("SAMViTB", 8), ("ViTMAEB", 6)):
+        vecs = rng.normal(size=(len(ordered), dim)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        vectors[model] = vecs
+        (root / "embeddings" / model).mkdir(parents=True)
+        for dataset in DATASETS:
+            with h5py.File(root / "embeddings" / model / f"{dataset}.h5", "w") as handle:
+                for i in np.flatnonzero(ordered["dataset"] == dataset):
+                    if model == "ViTMAEB" and i == 5:
+                        continue  # one image the authors did not embed
+                    handle.create_dataset(ordered["filepath"][i], data=vecs[i])
+    # knn.csv of SAMViTB: test then val queries, K neighbours among train, by inner product
+    train = np.flatnonzero(ordered["split"] == "train")
+    queries = np.concatenate([np.flatnonzero(ordered["split"] == s) for s in ("test", "val")])
+    sims = vectors["SAMViTB"][queries] @ vectors["SAMViTB"][train].T
+    order = train[np.argsort(-sims, axis=1, kind="stable")[:, :K]]
+    paths = ordered["filepath"].to_numpy()
+    knn = pd.DataFrame({"query": paths[queries], **{str(j + 1): paths[order[:, j]] for j in range(K)}})
+    model_dir = exp / "SAMViTB"
+    model_dir.mkdir()
+    knn.to_csv(model_dir / "knn.csv", index=False)
+    labels = dict(zip(paths, ordered[LABELS].idxmax(axis=1), strict=True))
+    counts = ordered.loc[train, LABELS].sum().astype(int).to_dict()
+    test_knn = knn[knn["query"].isin(set(paths[ordered["split"] == "test"]))]
+    rows = [_paper_precision(test_knn, labels, counts, n) for n in range(1, K)]
+    retrieval = pd.DataFrame(
+        rows,
+        columns=[
+            "micro_precision_mean",
+            "micro_precision_std",
+            "macro_precision_mean",
+            "macro_precision_std",
+        ],
+    )
+    retrieval.to_csv(model_dir / "retrieval.csv")  # with the index column, as the authors write it
+    pd.DataFrame([{"micro_f1": 0.5, "macro_f1": 0.25}]).to_csv(
+        model_dir / "knn_classification.csv", index=False
+    )
+    pd.DataFrame([{"micro_roc_auc": 0.9, "macro_accuracy": 0.7}]).to_csv(
+        model_dir / "linear_probing.csv", index=False
+    )
+    (model_dir / "config.json").write_text(json.dumps({"knn_csv": "/their/machine/knn.csv"}))
+    return {"root": root, "manifest": ordered, "vectors": vectors, "knn": knn, "retrieval": retrieval}
+
+
+def test_import_row_by_row(published, tmp_path):
+    out = tmp_path / "work"
+    report = import_authors(published["root"], out, progress=False)
+    assert set(report) == {"sam-vit-b", "vit-mae-b-paper"}
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert list(manifest["filepath"]) == list(published["manifest"]["filepath"])
+    sam = EmbeddingStore.open(out / "embeddings" / "sam-vit-b")
+    assert sam.provenance["source"] == "imported from the authors' published embeddings"
+    assert sam.provenance["preset"] == "sam-vit-b" and sam.provenance["spec"] == "sam-vit-b"
+    assert set(sam.provenance["files"]) == {"nih14.h5", "radiology_ai.h5"}
+    assert all(len(v["sha256"]) == 64 for v in sam.provenance["files"].values())
+    assert list(sam.ids) == list(manifest["filepath"]) and sam.failed.empty
+    for i, path in enumerate(manifest["filepath"]):
+        np.testing.assert_allclose(
+            sam.embeddings[sam.rows_for([path])[0]], published["vectors"]["SAMViTB"][i], atol=1e-6
+        )
+    mae = EmbeddingStore.open(out / "embeddings" / "vit-mae-b-paper")
+    missing = manifest["filepath"][5]
+    assert missing not in set(mae.ids) and len(mae) == len(manifest) - 1
+    assert mae.failed.to_dict("records") == [
+        {"filepath": missing, "error": f"not in {manifest['dataset'][5]}.h5"}
+    ]
+    for i, path in enumerate(manifest["filepath"]):
+        if i != 5:
+            np.testing.assert_allclose(
+                mae.embeddings[mae.rows_for([path])[0]], published["vectors"]["ViTMAEB"][i], atol=1e-6
+            )
+    nb = Neighbours.load(out / "neighbours" / "sam-vit-b--authors-knn.npz")
+    knn = published["knn"]
+    lookup = {p: r for r, p in enumerate(manifest["filepath"])}
+    assert nb.k == K and list(nb.query_rows) == [lookup[p] for p in knn["query"]]
+    for q, row in knn.iterrows():
+        assert list(nb.ids[q]) == [lookup[row[str(j)]] for j in range(1, K + 1)]
+    assert list(nb.index_rows) == list(np.flatnonzero(manifest["split"] == "train"))
+
+
+def test_reference_tables_read(published, tmp_path):
+    out = tmp_path / "work"
+    import_authors(published["root"], out, progress=False)
+    ref = out / "reference" / "sam-vit-b.csv"
+    retrieval = read_reference(ref, "retrieval")
+    assert list(retrieval["N"]) == list(range(1, K))
+    expected = published["retrieval"]
+    for column in expected.columns:
+        np.testing.assert_allclose(retrieval[column], expected[column], rtol=0, atol=1e-15)
+    assert read_reference(ref, "knn_classification").to_dict("records") == [
+        {"macro_f1": 0.25, "micro_f1": 0.5}
+    ]
+    assert read_reference(ref, "linear_probing").to_dict("records") == [
+        {"macro_accuracy": 0.7, "micro_roc_auc": 0.9}
+    ]
+    assert not (out / "reference" / "vit-mae-b-paper.csv").exists()
+
+
+def test_our_metric_reproduces_their_retrieval_csv(published, tmp_path):
+    out = tmp_path / "work"
+    import_authors(published["root"], out, progress=False)
+    manifest = pd.read_csv(out / "manifest.csv")
+    nb = Neighbours.load(out / "neighbours" / "sam-vit-b--authors-knn.npz")
+    test = np.isin(nb.query_rows, np.flatnonzero(manifest["split"] == "test"))
+    nb = Neighbours(nb.query_rows[test], nb.ids[test], nb.scores[test], nb.index_rows)
+    labels, q, counts, _ = label_matrices(nb, row_labels(manifest), max_n=K - 1)
+    micro, macro = micro_macro(precision_at_n(labels, q, counts), q)
+    theirs = read_reference(out / "reference" / "sam-vit-b.csv", "retrieval")
+    np.testing.assert_allclose(micro, theirs["micro_precision_mean"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(macro, theirs["macro_precision_mean"], rtol=0, atol=1e-9)
+    assert np.ptp(micro) > 0  # the check is not vacuous: precision varies with N
+
+
+def test_second_run_skips_finished_models(published, tmp_path, monkeypatch):
+    out = tmp_path / "work"
+    import_authors(published["root"], out, progress=False)
+    before = (out / "embeddings" / "sam-vit-b" / "provenance.json").read_text()
+    monkeypatch.setattr(authors, "_import_h5", lambda *a, **k: pytest.fail("a finished model was re-read"))
+    import_authors(published["root"], out, progress=False)
+    assert (out / "embeddings" / "sam-vit-b" / "provenance.json").read_text() == before
+
+
+def test_killed_import_resumes_from_the_last_finished_file(published, tmp_path, monkeypatch):
+    out = tmp_path / "work"
+    real = authors._import_h5
+    seen = []
+
+    def crash_on_second(path, *args, **kwargs):
+        if seen:
+            raise KeyboardInterrupt  # killed while reading the second file
+        seen.append(path.name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(authors, "_import_h5", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        import_authors(published["root"], out, progress=False)
+    state = json.loads((out / ".import" / "sam-vit-b" / "state.json").read_text())
+    assert list(state["done"]) == seen
+    resumed = []
+
+    def record(path, *args, **kwargs):
+        resumed.append(path.name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(authors, "_import_h5", record)
+    import_authors(published["root"], out, progress=False)
+    assert seen == ["nih14.h5"]  # SAMViTB's first file finished before the kill, and is not read again:
+    assert resumed == ["radiology_ai.h5", "nih14.h5", "radiology_ai.h5"]
+    sam = EmbeddingStore.open(out / "embeddings" / "sam-vit-b")
+    manifest = published["manifest"]
+    assert sam.failed.empty and len(sam) == len(manifest)
+    for i, path in enumerate(manifest["filepath"]):
+        np.testing.assert_allclose(
+            sam.embeddings[sam.rows_for([path])[0]], published["vectors"]["SAMViTB"][i], atol=1e-6
+        )
+    assert not (out / ".import" / "sam-vit-b").exists()
+
+
+def test_truncated_hdf5_names_the_file(published, tmp_path):
+    path = published["root"] / "embeddings" / "SAMViTB" / "nih14.h5"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AuthorsImportError, match=r"nih14\.h5.*(truncated|damaged)") as err:
+        import_authors(published["root"], tmp_path / "work", progress=False)
+    assert isinstance(err.value, CbmirError) and "SAMViTB" in str(err.value)
+
+
+def test_dimension_mismatch_across_files_names_file_and_key(published, tmp_path):
+    path = published["root"] / "embeddings" / "ViTMAEB" / "radiology_ai.h5"
+    manifest = published["manifest"]
+    key = manifest["filepath"][np.flatnonzero(manifest["dataset"] == "radiology_ai")[0]]
+    with h5py.File(path, "r+") as handle:
+        del handle[key]
+        handle.create_dataset(key, data=np.ones(7, dtype=np.float32))
+    with pytest.raises(AuthorsImportError, match="dimension 7") as err:
+        import_authors(published["root"], tmp_path / "work", progress=False)
+    assert str(path) in str(err.value) and key in str(err.value) and "nih14.h5" in str(err.value)
+
+
+def test_knn_naming_an_unknown_image_names_file_row_and_value(published, tmp_path):
+    path = published["root"] / "experiments" / "chexpert_mimic_nih14_radimagenet" / "SAMViTB" / "knn.csv"
+    knn = pd.read_csv(path)
+    knn.loc[3, "4"] = "nih14/images/not_there.png"
+    knn.to_csv(path, index=False)
+    out = tmp_path / "work"
+    with pytest.raises(AuthorsImportError) as err:
+        import_authors(published["root"], out, progress=False)
+    message = str(err.value)
+    assert str(path) in message and "row 4" in message and "'4'" in message and "not_there.png" in message
+    # what was imported before the error stays
+    assert EmbeddingStore.open(out / "embeddings" / "sam-vit-b").failed.empty
+
+
+def test_missing_split_csvs_are_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AuthorsImportError, match="train.csv"):
+        import_authors(tmp_path / "empty", tmp_path / "work", progress=False)
+
+
+def test_cli_imports_and_reports_one_line_errors(published, tmp_path, capsys):
+    out = tmp_path / "work"
+    assert main(["import-authors", str(published["root"]), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "SAMViTB -> sam-vit-b" in printed and "ViTMAEB -> vit-mae-b-paper" in printed
+    assert main(["import-authors", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_every_authors_class_maps_to_a_real_preset():
+    from cbmir.models.registry import presets
+
+    assert set(authors.MODEL_PRESETS.values()) <= set(presets())

@@ -22,12 +22,13 @@ DATASETS = ("nih14", "radiology_ai")
 K = 12
 
 
-def _manifest(rng: np.random.Generator) -> pd.DataFrame:
+def _manifest() -> pd.DataFrame:
     rows = []
     for i in range(60):
         dataset = DATASETS[i % 2]
-        label = LABELS[(i * 7) % 4] if dataset == "radiology_ai" else LABELS[i % 2]
-        split = ("train", "train", "train", "val", "test")[i % 5]
+        # unequal classes: Liver and ACL have 3 train images each, so min(N, n_c) matters from N = 4
+        label = LABELS[0] if dataset == "nih14" else LABELS[{9: 2, 11: 3}.get(i % 12, 1)]
+        split = ("train", "train", "train", "val", "test")[(i // 2) % 5]
         folder = "images" if dataset == "nih14" else f"{label}"
         row = {
             "filepath": f"{dataset}/{folder}/img_{i:03d}.png",
@@ -60,7 +61,7 @@ def published(tmp_path):
     """Artefacts in the authors' layout: split CSVs, nested-group HDF5 per model and dataset, knn.csv, tables."""
     rng = np.random.default_rng(0)
     root = tmp_path / "zenodo"
-    manifest = _manifest(rng)
+    manifest = _manifest()
     exp = root / "experiments" / "chexpert_mimic_nih14_radimagenet"
     exp.mkdir(parents=True)
     for split in ("train", "val", "test"):
@@ -181,6 +182,7 @@ def test_our_metric_reproduces_their_retrieval_csv(published, tmp_path):
     np.testing.assert_allclose(micro, theirs["micro_precision_mean"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(macro, theirs["macro_precision_mean"], rtol=0, atol=1e-9)
     assert np.ptp(micro) > 0  # the check is not vacuous: precision varies with N
+    assert counts[np.unique(q)].min() < K - 1  # a queried class smaller than N: min(N, n_c) is exercised
 
 
 def test_second_run_skips_finished_models(published, tmp_path, monkeypatch):
@@ -188,8 +190,25 @@ def test_second_run_skips_finished_models(published, tmp_path, monkeypatch):
     import_authors(published["root"], out, progress=False)
     before = (out / "embeddings" / "sam-vit-b" / "provenance.json").read_text()
     monkeypatch.setattr(authors, "_import_h5", lambda *a, **k: pytest.fail("a finished model was re-read"))
+    table = out / "neighbours" / "sam-vit-b--authors-knn.npz"
+    stamp = table.stat().st_mtime_ns
+    monkeypatch.setattr(authors, "read_knn", lambda *a, **k: pytest.fail("an imported knn.csv was re-read"))
     import_authors(published["root"], out, progress=False)
     assert (out / "embeddings" / "sam-vit-b" / "provenance.json").read_text() == before
+    assert table.stat().st_mtime_ns == stamp
+
+
+def test_a_changed_knn_csv_is_imported_again(published, tmp_path):
+    out = tmp_path / "work"
+    import_authors(published["root"], out, progress=False)
+    path = published["root"] / "experiments" / "chexpert_mimic_nih14_radimagenet" / "SAMViTB" / "knn.csv"
+    knn = pd.read_csv(path)
+    knn[["1", "2"]] = knn[["2", "1"]].to_numpy()
+    knn.to_csv(path, index=False)
+    import_authors(published["root"], out, progress=False)
+    nb = Neighbours.load(out / "neighbours" / "sam-vit-b--authors-knn.npz")
+    lookup = {p: r for r, p in enumerate(published["manifest"]["filepath"])}
+    assert list(nb.ids[:, 0]) == [lookup[p] for p in knn["1"]]
 
 
 def test_killed_import_resumes_from_the_last_finished_file(published, tmp_path, monkeypatch):

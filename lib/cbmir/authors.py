@@ -10,7 +10,8 @@ The artefacts are found by file name, recursively, under one folder:
 
 Written under `out`: `manifest.csv`; `embeddings/<preset>/` (one embedding store per model, aligned to the manifest,
 rows missing from the HDF5 files listed in `failed.csv` with the reason); `neighbours/<preset>--authors-knn.npz`
-(a `cbmir.search.Neighbours` table, scores NaN since knn.csv has none); `reference/<preset>.csv` (the authors'
+(a `cbmir.search.Neighbours` table over the train rows, scores NaN since knn.csv has none; its `.json` key holds
+the knn.csv SHA-256); `reference/<preset>.csv` (the authors'
 tables in long form: `table, N, metric, value`). Staging state lives in `.import/<preset>/` until a store is
 finished, so a killed import resumes from the last finished HDF5 file; a finished model is skipped.
 """
@@ -273,8 +274,9 @@ def import_embeddings(
         "files": stage.done,
         "embedding_rule": "as published by the authors (Zenodo 11196400)",
     }
+    vectors = stage.vectors if len(keep) == len(filepaths) else stage.vectors[keep]  # no copy when complete
     store = write_store(
-        store_dir, stage.vectors[keep], filepaths[keep], spec=art.preset, failed=failed, provenance=provenance
+        store_dir, vectors, filepaths[keep], spec=art.preset, failed=failed, provenance=provenance
     )
     shutil.rmtree(stage.folder, ignore_errors=True)
     return store
@@ -338,16 +340,21 @@ def read_reference(path: str | Path, table: str) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def _filepaths_sha(manifest_file: Path) -> str:
+    paths = pd.read_csv(manifest_file, usecols=["filepath"], dtype=str, keep_default_na=False)["filepath"]
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()
+
+
 def import_authors(root: str | Path, out: str | Path, progress: bool = True) -> dict[str, dict]:
     """Import everything under `root` into `out`; returns per preset what was written or skipped."""
     out = Path(out)
     split_csvs, models = find_artefacts(root)
     manifest = read_manifest(split_csvs)
     out.mkdir(parents=True, exist_ok=True)
-    manifest_file = out / "manifest.csv"
-    if not manifest_file.is_file():
-        write_csv(manifest_file, manifest)
     manifest_sha = hashlib.sha256("\n".join(manifest["filepath"]).encode()).hexdigest()
+    manifest_file = out / "manifest.csv"
+    if not manifest_file.is_file() or _filepaths_sha(manifest_file) != manifest_sha:
+        write_csv(manifest_file, manifest)
     filepaths = manifest["filepath"].to_numpy(dtype=object)
     train_rows = split_rows(manifest, "train")
     report: dict[str, dict] = {}
@@ -358,8 +365,12 @@ def import_authors(root: str | Path, out: str | Path, progress: bool = True) -> 
             entry.update(store=str(store.path), rows=len(store), failed=len(store.failed))
         if art.knn is not None:
             target = out / "neighbours" / f"{slug(art.preset)}--authors-knn.npz"
-            if not target.is_file():
+            meta = target.with_suffix(".json")
+            key = {"source": str(art.knn), "sha256": sha256(art.knn), "manifest_sha256": manifest_sha}
+            if not (target.is_file() and meta.is_file() and json.loads(meta.read_text()) == key):
+                meta.unlink(missing_ok=True)  # the key lands only after its table
                 read_knn(art.knn, filepaths, train_rows).save(target)
+                write_json(meta, key)
             entry["neighbours"] = str(target)
         if art.references:
             target = out / "reference" / f"{slug(art.preset)}.csv"

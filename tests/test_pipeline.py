@@ -38,7 +38,7 @@ def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Context:
                      "CT/lung/a": int(label == "CT/lung/a"), "CT/lung/b": int(label == "CT/lung/b")})  # fmt: skip
     (root / "img_13.png").write_bytes(b"not an image")  # one failed image
     cfg = SimpleNamespace(
-        work_dir=tmp_path / "work", data_root=root, batch_size=8, bf16=True, checkpoints={}, k=5,
+        work_dir=tmp_path / "work", data_root=root, batch_size_for=lambda model: 8, bf16=True, checkpoints={}, k=5,
         index_type="flat", index_params={}, thumbs_root=None,
     )  # fmt: skip
     monkeypatch.setattr(

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from cbmir.models.base import Encoder
 
+DEFAULT_BATCH_SIZE = 32  # for specs that are not presets (e.g. an `Encoder` built by hand)
 NON_FINITE = "encoder output is not finite (NaN/inf)"
 OUTSIDE_ROOT = "outside the data root"
 
@@ -132,7 +133,7 @@ def extract_embeddings(
     data_root: str | os.PathLike,
     encoder: Encoder | str,
     out_dir: str | os.PathLike,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int = 2,
     bf16: bool = False,
     device: str | None = None,
@@ -144,19 +145,22 @@ def extract_embeddings(
     """Embed every manifest image into the store at `out_dir` and return it (resumable; see module doc).
 
     `encoder` is an `Encoder` or a spec string for `cbmir.models.load_encoder` (loaded only when work
-    remains). Rows are the readable images in manifest order; unreadable ones go to `failed.csv`. An optional
+    remains). `batch_size` defaults to the preset's (`preset_batch_size`); a batch that runs out of memory is
+    halved and retried, and the sizes that ran are recorded in provenance (`batch_size`). Rows are the readable images in manifest order; unreadable ones go to `failed.csv`. An optional
     manifest column `frame` picks a frame of multi-frame files. A complete store for the same ids and spec
     is reused unless `redo`; a damaged one is rebuilt. Another run holding the store raises `StoreError`
     naming it, unless `wait` (then this call queues behind it). An output folder that cannot be written is
     reported before any work starts (a complete store in a read-only folder is still reused).
     """
+    spec = encoder if isinstance(encoder, str) else encoder.spec
+    if batch_size is None:
+        batch_size = preset_batch_size(spec)
     if batch_size < 1 or chunk_size < 1 or num_workers < 0:
         raise ValueError(
             f"need batch_size >= 1, chunk_size >= 1, num_workers >= 0; got {batch_size}, {chunk_size}, {num_workers}"
         )
     out_dir, data_root = Path(out_dir), Path(data_root)
     checkpoint = None if checkpoint is None else str(checkpoint)
-    spec = encoder if isinstance(encoder, str) else encoder.spec
     ids, frames = _manifest_columns(manifest)
     ids_hash = _ids_sha256(ids, frames)
     try:
@@ -176,6 +180,16 @@ def extract_embeddings(
             manifest, ids, frames, ids_hash, data_root, encoder, out_dir, spec, checkpoint,
             batch_size, num_workers, bf16, device, chunk_size,
         )  # fmt: skip
+
+
+def preset_batch_size(spec: str) -> int:
+    """The preset's batch size for `spec`, or `DEFAULT_BATCH_SIZE` when the spec is no preset."""
+    from cbmir.models.registry import PresetError, resolve_spec
+
+    try:
+        return resolve_spec(spec).batch_size
+    except PresetError:
+        return DEFAULT_BATCH_SIZE
 
 
 def _reuse(out_dir: Path, spec: str, checkpoint: str | None, ids_hash: str) -> EmbeddingStore | None:
@@ -259,6 +273,7 @@ def _extract(
         "manifest_rows": n_rows,
         "manifest_ids_sha256": ids_hash,
         "chunk_size": int(chunk_size),
+        "batch_size": runner.batch_record(batch_size),  # this run's; a resumed run records its own
     }
     S.assemble(out_dir, chunks, ids, plan, provenance)
     return EmbeddingStore.open(out_dir)
@@ -300,7 +315,7 @@ def _run_chunks(
     with tqdm(total=total, desc=f"embed {plan['spec']}", unit="img", initial=0) as bar:
         for ok_rows, batch, batch_failures in loader:
             if batch is not None:
-                out = runner(batch)
+                out = runner.embed(batch)
                 finite = np.isfinite(out).all(axis=1)
                 vectors.append(out[finite])
                 rows.extend(r for r, keep in zip(ok_rows, finite, strict=True) if keep)
@@ -325,21 +340,23 @@ def embed_images(
     *,
     bf16: bool = False,
     device: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> np.ndarray:
     """Embed PIL images (e.g. queries) exactly as `extract_embeddings` does: `[n, D]` float32 unit rows.
 
     Use the store's `bf16` and `device` (its provenance records both) to get the vectors the store holds.
+    `batch_size` defaults to the preset's; out-of-memory batches are halved as in extraction.
     """
     import torch
 
+    batch_size = batch_size or preset_batch_size(encoder.spec)
     if not images:
         raise ValueError("parameter 'images' is empty")
     runner = PrecisionRunner(encoder, resolve_device(device), bf16)
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.stack([encoder.transform(image) for image in images[start : start + batch_size]])
-        out.append(runner(batch))
+        out.append(runner.embed(batch))
     vectors = np.concatenate(out)
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():

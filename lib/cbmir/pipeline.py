@@ -98,7 +98,7 @@ class Context:
                 self.cfg.data_root,
                 model,
                 self.store_dir(model),
-                batch_size=self.cfg.batch_size,
+                batch_size=self.cfg.batch_size_for(model),
                 bf16=self.cfg.bf16,
                 redo=redo,
                 checkpoint=self.cfg.checkpoints.get(model),

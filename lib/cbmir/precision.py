@@ -7,6 +7,7 @@ exactly as the index it searches.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +22,15 @@ if TYPE_CHECKING:
 
 class EncoderOutputError(StoreError):
     """The encoder returned a batch of the wrong shape (nothing is stored from it)."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether `err` says the device ran out of memory (CUDA `torch.OutOfMemoryError`, a CPU allocation failure)."""
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
 def resolve_device(device: str | None) -> str:
@@ -49,6 +59,9 @@ class PrecisionRunner:
         self.module, self.dtype = encoder.module.to(device).eval(), torch.float32
         self.precision = "autocast" if bf16 else "fp32"
         self.speed: dict[str, Any] = {}
+        self.max_batch: int | None = None  # lowered by `embed` after an out-of-memory error
+        self.batch_sizes_run: Counter[int] = Counter()  # forward batch size -> how many batches ran at it
+        self.oom_retries = 0
         if (
             self.device_type == "cpu"
         ):  # CPU rewrites (conv+BN fusion, SDPA, NHWC, bf16 weights) in a checked copy
@@ -75,7 +88,7 @@ class PrecisionRunner:
         try:
             out = self._forward(batch)
         except RuntimeError as err:
-            if self.precision != "weights+autocast":
+            if self.precision != "weights+autocast" or is_out_of_memory(err):
                 raise
             warnings.warn(
                 f"{self.encoder.spec}: bf16 weights failed ({err}); using fp32 weights with bf16 autocast",
@@ -89,3 +102,45 @@ class PrecisionRunner:
                 f"{batch.shape[0]}; expected [B, {self.encoder.dim}] (Encoder.dim)"
             )
         return torch.nn.functional.normalize(out, dim=1).cpu().numpy().astype(np.float32, copy=False)
+
+    def embed(self, batch: torch.Tensor) -> np.ndarray:
+        """Like calling the runner, but an out-of-memory error halves the batch and retries (down to 1).
+
+        Rows come back in order, each exactly once; the lowered size is kept for later batches and every size
+        that ran is counted in `batch_sizes_run` (extraction records it in the store's provenance).
+        """
+        out: list[np.ndarray] = []
+        start, n = 0, batch.shape[0]
+        while start < n:
+            size = min(n - start, self.max_batch or n)
+            try:
+                out.append(self(batch[start : start + size]))
+            except (RuntimeError, MemoryError) as err:
+                if not is_out_of_memory(err) or size == 1:
+                    raise
+                self.max_batch = size // 2
+                self.oom_retries += 1
+                _release_cached_memory(self.device_type)
+                warnings.warn(
+                    f"{self.encoder.spec}: out of memory at batch size {size}; retrying at {self.max_batch}",
+                    stacklevel=2,
+                )
+                continue
+            self.batch_sizes_run[size] += 1
+            start += size
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def batch_record(self, requested: int) -> dict[str, Any]:
+        """The batch sizes of this run, for provenance: requested, the sizes that ran (and how often), retries."""
+        return {
+            "requested": int(requested),
+            "ran": {str(k): v for k, v in sorted(self.batch_sizes_run.items(), reverse=True)},
+            "out_of_memory_retries": self.oom_retries,
+        }
+
+
+def _release_cached_memory(device_type: str) -> None:
+    import torch
+
+    if device_type == "cuda":
+        torch.cuda.empty_cache()

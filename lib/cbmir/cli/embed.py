@@ -17,7 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", required=True, help="folder the manifest filepaths are relative to")
     p.add_argument("--out", required=True, help="store folder (work/<config>/embeddings/<model-slug>)")
     p.add_argument("--checkpoint", default=None, help="local weights file for the model")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per forward pass (default: the preset's; halved on out-of-memory)",
+    )
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--chunk-size", type=int, default=1024, help="rows per resumable chunk")
     p.add_argument("--bf16", action="store_true", help="bfloat16 (autocast on GPU, bf16 weights on CPU)")

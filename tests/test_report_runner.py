@@ -322,3 +322,23 @@ def test_batch_sizes_per_model_reach_the_extraction(tmp_path, monkeypatch):
         path.write_text(json.dumps({**text, **bad}))
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+def test_precision_and_workers_reach_the_extraction(tmp_path, monkeypatch):
+    import cbmir.extract
+    from cbmir.pipeline import Context
+
+    path = write_config(tmp_path, [{"name": "a"}], models=["biomedclip"])
+    text = json.loads(path.read_text())
+    path.write_text(json.dumps({**text, "precision": "fp16", "workers": 6}))
+    seen = {}
+    monkeypatch.setattr(cbmir.extract, "extract_embeddings", lambda *a, **kw: seen.update(kw))
+    Context(load_config(path), manifest=None).embeddings("biomedclip")
+    assert seen["precision"] == "fp16" and seen["num_workers"] == 6
+    for bad, message in (
+        ({"precision": "fp8"}, r"tiny\.yaml: precision"),
+        ({"workers": -1}, r"tiny\.yaml: workers"),
+    ):
+        path.write_text(json.dumps({**text, **bad}))
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -74,6 +74,10 @@ class ReportConfig(BaseModel):
     batch_size: PositiveInt | None = None
     batch_sizes: dict[str, PositiveInt] = Field(default_factory=dict)
     bf16: StrictBool = False
+    # fp32 | bf16 | fp16 (overrides bf16; bf16 becomes fp16 on GPUs without native bf16)
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
+    # DataLoader workers for extraction (default: the machine's cores but one, at most 16)
+    workers: Annotated[int, Field(strict=True, ge=0)] | None = None
     bootstrap: PositiveInt = 1000
     seed: Annotated[int, Field(strict=True)] = 0
     # subsample per (split, label): quick runs

@@ -27,7 +27,13 @@ import pandas as pd
 
 from cbmir import store as S
 from cbmir.installed import library_versions
-from cbmir.precision import EncoderOutputError, PrecisionRunner, resolve_device
+from cbmir.precision import (
+    EncoderOutputError,
+    PrecisionRunner,
+    default_workers,
+    resolve_device,
+    resolve_precision,
+)
 from cbmir.store import EmbeddingStore, StoreError
 
 if TYPE_CHECKING:
@@ -134,19 +140,22 @@ def extract_embeddings(
     encoder: Encoder | str,
     out_dir: str | os.PathLike,
     batch_size: int | None = None,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     bf16: bool = False,
     device: str | None = None,
     chunk_size: int = 1024,
     redo: bool = False,
     checkpoint: str | os.PathLike | None = None,
     wait: bool = False,
+    precision: str | None = None,
 ) -> EmbeddingStore:
     """Embed every manifest image into the store at `out_dir` and return it (resumable; see module doc).
 
     `encoder` is an `Encoder` or a spec string for `cbmir.models.load_encoder` (loaded only when work
     remains). `batch_size` defaults to the preset's (`preset_batch_size`); a batch that runs out of memory is
-    halved and retried, and the sizes that ran are recorded in provenance (`batch_size`). Rows are the readable images in manifest order; unreadable ones go to `failed.csv`. An optional
+    halved and retried, and the sizes that ran are recorded in provenance (`batch_size`). `precision` (fp32,
+    bf16, fp16; default bf16 if `bf16` else fp32) is resolved by `cbmir.precision.resolve_precision`;
+    `num_workers` defaults to `cbmir.precision.default_workers()`. Rows are the readable images in manifest order; unreadable ones go to `failed.csv`. An optional
     manifest column `frame` picks a frame of multi-frame files. A complete store for the same ids and spec
     is reused unless `redo`; a damaged one is rebuilt. Another run holding the store raises `StoreError`
     naming it, unless `wait` (then this call queues behind it). An output folder that cannot be written is
@@ -155,6 +164,8 @@ def extract_embeddings(
     spec = encoder if isinstance(encoder, str) else encoder.spec
     if batch_size is None:
         batch_size = preset_batch_size(spec)
+    if num_workers is None:
+        num_workers = default_workers()
     if batch_size < 1 or chunk_size < 1 or num_workers < 0:
         raise ValueError(
             f"need batch_size >= 1, chunk_size >= 1, num_workers >= 0; got {batch_size}, {chunk_size}, {num_workers}"
@@ -178,7 +189,7 @@ def extract_embeddings(
                 return reused
         return _extract(
             manifest, ids, frames, ids_hash, data_root, encoder, out_dir, spec, checkpoint,
-            batch_size, num_workers, bf16, device, chunk_size,
+            batch_size, num_workers, bf16, device, chunk_size, precision,
         )  # fmt: skip
 
 
@@ -225,8 +236,10 @@ def _extract(
     bf16: bool,
     device: str | None,
     chunk_size: int,
+    precision: str | None = None,
 ) -> EmbeddingStore:
     device = resolve_device(device)
+    precision = resolve_precision(precision, bf16, device)
     if isinstance(encoder, str):
         from cbmir.models import load_encoder
 
@@ -244,13 +257,14 @@ def _extract(
         "n_rows": n_rows,
         "chunk_size": int(chunk_size),
         "bf16": bool(bf16),
+        "precision": precision,
         "dim": int(encoder.dim),
     }
     S.check_plan(chunks, plan)
     n_chunks = math.ceil(n_rows / chunk_size)
     done = S.done_chunks(chunks, n_chunks)
     todo = [k for k in range(n_chunks) if k not in done]
-    runner = PrecisionRunner(encoder, device, bf16)
+    runner = PrecisionRunner(encoder, device, bf16, precision)
     if todo:
         dataset = ManifestImages(data_root, ids, encoder.transform, frames)
         _run_chunks(dataset, todo, runner, plan, chunks, batch_size, num_workers, device)
@@ -268,6 +282,9 @@ def _extract(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "bf16": bool(bf16),
         "precision": runner.precision,
+        "dtype": runner.dtype_name,  # fp32 / bf16 / fp16: what ran
+        "tf32": runner.tf32,
+        "num_workers": int(num_workers),
         "speed": runner.speed,  # what cbmir.accelerate ran on the CPU
         "device": device,
         "manifest_rows": n_rows,
@@ -341,10 +358,12 @@ def embed_images(
     bf16: bool = False,
     device: str | None = None,
     batch_size: int | None = None,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Embed PIL images (e.g. queries) exactly as `extract_embeddings` does: `[n, D]` float32 unit rows.
 
-    Use the store's `bf16` and `device` (its provenance records both) to get the vectors the store holds.
+    Use the store's `dtype` and `device` (its provenance records both) as `precision` and `device` to get the
+    vectors the store holds.
     `batch_size` defaults to the preset's; out-of-memory batches are halved as in extraction.
     """
     import torch
@@ -352,7 +371,7 @@ def embed_images(
     batch_size = batch_size or preset_batch_size(encoder.spec)
     if not images:
         raise ValueError("parameter 'images' is empty")
-    runner = PrecisionRunner(encoder, resolve_device(device), bf16)
+    runner = PrecisionRunner(encoder, resolve_device(device), bf16, precision)
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.stack([encoder.transform(image) for image in images[start : start + batch_size]])

@@ -6,12 +6,14 @@ exactly as the index it searches.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cbmir.errors import CbmirError
 from cbmir.store import StoreError
 
 if TYPE_CHECKING:
@@ -33,6 +35,40 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+MAX_DEFAULT_WORKERS = 16
+
+
+class PrecisionError(CbmirError, ValueError):
+    """An unknown precision, or one the device cannot run (the message names the parameter)."""
+
+
+def resolve_precision(precision: str | None, bf16: bool, device: str) -> str:
+    """The precision that will run: `precision` (else "bf16" if `bf16`, else "fp32"), with bf16 turned into fp16
+    on a GPU without native bf16 (pre-Ampere: emulated and slow). fp16 runs on CUDA only."""
+    import torch
+
+    wanted = precision or ("bf16" if bf16 else "fp32")
+    if wanted not in PRECISIONS:
+        raise PrecisionError(f"parameter 'precision' is {wanted!r}; allowed {list(PRECISIONS)}")
+    on_cuda = device.startswith("cuda")
+    if wanted == "fp16" and not on_cuda:
+        raise PrecisionError(f"parameter 'precision' is 'fp16', which runs on CUDA only (device {device!r})")
+    if wanted == "bf16" and on_cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        warnings.warn("this GPU has no native bf16: using fp16 autocast", stacklevel=2)
+        return "fp16"
+    return wanted
+
+
+def default_workers() -> int:
+    """DataLoader workers for this machine: one per usable core but one (for the main process), at most 16."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))
+
+
 def resolve_device(device: str | None) -> str:
     """`device`, or "cuda" when available, else "cpu"."""
     if device:
@@ -45,17 +81,25 @@ def resolve_device(device: str | None) -> str:
 class PrecisionRunner:
     """Embed one batch at a time into L2-normalised float32 rows, at the requested precision.
 
-    bf16 means autocast on CUDA. On the CPU the module is prepared by `cbmir.accelerate.optimise_for_inference`
+    `precision` (`resolve_precision`: fp32, bf16 or fp16; the older `bf16` flag asks for bf16) means autocast on
+    CUDA at that dtype; fp32 on CUDA allows TF32 matrix products (`tf32`). On the CPU the module is prepared by `cbmir.accelerate.optimise_for_inference`
     (each rewrite kept only if its output matches the original; bf16 weights + autocast where bf16 is asked for);
     if a module then rejects bf16 weights, it falls back to fp32 weights + autocast. The caller's module is never
     changed: rewrites live in a copy. `precision` and `speed` record what ran.
     """
 
-    def __init__(self, encoder: Encoder, device: str, bf16: bool) -> None:
+    def __init__(self, encoder: Encoder, device: str, bf16: bool, precision: str | None = None) -> None:
         import torch
 
+        self.dtype_name = resolve_precision(precision, bf16, device)
+        bf16 = self.dtype_name != "fp32"  # autocast on
+        self.amp_dtype = torch.float16 if self.dtype_name == "fp16" else torch.bfloat16
         self.encoder, self.device, self.bf16 = encoder, device, bf16
         self.device_type = "cuda" if device.startswith("cuda") else "cpu"
+        self.tf32 = self.device_type == "cuda" and not bf16
+        if self.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True  # process-wide, as torch offers it
+            torch.backends.cudnn.allow_tf32 = True
         self.module, self.dtype = encoder.module.to(device).eval(), torch.float32
         self.precision = "autocast" if bf16 else "fp32"
         self.speed: dict[str, Any] = {}
@@ -77,7 +121,7 @@ class PrecisionRunner:
 
         with (
             torch.inference_mode(),
-            torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16),
+            torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.bf16),
         ):
             return self.module(batch.to(device=self.device, dtype=self.dtype, non_blocking=True)).float()
 

@@ -75,3 +75,15 @@ def test_extraction_records_precision_and_workers(tmp_path):
     assert store.provenance["dtype"] == "bf16" and store.provenance["precision"] != "fp32"
     with pytest.raises(P.PrecisionError, match="CUDA only"):
         extract_embeddings(manifest, tmp_path, tiny_encoder(), tmp_path / "c", device="cpu", precision="fp16")
+
+
+def test_encoder_embed_images_leaves_a_shared_module_where_it_is(monkeypatch):
+    encoder = tiny_encoder()
+    moved = []
+    original = encoder.module.to
+    monkeypatch.setattr(encoder.module, "to", lambda *a, **kw: moved.append(a) or original(*a, **kw))
+    images = [Image.new("RGB", (12, 12), (i * 40, 0, 0)) for i in range(3)]
+    out = encoder.embed_images(images)
+    assert not moved and out.shape == (3, encoder.dim)
+    torch.testing.assert_close(encoder.embed_images(images, device="cpu"), out)
+    assert moved == [("cpu",)]

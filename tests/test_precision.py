@@ -87,3 +87,25 @@ def test_encoder_embed_images_leaves_a_shared_module_where_it_is(monkeypatch):
     assert not moved and out.shape == (3, encoder.dim)
     torch.testing.assert_close(encoder.embed_images(images, device="cpu"), out)
     assert moved == [("cpu",)]
+
+
+def test_loader_settings_keep_batches_in_flight_within_the_host_share():
+    gib = 2**30
+    # reference: in flight = workers x prefetch x batch <= host / 8, prefetch in {1, 2}; pin only if it fits
+    for workers, batch, host in [(4, gib // 8, 64 * gib), (15, gib, 128 * gib), (8, gib, 8 * gib), (0, 1, 0)]:
+        s = P.loader_settings(workers, batch, True, host)
+        prefetch = s.get("prefetch_factor", 1)
+        if host:
+            fits_two = max(1, workers) * batch * 2 <= host // 8
+            assert prefetch == (2 if fits_two else 1)
+            assert s["pin_memory"] == (max(1, workers) * batch * prefetch <= host // 8)
+        else:
+            assert s == {"pin_memory": True}  # unknown host memory: torch's defaults
+    # SAM at the old batch 256: 256 x 3 x 1024 x 1024 x 4 B = 3 GiB per batch, 15 workers on a 128 GiB host
+    s = P.loader_settings(15, 256 * 3 * 1024 * 1024 * 4, True, 128 * gib)
+    assert s == {"pin_memory": False, "prefetch_factor": 1}
+    assert P.loader_settings(2, 8 * 3 * 1024 * 1024 * 4, True, 128 * gib) == {
+        "pin_memory": True,
+        "prefetch_factor": 2,
+    }
+    assert P.loader_settings(3, gib, False, 128 * gib)["pin_memory"] is False  # never pinned off CUDA

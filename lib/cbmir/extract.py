@@ -31,6 +31,8 @@ from cbmir.precision import (
     EncoderOutputError,
     PrecisionRunner,
     default_workers,
+    host_memory_bytes,
+    loader_settings,
     resolve_device,
     resolve_precision,
 )
@@ -265,9 +267,10 @@ def _extract(
     done = S.done_chunks(chunks, n_chunks)
     todo = [k for k in range(n_chunks) if k not in done]
     runner = PrecisionRunner(encoder, device, bf16, precision)
+    loader: dict[str, Any] = {}
     if todo:
         dataset = ManifestImages(data_root, ids, encoder.transform, frames)
-        _run_chunks(dataset, todo, runner, plan, chunks, batch_size, num_workers, device)
+        loader = _run_chunks(dataset, todo, runner, plan, chunks, batch_size, num_workers, device)
     provenance = {
         "format_version": S.FORMAT_VERSION,
         "spec": spec,
@@ -285,6 +288,7 @@ def _extract(
         "dtype": runner.dtype_name,  # fp32 / bf16 / fp16: what ran
         "tf32": runner.tf32,
         "num_workers": int(num_workers),
+        "loader": loader,  # prefetch_factor and pin_memory (host-memory limited)
         "speed": runner.speed,  # what cbmir.accelerate ran on the CPU
         "device": device,
         "manifest_rows": n_rows,
@@ -305,8 +309,10 @@ def _run_chunks(
     batch_size: int,
     num_workers: int,
     device: str,
-) -> None:
-    """Embed the pending chunks in order; batches never cross a chunk, each chunk is written when complete."""
+) -> dict[str, Any]:
+    """Embed the pending chunks in order; batches never cross a chunk, each chunk is written when complete.
+
+    Returns the DataLoader settings used (`loader_settings`)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -315,12 +321,14 @@ def _run_chunks(
     for k in todo:
         lo, hi = S.chunk_bounds(n_rows, chunk_size, k)
         batches.extend(list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size))
+    settings = loader_settings(
+        num_workers,
+        batch_size * _item_bytes(dataset, batches),
+        device.startswith("cuda"),
+        host_memory_bytes(),
+    )
     loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=device.startswith("cuda"),
+        dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate, **settings
     )
     pending = {k: S.chunk_bounds(n_rows, chunk_size, k) for k in todo}
     rows: list[int] = []
@@ -348,6 +356,16 @@ def _run_chunks(
                 current = todo[position + 1] if position + 1 < len(todo) else -1
     if current != -1:
         raise StoreError(f"extraction stopped before chunk {current} was complete")
+    return settings
+
+
+def _item_bytes(dataset: ManifestImages, batches: list[list[int]]) -> int:
+    """Bytes of one preprocessed image (the first readable one of the first batch; 0 if none is readable)."""
+    for row in batches[0] if batches else []:
+        _, tensor, error = dataset[row]
+        if not error:
+            return tensor.numel() * tensor.element_size()
+    return 0
 
 
 # -------------------------------------------------------------------------------------------- queries

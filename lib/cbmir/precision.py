@@ -69,6 +69,35 @@ def default_workers() -> int:
     return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))
 
 
+HOST_MEMORY_SHARE = 8  # batches in flight may hold at most 1/8 of the host's memory
+
+
+def host_memory_bytes() -> int:
+    """Physical memory of this machine (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def loader_settings(num_workers: int, batch_bytes: int, pin: bool, host_bytes: int) -> dict[str, Any]:
+    """DataLoader `prefetch_factor` and `pin_memory` that keep the batches in flight within the host's share.
+
+    Each worker prefetches up to 2 batches; fewer when that would exceed `host_bytes / HOST_MEMORY_SHARE`, and
+    pinning (page-locked memory) is dropped when even one batch per worker would.
+    """
+    budget = host_bytes // HOST_MEMORY_SHARE if host_bytes else None
+    workers = max(1, num_workers)
+    prefetch = 2
+    if budget is not None and batch_bytes > 0:
+        prefetch = max(1, min(2, budget // (workers * batch_bytes)))
+        pin = pin and workers * batch_bytes * prefetch <= budget
+    settings: dict[str, Any] = {"pin_memory": pin}
+    if num_workers > 0:
+        settings["prefetch_factor"] = int(prefetch)
+    return settings
+
+
 def resolve_device(device: str | None) -> str:
     """`device`, or "cuda" when available, else "cpu"."""
     if device:

@@ -19,6 +19,7 @@ import pytest
 import torch
 from cbmir import store as S
 from cbmir.extract import extract_embeddings
+from cbmir.models.base import Encoder
 from cbmir.store import EmbeddingStore, StoreError, is_complete
 from PIL import Image
 
@@ -493,3 +494,78 @@ def test_a_query_is_embedded_exactly_as_the_store(images: tuple[Path, pd.DataFra
     np.testing.assert_allclose(query, stored, atol=1e-6)
     fp32 = embed_images(tiny_encoder(), [load_image(root / p) for p in ids], bf16=False, device="cpu")
     assert np.abs(fp32 - stored).max() > 1e-4  # the precision matters: a query must use the store's
+
+
+# ------------------------------------------------------------------------------------ batch sizes and OOM
+def _oom_above(limit: int, error: type[BaseException], message: str) -> Encoder:
+    """The tiny encoder, except that a forward pass over more than `limit` images raises `error(message)`."""
+    encoder = tiny_encoder()
+    forward = encoder.module.forward
+
+    def limited(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > limit:
+            raise error(message)
+        return forward(x)
+
+    encoder.module.forward = limited
+    return encoder
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (torch.OutOfMemoryError, "CUDA out of memory. Tried to allocate 96.00 GiB"),
+        (RuntimeError, "DefaultCPUAllocator: not enough memory: you tried to allocate; out of memory"),
+        (MemoryError, ""),
+    ],
+)
+def test_out_of_memory_halves_the_batch_and_gives_the_normal_store(
+    images: tuple[Path, pd.DataFrame], tmp_path: Path, error: type[BaseException], message: str
+) -> None:
+    root, manifest = images
+    normal = extract_embeddings(
+        manifest, root, tiny_encoder(), tmp_path / "normal", batch_size=8, num_workers=0, chunk_size=10
+    )
+    with pytest.warns(UserWarning, match="out of memory at batch size 8; retrying at 4"):
+        store = extract_embeddings(
+            manifest, root, _oom_above(3, error, message), tmp_path / "oom", batch_size=8, num_workers=0,
+            chunk_size=10,
+        )  # fmt: skip
+    _assert_same(store, normal)
+    np.testing.assert_array_equal(np.asarray(store.embeddings), np.asarray(normal.embeddings))
+    record = store.provenance["batch_size"]
+    assert record["requested"] == 8 and record["out_of_memory_retries"] == 2  # 8 -> 4 -> 2, then kept at 2
+    assert set(record["ran"]) == {"2"} and sum(record["ran"].values()) == N_IMAGES // 2
+    ran = normal.provenance["batch_size"]["ran"]
+    assert sum(int(k) * v for k, v in ran.items()) == N_IMAGES and ran["8"] == 5  # 8 + 2 per chunk of 10
+    assert normal.provenance["batch_size"]["out_of_memory_retries"] == 0
+
+
+def test_out_of_memory_at_batch_size_one_and_other_errors_are_raised(
+    images: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    from cbmir.precision import PrecisionRunner
+
+    runner = PrecisionRunner(tiny_encoder(), "cpu", bf16=False)
+    runner.module = _oom_above(0, torch.OutOfMemoryError, "CUDA out of memory").module
+    with pytest.warns(UserWarning, match="retrying at 1"), pytest.raises(torch.OutOfMemoryError):
+        runner.embed(torch.zeros(4, 3, 16, 16))
+    assert runner.oom_retries == 2 and not runner.batch_sizes_run
+    root, manifest = images
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # not an out-of-memory error: no retry
+        extract_embeddings(
+            manifest.iloc[:4], root, _oom_above(1, RuntimeError, "shape mismatch"), tmp_path / "b",
+            batch_size=4, num_workers=0,
+        )  # fmt: skip
+
+
+def test_batch_size_defaults_to_the_preset(images: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    from cbmir.extract import DEFAULT_BATCH_SIZE, preset_batch_size
+    from cbmir.models.registry import resolve_spec
+
+    assert preset_batch_size("sam-vit-b") == preset_batch_size("medsam-vit-b") == 8
+    assert preset_batch_size("clip-vit-l14") == resolve_spec("clip-vit-l14").batch_size > 8
+    assert preset_batch_size("tiny-test") == DEFAULT_BATCH_SIZE
+    root, manifest = images
+    store = extract_embeddings(manifest.iloc[:4], root, tiny_encoder(), tmp_path, num_workers=0)
+    assert store.provenance["batch_size"]["requested"] == DEFAULT_BATCH_SIZE

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from cbmir.models import list_models, load_encoder, presets, resolve_spec
+from cbmir.models.strict import WeightsMismatchError
 from PIL import Image
 
 PAPER_PRESETS = {
@@ -278,6 +279,11 @@ def test_medsam_preset_reads_a_segment_anything_checkpoint(tmp_path, images):
         ref = model.get_image_embeddings(batch(enc, images)).mean(dim=(2, 3))
     torch.testing.assert_close(enc.embed_images(images), ref)
     assert list(enc.provenance["weights_sha256"]) == [str(tmp_path / "medsam_vit_b.pth")]
+    assert enc.provenance["unused_weights"] == {"mask_decoder": 1}
+    del sa["image_encoder.neck.2.weight"]
+    torch.save(sa, tmp_path / "medsam_vit_b.pth")
+    with pytest.raises(WeightsMismatchError, match=r"medsam_vit_b\.pth .*missing 1: neck\.conv2\.weight"):
+        load_encoder("medsam-vit-b", checkpoint=tmp_path / "medsam_vit_b.pth")
 
 
 # ---- MedCLIP -----------------------------------------------------------------------------------------------
@@ -308,7 +314,12 @@ def test_medclip_preset_rebuilds_the_vision_tower(tmp_path, images):
     with torch.no_grad():
         ref = proj(swin(pixel_values=batch(enc, images)).pooler_output)
     torch.testing.assert_close(enc.embed_images(images), ref)
-    assert enc.dim == 8
+    assert enc.dim == 8 and enc.provenance["unused_weights"] == {"text_model": 1}
+    key = next(k for k in state if k.endswith("layernorm.weight"))
+    del state[key]
+    torch.save(state, tmp_path / "medclip-vit" / "pytorch_model.bin")
+    with pytest.raises(WeightsMismatchError, match=r"pytorch_model\.bin .*missing 1: layernorm\.weight"):
+        load_encoder("medclip", checkpoint=tmp_path / "medclip-vit")
 
 
 # ---- open_clip ---------------------------------------------------------------------------------------------
@@ -344,6 +355,12 @@ def test_open_clip_preset_loads_a_local_open_clip_folder(tmp_path, images):
         ref = model.encode_image(x)
     torch.testing.assert_close(enc.embed_images(images), ref)
     assert enc.provenance["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    text = {k.split(".", 1)[0] for k in model.state_dict() if not k.startswith("visual.")}
+    assert set(enc.provenance["unused_weights"]) == text and "transformer" in text
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "visual.proj"}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    with pytest.raises(WeightsMismatchError, match=r"open_clip_model\.safetensors .*missing 1: proj$"):
+        load_encoder("biomedclip", checkpoint=folder)
 
 
 # ---- timm and the baselines -------------------------------------------------------------------------------
@@ -359,7 +376,13 @@ def test_timm_spec_loads_a_local_file_and_drops_the_head(tmp_path, images):
     with torch.no_grad():
         ref = model.forward_head(model.forward_features(batch(enc, images)), pre_logits=True)
     torch.testing.assert_close(enc.embed_images(images), ref)
-    assert enc.dim == 192
+    assert enc.dim == 192 and enc.provenance["unused_weights"] == {"head": 2}
+    state = {k: v for k, v in model.state_dict().items() if k != "norm.bias"}
+    save_file({**state, "blocks.99.mlp.fc1.weight": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(
+        WeightsMismatchError, match=r"w\.safetensors .*missing 1: norm\.bias; unexpected 1: blocks\.9"
+    ):
+        load_encoder("timm:vit_tiny_patch16_224", checkpoint=tmp_path / "w.safetensors")
 
 
 @pytest.mark.slow

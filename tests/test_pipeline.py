@@ -38,8 +38,8 @@ def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Context:
                      "CT/lung/a": int(label == "CT/lung/a"), "CT/lung/b": int(label == "CT/lung/b")})  # fmt: skip
     (root / "img_13.png").write_bytes(b"not an image")  # one failed image
     cfg = SimpleNamespace(
-        work_dir=tmp_path / "work", data_root=root, batch_size=8, bf16=True, checkpoints={}, k=5,
-        index_type="flat", index_params={}, thumbs_root=None,
+        work_dir=tmp_path / "work", data_root=root, batch_size_for=lambda model: 8, bf16=True, checkpoints={}, k=5,
+        index_type="flat", index_params={}, thumbs_root=None, precision=None, workers=0,
     )  # fmt: skip
     monkeypatch.setattr(
         "cbmir.models.load_encoder", lambda spec, **kw: tiny_encoder(spec=spec), raising=False

@@ -293,3 +293,52 @@ def test_a_killed_run_reuses_finished_jobs_and_reruns_the_interrupted_one(tmp_pa
 
     assert run_report(cfg_path) == 0  # the last run finished: a new run runs every job again
     assert (tmp_path / "runs-first").read_text() == "xx"
+
+
+def test_batch_sizes_per_model_reach_the_extraction(tmp_path, monkeypatch):
+    import cbmir.extract
+    from cbmir.pipeline import Context
+
+    path = write_config(tmp_path, [{"name": "a"}], models=["sam-vit-b", "biomedclip", "resnet50"])
+    text = json.loads(path.read_text())
+    text["batch_sizes"] = {"sam-vit-b": 4}
+    path.write_text(json.dumps(text))
+    seen = {}
+    monkeypatch.setattr(cbmir.extract, "extract_embeddings", lambda *a, **kw: seen.update({a[2]: kw}))
+    context = Context(load_config(path), manifest=None)
+    for model in ("sam-vit-b", "biomedclip"):
+        context.embeddings(model)
+    assert seen["sam-vit-b"]["batch_size"] == 4
+    assert seen["biomedclip"]["batch_size"] is None  # the preset's own, chosen by cbmir.extract
+    path.write_text(json.dumps({**text, "batch_size": 16}))
+    context = Context(load_config(path), manifest=None)
+    for model in ("sam-vit-b", "resnet50"):
+        context.embeddings(model)
+    assert seen["sam-vit-b"]["batch_size"] == 4 and seen["resnet50"]["batch_size"] == 16
+    for bad, message in (
+        ({"batch_sizes": {"sam-vit-h": 4}}, r"tiny\.yaml: batch_sizes: 'sam-vit-h' not in models"),
+        ({"batch_sizes": {"sam-vit-b": 0}}, r"tiny\.yaml: batch_sizes\.sam-vit-b"),
+    ):
+        path.write_text(json.dumps({**text, **bad}))
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+
+
+def test_precision_and_workers_reach_the_extraction(tmp_path, monkeypatch):
+    import cbmir.extract
+    from cbmir.pipeline import Context
+
+    path = write_config(tmp_path, [{"name": "a"}], models=["biomedclip"])
+    text = json.loads(path.read_text())
+    path.write_text(json.dumps({**text, "precision": "fp16", "workers": 6}))
+    seen = {}
+    monkeypatch.setattr(cbmir.extract, "extract_embeddings", lambda *a, **kw: seen.update(kw))
+    Context(load_config(path), manifest=None).embeddings("biomedclip")
+    assert seen["precision"] == "fp16" and seen["num_workers"] == 6
+    for bad, message in (
+        ({"precision": "fp8"}, r"tiny\.yaml: precision"),
+        ({"workers": -1}, r"tiny\.yaml: workers"),
+    ):
+        path.write_text(json.dumps({**text, **bad}))
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -70,8 +70,14 @@ class ReportConfig(BaseModel):
     index_type: str = "flat"
     # builder parameters of index_type (cbmir.search), e.g. {nprobe: 192}
     index_params: dict[str, Any] = Field(default_factory=dict)
-    batch_size: PositiveInt = 32
+    # images per forward pass: per model spec, else `batch_size` for every model, else the preset's own
+    batch_size: PositiveInt | None = None
+    batch_sizes: dict[str, PositiveInt] = Field(default_factory=dict)
     bf16: StrictBool = False
+    # fp32 | bf16 | fp16 (overrides bf16; bf16 becomes fp16 on GPUs without native bf16)
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
+    # DataLoader workers for extraction (default: the machine's cores but one, at most 16)
+    workers: Annotated[int, Field(strict=True, ge=0)] | None = None
     bootstrap: PositiveInt = 1000
     seed: Annotated[int, Field(strict=True)] = 0
     # subsample per (split, label): quick runs
@@ -83,6 +89,10 @@ class ReportConfig(BaseModel):
     checkpoints: dict[str, Path] = Field(default_factory=dict)
     quick: StrictBool = False
 
+    def batch_size_for(self, model: str) -> int | None:
+        """The batch size this config asks for `model` (None: the preset's default)."""
+        return self.batch_sizes.get(model, self.batch_size)
+
     @property
     def reports_dir(self) -> Path:
         return (self.out_root or self.root) / "reports" / self.name
@@ -91,7 +101,7 @@ class ReportConfig(BaseModel):
     def figures_dir(self) -> Path:
         return (self.out_root or self.root) / "figures" / self.name
 
-    @field_validator("index_params", "checkpoints", "description", mode="before")
+    @field_validator("index_params", "checkpoints", "batch_sizes", "description", mode="before")
     @classmethod
     def _empty_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         """A key written without a value (`checkpoints:`) means its empty default."""
@@ -116,6 +126,14 @@ class ReportConfig(BaseModel):
     @classmethod
     def _resolve_checkpoints(cls, value: dict[str, Path], info: ValidationInfo) -> dict[str, Path]:
         return {spec: _resolve(_root(info), p) for spec, p in value.items()}
+
+    @model_validator(mode="after")
+    def _batch_sizes_name_models(self) -> ReportConfig:
+        """Every key of `batch_sizes` must be one of `models` (a typo would silently fall back)."""
+        unknown = [spec for spec in self.batch_sizes if spec not in self.models]
+        if unknown:
+            raise ValueError(f"batch_sizes: {', '.join(map(repr, unknown))} not in models {self.models}")
+        return self
 
     @model_validator(mode="after")
     def _index_settings_exist(self) -> ReportConfig:

@@ -27,7 +27,15 @@ import pandas as pd
 
 from cbmir import store as S
 from cbmir.installed import library_versions
-from cbmir.precision import EncoderOutputError, PrecisionRunner, resolve_device
+from cbmir.precision import (
+    EncoderOutputError,
+    PrecisionRunner,
+    default_workers,
+    host_memory_bytes,
+    loader_settings,
+    resolve_device,
+    resolve_precision,
+)
 from cbmir.store import EmbeddingStore, StoreError
 
 if TYPE_CHECKING:
@@ -36,6 +44,7 @@ if TYPE_CHECKING:
 
     from cbmir.models.base import Encoder
 
+DEFAULT_BATCH_SIZE = 32  # for specs that are not presets (e.g. an `Encoder` built by hand)
 NON_FINITE = "encoder output is not finite (NaN/inf)"
 OUTSIDE_ROOT = "outside the data root"
 
@@ -132,31 +141,39 @@ def extract_embeddings(
     data_root: str | os.PathLike,
     encoder: Encoder | str,
     out_dir: str | os.PathLike,
-    batch_size: int = 32,
-    num_workers: int = 2,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
     bf16: bool = False,
     device: str | None = None,
     chunk_size: int = 1024,
     redo: bool = False,
     checkpoint: str | os.PathLike | None = None,
     wait: bool = False,
+    precision: str | None = None,
 ) -> EmbeddingStore:
     """Embed every manifest image into the store at `out_dir` and return it (resumable; see module doc).
 
     `encoder` is an `Encoder` or a spec string for `cbmir.models.load_encoder` (loaded only when work
-    remains). Rows are the readable images in manifest order; unreadable ones go to `failed.csv`. An optional
+    remains). `batch_size` defaults to the preset's (`preset_batch_size`); a batch that runs out of memory is
+    halved and retried, and the sizes that ran are recorded in provenance (`batch_size`). `precision` (fp32,
+    bf16, fp16; default bf16 if `bf16` else fp32) is resolved by `cbmir.precision.resolve_precision`;
+    `num_workers` defaults to `cbmir.precision.default_workers()`. Rows are the readable images in manifest order; unreadable ones go to `failed.csv`. An optional
     manifest column `frame` picks a frame of multi-frame files. A complete store for the same ids and spec
     is reused unless `redo`; a damaged one is rebuilt. Another run holding the store raises `StoreError`
     naming it, unless `wait` (then this call queues behind it). An output folder that cannot be written is
     reported before any work starts (a complete store in a read-only folder is still reused).
     """
+    spec = encoder if isinstance(encoder, str) else encoder.spec
+    if batch_size is None:
+        batch_size = preset_batch_size(spec)
+    if num_workers is None:
+        num_workers = default_workers()
     if batch_size < 1 or chunk_size < 1 or num_workers < 0:
         raise ValueError(
             f"need batch_size >= 1, chunk_size >= 1, num_workers >= 0; got {batch_size}, {chunk_size}, {num_workers}"
         )
     out_dir, data_root = Path(out_dir), Path(data_root)
     checkpoint = None if checkpoint is None else str(checkpoint)
-    spec = encoder if isinstance(encoder, str) else encoder.spec
     ids, frames = _manifest_columns(manifest)
     ids_hash = _ids_sha256(ids, frames)
     try:
@@ -174,8 +191,18 @@ def extract_embeddings(
                 return reused
         return _extract(
             manifest, ids, frames, ids_hash, data_root, encoder, out_dir, spec, checkpoint,
-            batch_size, num_workers, bf16, device, chunk_size,
+            batch_size, num_workers, bf16, device, chunk_size, precision,
         )  # fmt: skip
+
+
+def preset_batch_size(spec: str) -> int:
+    """The preset's batch size for `spec`, or `DEFAULT_BATCH_SIZE` when the spec is no preset."""
+    from cbmir.models.registry import PresetError, resolve_spec
+
+    try:
+        return resolve_spec(spec).batch_size
+    except PresetError:
+        return DEFAULT_BATCH_SIZE
 
 
 def _reuse(out_dir: Path, spec: str, checkpoint: str | None, ids_hash: str) -> EmbeddingStore | None:
@@ -211,8 +238,10 @@ def _extract(
     bf16: bool,
     device: str | None,
     chunk_size: int,
+    precision: str | None = None,
 ) -> EmbeddingStore:
     device = resolve_device(device)
+    precision = resolve_precision(precision, bf16, device)
     if isinstance(encoder, str):
         from cbmir.models import load_encoder
 
@@ -230,16 +259,18 @@ def _extract(
         "n_rows": n_rows,
         "chunk_size": int(chunk_size),
         "bf16": bool(bf16),
+        "precision": precision,
         "dim": int(encoder.dim),
     }
     S.check_plan(chunks, plan)
     n_chunks = math.ceil(n_rows / chunk_size)
     done = S.done_chunks(chunks, n_chunks)
     todo = [k for k in range(n_chunks) if k not in done]
-    runner = PrecisionRunner(encoder, device, bf16)
+    runner = PrecisionRunner(encoder, device, bf16, precision)
+    loader: dict[str, Any] = {}
     if todo:
         dataset = ManifestImages(data_root, ids, encoder.transform, frames)
-        _run_chunks(dataset, todo, runner, plan, chunks, batch_size, num_workers, device)
+        loader = _run_chunks(dataset, todo, runner, plan, chunks, batch_size, num_workers, device)
     provenance = {
         "format_version": S.FORMAT_VERSION,
         "spec": spec,
@@ -254,11 +285,16 @@ def _extract(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "bf16": bool(bf16),
         "precision": runner.precision,
+        "dtype": runner.dtype_name,  # fp32 / bf16 / fp16: what ran
+        "tf32": runner.tf32,
+        "num_workers": int(num_workers),
+        "loader": loader,  # prefetch_factor and pin_memory (host-memory limited)
         "speed": runner.speed,  # what cbmir.accelerate ran on the CPU
         "device": device,
         "manifest_rows": n_rows,
         "manifest_ids_sha256": ids_hash,
         "chunk_size": int(chunk_size),
+        "batch_size": runner.batch_record(batch_size),  # this run's; a resumed run records its own
     }
     S.assemble(out_dir, chunks, ids, plan, provenance)
     return EmbeddingStore.open(out_dir)
@@ -273,8 +309,10 @@ def _run_chunks(
     batch_size: int,
     num_workers: int,
     device: str,
-) -> None:
-    """Embed the pending chunks in order; batches never cross a chunk, each chunk is written when complete."""
+) -> dict[str, Any]:
+    """Embed the pending chunks in order; batches never cross a chunk, each chunk is written when complete.
+
+    Returns the DataLoader settings used (`loader_settings`)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -283,12 +321,14 @@ def _run_chunks(
     for k in todo:
         lo, hi = S.chunk_bounds(n_rows, chunk_size, k)
         batches.extend(list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size))
+    settings = loader_settings(
+        num_workers,
+        batch_size * _item_bytes(dataset, batches),
+        device.startswith("cuda"),
+        host_memory_bytes(),
+    )
     loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=device.startswith("cuda"),
+        dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate, **settings
     )
     pending = {k: S.chunk_bounds(n_rows, chunk_size, k) for k in todo}
     rows: list[int] = []
@@ -300,7 +340,7 @@ def _run_chunks(
     with tqdm(total=total, desc=f"embed {plan['spec']}", unit="img", initial=0) as bar:
         for ok_rows, batch, batch_failures in loader:
             if batch is not None:
-                out = runner(batch)
+                out = runner.embed(batch)
                 finite = np.isfinite(out).all(axis=1)
                 vectors.append(out[finite])
                 rows.extend(r for r, keep in zip(ok_rows, finite, strict=True) if keep)
@@ -316,6 +356,16 @@ def _run_chunks(
                 current = todo[position + 1] if position + 1 < len(todo) else -1
     if current != -1:
         raise StoreError(f"extraction stopped before chunk {current} was complete")
+    return settings
+
+
+def _item_bytes(dataset: ManifestImages, batches: list[list[int]]) -> int:
+    """Bytes of one preprocessed image (the first readable one of the first batch; 0 if none is readable)."""
+    for row in batches[0] if batches else []:
+        _, tensor, error = dataset[row]
+        if not error:
+            return tensor.numel() * tensor.element_size()
+    return 0
 
 
 # -------------------------------------------------------------------------------------------- queries
@@ -325,21 +375,25 @@ def embed_images(
     *,
     bf16: bool = False,
     device: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Embed PIL images (e.g. queries) exactly as `extract_embeddings` does: `[n, D]` float32 unit rows.
 
-    Use the store's `bf16` and `device` (its provenance records both) to get the vectors the store holds.
+    Use the store's `dtype` and `device` (its provenance records both) as `precision` and `device` to get the
+    vectors the store holds.
+    `batch_size` defaults to the preset's; out-of-memory batches are halved as in extraction.
     """
     import torch
 
+    batch_size = batch_size or preset_batch_size(encoder.spec)
     if not images:
         raise ValueError("parameter 'images' is empty")
-    runner = PrecisionRunner(encoder, resolve_device(device), bf16)
+    runner = PrecisionRunner(encoder, resolve_device(device), bf16, precision)
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.stack([encoder.transform(image) for image in images[start : start + batch_size]])
-        out.append(runner(batch))
+        out.append(runner.embed(batch))
     vectors = np.concatenate(out)
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():

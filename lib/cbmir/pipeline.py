@@ -98,8 +98,10 @@ class Context:
                 self.cfg.data_root,
                 model,
                 self.store_dir(model),
-                batch_size=self.cfg.batch_size,
+                batch_size=self.cfg.batch_size_for(model),
                 bf16=self.cfg.bf16,
+                precision=self.cfg.precision,
+                num_workers=self.cfg.workers,
                 redo=redo,
                 checkpoint=self.cfg.checkpoints.get(model),
                 wait=self.wait,
@@ -179,8 +181,9 @@ class Context:
         device = resolve_device(device or None)
         encoder = load_encoder(model, checkpoint=self.cfg.checkpoints.get(model), device=device)
         query = embed_images(
-            encoder, [load_image(image)], bf16=bool(store.provenance.get("bf16")), device=device
-        )
+            encoder, [load_image(image)], bf16=bool(store.provenance.get("bf16")), device=device,
+            precision=_query_precision(store.provenance.get("dtype"), device),
+        )  # fmt: skip
         vectors = self.vectors(model)
         index_rows = self.searchable_rows(model, index_split)
         scores, pos = search(vectors.take(index_rows), query, k=min(k, len(index_rows)), progress=False)
@@ -281,3 +284,10 @@ def subsample_per_class(manifest: pd.DataFrame, n: int, seed: int = 0) -> pd.Dat
     )
     keep = table.index[table.groupby(["split", "label"], sort=False).cumcount().to_numpy() < n]
     return manifest.iloc[np.sort(keep.to_numpy())].reset_index(drop=True)
+
+
+def _query_precision(dtype: str | None, device: str) -> str | None:
+    """The store's precision for a query, except fp16 on a machine without CUDA (then bf16, the closest)."""
+    if dtype == "fp16" and not device.startswith("cuda"):
+        return "bf16"
+    return dtype

@@ -6,11 +6,14 @@ exactly as the index it searches.
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cbmir.errors import CbmirError
 from cbmir.store import StoreError
 
 if TYPE_CHECKING:
@@ -21,6 +24,78 @@ if TYPE_CHECKING:
 
 class EncoderOutputError(StoreError):
     """The encoder returned a batch of the wrong shape (nothing is stored from it)."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether `err` says the device ran out of memory (CUDA `torch.OutOfMemoryError`, a CPU allocation failure)."""
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+MAX_DEFAULT_WORKERS = 16
+
+
+class PrecisionError(CbmirError, ValueError):
+    """An unknown precision, or one the device cannot run (the message names the parameter)."""
+
+
+def resolve_precision(precision: str | None, bf16: bool, device: str) -> str:
+    """The precision that will run: `precision` (else "bf16" if `bf16`, else "fp32"), with bf16 turned into fp16
+    on a GPU without native bf16 (pre-Ampere: emulated and slow). fp16 runs on CUDA only."""
+    import torch
+
+    wanted = precision or ("bf16" if bf16 else "fp32")
+    if wanted not in PRECISIONS:
+        raise PrecisionError(f"parameter 'precision' is {wanted!r}; allowed {list(PRECISIONS)}")
+    on_cuda = device.startswith("cuda")
+    if wanted == "fp16" and not on_cuda:
+        raise PrecisionError(f"parameter 'precision' is 'fp16', which runs on CUDA only (device {device!r})")
+    if wanted == "bf16" and on_cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        warnings.warn("this GPU has no native bf16: using fp16 autocast", stacklevel=2)
+        return "fp16"
+    return wanted
+
+
+def default_workers() -> int:
+    """DataLoader workers for this machine: one per usable core but one (for the main process), at most 16."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))
+
+
+HOST_MEMORY_SHARE = 8  # batches in flight may hold at most 1/8 of the host's memory
+
+
+def host_memory_bytes() -> int:
+    """Physical memory of this machine (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def loader_settings(num_workers: int, batch_bytes: int, pin: bool, host_bytes: int) -> dict[str, Any]:
+    """DataLoader `prefetch_factor` and `pin_memory` that keep the batches in flight within the host's share.
+
+    Each worker prefetches up to 2 batches; fewer when that would exceed `host_bytes / HOST_MEMORY_SHARE`, and
+    pinning (page-locked memory) is dropped when even one batch per worker would.
+    """
+    budget = host_bytes // HOST_MEMORY_SHARE if host_bytes else None
+    workers = max(1, num_workers)
+    prefetch = 2
+    if budget is not None and batch_bytes > 0:
+        prefetch = max(1, min(2, budget // (workers * batch_bytes)))
+        pin = pin and workers * batch_bytes * prefetch <= budget
+    settings: dict[str, Any] = {"pin_memory": pin}
+    if num_workers > 0:
+        settings["prefetch_factor"] = int(prefetch)
+    return settings
 
 
 def resolve_device(device: str | None) -> str:
@@ -35,20 +110,31 @@ def resolve_device(device: str | None) -> str:
 class PrecisionRunner:
     """Embed one batch at a time into L2-normalised float32 rows, at the requested precision.
 
-    bf16 means autocast on CUDA. On the CPU the module is prepared by `cbmir.accelerate.optimise_for_inference`
+    `precision` (`resolve_precision`: fp32, bf16 or fp16; the older `bf16` flag asks for bf16) means autocast on
+    CUDA at that dtype; fp32 on CUDA allows TF32 matrix products (`tf32`). On the CPU the module is prepared by `cbmir.accelerate.optimise_for_inference`
     (each rewrite kept only if its output matches the original; bf16 weights + autocast where bf16 is asked for);
     if a module then rejects bf16 weights, it falls back to fp32 weights + autocast. The caller's module is never
     changed: rewrites live in a copy. `precision` and `speed` record what ran.
     """
 
-    def __init__(self, encoder: Encoder, device: str, bf16: bool) -> None:
+    def __init__(self, encoder: Encoder, device: str, bf16: bool, precision: str | None = None) -> None:
         import torch
 
+        self.dtype_name = resolve_precision(precision, bf16, device)
+        bf16 = self.dtype_name != "fp32"  # autocast on
+        self.amp_dtype = torch.float16 if self.dtype_name == "fp16" else torch.bfloat16
         self.encoder, self.device, self.bf16 = encoder, device, bf16
         self.device_type = "cuda" if device.startswith("cuda") else "cpu"
+        self.tf32 = self.device_type == "cuda" and not bf16
+        if self.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True  # process-wide, as torch offers it
+            torch.backends.cudnn.allow_tf32 = True
         self.module, self.dtype = encoder.module.to(device).eval(), torch.float32
         self.precision = "autocast" if bf16 else "fp32"
         self.speed: dict[str, Any] = {}
+        self.max_batch: int | None = None  # lowered by `embed` after an out-of-memory error
+        self.batch_sizes_run: Counter[int] = Counter()  # forward batch size -> how many batches ran at it
+        self.oom_retries = 0
         if (
             self.device_type == "cpu"
         ):  # CPU rewrites (conv+BN fusion, SDPA, NHWC, bf16 weights) in a checked copy
@@ -64,7 +150,7 @@ class PrecisionRunner:
 
         with (
             torch.inference_mode(),
-            torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16),
+            torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.bf16),
         ):
             return self.module(batch.to(device=self.device, dtype=self.dtype, non_blocking=True)).float()
 
@@ -75,7 +161,7 @@ class PrecisionRunner:
         try:
             out = self._forward(batch)
         except RuntimeError as err:
-            if self.precision != "weights+autocast":
+            if self.precision != "weights+autocast" or is_out_of_memory(err):
                 raise
             warnings.warn(
                 f"{self.encoder.spec}: bf16 weights failed ({err}); using fp32 weights with bf16 autocast",
@@ -89,3 +175,45 @@ class PrecisionRunner:
                 f"{batch.shape[0]}; expected [B, {self.encoder.dim}] (Encoder.dim)"
             )
         return torch.nn.functional.normalize(out, dim=1).cpu().numpy().astype(np.float32, copy=False)
+
+    def embed(self, batch: torch.Tensor) -> np.ndarray:
+        """Like calling the runner, but an out-of-memory error halves the batch and retries (down to 1).
+
+        Rows come back in order, each exactly once; the lowered size is kept for later batches and every size
+        that ran is counted in `batch_sizes_run` (extraction records it in the store's provenance).
+        """
+        out: list[np.ndarray] = []
+        start, n = 0, batch.shape[0]
+        while start < n:
+            size = min(n - start, self.max_batch or n)
+            try:
+                out.append(self(batch[start : start + size]))
+            except (RuntimeError, MemoryError) as err:
+                if not is_out_of_memory(err) or size == 1:
+                    raise
+                self.max_batch = size // 2
+                self.oom_retries += 1
+                _release_cached_memory(self.device_type)
+                warnings.warn(
+                    f"{self.encoder.spec}: out of memory at batch size {size}; retrying at {self.max_batch}",
+                    stacklevel=2,
+                )
+                continue
+            self.batch_sizes_run[size] += 1
+            start += size
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def batch_record(self, requested: int) -> dict[str, Any]:
+        """The batch sizes of this run, for provenance: requested, the sizes that ran (and how often), retries."""
+        return {
+            "requested": int(requested),
+            "ran": {str(k): v for k, v in sorted(self.batch_sizes_run.items(), reverse=True)},
+            "out_of_memory_retries": self.oom_retries,
+        }
+
+
+def _release_cached_memory(device_type: str) -> None:
+    import torch
+
+    if device_type == "cuda":
+        torch.cuda.empty_cache()

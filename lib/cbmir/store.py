@@ -57,6 +57,7 @@ PLAN_KEYS = (
     "n_rows",
     "chunk_size",
     "bf16",
+    "precision",
     "dim",
 )
 

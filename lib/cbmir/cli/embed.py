@@ -17,10 +17,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", required=True, help="folder the manifest filepaths are relative to")
     p.add_argument("--out", required=True, help="store folder (work/<config>/embeddings/<model-slug>)")
     p.add_argument("--checkpoint", default=None, help="local weights file for the model")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per forward pass (default: the preset's; halved on out-of-memory)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes (default: the cores but one, <= 16)",
+    )
     p.add_argument("--chunk-size", type=int, default=1024, help="rows per resumable chunk")
     p.add_argument("--bf16", action="store_true", help="bfloat16 (autocast on GPU, bf16 weights on CPU)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default=None,
+        help="overrides --bf16; bf16 becomes fp16 on GPUs without native bf16; fp16 needs CUDA",
+    )
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     p.add_argument("--redo", action="store_true", help="discard an existing store or partial run")
     p.add_argument("--splits", default=None, help="comma-separated splits to embed, e.g. train,test")
@@ -67,6 +83,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         redo=args.redo,
         checkpoint=args.checkpoint,
         wait=args.wait,
+        precision=args.precision,
     )
     print(f"{store.path}: {len(store)} rows x {store.dim} dims, {len(store.failed)} failed")
     if len(store.failed):

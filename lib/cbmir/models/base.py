@@ -27,7 +27,13 @@ class Encoder:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @torch.no_grad()
-    def embed_images(self, images: list[Image.Image], device: str = "cpu") -> torch.Tensor:
-        """Embed a few PIL images directly (convenience for notebooks and tests; no L2 normalisation)."""
-        batch = torch.stack([self.transform(im.convert("RGB")) for im in images]).to(device)
-        return self.module.to(device).eval()(batch).float().cpu()
+    def embed_images(self, images: list[Image.Image], device: str | None = None) -> torch.Tensor:
+        """Embed a few PIL images directly (convenience for notebooks and tests; no L2 normalisation).
+
+        Runs where the module is; only an explicit `device` moves the (possibly shared) module there.
+        """
+        module = self.module if device is None else self.module.to(device)
+        param = next(module.parameters(), None)
+        where = param.device if param is not None else torch.device(device or "cpu")
+        batch = torch.stack([self.transform(im.convert("RGB")) for im in images]).to(where)
+        return module.eval()(batch).float().cpu()

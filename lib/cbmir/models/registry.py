@@ -52,6 +52,8 @@ class Preset(BaseModel):
     weights: str  # where to get the weights (shown by `cbmir models` and docs/models.md)
     options: dict[str, Any] = {}  # loader-specific settings, checked by the family's `Options`
     preprocess: Preprocessing | None = None  # the checkpoint's preprocessing, when the checkpoint ships none
+    # images per forward pass by default, sized for a 24-80 GB GPU (halved on out-of-memory; configs override)
+    batch_size: PositiveInt = 128
     local_files: tuple[str, ...] = ()  # looked for under $CBMIR_CACHE/weights/ when no checkpoint is given
     notes: str = ""
 

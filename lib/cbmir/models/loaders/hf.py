@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..registry import Loaded, LoaderFamily, Preset, WeightsLocation, register_family
+from ..strict import check_keys, split_unused, unused_record
 from ..transforms import Preprocess, describe_hf_processor, hf_processor_transform
 from ..weights import (
     CheckpointNotFoundError,
@@ -43,25 +44,27 @@ def missing_hf_message(name: str, repo: str) -> str:
 
 def from_pretrained(
     cls: Any, name: str, repo: str, checkpoint: Path | None, **kwargs: Any
-) -> tuple[Any, list[Path], str]:
+) -> tuple[Any, list[Path], str, dict[str, Any]]:
     """Load `cls` from the HF cache, a save_pretrained folder, an HF cache folder, or a weights file.
 
-    Returns the model, the weight files read and where they came from.
+    Returns the model, the weight files read, where they came from and transformers' loading info (the
+    missing and unexpected keys; `check_hf_loading` turns them into an error or a provenance record).
     """
+    kwargs = {**kwargs, "output_loading_info": True}
     try:
         if checkpoint is None:
-            model = cls.from_pretrained(repo, **kwargs)
+            model, info = cls.from_pretrained(repo, **kwargs)
             files = [f for f in [hf_cached_file(repo, HF_WEIGHT_FILES)] if f]
             where = f"hf-cache:{repo}"
         elif checkpoint.is_dir() and (checkpoint / "config.json").exists():
-            model = cls.from_pretrained(str(checkpoint), **kwargs)
+            model, info = cls.from_pretrained(str(checkpoint), **kwargs)
             files, where = weight_files_in(checkpoint), portable_path(checkpoint)
         elif checkpoint.is_dir():
-            model = cls.from_pretrained(repo, cache_dir=str(checkpoint), **kwargs)
+            model, info = cls.from_pretrained(repo, cache_dir=str(checkpoint), **kwargs)
             files = [f for f in [hf_cached_file(repo, HF_WEIGHT_FILES, cache=checkpoint)] if f]
             where = f"hf-cache:{checkpoint}:{repo}"
         else:
-            model, files, where = (
+            (model, info), files, where = (
                 _from_file(cls, name, repo, checkpoint, **kwargs),
                 [checkpoint],
                 str(checkpoint),
@@ -72,7 +75,28 @@ def from_pretrained(
         raise ModelUnavailableError(
             missing_hf_message(name, repo) + f" [{type(err).__name__}: {err}]"
         ) from err
-    return model, files, where
+    return model, files, where, info
+
+
+def check_hf_loading(name: str, where: str, info: dict[str, Any], used: str = "") -> dict[str, int]:
+    """Refuse a checkpoint that leaves a used weight at its random initialisation or holds unknown tensors.
+
+    `used` is the state-dict prefix of the part the embedding runs (e.g. `vision_encoder.`; "" = all). Missing
+    keys outside it, and unexpected keys of unused heads (`cbmir.models.strict.UNUSED_HEADS`), are returned
+    counted by head for provenance.
+    """
+    missing = list(info.get("missing_keys", ()))
+    unused_unexpected, unexpected = split_unused(info.get("unexpected_keys", ()))
+    used_missing = [k for k in missing if k.startswith(used)]
+    mismatched = [str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", ())]
+    check_keys(name, where, used_missing + mismatched, unexpected)
+    return {
+        **unused_record(unused_unexpected),
+        **{
+            f"{head} (not in the checkpoint)": n
+            for head, n in unused_record(set(missing) - set(used_missing)).items()
+        },
+    }
 
 
 def _from_file(cls: Any, name: str, repo: str, path: Path, **kwargs: Any) -> Any:
@@ -201,6 +225,14 @@ def sam_transform(preset: Preset, checkpoint: Path | None):
     return pre, pre.describe()
 
 
+def _unused_parts(model: nn.Module, used: str, info: dict[str, Any]) -> dict[str, int]:
+    """Tensors the checkpoint filled that the embedding does not run (outside `used`), counted by head."""
+    if not used:
+        return {}
+    missing = set(info.get("missing_keys", ()))
+    return unused_record(k for k in model.state_dict() if not k.startswith(used) and k not in missing)
+
+
 def _mae(model: Any, opts: dict) -> tuple[nn.Module, dict]:
     if opts["mask_ratio"] is not None:
         model.config.mask_ratio = float(opts["mask_ratio"])
@@ -218,6 +250,7 @@ class Head(NamedTuple):
     kwargs: dict[str, Any]
     wrap: Callable[[Any, dict], tuple[nn.Module, dict]]
     dim: Callable[[Any], int | None]
+    used: str = ""  # state-dict prefix of the part the embedding runs; the rest is listed as unused
 
 
 HEADS: dict[str, Head] = {
@@ -226,14 +259,15 @@ HEADS: dict[str, Head] = {
     "mae_cls": Head("ViTMAEModel", {}, _mae, lambda m: m.config.hidden_size),
     "resnet_pooled": Head(
         "ResNetForImageClassification", {}, lambda m, o: (ResNetHead(m, "pooled"), {"output": "pooled"}),
-        lambda m: m.config.hidden_sizes[-1],
+        lambda m: m.config.hidden_sizes[-1], "resnet.",
     ),
     "resnet_logits": Head(
         "ResNetForImageClassification", {}, lambda m, o: (ResNetHead(m, "logits"), {"output": "logits"}),
         lambda m: m.config.num_labels,
     ),
     "sam_mean": Head(
-        "SamModel", {}, lambda m, o: (SamMeanPool(m.vision_encoder), {}), lambda m: m.config.vision_config.output_channels
+        "SamModel", {}, lambda m, o: (SamMeanPool(m.vision_encoder), {}), lambda m: m.config.vision_config.output_channels,
+        "vision_encoder.",
     ),
     "pooled_or_cls": Head("AutoModel", {}, lambda m, o: (PooledOrCls(m), {}), lambda m: None),
 }  # fmt: skip
@@ -281,8 +315,13 @@ class HfFamily(LoaderFamily):
         opts = self.options(preset)
         head = HEADS[opts["head"]]
         cls = getattr(transformers, head.model_class)
-        model, files, where = from_pretrained(cls, preset.name, preset.source, checkpoint, **head.kwargs)
+        model, files, where, info = from_pretrained(
+            cls, preset.name, preset.source, checkpoint, **head.kwargs
+        )
+        unused = check_hf_loading(preset.name, where, info, head.used)
+        unused.update(_unused_parts(model, head.used, info))
         module, extra = head.wrap(model, opts)
+        extra = {**extra, "unused_weights": unused}
         if opts["head"] == "sam_mean":
             transform, pre = sam_transform(preset, checkpoint)
         else:

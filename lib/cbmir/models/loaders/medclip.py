@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..registry import Loaded, LoaderFamily, Preset, WeightsLocation, register_family
+from ..strict import check_keys, unused_record
 from ..transforms import Preprocess
 from ..weights import CheckpointNotFoundError, find_local_file, load_state_dict
 
@@ -55,12 +56,20 @@ def swin_config_from_state(state: dict[str, torch.Tensor], image_size: int = 224
     )
 
 
-def build_medclip_vision(path: Path, image_size: int = 224) -> MedCLIPVision:
-    """MedCLIP-ViT vision tower from a MedCLIP `pytorch_model.bin` (or a vision-only state dict)."""
+def build_medclip_vision(path: Path, image_size: int = 224) -> tuple[MedCLIPVision, dict[str, int]]:
+    """MedCLIP-ViT vision tower from a MedCLIP `pytorch_model.bin` (or a vision-only state dict), loaded
+    strictly, and the tensors it leaves unused (the text tower, the logit scale), counted by head."""
     from safetensors.torch import save_file
     from transformers import SwinModel
 
     state = load_state_dict(path)
+    vision = (
+        "vision_model.model.",
+        "vision_model.projection_head.weight",
+        "model.",
+        "projection_head.weight",
+    )
+    unused = unused_record(k for k in state if not k.startswith(vision))
     state = {k.removeprefix("vision_model."): v for k, v in state.items() if not k.startswith("text_model.")}
     swin_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     if "projection_head.weight" not in state or not swin_state:
@@ -74,14 +83,11 @@ def build_medclip_vision(path: Path, image_size: int = 224) -> MedCLIPVision:
         save_file({k: v.contiguous() for k, v in swin_state.items()}, str(Path(tmp) / "model.safetensors"))
         swin, info = SwinModel.from_pretrained(tmp, add_pooling_layer=True, output_loading_info=True)
     missing = [k for k in info["missing_keys"] if "relative_position_index" not in k]
-    if missing or info["unexpected_keys"]:
-        raise ValueError(
-            f"{path}: Swin tensors do not match: missing {sorted(missing)[:3]}, unexpected {sorted(info['unexpected_keys'])[:3]}"
-        )
+    check_keys("medclip", path, missing, info["unexpected_keys"])
     weight = state["projection_head.weight"]
     projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     projection.weight.data.copy_(weight)
-    return MedCLIPVision(swin, projection).eval()
+    return MedCLIPVision(swin, projection).eval(), unused
 
 
 @register_family
@@ -115,5 +121,8 @@ class MedclipFamily(LoaderFamily):
         if preset.preprocess is None:
             raise ValueError(f"preset {preset.name!r}: the medclip loader needs `preprocess`")
         pre = Preprocess(preset.preprocess)
-        module = build_medclip_vision(path, image_size=preset.preprocess.crop or 224)
-        return Loaded(module, pre, pre.describe(), [path], dim=module.projection_head.out_features)
+        module, unused = build_medclip_vision(path, image_size=preset.preprocess.crop or 224)
+        return Loaded(
+            module, pre, pre.describe(), [path], dim=module.projection_head.out_features,
+            extra={"unused_weights": unused},
+        )  # fmt: skip

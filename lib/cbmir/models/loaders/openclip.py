@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..registry import Loaded, LoaderFamily, Preset, PresetError, WeightsLocation, register_family
+from ..strict import load_strict, unused_record
 from ..weights import (
     CheckpointNotFoundError,
     first_weight_file,
@@ -127,7 +128,8 @@ class OpenClipFamily(LoaderFamily):
         vstate = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
         if not vstate:
             raise PresetError(f"model {preset.name!r}: {weights} holds no 'visual.*' tensors")
-        visual.load_state_dict(vstate, strict=True)
+        load_strict(visual, vstate, preset.name, weights, heads=())
+        unused = unused_record(k for k in state if not k.startswith("visual."))  # the text tower
         size = mc["vision_cfg"].get("image_size", 224)
         pre = {
             "image_size": size,
@@ -154,5 +156,5 @@ class OpenClipFamily(LoaderFamily):
             described,
             [weights],
             dim=int(mc["embed_dim"]),
-            extra={"quick_gelu": quick_gelu},
+            extra={"quick_gelu": quick_gelu, "unused_weights": unused},
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..registry import Loaded, LoaderFamily, Preset, WeightsLocation, family, register_family
+from ..strict import load_strict, unused_record
 from ..transforms import Preprocess
 from ..weights import find_local_file, load_state_dict
 from .hf import SamMeanPool
@@ -71,15 +72,17 @@ def vision_config_from_state(state: dict[str, torch.Tensor]):
     )
 
 
-def load_sa_image_encoder(path: Path):
-    """A transformers `SamVisionEncoder` with the weights of an SA-format checkpoint file."""
+def load_sa_image_encoder(path: Path, name: str = "medsam-vit-b"):
+    """A transformers `SamVisionEncoder` with the weights of an SA-format checkpoint file (strictly), and the
+    tensors it leaves unused (prompt encoder, mask decoder), counted by head."""
     from transformers.models.sam.modeling_sam import SamVisionEncoder
 
-    state = sa_to_hf_vision(load_state_dict(path))
+    raw = load_state_dict(path)
+    state = sa_to_hf_vision(raw)
     config = vision_config_from_state(state)
     encoder = SamVisionEncoder(config)
-    encoder.load_state_dict(state, strict=True)
-    return encoder
+    load_strict(encoder, state, name, path, heads=())
+    return encoder, unused_record(k for k in raw if not k.startswith("image_encoder."))
 
 
 @register_family
@@ -109,9 +112,13 @@ class MedsamFamily(LoaderFamily):
         if path.is_dir():
             hf_preset = preset.model_copy(update={"options": {"head": "sam_mean"}})
             return family("hf").load(hf_preset, path)
-        encoder = load_sa_image_encoder(path).eval()
+        encoder, unused = load_sa_image_encoder(path, preset.name)
+        encoder.eval()
         if preset.preprocess is None:
             raise ValueError(f"preset {preset.name!r}: the medsam loader needs `preprocess`")
         size = encoder.config.image_size
         pre = Preprocess(preset.preprocess.model_copy(update={"resize": size, "pad_to": size}))
-        return Loaded(SamMeanPool(encoder), pre, pre.describe(), [path], dim=encoder.config.output_channels)
+        return Loaded(
+            SamMeanPool(encoder), pre, pre.describe(), [path], dim=encoder.config.output_channels,
+            extra={"unused_weights": unused},
+        )  # fmt: skip

@@ -9,6 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..registry import Loaded, LoaderFamily, Preset, PresetError, WeightsLocation, register_family
+from ..strict import UNUSED_HEADS, load_strict
 from ..weights import first_weight_file, hf_cached_file, load_state_dict, portable_path
 
 
@@ -24,17 +25,11 @@ def timm_transform(model: torch.nn.Module):
     return create_transform(**cfg, is_training=False), pre
 
 
-def load_timm_weights(model: torch.nn.Module, path: Path, name: str) -> None:
-    """Load a file into a headless timm model; only classifier tensors may be left over."""
-    state = load_state_dict(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+def load_timm_weights(model: torch.nn.Module, path: Path, name: str) -> dict[str, int]:
+    """Load a file into a headless timm model strictly; classifier tensors left over are returned, counted."""
     head = model.pretrained_cfg.get("classifier", "head")
-    heads = head if isinstance(head, (list, tuple)) else [head]
-    unexpected = [k for k in unexpected if not any(k.startswith(h + ".") for h in heads)]
-    if missing or unexpected:
-        raise ValueError(
-            f"timm model {name!r}: {path} does not match: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
+    heads = {h.split(".", 1)[0] for h in (head if isinstance(head, (list, tuple)) else [head])}
+    return load_strict(model, load_state_dict(path), f"timm:{name}", path, UNUSED_HEADS | heads)
 
 
 class TimmOptions(BaseModel):
@@ -86,7 +81,9 @@ class TimmFamily(LoaderFamily):
         name, kwargs = preset.source, dict(self.options(preset)["create_kwargs"])
         if checkpoint is None:
             try:
-                model = timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
+                model = timm.create_model(
+                    name, pretrained=True, num_classes=0, **kwargs
+                )  # timm loads strictly
             except (OSError, RuntimeError) as err:
                 raise self.missing(
                     preset,
@@ -100,10 +97,11 @@ class TimmFamily(LoaderFamily):
         else:
             path = first_weight_file(checkpoint, preset.name)
             model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-            load_timm_weights(model, path, name)
+            unused = load_timm_weights(model, path, name)
             files, where = [path], portable_path(path)
         transform, pre = timm_transform(model)
-        return Loaded(model, transform, pre, files, where, model.num_features)
+        extra = {"unused_weights": unused} if checkpoint is not None else {}
+        return Loaded(model, transform, pre, files, where, model.num_features, extra)
 
 
 def state_sha256(module: torch.nn.Module) -> str:

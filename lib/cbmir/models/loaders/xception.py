@@ -10,6 +10,7 @@ from torch import nn
 
 from ..packaged import PackagedFamily, as_tensor
 from ..registry import Loaded, Preset, register_family
+from ..strict import load_strict
 from ..transforms import Preprocess
 from ..weights import converted_weights, load_state_dict
 
@@ -199,7 +200,7 @@ class XceptionFamily(PackagedFamily):
             source = checkpoint or self.package_file(preset)
             cached = converted_weights("xception-imagenet", source, convert_xception)
         model = xception_timm()
-        model.load_state_dict(load_state_dict(cached), strict=True)
+        load_strict(model, load_state_dict(cached), preset.name, cached, heads=())
         pre = Preprocess(preset.preprocess or {})
         caveat = (
             "Keras ImageNet Xception weights taken from the frozen backbone of a brain-MRI classifier "

@@ -184,7 +184,7 @@ def test_which_errors_are_the_users():
     assert is_user_error(ConfigError("c.yaml: k: must be >= 1"))
     assert is_user_error(CbmirError("anything cbmir names as bad input"))
     assert is_user_error(FileNotFoundError(errno.ENOENT, "No such file or directory", "x.csv"))
-    assert is_user_error(PermissionError(errno.EACCES, "Permission denied", "/root/out"))
+    assert is_user_error(PermissionError(errno.EACCES, "Permission denied", "reports/out"))
     assert is_user_error(IsADirectoryError(errno.EISDIR, "Is a directory", "d"))
     assert is_user_error(NotADirectoryError(errno.ENOTDIR, "Not a directory", "f/x"))
     assert is_user_error(OSError(errno.ENOSPC, "No space left on device", "work/x"))

@@ -124,6 +124,17 @@ class LoaderFamily(ABC):
     def locate(self, preset: Preset) -> WeightsLocation:
         """Where the preset's default weights are on this machine. Never downloads."""
 
+    @staticmethod
+    def locate_local_file(preset: Preset) -> WeightsLocation:
+        """`locate` for weights kept as a file under `$CBMIR_CACHE/weights/` (the preset's `local_files`)."""
+        from .weights import find_local_file
+
+        hit = find_local_file(preset.local_files)
+        if hit:
+            return WeightsLocation(True, str(hit))
+        name = preset.local_files[0] if preset.local_files else preset.source
+        return WeightsLocation(False, f"$CBMIR_CACHE/weights/{name} or --checkpoint")
+
     @abstractmethod
     def load(self, preset: Preset, checkpoint: Path | None) -> Loaded:
         """Build the model from its default weights or from `checkpoint` (file or folder). Never downloads."""

@@ -97,13 +97,7 @@ class MedclipFamily(LoaderFamily):
     name = "medclip"
 
     def locate(self, preset: Preset) -> WeightsLocation:
-        hit = find_local_file(preset.local_files)
-        if hit:
-            return WeightsLocation(True, str(hit))
-        return WeightsLocation(
-            False,
-            f"$CBMIR_CACHE/weights/{preset.local_files[0] if preset.local_files else preset.source} or --checkpoint",
-        )
+        return self.locate_local_file(preset)
 
     def load(self, preset: Preset, checkpoint: Path | None) -> Loaded:
         path = checkpoint or find_local_file(preset.local_files)

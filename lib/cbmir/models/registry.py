@@ -56,6 +56,11 @@ class Preset(BaseModel):
     batch_size: PositiveInt = 128
     local_files: tuple[str, ...] = ()  # looked for under $CBMIR_CACHE/weights/ when no checkpoint is given
     notes: str = ""
+    # datasets the weights were (pre)trained on, from the model card or paper ("unknown" where not known; empty:
+    # no trained weights); cbmir.models.overlap matches them against a benchmark's test sets
+    pretraining_data: tuple[str, ...] = ("unknown",)
+    # a published list of the training images (file and where it is published), for exclude_pretraining_images
+    training_images: str | None = None
 
     @property
     def family(self) -> LoaderFamily:

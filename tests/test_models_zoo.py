@@ -17,9 +17,7 @@ from PIL import Image
 @pytest.fixture(scope="module")
 def images() -> list[Image.Image]:
     rng = np.random.default_rng(1)
-    return [
-        Image.fromarray(rng.integers(0, 255, (50 + 7 * i, 61, 3), dtype=np.uint8)) for i in range(3)
-    ]
+    return [Image.fromarray(rng.integers(0, 255, (50 + 7 * i, 61, 3), dtype=np.uint8)) for i in range(3)]
 
 
 def smooth_image(seed: int, height: int, width: int) -> Image.Image:
@@ -89,7 +87,9 @@ def test_rad_dino_fallback_preprocessing_is_the_published_processor_config():
 
 
 def test_dinov2_large_preset_takes_cls(tmp_path, images):
-    model, proc, folder = tiny_dinov2(tmp_path, "dinol", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    model, proc, folder = tiny_dinov2(
+        tmp_path, "dinol", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    )
     enc = load_encoder("dinov2-l14", checkpoint=folder)
     torch.testing.assert_close(enc.embed_images(images), reference(model, proc, images))
 
@@ -121,7 +121,9 @@ def test_dinov3_preset_is_the_cls_token_before_the_register_tokens(tmp_path, ima
     torch.testing.assert_close(emb, reference(model, proc, images))
     torch.testing.assert_close(emb, enc.embed_images(images), rtol=0, atol=0)  # deterministic in eval
     with torch.no_grad():
-        hidden = model(pixel_values=proc(images=images, return_tensors="pt")["pixel_values"]).last_hidden_state
+        hidden = model(
+            pixel_values=proc(images=images, return_tensors="pt")["pixel_values"]
+        ).last_hidden_state
     assert hidden.shape[1] == 1 + 4 + (32 // 16) ** 2  # CLS, 4 registers, patches
     assert not torch.allclose(emb, hidden[:, 1])  # not a register token
 

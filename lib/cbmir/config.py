@@ -51,6 +51,15 @@ class NotebookEntry(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
+class PretrainingList(BaseModel):
+    """A model's published list of training images: the file and, for a CSV, the column holding the paths."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    column: str | None = None
+
+
 class ReportConfig(BaseModel):
     """One report run. Relative paths are resolved against `root` (the folder that holds `configs/`)."""
 
@@ -87,6 +96,10 @@ class ReportConfig(BaseModel):
     notebooks_dir: Path = NOTEBOOKS_DIR
     # model spec -> local weights file or folder
     checkpoints: dict[str, Path] = Field(default_factory=dict)
+    # drop from the queries every image a model's published training list names (cbmir.models.overlap);
+    # pretraining_image_lists: model spec -> list file, or {path: FILE, column: NAME}
+    exclude_pretraining_images: StrictBool = False
+    pretraining_image_lists: dict[str, PretrainingList] = Field(default_factory=dict)
     quick: StrictBool = False
 
     def batch_size_for(self, model: str) -> int | None:
@@ -101,7 +114,9 @@ class ReportConfig(BaseModel):
     def figures_dir(self) -> Path:
         return (self.out_root or self.root) / "figures" / self.name
 
-    @field_validator("index_params", "checkpoints", "batch_sizes", "description", mode="before")
+    @field_validator(
+        "index_params", "checkpoints", "batch_sizes", "pretraining_image_lists", "description", mode="before"
+    )
     @classmethod
     def _empty_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         """A key written without a value (`checkpoints:`) means its empty default."""
@@ -126,6 +141,33 @@ class ReportConfig(BaseModel):
     @classmethod
     def _resolve_checkpoints(cls, value: dict[str, Path], info: ValidationInfo) -> dict[str, Path]:
         return {spec: _resolve(_root(info), p) for spec, p in value.items()}
+
+    @field_validator("pretraining_image_lists", mode="before")
+    @classmethod
+    def _list_path_alone(cls, value: Any) -> Any:
+        """A list may be given as just its path."""
+        if isinstance(value, dict):
+            return {k: {"path": v} if isinstance(v, str | Path) else v for k, v in value.items()}
+        return value
+
+    @field_validator("pretraining_image_lists")
+    @classmethod
+    def _resolve_lists(
+        cls, value: dict[str, PretrainingList], info: ValidationInfo
+    ) -> dict[str, PretrainingList]:
+        return {m: v.model_copy(update={"path": _resolve(_root(info), v.path)}) for m, v in value.items()}
+
+    @model_validator(mode="after")
+    def _pretraining_lists_name_models(self) -> ReportConfig:
+        """Lists are given for models of the run, and exclusion needs at least one list."""
+        unknown = [spec for spec in self.pretraining_image_lists if spec not in self.models]
+        if unknown and not self.quick:  # a quick run's shorter model list may leave some out
+            raise ValueError(
+                f"pretraining_image_lists: {', '.join(map(repr, unknown))} not in models {self.models}"
+            )
+        if self.exclude_pretraining_images and not self.pretraining_image_lists:
+            raise ValueError("exclude_pretraining_images: true needs pretraining_image_lists: {MODEL: FILE}")
+        return self
 
     @model_validator(mode="after")
     def _batch_sizes_name_models(self) -> ReportConfig:

@@ -83,6 +83,17 @@ class Context:
             path if path.exists() or not thumb else self.cfg.data_root / self.manifest["filepath"].iloc[row]
         )
 
+    @cached_property
+    def pretraining_exclusion(self):  # -> cbmir.models.overlap.Exclusion | None
+        """With `exclude_pretraining_images`, the query rows a model's published training list names (dropped
+        from every model's queries, so all are scored on the same ones) and the count removed per list."""
+        if not self.cfg.exclude_pretraining_images:
+            return None
+        from cbmir.models.overlap import exclude_listed
+
+        lists = {m: (v.path, v.column) for m, v in self.cfg.pretraining_image_lists.items()}
+        return exclude_listed(self.manifest, lists, self.cfg.models)
+
     # ---- stage 2: embeddings ---------------------------------------------------------------------
     def store_dir(self, model: str) -> Path:
         return self.cfg.work_dir / "embeddings" / slug(model)
@@ -141,6 +152,8 @@ class Context:
         vectors = self.vectors(model)
         index_rows = self.searchable_rows(model, index_split)
         query_rows = self.searchable_rows(model, query_split)
+        if self.pretraining_exclusion is not None:
+            query_rows = self.pretraining_exclusion.keep(query_rows)
         cases = self.cases
         limit = max_k(
             len(index_rows), *(None, None) if cases is None else (cases[index_rows], cases[query_rows])

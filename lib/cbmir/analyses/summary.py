@@ -287,3 +287,21 @@ def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         row["queries"], row["cases"] = int(part["n_queries"].iloc[0]), int(part["n_cases"].iloc[0])
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["rank", "model"], ignore_index=True)
+
+
+OVERLAP_COLUMN = "pretrained on test sets"
+
+
+def with_overlap(display: pd.DataFrame, overlap: pd.DataFrame) -> pd.DataFrame:
+    """`display_table` with a column marking the models whose pretraining data hold the benchmark's test sets
+    (`cbmir.models.overlap.overlap_table`): "yes: MIMIC-CXR, CheXpert", "no" or "unknown"."""
+    marks = {
+        m: f"yes: {hits}" if status == "yes" else status
+        for m, status, hits in zip(overlap["model"], overlap["overlap"], overlap["overlapping"], strict=True)
+    }
+    missing = sorted(set(display["model"]) - set(marks))
+    if missing:
+        raise ValueError(f"parameter 'overlap' has no row for the models {missing}")
+    out = display.copy()
+    out.insert(out.columns.get_loc("model") + 1, OVERLAP_COLUMN, out["model"].map(marks))
+    return out

@@ -318,3 +318,14 @@ def test_context_drops_listed_images_from_the_queries(tmp_path):
     assert ctx.pretraining_exclusion.report["query_images_removed"].tolist() == [2]
     cfg.exclude_pretraining_images = False
     assert Context(cfg, pd.DataFrame(rows)).neighbours(model).query_rows.tolist() == [3, 7, 11, 15]
+
+
+def test_every_preset_states_its_pretraining_data_explicitly():
+    """No preset relies on the default: each entry of presets.yaml says what it was trained on (or unknown)."""
+    table = yaml.safe_load((ROOT / "lib/cbmir/models/presets.yaml").read_text())
+    missing = [name for name, fields in table.items() if "pretraining_data" not in fields]
+    assert not missing, f"presets.yaml: no pretraining_data for {missing}"
+    for name, preset in presets().items():
+        trained = preset.family.name not in {"raw_pixels", "random_vit"}
+        assert bool(preset.pretraining_data) == trained, name
+    assert presets()["rad-dino"].training_images.startswith("training_images.csv")

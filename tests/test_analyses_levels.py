@@ -197,7 +197,7 @@ def test_n_at_or_above_the_region_index_size_is_left_out():
         assert not kept[(kept["region"] == small) & (kept["N"] == n)].empty
     listed = levels.uninformative_pairs(qr, ir, regions, ns)
     assert listed["region"].tolist() == [small]
-    assert listed["N left out"].iloc[0] == [sizes[small], 40]
+    assert listed["N left out"].iloc[0] == f"{sizes[small]}, 40"
     assert listed["index images"].iloc[0] == sizes[small]
     both = levels.pathology_given_anatomy_models(
         {"a": ids, "b": ids_b}, qr, ir, regions, labels, cases, ns=ns, n_boot=10, by_region=True

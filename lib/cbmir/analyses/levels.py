@@ -157,7 +157,7 @@ def uninformative_pairs(
     ns: Sequence[int] = PAPER_NS,
 ) -> pd.DataFrame:
     """The queried regions and N with N >= the region's index images (module docstring): region, index images,
-    N left out (a list), queries of the region."""
+    N left out (comma-separated), queries of the region."""
     regions = np.asarray(regions, dtype=object)
     sizes = region_index_sizes(index_rows, regions)
     queried = pd.Series(regions[np.asarray(query_rows, dtype=np.int64)]).astype(str).value_counts()
@@ -166,7 +166,7 @@ def uninformative_pairs(
         size = int(sizes.get(region, 0))
         dropped = [int(n) for n in ns if n >= size]
         if dropped:
-            rows.append({"region": region, "index images": size, "N left out": dropped,
+            rows.append({"region": region, "index images": size, "N left out": ", ".join(map(str, dropped)),
                          "queries": int(queried[region])})  # fmt: skip
     return pd.DataFrame(rows, columns=["region", "index images", "N left out", "queries"])
 

@@ -225,6 +225,7 @@ class Outcome:
     result: ClassificationResult
     absent: dict[str, list[str]] = field(default_factory=dict)
     train_counts: np.ndarray | None = None  # train images per class code (the prior of `chance_metrics`)
+    draws: dict = field(default_factory=dict, repr=False, compare=False)  # (n_boot, seed) -> bootstrap draws
 
     def row(self, model: str) -> pd.DataFrame:
         """One table row: model, head, rule, setting, metrics, number of test cases and queries, absent classes."""
@@ -407,6 +408,12 @@ def cluster_bootstrap(
             f"parameters 'n_boot' = {n_boot} (>= 1) and 'level' = {level} (0..1) are out of range"
         )
     point, values, n_cases = bootstrap_draws(cases, statistic, n_boot, seed)
+    return _percentile_frame(point, values, n_cases, len(np.asarray(cases)), level)
+
+
+def _percentile_frame(
+    point: dict[str, float], values: np.ndarray, n_cases: int, rows: int, level: float
+) -> pd.DataFrame:
     alpha = (1 - level) / 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
@@ -418,7 +425,7 @@ def cluster_bootstrap(
             "ci_low": lo,
             "ci_high": hi,
             "cases": n_cases,
-            "rows": len(np.asarray(cases)),
+            "rows": rows,
         }  # fmt: skip
     )
 
@@ -445,10 +452,10 @@ def classification_ci(
 
 
 def outcome_ci(outcome: Outcome, model: str, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """`classification_ci` of an outcome's test scores, with `model, head, rule` columns in front."""
-    table = classification_ci(
-        outcome.test_labels, outcome.test_scores, outcome.test_cases, outcome.classes, n_boot, seed
-    )
+    """`classification_ci` of an outcome's test scores, with `model, head, rule` columns in front and each
+    metric's `chance` (`outcome_chance`). The draws are kept on the outcome for `paired_outcomes`."""
+    point, values, n_cases = _all_draws(outcome, n_boot, seed)
+    table = _percentile_frame(point, values, n_cases, len(outcome.test_labels), 0.95)
     table["chance"] = table["metric"].map(outcome_chance(outcome)).astype(np.float64)
     table.insert(0, "rule", outcome.rule)
     table.insert(0, "head", outcome.head)
@@ -553,16 +560,33 @@ def _same_queries(a: Outcome, b: Outcome) -> None:
         )
 
 
+def _all_draws(outcome: Outcome, n_boot: int, seed: int) -> tuple[dict[str, float], np.ndarray, int]:
+    """`bootstrap_draws` of every test metric of the outcome (the draws of `classification_ci`), computed once
+    per (n_boot, seed) and kept on the outcome."""
+    if (n_boot, seed) not in outcome.draws:
+        outcome.draws[(n_boot, seed)] = bootstrap_draws(
+            outcome.test_cases,
+            lambda w: (
+                classification_metrics(
+                    outcome.test_labels, outcome.test_scores, outcome.classes, sample_weight=w
+                ).metrics
+            ),
+            n_boot,
+            seed,
+        )
+    return outcome.draws[(n_boot, seed)]
+
+
 def _metric_draws(
     outcome: Outcome, names: Sequence[str], n_boot: int, seed: int
 ) -> tuple[dict[str, float], np.ndarray, int]:
-    """`bootstrap_draws` of the outcome's test metrics `names` (the draws depend only on its cases and seed)."""
-
-    def stat(w: np.ndarray) -> dict[str, float]:
-        m = classification_metrics(outcome.test_labels, outcome.test_scores, outcome.classes, sample_weight=w)
-        return {k: m.metrics[k] for k in names}
-
-    return bootstrap_draws(outcome.test_cases, stat, n_boot, seed)
+    """The draws of `_all_draws` for the metrics `names` (the draws depend only on the cases and the seed)."""
+    point, values, n_cases = _all_draws(outcome, n_boot, seed)
+    unknown = sorted(set(names) - set(point))
+    if unknown:
+        raise ClassifyError(f"parameter 'metrics': unknown {unknown}; known {list(point)}")
+    cols = [list(point).index(k) for k in names]
+    return {k: point[k] for k in names}, values[:, cols], n_cases
 
 
 def _paired_rows(a_draws, b_draws, names: Sequence[str], n_queries: int, level: float) -> pd.DataFrame:

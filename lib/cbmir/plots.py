@@ -518,7 +518,10 @@ def _model_styles(models: Sequence[str], baselines: Sequence[str]) -> dict[str, 
 
 
 def _legend_outside(fig: plt.Figure, ax: plt.Axes) -> None:
+    """The axes' key outside it, on the right; chance entries after the models."""
     handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("chance"))  # stable
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]
     if handles:
         fig.legend(
             handles, labels, fontsize=LEGEND_SIZE, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False

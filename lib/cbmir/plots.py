@@ -342,7 +342,12 @@ def level_scores(
     ax.set_ylabel(ylabel or y)
     if chance is None:
         ax.axhline(0, color="0.5", lw=0.8)
-    ax.legend(fontsize=LEGEND_SIZE, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i] == "chance")  # chance after the models
+    ax.legend(
+        [handles[i] for i in order], [labels[i] for i in order], fontsize=LEGEND_SIZE, loc="center left",
+        bbox_to_anchor=(1.0, 0.5), frameon=False,
+    )  # fmt: skip
     if title:
         ax.set_title(title)
     fig.tight_layout()

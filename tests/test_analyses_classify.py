@@ -199,3 +199,164 @@ def test_classification_ci_matches_a_reference_loop():
         assert row.value == pytest.approx(point[row.metric])
         assert row.ci_low == pytest.approx(lo) and row.ci_high == pytest.approx(hi)
         assert row.cases == len(order) and row.rows == n
+
+
+# ---- chance values and paired comparisons (issue 13 review) -------------------------------------------------
+def _ref_expected_f1_macro(y, n_classes, pi):
+    """Macro-F1 over the test classes of the expected confusion matrix of a random classifier (loops)."""
+    n = len(y)
+    confusion = [[0.0] * n_classes for _ in range(n_classes)]  # [true][predicted]
+    for true in y:
+        for pred in range(n_classes):
+            confusion[true][pred] += pi[pred]
+    f1s = []
+    for c in sorted(set(int(v) for v in y)):
+        tp = confusion[c][c]
+        predicted = sum(confusion[t][c] for t in range(n_classes))
+        actual = sum(confusion[c])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual
+        f1s.append(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
+    assert n > 0
+    return sum(f1s) / len(f1s)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_chance_metrics_match_a_slow_reference(seed):
+    rng = np.random.default_rng(seed)
+    n_classes = int(rng.integers(2, 7))
+    y = rng.integers(0, n_classes, int(rng.integers(1, 40)))
+    y = y[y < n_classes - int(rng.integers(0, 2))] if (y < n_classes - 1).any() else y  # maybe a class absent
+    train = rng.integers(0, 9, n_classes)
+    train[0] += 1
+    out = classify.chance_metrics(y, n_classes, train)
+    # majority class: the best constant answer, by trying every one with sklearn's accuracy
+    from sklearn.metrics import accuracy_score
+
+    majority = max(accuracy_score(y, np.full(len(y), c)) for c in range(n_classes))
+    assert out["accuracy"] == pytest.approx(majority) and out["f1_micro"] == pytest.approx(majority)
+    uniform = _ref_expected_f1_macro(y, n_classes, [1 / n_classes] * n_classes)
+    prior = _ref_expected_f1_macro(y, n_classes, list(train / train.sum()))
+    assert out["f1_macro_uniform"] == pytest.approx(uniform)
+    assert out["f1_macro_prior"] == pytest.approx(prior)
+    assert out["f1_macro"] == pytest.approx(max(uniform, prior))
+    assert out["roc_auc_macro"] == out["roc_auc_micro"] == 0.5
+
+
+def test_chance_macro_f1_is_what_a_large_random_classifier_scores():
+    # the expected-confusion-matrix value is the limit of a random classifier's macro-F1 on many queries
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(1)
+    n_classes, n = 4, 200_000
+    y = rng.choice(n_classes, n, p=[0.5, 0.3, 0.15, 0.05])
+    pi = np.array([0.1, 0.2, 0.3, 0.4])
+    pred = rng.choice(n_classes, n, p=pi)
+    simulated = f1_score(y, pred, average="macro", labels=np.unique(y))
+    out = classify.chance_metrics(y, n_classes, pi * 1000)
+    assert out["f1_macro_prior"] == pytest.approx(simulated, abs=0.005)
+
+
+def test_chance_metrics_name_bad_input():
+    with pytest.raises(classify.ClassifyError, match="n_classes"):
+        classify.chance_metrics(np.array([0, 3]), 2)
+    with pytest.raises(classify.ClassifyError, match="train_counts"):
+        classify.chance_metrics(np.array([0, 1]), 2, np.array([0, 0]))
+
+
+def _outcome(y, scores, cases, head="kNN"):
+    classes = np.array([f"c{i}" for i in range(scores.shape[1])])
+    return classify.Outcome(
+        head, "val", "", {}, None, classes, y, scores, cases,
+        classification_metrics(y, scores, classes), {}, np.bincount(y, minlength=scores.shape[1]),
+    )  # fmt: skip
+
+
+def _ref_paired(a, b, metric, n_boot, seed):
+    """Explicit loop: draw cases, repeat their queries, metric(a) - metric(b) per draw, percentiles, p-value."""
+    order = list(dict.fromkeys(a.test_cases.tolist()))
+    draws = np.random.default_rng(seed).integers(0, len(order), (n_boot, len(order)))
+    diffs = []
+    for draw in draws:
+        idx = [i for d in draw for i in range(len(a.test_labels)) if a.test_cases[i] == order[d]]
+        ma = classification_metrics(a.test_labels[idx], a.test_scores[idx]).metrics[metric]
+        mb = classification_metrics(b.test_labels[idx], b.test_scores[idx]).metrics[metric]
+        if not (np.isnan(ma) or np.isnan(mb)):
+            diffs.append(ma - mb)
+    below = sum(1 for d in diffs if d <= 1e-12) + 1
+    above = sum(1 for d in diffs if d >= -1e-12) + 1
+    p = min(1.0, 2 * min(below, above) / (len(diffs) + 1))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return lo, hi, p
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_paired_outcomes_match_a_reference_loop(seed):
+    rng = np.random.default_rng(seed)
+    n, c = 36, 3
+    y = rng.integers(0, c, n)
+    cases = rng.integers(0, 10, n)
+    a = _outcome(y, rng.dirichlet(np.ones(c), n) + np.eye(c)[y] * 0.4, cases)
+    b = _outcome(y, rng.dirichlet(np.ones(c), n), cases)
+    table = classify.paired_outcomes(a, b, ["f1_macro", "accuracy", "roc_auc_macro"], n_boot=40, seed=seed)
+    for row in table.itertuples():
+        lo, hi, p = _ref_paired(a, b, row.metric, 40, seed)
+        assert row.difference == pytest.approx(a.result.metrics[row.metric] - b.result.metrics[row.metric])
+        assert row.low == pytest.approx(lo) and row.high == pytest.approx(hi)
+        assert row.p_value == pytest.approx(p)
+        assert row.n_cases == len(set(cases.tolist())) and row.n_queries == n
+
+
+def test_against_baselines_pairs_every_encoder_with_every_baseline_and_adjusts_by_holm():
+    from cbmir.metrics.bootstrap import holm
+
+    rng = np.random.default_rng(3)
+    n, c = 40, 3
+    y = rng.integers(0, c, n)
+    cases = rng.integers(0, 12, n)
+    outs = {m: _outcome(y, rng.dirichlet(np.ones(c), n) + np.eye(c)[y] * w, cases)
+            for m, w in (("raw-pixels", 0.0), ("enc-a", 0.5), ("enc-b", 0.2), ("random-vit", 0.1))}  # fmt: skip
+    table = classify.against_baselines(outs, metrics=["f1_macro", "accuracy"], n_boot=30, seed=2)
+    assert len(table) == 2 * 2 * 2
+    assert set(zip(table["model"], table["baseline"], strict=True)) == {
+        (m, b) for m in ("enc-a", "enc-b") for b in ("raw-pixels", "random-vit")
+    }
+    for metric, part in table.groupby("metric"):
+        assert np.allclose(part["p_holm"], holm(part["p_value"].to_numpy()))
+        one = part[(part["model"] == "enc-a") & (part["baseline"] == "raw-pixels")].iloc[0]
+        lo, hi, p = _ref_paired(outs["enc-a"], outs["raw-pixels"], metric, 30, 2)
+        assert one["low"] == pytest.approx(lo) and one["p_value"] == pytest.approx(p)
+    other = dict(outs)
+    other["enc-a"] = _outcome(y[::-1].copy(), outs["enc-a"].test_scores, cases)
+    with pytest.raises(classify.ClassifyError, match="different test queries"):
+        classify.against_baselines(other, n_boot=5)
+    assert classify.against_baselines({"enc-a": outs["enc-a"]}, n_boot=5).empty
+
+
+def test_outcome_ci_and_wide_table_carry_the_chance_values():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 30)
+    o = _outcome(y, rng.dirichlet(np.ones(3), 30), rng.integers(0, 9, 30))
+    long = classify.outcome_ci(o, "m", n_boot=10)
+    same = classify.classification_ci(o.test_labels, o.test_scores, o.test_cases, o.classes, n_boot=10)
+    np.testing.assert_allclose(long[["value", "ci_low", "ci_high"]], same[["value", "ci_low", "ci_high"]])
+    wide = classify.wide_ci(long, ["accuracy", "f1_macro", "roc_auc_macro"])
+    ch = classify.outcome_chance(o)
+    assert wide["accuracy chance"].iloc[0] == pytest.approx(np.bincount(y).max() / len(y))
+    assert wide["f1_macro chance"].iloc[0] == pytest.approx(ch["f1_macro"])
+    assert wide["roc_auc_macro chance"].iloc[0] == 0.5
+
+
+def test_knn_accuracy_with_k_1_equals_micro_p_at_1_of_the_same_search():
+    from slow_stats import precision
+
+    x, labels, splits, cases = _data(seed=4, n_cases=30)
+    out = classify.knn_classify(x, labels, splits, cases, selection="val", k_max=1)
+    assert out.setting["k (test)"] == 1
+    train, test = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "test")
+    pos = _ref_neighbours(x[train], x[test], 5, cases[train], cases[test])
+    p_at_1 = [
+        precision(list(labels[train][pos[i]]), labels[q], int((labels[train] == labels[q]).sum()), 1)
+        for i, q in enumerate(test)
+    ]
+    assert out.result.metrics["accuracy"] == pytest.approx(np.nanmean(p_at_1))

@@ -491,15 +491,23 @@ def test_classification_sentences_agree_with_their_table(seed):
     rng = np.random.default_rng(seed)
     models = ["raw-pixels", "enc-a", "enc-b", "random-vit"][: int(rng.integers(2, 5))]
     n = int(rng.integers(3, 30))
-    rows = []
+    rows, comps = [], []
     for head in ("kNN", "linear probe"):
         for m in models:
             f = rng.random()
             lo, hi = _ci(rng, f)
             rows.append({"model": m, "head": head, "rule": "val", "f1_macro": f, "f1_macro lo": lo,
-                         "f1_macro hi": hi, "cases": n, "queries": 2 * n})  # fmt: skip
+                         "f1_macro hi": hi, "f1_macro chance": rng.random() / 3, "cases": n, "queries": 2 * n})  # fmt: skip
+            if m not in ("raw-pixels", "random-vit"):
+                for base in [b for b in ("raw-pixels", "random-vit") if b in models]:
+                    d = rng.normal() * 0.2
+                    dlo, dhi = d - rng.random() * 0.3, d + rng.random() * 0.3
+                    comps.append({"model": m, "baseline": base, "head": head, "metric": "f1_macro",
+                                  "difference": d, "low": dlo, "high": dhi, "p_value": rng.random() / 10,
+                                  "p_holm": rng.random() / 5, "n_queries": 2 * n, "n_cases": n})  # fmt: skip
     wide = pd.DataFrame(rows)
-    text = findings.classification_sentences(wide)
+    comparisons = pd.DataFrame(comps)
+    text = findings.classification_sentences(wide, comparisons=comparisons)
     joined = " ".join(text)
     orders = {}
     for head, part in wide.groupby("head", sort=False):
@@ -507,8 +515,8 @@ def test_classification_sentences_agree_with_their_table(seed):
         best, nxt = t.iloc[0], t.iloc[1]
         line = next(s for s in text if s.startswith(f"Highest macro-F1 with the {head}: "))
         assert (
-            f": {best['model']}, {r3(best['f1_macro'])} (95 % CI {r3(best['f1_macro lo'])} to {r3(best['f1_macro hi'])}; {n} cases)"
-            in line
+            f": {best['model']}, {r3(best['f1_macro'])} (95 % CI {r3(best['f1_macro lo'])} to {r3(best['f1_macro hi'])}; {n} cases) "
+            f"against {r3(best['f1_macro chance'])} by chance" in line
         )
         assert f"next {nxt['model']}, {r3(nxt['f1_macro'])}" in line
         if n < findings.MIN_CASES:
@@ -518,14 +526,35 @@ def test_classification_sentences_agree_with_their_table(seed):
         else:
             assert "the intervals overlap" in line
         orders[head] = t["model"].tolist()
-        encoders = part[~part["model"].isin(["raw-pixels", "random-vit"])]
-        base = part[part["model"] == "raw-pixels"].iloc[0]
-        above = encoders[encoders["f1_macro lo"] > base["f1_macro hi"]]
-        claim = f"{head}: {len(above)} of {len(encoders)} encoders have a macro-F1 interval entirely above the raw-pixel baseline"
-        assert (claim in joined) == (len(encoders) > 0 and n >= findings.MIN_CASES)
+        for _, c in comparisons[comparisons["head"] == head].iterrows() if len(comparisons) else []:
+            ref = findings.BASELINE_NAMES[c["baseline"]]
+            sentence = next(
+                s for s in text if s.startswith(f"{c['model']} ") and f" {ref} in macro-F1 ({head})" in s
+            )
+            assert f"difference {findings.signed(c['difference'])}" in sentence
+            assert f"{n} cases" in sentence and "Holm-adjusted" in sentence
+            if n < findings.MIN_CASES:
+                assert "too few cases" in sentence
+            elif c["low"] > 0 and c["p_holm"] < 0.05:
+                assert "scores higher than" in sentence
+            elif c["high"] < 0 and c["p_holm"] < 0.05:
+                assert "scores lower than" in sentence
+            else:
+                assert "is not distinguishable from" in sentence
+    assert "entirely above" not in joined  # no interval-overlap verdict against the baselines
     agree = orders["kNN"] == orders["linear probe"]
     assert ("point estimates agree" in joined) == agree
     assert ("point estimates differ" in joined) == (not agree)
+
+
+def test_knn_k1_sentence_appears_only_when_k_1_ran():
+    wide = pd.DataFrame({"model": ["a", "b", "a"], "head": ["kNN", "kNN", "linear probe"],
+                         "accuracy": [0.61234, 0.5, 0.7]})  # fmt: skip
+    assert findings.knn_k1_sentence({"a": 3, "b": 7}, wide) is None
+    one = findings.knn_k1_sentence({"a": 1, "b": 7}, wide)
+    assert "selected for a)" in one and "a 0.612" in one and "b 0.500" not in one and "P@1" in one
+    both = findings.knn_k1_sentence({"a": 1, "b": 1}, wide)
+    assert "selected for every model" in both
 
 
 def test_p_values_never_round_across_the_level():

@@ -174,3 +174,32 @@ def test_classes_per_region():
         "MR/brain": 3,
         "XR/chest": 1,
     }
+
+
+def test_n_at_or_above_the_region_index_size_is_left_out():
+    ids, ids_b, qr, ir, _, regions, labels, cases = problem(5, k=40)
+    sizes = {r: sum(1 for i in ir if regions[i] == r) for r in set(regions)}
+    small = min(sizes, key=sizes.get)
+    ns = (1, sizes[small] - 1, sizes[small], 40)
+    assert sizes[small] < 40 < min(v for r, v in sizes.items() if r != small)
+    got = levels.pathology_given_anatomy(ids, qr, ir, regions, labels, cases, ns=ns, n_boot=10)
+    kept = levels.pathology_given_anatomy(
+        ids, qr, ir, regions, labels, cases, ns=ns, n_boot=10, drop_uninformative=False
+    )
+    for n in ns:
+        shares = ref_shares(ids, qr, regions, labels, n)
+        informative = [i for i in range(len(qr)) if not np.isnan(shares[i]) and n < sizes[regions[qr[i]]]]
+        row = got[(got["region"] == levels.ALL) & (got["N"] == n)].iloc[0]
+        assert row["n_queries"] == len(informative)
+        np.testing.assert_allclose(row["share"], np.mean([shares[i] for i in informative]), atol=1e-12)
+        has_small = not got[(got["region"] == small) & (got["N"] == n)].empty
+        assert has_small == (n < sizes[small])
+        assert not kept[(kept["region"] == small) & (kept["N"] == n)].empty
+    listed = levels.uninformative_pairs(qr, ir, regions, ns)
+    assert listed["region"].tolist() == [small]
+    assert listed["N left out"].iloc[0] == f"{sizes[small]}, 40"
+    assert listed["index images"].iloc[0] == sizes[small]
+    both = levels.pathology_given_anatomy_models(
+        {"a": ids, "b": ids_b}, qr, ir, regions, labels, cases, ns=ns, n_boot=10, by_region=True
+    )
+    assert both[(both["region"] == small) & (both["N"] >= sizes[small])].empty

@@ -98,3 +98,86 @@ def test_curves_levels_index_size_and_classes_render(tmp_path):
     )
     plots.save_figure(fig, tmp_path / "classes")
     plt.close("all")
+
+
+def test_each_model_keeps_one_look_in_every_figure_of_a_run():
+    from matplotlib.colors import to_rgb
+
+    run = ["raw-pixels", "random-vit", "litemedsam", "dinov2-s14-imgfocus", "xception-imagenet"]
+    full = plots.model_styles(run, order=run)
+    # a subset, in another order, gets the same looks as in the full list
+    part = plots.model_styles(["xception-imagenet", "raw-pixels"], order=run)
+    assert part == {m: full[m] for m in part}
+    encoders = [m for m in run if not plots.is_baseline(m)]
+    colours = [to_rgb(full[m]["color"]) for m in encoders]
+    assert len(set(colours)) == len(encoders)
+    assert all(len(set(c)) > 1 for c in colours)  # no encoder is grey
+    a, b = full["raw-pixels"], full["random-vit"]
+    for look in (a, b):
+        r, g, bl = to_rgb(look["color"])
+        assert r == g == bl  # greys
+    assert a["color"] != b["color"] and a["linestyle"] != b["linestyle"]
+    assert a["marker"] != b["marker"] and a["hatch"] != b["hatch"]
+    assert plots.is_baseline("raw-pixels:16") and not plots.is_baseline("litemedsam")
+
+    # the run's order, once recorded, is what every figure uses
+    plots.set_model_order(run)
+    try:
+        ids, qr, ir, labels, cases = problem()
+        curves = pd.concat(
+            [
+                retrieval.precision_curves(ids["enc"], qr, ir, labels, cases, n_boot=5).assign(model=m)
+                for m in ("xception-imagenet", "random-vit")
+            ]
+        )
+        fig = plots.curves_with_chance(curves)
+        lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+        for m in ("xception-imagenet", "random-vit"):
+            assert to_rgb(lines[m].get_color()) == to_rgb(full[m]["color"])
+            assert lines[m].get_marker() == full[m]["marker"]
+        plt.close(fig)
+        table = pd.DataFrame(
+            {
+                "model": ["litemedsam", "raw-pixels"],
+                "region": ["r", "r"],
+                "share": [0.5, 0.4],
+                "chance": [0.3, 0.3],
+            }
+        )
+        fig = plots.bars_with_chance(table, x="region", y="share", hue="model")
+        bars = fig.axes[0].patches
+        assert to_rgb(bars[0].get_facecolor()[:3]) == to_rgb(full["litemedsam"]["color"])
+        assert bars[1].get_hatch() == full["raw-pixels"]["hatch"] and not bars[0].get_hatch()
+        plt.close(fig)
+    finally:
+        plots.set_model_order([])
+
+
+def test_keys_of_the_umap_grid_and_learning_curves_are_readable():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "model": np.repeat(["a", "b"], 30),
+            "x": rng.random(60),
+            "y": rng.random(60),
+            "modality": rng.choice(["CT", "MR"], 60),
+            "label": rng.choice([f"c{i}" for i in range(14)], 60),
+        }
+    )
+    fig = plots.umap_grid(frame, levels=("modality", "label"))
+    sizes = [t.get_fontsize() for ax in fig.axes for t in ax.get_legend().get_texts()]
+    assert sizes and min(sizes) >= 9
+    plt.close(fig)
+    curves = pd.DataFrame(
+        {
+            "model": "a",
+            "epoch": [1, 2, 3],
+            "train_loss": [2, 1, 0.5],
+            "selection_loss": [2, 1.5, 1.6],
+            "selection_accuracy": [0.2, 0.4, 0.3],
+        }  # fmt: skip
+    )
+    fig = plots.learning_curves(curves, {"a": 2})
+    sizes = [t.get_fontsize() for t in fig.axes[0].get_legend().get_texts()]
+    assert sizes and min(sizes) >= 9
+    plt.close(fig)

@@ -342,3 +342,56 @@ def test_precision_and_workers_reach_the_extraction(tmp_path, monkeypatch):
         path.write_text(json.dumps({**text, **bad}))
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+@pytest.mark.slow
+def test_stale_figures_and_tables_of_earlier_runs_are_removed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nbs").mkdir()
+    writer = (
+        "from pathlib import Path\n"
+        "for rel in {files!r}:\n"
+        "    p = Path(rel)\n"
+        "    p.parent.mkdir(parents=True, exist_ok=True)\n"
+        "    p.write_text('x')\n"
+    )
+    write_notebook(
+        tmp_path / "nbs" / "a.ipynb", writer.format(files=["figures/tiny/a.png", "reports/tiny/tables/a.csv"])
+    )
+    write_notebook(tmp_path / "nbs" / "b.ipynb", writer.format(files=["figures/tiny/b.svg"]))
+    cfg_path = write_config(tmp_path, [{"name": "a"}, {"name": "b"}], models=["m-a"])
+    stale = [tmp_path / "figures/tiny/gone.png", tmp_path / "reports/tiny/tables/gone.csv"]
+    elsewhere = [tmp_path / "figures/other/keep.png", tmp_path / "reports/tiny/keep.txt"]
+    for path in stale + elsewhere:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("old")
+    assert run_report(cfg_path, html=False) == 0
+    assert not any(p.exists() for p in stale)  # written by no job of the run
+    assert all(p.exists() for p in elsewhere)  # outside the folders the runner owns
+    log = json.loads((tmp_path / "reports/tiny/run.json").read_text())
+    assert log["a"]["outputs"] == ["figures/tiny/a.png", "reports/tiny/tables/a.csv"]
+    assert log["b"]["outputs"] == ["figures/tiny/b.svg"]
+
+    # a run of one notebook keeps what the other jobs recorded, removes what the re-run no longer writes
+    write_notebook(tmp_path / "nbs" / "a.ipynb", writer.format(files=["figures/tiny/a.png"]))
+    assert run_report(cfg_path, only=["a"], html=False) == 0
+    assert (tmp_path / "figures/tiny/b.svg").exists() and (tmp_path / "figures/tiny/a.png").exists()
+    assert not (tmp_path / "reports/tiny/tables/a.csv").exists()
+
+    # after a failed job nothing is removed
+    (tmp_path / "figures/tiny/left.png").write_text("old")
+    write_notebook(tmp_path / "nbs" / "b.ipynb", "raise RuntimeError('no')")
+    assert run_report(cfg_path, html=False) == 1
+    assert (tmp_path / "figures/tiny/left.png").exists()
+
+
+def test_no_file_is_removed_when_a_job_entry_predates_the_outputs_record(tmp_path):
+    from cbmir.report import remove_stale_outputs
+
+    cfg = load_config(write_config(tmp_path, [{"name": "a"}], models=["m-a"]))
+    old = cfg.figures_dir / "old.png"
+    old.parent.mkdir(parents=True)
+    old.write_text("x")
+    assert remove_stale_outputs(cfg, {"a": {"status": "ok"}}) == [] and old.exists()
+    assert remove_stale_outputs(cfg, {"a": {"status": "ok", "outputs": []}}) == ["figures/tiny/old.png"]
+    assert not old.exists()

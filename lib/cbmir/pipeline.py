@@ -58,6 +58,9 @@ class Context:
         out_root: str | Path | None = None,
     ) -> Context:
         cfg = load_config(config, quick=quick, out_root=out_root)
+        from cbmir.plots import set_model_order
+
+        set_model_order(cfg.models)  # one colour per model in every figure of the run
         manifest = read_manifest(cfg.manifest)
         if cfg.max_per_class:
             manifest = subsample_per_class(manifest, cfg.max_per_class, seed=cfg.seed)

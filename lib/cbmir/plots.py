@@ -238,7 +238,7 @@ def scatter_2d(
         ax.set_xticks([])
         ax.set_yticks([])
         if len(classes) <= max_legend:
-            ax.legend(fontsize=6, markerscale=1.5, loc="best", frameon=True)
+            ax.legend(fontsize=LEGEND_SIZE - 1, markerscale=1.8, loc="best", frameon=True)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -270,7 +270,7 @@ def umap_grid(
     """
     models = list(dict.fromkeys(frame["model"]))
     fig, axes = plt.subplots(
-        len(models), len(levels), figsize=(5.6 * len(levels), 3.4 * len(models)), squeeze=False
+        len(models), len(levels), figsize=(6.6 * len(levels), 3.9 * len(models)), squeeze=False
     )
     for j, level in enumerate(levels):
         values = frame[level].astype(str).to_numpy()
@@ -294,10 +294,11 @@ def umap_grid(
                     ax.scatter(xy[c, 0], xy[c, 1], s=7, color=palette[cls], label=cls, alpha=0.85)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{model}: {level}", fontsize=9)
+            ax.set_title(f"{model}: {level}", fontsize=12)
             ax.legend(
-                fontsize=6, markerscale=1.6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False
-            )
+                fontsize=LEGEND_SIZE - 1, markerscale=2.2, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                frameon=False, handletextpad=0.2, labelspacing=0.3,
+            )  # fmt: skip
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -322,7 +323,7 @@ def level_scores(
     models = list(dict.fromkeys(table["model"]))
     levels = [lv for lv in levels if lv in set(table["level"])]
     width = 0.8 / max(len(models), 1)
-    palette = sns.color_palette("tab10" if len(models) <= 10 else "tab20", len(models))
+    styles = model_styles(models)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(levels) + 0.3 * len(models)), 3.6))
     for i, model in enumerate(models):
         part = table[table["model"] == model].set_index("level").reindex(levels)
@@ -330,7 +331,10 @@ def level_scores(
         yerr = None
         if lo and hi:
             yerr = np.vstack([part[y] - part[lo], part[hi] - part[y]])
-        ax.errorbar(pos, part[y], yerr=yerr, fmt="o", color=palette[i], capsize=2, label=model, ms=5)
+        st = styles[model]
+        ax.errorbar(
+            pos, part[y], yerr=yerr, fmt=st["marker"], color=st["color"], capsize=2, label=model, ms=6
+        )
         if chance:
             ax.hlines(part[chance], pos - width * 0.45, pos + width * 0.45, colors="black", lw=1.6,
                       label="chance" if i == 0 else None)  # fmt: skip
@@ -338,7 +342,12 @@ def level_scores(
     ax.set_ylabel(ylabel or y)
     if chance is None:
         ax.axhline(0, color="0.5", lw=0.8)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i] == "chance")  # chance after the models
+    ax.legend(
+        [handles[i] for i in order], [labels[i] for i in order], fontsize=LEGEND_SIZE, loc="center left",
+        bbox_to_anchor=(1.0, 0.5), frameon=False,
+    )  # fmt: skip
     if title:
         ax.set_title(title)
     fig.tight_layout()
@@ -355,7 +364,7 @@ def learning_curves(
     models = list(dict.fromkeys(curves["model"]))
     cols = min(3, len(models))
     rows = -(-len(models) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 4.3 * rows), squeeze=False)
     for ax, model in zip(axes.flat, models, strict=False):
         part = curves[curves["model"] == model]
         ax.plot(part["epoch"], part["train_loss"], color="tab:blue", label="train loss")
@@ -374,10 +383,10 @@ def learning_curves(
         handles = ax.get_legend_handles_labels()
         extra = acc.get_legend_handles_labels()
         ax.legend(
-            handles[0] + extra[0], handles[1] + extra[1], fontsize=6, ncol=2, frameon=False,
-            loc="upper center", bbox_to_anchor=(0.5, -0.28),
+            handles[0] + extra[0], handles[1] + extra[1], fontsize=LEGEND_SIZE - 1, ncol=2, frameon=False,
+            loc="upper center", bbox_to_anchor=(0.5, -0.2), handlelength=1.8, columnspacing=1.0,
         )  # fmt: skip
-        ax.set_title(model, fontsize=9)
+        ax.set_title(model, fontsize=11)
     for ax in list(axes.flat)[len(models) :]:
         ax.set_visible(False)
     if title:
@@ -459,24 +468,69 @@ _PLAIN_TICKS = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
 CHANCE_STYLE = {"color": "black", "linestyle": ":", "lw": 1.2}
 
 
-def _model_styles(models: Sequence[str], baselines: Sequence[str]) -> dict[str, dict]:
-    """A colour per encoder; baselines grey and dashed (two baselines: two grey shades)."""
-    palette = sns.color_palette("tab10", n_colors=max(1, len([m for m in models if m not in baselines])))
-    styles, i, j = {}, 0, 0
+BASELINE_SPECS = ("raw-pixels", "random-vit")  # the floor baselines: greys, each its own dash and marker
+LEGEND_SIZE = 10  # key text in every figure
+# encoders: tab10 without its grey (index 7), which belongs to the baselines
+_ENCODER_COLOURS = [c for i, c in enumerate(sns.color_palette("tab10", 10)) if i != 7]
+_BASELINE_LOOKS = (
+    {"color": "0.3", "linestyle": "--", "marker": "s", "hatch": "//"},
+    {"color": "0.6", "linestyle": "-.", "marker": "^", "hatch": "xx"},
+    {"color": "0.45", "linestyle": (0, (1, 1)), "marker": "D", "hatch": ".."},
+)
+_model_order: list[str] = []
+
+
+def set_model_order(models: Sequence[str]) -> None:
+    """Record a run's model list (the config's `models`; `cbmir.pipeline.Context.open` calls this), so that every
+    figure of the run gives each model the same colour, whichever subset of models it draws."""
+    _model_order[:] = list(dict.fromkeys(models))
+
+
+def is_baseline(spec: str, baselines: Sequence[str] = ()) -> bool:
+    """A floor baseline: a preset of `BASELINE_SPECS` (any argument, e.g. `raw-pixels:16`) or one of `baselines`."""
+    return spec in baselines or str(spec).split(":", 1)[0] in BASELINE_SPECS
+
+
+def model_styles(
+    models: Sequence[str], order: Sequence[str] | None = None, baselines: Sequence[str] = ()
+) -> dict[str, dict]:
+    """{model spec: {color, linestyle, marker, hatch}}, one look per model, stable given `order`.
+
+    `order` is the run's model list (default: the one recorded by `set_model_order`); models not in it follow it
+    in the order given. Encoders take the tab10 colours (grey excluded) by their position among the encoders of
+    that list, solid lines and round markers; baselines (`is_baseline`) take greys, each with its own dash,
+    marker and bar hatch, so two baselines never look alike.
+    """
+    full = list(dict.fromkeys([*(_model_order if order is None else order), *models]))
+    encoders = [m for m in full if not is_baseline(m, baselines)]
+    bases = [m for m in full if is_baseline(m, baselines)]
+    styles = {}
     for m in models:
-        if m in baselines:
-            styles[m] = {"color": str(0.3 + 0.25 * (j % 2)), "linestyle": "--"}
-            j += 1
+        if m in bases:
+            styles[m] = dict(_BASELINE_LOOKS[bases.index(m) % len(_BASELINE_LOOKS)])
         else:
-            styles[m] = {"color": palette[i % len(palette)], "linestyle": "-"}
-            i += 1
+            colour = _ENCODER_COLOURS[encoders.index(m) % len(_ENCODER_COLOURS)]
+            styles[m] = {"color": colour, "linestyle": "-", "marker": "o", "hatch": ""}
     return styles
 
 
+def _model_styles(models: Sequence[str], baselines: Sequence[str]) -> dict[str, dict]:
+    """`model_styles` for lines: colour, line style and marker."""
+    return {
+        m: {k: v for k, v in st.items() if k != "hatch"}
+        for m, st in model_styles(models, baselines=baselines).items()
+    }
+
+
 def _legend_outside(fig: plt.Figure, ax: plt.Axes) -> None:
+    """The axes' key outside it, on the right; chance entries after the models."""
     handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("chance"))  # stable
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]
     if handles:
-        fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        fig.legend(
+            handles, labels, fontsize=LEGEND_SIZE, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False
+        )
 
 
 def curves_with_chance(
@@ -501,7 +555,7 @@ def curves_with_chance(
         for model in models:
             g = curves[curves["model"] == model]
             st = styles[model]
-            ax.plot(g["N"], g[kind], label=model, lw=1.6, **st)
+            ax.plot(g["N"], g[kind], label=model, lw=1.6, ms=4, markevery=0.12, **st)
             ax.fill_between(g["N"], g[f"{kind}_lo"], g[f"{kind}_hi"], color=st["color"], alpha=0.15, lw=0)
             ch = g[f"chance_{kind}"].to_numpy()
             if not any(len(d) == len(ch) and np.allclose(d, ch) for d in drawn):
@@ -534,19 +588,29 @@ def bars_with_chance(
 ) -> plt.Figure:
     """Bars of `y` per `x` (grouped by `hue`), CI error bars, and a black tick at each bar's chance value.
 
-    Bars whose `x` (or `hue`) is a baseline are hatched grey. Legend outside the axes.
+    When `hue` (or, without a hue, `x`) is "model", bars take the model's colour of `model_styles`; otherwise the
+    hue's. Bars of a baseline (`is_baseline`, or listed in `baselines`) carry that baseline's hatch. Legend
+    outside the axes.
     """
     xs = list(dict.fromkeys(df[x]))
     hues = list(dict.fromkeys(df[hue])) if hue else [None]
     width = 0.8 / len(hues)
     palette = sns.color_palette("tab10", n_colors=max(1, len(hues)))
+    by_model = hue == "model" or (hue is None and x == "model")
+    looks = (
+        model_styles(hues if hue == "model" else xs, baselines=baselines) if by_model or x == "model" else {}
+    )
     fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(xs) * max(1, len(hues) / 2) + 2), 3.8))
     chance_labelled = False
     for i, h in enumerate(hues):
         part = (df if h is None else df[df[hue] == h]).set_index(x).reindex(xs)
         pos = np.arange(len(xs)) + (i - (len(hues) - 1) / 2) * width
-        colours = ["0.6" if (v in baselines or h in baselines) else palette[i % len(palette)] for v in xs]
-        hatches = ["//" if (v in baselines or h in baselines) else "" for v in xs]
+        model_of = [h if hue == "model" else v for v in xs]  # the model each bar shows, if any
+        if by_model:
+            colours = [looks[m]["color"] for m in model_of]
+        else:  # colour by hue; a baseline's bars keep it and carry their hatch
+            colours = [palette[i % len(palette)]] * len(xs)
+        hatches = [looks[m]["hatch"] if m in looks else "" for m in model_of]
         yerr = None
         if low and high:
             yerr = np.vstack([part[y] - part[low], part[high] - part[y]])
@@ -557,6 +621,8 @@ def bars_with_chance(
             yerr=yerr,
             capsize=2,
             color=colours,
+            edgecolor="0.15",
+            linewidth=0.4,
             label=None if h is None else str(h),
         )
         for bar, hatch in zip(bars, hatches, strict=True):
@@ -602,7 +668,7 @@ def index_size_curves(
         for model in models:
             g = part[(part["model"] == model) & (part["N"] == n)].sort_values(x)
             st = styles[model]
-            ax.plot(g[x], g["estimate"], marker="o", ms=3, lw=1.5, label=model, **st)
+            ax.plot(g[x], g["estimate"], ms=4, lw=1.5, label=model, **st)
             ax.fill_between(g[x], g["low"], g["high"], color=st["color"], alpha=0.15, lw=0)
             ch = g["chance"].to_numpy()
             if not any(len(d) == len(ch) and np.allclose(d, ch) for d in drawn):

@@ -12,6 +12,12 @@ its entry says `ok`. While a run is going on, `work/<config>/report-in-progress.
 while it is still there (the last one was killed) resumes: jobs recorded `ok` with the same parameters whose
 outputs exist are reused, the others run (`--redo` runs everything). Output folders that cannot be written are
 reported before any notebook runs.
+
+Stale outputs: the runner owns `figures/<config>/` and `reports/<config>/tables/`. Each job's entry in
+`run.json` lists the files it wrote there (`outputs`: created or changed while it ran). After a run in which
+every job succeeded, files in those two folders that no job of `run.json` wrote (left by earlier runs, e.g. a
+figure a notebook no longer makes or a model no longer in the config) are removed and listed. Nothing is
+removed after a failed job, or when an entry of `run.json` predates the `outputs` record.
 """
 
 from __future__ import annotations
@@ -109,6 +115,7 @@ def run_report(
         log[job.output_name] = _entry(job, "running", None, 0.0)  # not done until it says ok
         write_json_atomic(log_path, log)
         status, error = "ok", None
+        before = snapshot_outputs(cfg)
         try:
             execute(job, cfg)
         except Exception as err:  # one failing notebook must not stop the others
@@ -116,6 +123,7 @@ def run_report(
             failed.append(job.output_name)
             bar.write(f"FAILED {job.output_name}: {error.splitlines()[-1] if error else err}")
         log[job.output_name] = _entry(job, status, error, time.perf_counter() - start)
+        log[job.output_name]["outputs"] = written_since(before, snapshot_outputs(cfg))
         write_json_atomic(log_path, log)
     marker.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
@@ -127,6 +135,10 @@ def run_report(
     )
     if failed:
         print(f"  failed: {', '.join(failed)} (details in {_portable(log_path, Path.cwd())})")
+    else:
+        removed = remove_stale_outputs(cfg, log)
+        if removed:
+            print(f"  removed {len(removed)} stale output(s) no job of this run wrote: {', '.join(removed)}")
     # --- site (issue 19): the report website replaces the per-notebook HTML copies (cbmir.site) ---
     site_status = 0
     if html:
@@ -145,6 +157,48 @@ def _entry(job: Job, status: str, error: str | None, seconds: float) -> dict[str
         "seconds": round(seconds, 1),
         "error": error,
     }
+
+
+def owned_folders(cfg: ReportConfig) -> list[Path]:
+    """The output folders the runner owns and keeps free of stale files: figures/<config>/, reports/<config>/tables/."""
+    return [cfg.figures_dir, cfg.reports_dir / "tables"]
+
+
+def snapshot_outputs(cfg: ReportConfig) -> dict[str, tuple[int, int, int]]:
+    """{path (relative to the project root where possible): (mtime_ns, size, inode)} of the files in the owned
+    folders (hidden files skipped)."""
+    out = {}
+    for folder in owned_folders(cfg):
+        if not folder.is_dir():
+            continue
+        for path in folder.rglob("*"):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            st = path.stat()
+            out[_portable(path, cfg.root)] = (st.st_mtime_ns, st.st_size, st.st_ino)
+    return out
+
+
+def written_since(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
+    """The files of `after` that are new or changed since `before` (sorted)."""
+    return sorted(p for p, stat in after.items() if before.get(p) != stat)
+
+
+def remove_stale_outputs(cfg: ReportConfig, log: dict[str, Any]) -> list[str]:
+    """Delete the files of the owned folders that no job entry of `log` lists in its `outputs`; return them.
+
+    Removes nothing (and returns []) when an entry has no `outputs` record (written by an older runner).
+    """
+    entries = [v for v in log.values() if isinstance(v, dict)]
+    if not entries or any("outputs" not in v for v in entries):
+        return []
+    keep = {p for v in entries for p in v["outputs"]}
+    removed = []
+    for rel in sorted(set(snapshot_outputs(cfg)) - keep):
+        path = Path(rel) if Path(rel).is_absolute() else cfg.root / rel
+        path.unlink(missing_ok=True)
+        removed.append(rel)
+    return removed
 
 
 def is_finished(job: Job, entry: dict[str, Any] | None, cfg: ReportConfig) -> bool:

@@ -224,6 +224,8 @@ class Outcome:
     test_cases: np.ndarray
     result: ClassificationResult
     absent: dict[str, list[str]] = field(default_factory=dict)
+    train_counts: np.ndarray | None = None  # train images per class code (the prior of `chance_metrics`)
+    draws: dict = field(default_factory=dict, repr=False, compare=False)  # (n_boot, seed) -> bootstrap draws
 
     def row(self, model: str) -> pd.DataFrame:
         """One table row: model, head, rule, setting, metrics, number of test cases and queries, absent classes."""
@@ -276,6 +278,7 @@ def knn_classify(
     return Outcome(
         "kNN", rule, reason, {"k": k, "k (test)": k_test, "criterion": criterion}, curve, d.classes, y, scores, d.cases[test],
         classification_metrics(y, scores, d.classes), absent_classes(d.classes[d.y], d.splits),
+        np.bincount(d.y[train], minlength=n_classes),
     )  # fmt: skip
 
 
@@ -358,28 +361,22 @@ def probe_classify(
     return Outcome(
         "linear probe", rule, reason, setting, curve, d.classes, y, scores, d.cases[test],
         classification_metrics(y, scores, d.classes), absent_classes(d.classes[d.y], d.splits),
+        np.bincount(d.y[train], minlength=n_classes),
     )  # fmt: skip
 
 
 # ---- case-level bootstrap -----------------------------------------------------------------------------
-def cluster_bootstrap(
-    cases: np.ndarray,
-    statistic: Callable[[np.ndarray], dict[str, float]],
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> pd.DataFrame:
-    """Percentile CI of `statistic(weights)` over a bootstrap of cases.
+def bootstrap_draws(
+    cases: np.ndarray, statistic: Callable[[np.ndarray], dict[str, float]], n_boot: int = 1000, seed: int = 0
+) -> tuple[dict[str, float], np.ndarray, int]:
+    """(statistic on all rows, its value on each case resample [n_boot, metrics], number of cases).
 
     Draw b resamples the distinct cases with replacement: `rng.integers(0, n_cases, (n_boot, n_cases))` with
     `rng = np.random.default_rng(seed)`, cases numbered in order of first appearance. A row's weight is how
-    often its case was drawn. Returns DataFrame(metric, value, ci_low, ci_high, cases, rows); NaN draws (e.g.
-    ROC-AUC with one class) are left out of the percentiles.
+    often its case was drawn. The same `cases` and `seed` give the same draws, so two statistics are paired.
     """
-    if n_boot < 1 or not 0 < level < 1:
-        raise ClassifyError(
-            f"parameters 'n_boot' = {n_boot} (>= 1) and 'level' = {level} (0..1) are out of range"
-        )
+    if n_boot < 1:
+        raise ClassifyError(f"parameter 'n_boot' = {n_boot} must be >= 1")
     codes = pd.factorize(pd.Series(np.asarray(cases)))[0]
     n_cases = int(codes.max()) + 1
     point = statistic(np.ones(len(codes)))
@@ -391,6 +388,32 @@ def cluster_bootstrap(
             for draw in draws
         ]
     )
+    return point, values, n_cases
+
+
+def cluster_bootstrap(
+    cases: np.ndarray,
+    statistic: Callable[[np.ndarray], dict[str, float]],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Percentile CI of `statistic(weights)` over a bootstrap of cases (the draws of `bootstrap_draws`).
+
+    Returns DataFrame(metric, value, ci_low, ci_high, cases, rows); NaN draws (e.g. ROC-AUC with one class)
+    are left out of the percentiles.
+    """
+    if n_boot < 1 or not 0 < level < 1:
+        raise ClassifyError(
+            f"parameters 'n_boot' = {n_boot} (>= 1) and 'level' = {level} (0..1) are out of range"
+        )
+    point, values, n_cases = bootstrap_draws(cases, statistic, n_boot, seed)
+    return _percentile_frame(point, values, n_cases, len(np.asarray(cases)), level)
+
+
+def _percentile_frame(
+    point: dict[str, float], values: np.ndarray, n_cases: int, rows: int, level: float
+) -> pd.DataFrame:
     alpha = (1 - level) / 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
@@ -402,7 +425,7 @@ def cluster_bootstrap(
             "ci_low": lo,
             "ci_high": hi,
             "cases": n_cases,
-            "rows": len(codes),
+            "rows": rows,
         }  # fmt: skip
     )
 
@@ -429,10 +452,11 @@ def classification_ci(
 
 
 def outcome_ci(outcome: Outcome, model: str, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """`classification_ci` of an outcome's test scores, with `model, head, rule` columns in front."""
-    table = classification_ci(
-        outcome.test_labels, outcome.test_scores, outcome.test_cases, outcome.classes, n_boot, seed
-    )
+    """`classification_ci` of an outcome's test scores, with `model, head, rule` columns in front and each
+    metric's `chance` (`outcome_chance`). The draws are kept on the outcome for `paired_outcomes`."""
+    point, values, n_cases = _all_draws(outcome, n_boot, seed)
+    table = _percentile_frame(point, values, n_cases, len(outcome.test_labels), 0.95)
+    table["chance"] = table["metric"].map(outcome_chance(outcome)).astype(np.float64)
     table.insert(0, "rule", outcome.rule)
     table.insert(0, "head", outcome.head)
     table.insert(0, "model", model)
@@ -448,8 +472,9 @@ def _neighbours(
 
 
 def wide_ci(long: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """`outcome_ci` tables (long: model, head, rule, metric, value, ci_low, ci_high, cases, rows) as one row per
-    model and head: `model, head, rule, <metric>, <metric> lo, <metric> hi, ..., cases, queries`."""
+    """`outcome_ci` tables (long: model, head, rule, metric, value, ci_low, ci_high[, chance], cases, rows) as one
+    row per model and head: `model, head, rule, <metric>, <metric> lo, <metric> hi[, <metric> chance], ...,
+    cases, queries`."""
     if metrics is not None:
         long = long[long["metric"].isin(metrics)]
     rows = []
@@ -457,7 +482,196 @@ def wide_ci(long: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.Data
         row = {"model": model, "head": head, "rule": part["rule"].iloc[0]}
         for r in part.itertuples():
             row.update({r.metric: r.value, f"{r.metric} lo": r.ci_low, f"{r.metric} hi": r.ci_high})
+            if "chance" in part:
+                row[f"{r.metric} chance"] = r.chance
         row["cases"] = int(part["cases"].iloc[0])
         row["queries"] = int(part["rows"].iloc[0])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ---- chance values and paired comparisons -------------------------------------------------------------
+AUC_CHANCE = 0.5
+
+
+def chance_metrics(
+    test_labels: np.ndarray, n_classes: int, train_counts: np.ndarray | None = None
+) -> dict[str, float]:
+    """Chance value of each metric of `cbmir.classification.classification_metrics` on these test labels.
+
+    - `accuracy` and `f1_micro` (equal for single-label data): **majority-class accuracy**, the share of the most
+      frequent test class, i.e. the most any constant answer scores on this test set.
+    - `f1_macro`: macro-F1 (over the classes present in test, as the metric) of a classifier that answers class j
+      with probability pi_j whatever the image, from its expected confusion matrix: precision_j = p_j (the test
+      share of class j), recall_j = pi_j, F1_j = 2 p_j pi_j / (p_j + pi_j). The larger of two such classifiers:
+      the **prior** one (pi = the train class shares, `train_counts`) and the **uniform** one (pi_j =
+      1 / `n_classes`); also returned as `f1_macro_prior` and `f1_macro_uniform`.
+    - `roc_auc_micro`, `roc_auc_macro`: 0.5 (scores independent of the label).
+    """
+    y = np.asarray(test_labels, dtype=np.int64)
+    if y.ndim != 1 or len(y) == 0 or n_classes < 1 or y.min() < 0 or y.max() >= n_classes:
+        raise ClassifyError(
+            f"parameters 'test_labels' (shape {y.shape}) and 'n_classes' = {n_classes} disagree or are empty"
+        )
+    p = np.bincount(y, minlength=n_classes) / len(y)
+    present = p > 0
+
+    def macro_f1(pi: np.ndarray) -> float:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(p + pi > 0, 2 * p * pi / (p + pi), 0.0)
+        return float(f1[present].mean())
+
+    uniform = macro_f1(np.full(n_classes, 1.0 / n_classes))
+    prior = np.nan
+    if train_counts is not None:
+        counts = np.asarray(train_counts, dtype=np.float64)
+        if counts.shape != (n_classes,) or (counts < 0).any() or counts.sum() <= 0:
+            raise ClassifyError(
+                f"parameter 'train_counts' must hold {n_classes} non-negative counts, not all 0; "
+                f"got shape {counts.shape}"
+            )
+        prior = macro_f1(counts / counts.sum())
+    majority = float(p.max())
+    return {
+        "accuracy": majority,
+        "f1_micro": majority,
+        "f1_macro": float(np.nanmax([uniform, prior])),
+        "f1_macro_prior": float(prior),
+        "f1_macro_uniform": uniform,
+        "roc_auc_micro": AUC_CHANCE,
+        "roc_auc_macro": AUC_CHANCE,
+    }
+
+
+def outcome_chance(outcome: Outcome) -> dict[str, float]:
+    """`chance_metrics` of an outcome's test labels, its classes and its train class counts."""
+    return chance_metrics(outcome.test_labels, len(outcome.classes), outcome.train_counts)
+
+
+def _same_queries(a: Outcome, b: Outcome) -> None:
+    if not (
+        np.array_equal(a.test_labels, b.test_labels)
+        and np.array_equal(a.test_cases, b.test_cases)
+        and np.array_equal(a.classes, b.classes)
+    ):
+        raise ClassifyError(
+            "paired_outcomes: the two outcomes were scored on different test queries, cases or classes "
+            f"({len(a.test_labels)} and {len(b.test_labels)} queries); a paired test needs the same ones"
+        )
+
+
+def _all_draws(outcome: Outcome, n_boot: int, seed: int) -> tuple[dict[str, float], np.ndarray, int]:
+    """`bootstrap_draws` of every test metric of the outcome (the draws of `classification_ci`), computed once
+    per (n_boot, seed) and kept on the outcome."""
+    if (n_boot, seed) not in outcome.draws:
+        outcome.draws[(n_boot, seed)] = bootstrap_draws(
+            outcome.test_cases,
+            lambda w: (
+                classification_metrics(
+                    outcome.test_labels, outcome.test_scores, outcome.classes, sample_weight=w
+                ).metrics
+            ),
+            n_boot,
+            seed,
+        )
+    return outcome.draws[(n_boot, seed)]
+
+
+def _metric_draws(
+    outcome: Outcome, names: Sequence[str], n_boot: int, seed: int
+) -> tuple[dict[str, float], np.ndarray, int]:
+    """The draws of `_all_draws` for the metrics `names` (the draws depend only on the cases and the seed)."""
+    point, values, n_cases = _all_draws(outcome, n_boot, seed)
+    unknown = sorted(set(names) - set(point))
+    if unknown:
+        raise ClassifyError(f"parameter 'metrics': unknown {unknown}; known {list(point)}")
+    cols = [list(point).index(k) for k in names]
+    return {k: point[k] for k in names}, values[:, cols], n_cases
+
+
+def _paired_rows(a_draws, b_draws, names: Sequence[str], n_queries: int, level: float) -> pd.DataFrame:
+    from cbmir.metrics.bootstrap import p_value
+
+    (pa, va, n_cases), (pb, vb, _) = a_draws, b_draws
+    alpha = (1 - level) / 2
+    rows = []
+    for j, name in enumerate(names):
+        diffs = va[:, j] - vb[:, j]
+        diffs = diffs[~np.isnan(diffs)]
+        low = high = p = np.nan
+        if len(diffs):
+            low, high = np.quantile(diffs, [alpha, 1 - alpha])
+            p = float(p_value(diffs[:, None])[0])
+        rows.append(
+            {"metric": name, "difference": pa[name] - pb[name], "low": low, "high": high, "p_value": p,
+             "n_cases": n_cases, "n_queries": n_queries}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def paired_outcomes(
+    a: Outcome,
+    b: Outcome,
+    metrics: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Paired cluster bootstrap of metric(a) - metric(b) on the same test queries (the same case draws for both).
+
+    `a` and `b` must hold the same test labels, cases and classes (e.g. two models, one head). Returns
+    DataFrame(metric, difference, low, high, p_value, n_cases, n_queries): percentile interval of the resampled
+    differences and the two-sided bootstrap p-value of `cbmir.metrics.bootstrap.p_value` (resamples where a
+    metric is undefined, e.g. ROC-AUC with one class, are left out).
+    """
+    _same_queries(a, b)
+    if not 0 < level < 1:
+        raise ClassifyError(f"parameter 'level' = {level} must lie between 0 and 1")
+    names = list(metrics) if metrics is not None else list(a.result.metrics)
+    draws = [_metric_draws(o, names, n_boot, seed) for o in (a, b)]
+    return _paired_rows(*draws, names, len(a.test_labels), level)
+
+
+def against_baselines(
+    outcomes: dict[str, Outcome],
+    baselines: Sequence[str] = ("raw-pixels", "random-vit"),
+    metrics: Sequence[str] = ("f1_macro", "accuracy", "roc_auc_macro"),
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Each model that is not a baseline minus each baseline that ran, per metric (`paired_outcomes`, one head).
+
+    `outcomes`: {model: Outcome of one head}. Holm-adjusted p-values over all (model, baseline) pairs of a
+    metric. Columns: model, baseline, head, metric, difference, low, high, p_value, p_holm, n_queries, n_cases
+    (empty when no baseline or no other model ran).
+    """
+    from cbmir.metrics.bootstrap import holm
+
+    columns = ["model", "baseline", "head", "metric", "difference", "low", "high", "p_value", "p_holm",
+               "n_queries", "n_cases"]  # fmt: skip
+    if not 0 < level < 1:
+        raise ClassifyError(f"parameter 'level' = {level} must lie between 0 and 1")
+    present = [b for b in baselines if b in outcomes]
+    others = [m for m in outcomes if m not in baselines]
+    if not present or not others:
+        return pd.DataFrame(columns=columns)
+    names = list(metrics)
+    draws = {}
+    for m in [*others, *present]:
+        _same_queries(outcomes[m], outcomes[present[0]])
+        draws[m] = _metric_draws(outcomes[m], names, n_boot, seed)
+    out = pd.concat(
+        [
+            _paired_rows(draws[m], draws[base], names, len(outcomes[m].test_labels), level).assign(
+                model=m, baseline=base, head=outcomes[m].head
+            )
+            for base in present
+            for m in others
+        ],
+        ignore_index=True,
+    )
+    out["p_holm"] = np.nan
+    for _, idx in out.groupby("metric").groups.items():
+        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_value"].to_numpy())
+    return out[columns]

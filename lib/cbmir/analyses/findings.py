@@ -631,11 +631,16 @@ def purity_sentences(table: pd.DataFrame) -> list[str]:
     return out
 
 
-def _ranking(table: pd.DataFrame, value: str, low: str, high: str, what: str) -> str:
-    """Best row by `value`, and whether its interval overlaps the runner-up's."""
+def _ranking(
+    table: pd.DataFrame, value: str, low: str, high: str, what: str, chance: str | None = None
+) -> str:
+    """Best row by `value` (with its chance value when the `chance` column is there), and whether its interval
+    overlaps the runner-up's."""
     t = table.sort_values(value, ascending=False)
     best = t.iloc[0]
     text = f"Highest {what}: {best['model']}, {num(best[value])} ({interval(best[low], best[high])}; {cases(best['cases'])})"
+    if chance and chance in t and not pd.isna(best[chance]):
+        text += f" against {num(best[chance])} by chance"
     if len(t) < 2:
         return text + "."
     nxt = t.iloc[1]
@@ -652,30 +657,28 @@ METRIC_NAMES = {"f1_macro": "macro-F1", "f1_micro": "micro-F1", "accuracy": "acc
 
 
 def classification_sentences(
-    wide: pd.DataFrame, metric: str = "f1_macro", baselines: Sequence[str] = tuple(BASELINE_NAMES)
+    wide: pd.DataFrame,
+    metric: str = "f1_macro",
+    baselines: Sequence[str] = tuple(BASELINE_NAMES),
+    comparisons: pd.DataFrame | None = None,
 ) -> list[str]:
     """Findings of the classification table (`classify.wide_ci`: one row per model and head, `<metric>`,
-    `<metric> lo`, `<metric> hi`, `cases`): the best model per head with the runner-up's overlap, the models
-    that are not baselines against each baseline (interval overlap), and whether the kNN and probe rankings
-    agree."""
+    `<metric> lo`, `<metric> hi`[, `<metric> chance`], `cases`): the best model per head against chance with the
+    runner-up's overlap; each model against each baseline from the paired, case-level tests of `comparisons`
+    (`classify.against_baselines` rows of both heads: Holm-adjusted p, `comparison_sentence`); whether the kNN
+    and probe rankings agree."""
     lo, hi = f"{metric} lo", f"{metric} hi"
     name = METRIC_NAMES.get(metric, metric)
     out = []
     orders = {}
     for head, part in wide.groupby("head", sort=False):
-        out.append(_ranking(part, metric, lo, hi, f"{name} with the {head}"))
+        out.append(_ranking(part, metric, lo, hi, f"{name} with the {head}", f"{metric} chance"))
         orders[head] = part.sort_values(metric, ascending=False)["model"].tolist()
-        encoders = part[~part["model"].isin(baselines)]
-        for base in [b for b in baselines if b in set(part["model"])]:
-            b = part[part["model"] == base].iloc[0]
-            if encoders.empty or too_few(b["cases"]):
-                continue
-            above = encoders[encoders[lo] > b[hi]]["model"].tolist()
-            out.append(
-                f"{head}: {len(above)} of {len(encoders)} encoders have a {name} interval entirely above "
-                f"{BASELINE_NAMES.get(base, base)} ({num(b[metric])}, {interval(b[lo], b[hi])})"
-                + (f": {', '.join(above)}." if above else ".")
-            )
+        if comparisons is None or comparisons.empty:
+            continue
+        sel = comparisons[(comparisons["head"] == head) & (comparisons["metric"] == metric)]
+        for _, row in sel.iterrows():
+            out.append(comparison_sentence(row, "baseline", measure=f"{name} ({head})"))
     if len(orders) == 2 and all(len(o) > 1 for o in orders.values()):
         (h1, o1), (h2, o2) = orders.items()
         verdict = "agree" if o1 == o2 else "differ"
@@ -684,3 +687,24 @@ def classification_sentences(
             f"{h2}: {' > '.join(o2)}); orders within overlapping intervals are not established."
         )
     return out
+
+
+def knn_k1_sentence(k_by_model: Mapping[str, int], wide: pd.DataFrame | None = None) -> str | None:
+    """A note for the models whose kNN ran with k = 1 on test (`k_by_model`: model -> the k applied on test):
+    their kNN answers the label of the first neighbour, so its accuracy is micro P@1 of the retrieval notebook
+    (the same search, same-case neighbours excluded). None when no model ran with k = 1."""
+    ones = [m for m, k in k_by_model.items() if int(k) == 1]
+    if not ones:
+        return None
+    who = "every model" if len(ones) == len(k_by_model) else ", ".join(ones)
+    text = (
+        f"With k = 1 (selected for {who}), the kNN predicts the label of the first neighbour, so its accuracy "
+        "equals micro modified P@1 of notebook 3 (the same search, neighbours of the query's own case excluded; "
+        "the two differ only by test queries whose class has no index image, which P@1 leaves out) and adds no "
+        "evidence beyond it"
+    )
+    if wide is not None and "accuracy" in wide:
+        part = wide[(wide["head"] == "kNN") & wide["model"].isin(ones)]
+        if len(part):
+            text += ": " + ", ".join(f"{r['model']} {num(r['accuracy'])}" for _, r in part.iterrows())
+    return text + "."

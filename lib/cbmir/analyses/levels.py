@@ -10,6 +10,12 @@
    queries that have at least one anatomy-correct neighbour among the first N for every model (so a model that
    finds the anatomy less often is not judged on an easier subset).
 
+**Uninformative N.** When N is at least the number of index images of the query's region, the first N can hold
+every image of that region, and a model that finds the anatomy perfectly scores the chance value exactly: the
+share then says nothing about the finding. Such (query, N) pairs are left out (`drop_uninformative=True`, the
+default), so a region has no row at those N and "all regions" pools only the informative queries;
+`uninformative_pairs` lists the regions and N concerned.
+
 Intervals are cluster bootstraps over the query cases (same seed, hence the same case draws, for every model);
 `difference` = share - chance per query, averaged, with its own interval.
 """
@@ -138,6 +144,44 @@ _COND = [
 ]
 
 
+def region_index_sizes(index_rows: np.ndarray, regions: Sequence | np.ndarray) -> pd.Series:
+    """Index images per region (`regions` holds one value per manifest row)."""
+    regions = np.asarray(regions, dtype=object)
+    return pd.Series(regions[np.asarray(index_rows, dtype=np.int64)]).astype(str).value_counts().sort_index()
+
+
+def uninformative_pairs(
+    query_rows: np.ndarray,
+    index_rows: np.ndarray,
+    regions: Sequence | np.ndarray,
+    ns: Sequence[int] = PAPER_NS,
+) -> pd.DataFrame:
+    """The queried regions and N with N >= the region's index images (module docstring): region, index images,
+    N left out (comma-separated), queries of the region."""
+    regions = np.asarray(regions, dtype=object)
+    sizes = region_index_sizes(index_rows, regions)
+    queried = pd.Series(regions[np.asarray(query_rows, dtype=np.int64)]).astype(str).value_counts()
+    rows = []
+    for region in sorted(queried.index):
+        size = int(sizes.get(region, 0))
+        dropped = [int(n) for n in ns if n >= size]
+        if dropped:
+            rows.append({"region": region, "index images": size, "N left out": ", ".join(map(str, dropped)),
+                         "queries": int(queried[region])})  # fmt: skip
+    return pd.DataFrame(rows, columns=["region", "index images", "N left out", "queries"])
+
+
+def _drop_uninformative(
+    shares: np.ndarray, query_rows: np.ndarray, index_rows: np.ndarray, regions: np.ndarray, ns: Sequence[int]
+) -> np.ndarray:
+    """`shares` [Q, len(ns)] with NaN where N >= the index images of the query's region."""
+    sizes = region_index_sizes(index_rows, regions)
+    size_q = (
+        pd.Series(np.asarray(regions, dtype=object)[query_rows]).astype(str).map(sizes).fillna(0).to_numpy()
+    )
+    return np.where(np.asarray(ns)[None, :] >= size_q[:, None], np.nan, shares)
+
+
 def _inputs(query_rows, index_rows, regions, labels, cases):
     query_rows = np.asarray(query_rows, dtype=np.int64)
     index_rows = np.asarray(index_rows, dtype=np.int64)
@@ -162,16 +206,20 @@ def pathology_given_anatomy(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    drop_uninformative: bool = True,
 ) -> pd.DataFrame:
     """Share of label-correct among region-correct neighbours in the first N, per region and over all, with chance.
 
     `regions` and `labels` hold one value per manifest row (e.g. "CT/lung" and "CT/lung/lesion"). Columns:
     region ("all regions" first), N, share, share_lo, share_hi, chance, difference (share - chance),
     difference_lo, difference_hi, n_queries, n_cases (queries with an anatomy-correct neighbour in the first N;
-    a region and N without any such query has no row).
+    a region and N without any such query has no row). With `drop_uninformative`, (query, N) pairs with N >= the
+    index images of the query's region are left out (module docstring).
     """
     ns = [n for n in ns if n <= np.asarray(ids).shape[1]]
     shares = conditional_shares(ids, query_rows, regions, labels, ns)
+    if drop_uninformative:
+        shares = _drop_uninformative(shares, np.asarray(query_rows), index_rows, regions, ns)
     expected, groups, case_q = _inputs(query_rows, index_rows, regions, labels, cases)
     rows = _conditional_rows(shares, expected, groups, case_q, ns, n_boot, seed, ci)
     return pd.DataFrame(rows).reindex(columns=_COND)
@@ -196,18 +244,23 @@ def pathology_given_anatomy_models(
     seed: int = 0,
     ci: float = 0.95,
     by_region: bool = False,
+    drop_uninformative: bool = True,
 ) -> pd.DataFrame:
     """`pathology_given_anatomy` over all regions for each model, on the queries common to all models (per N).
 
     Every model's neighbour table must hold the same `query_rows`. Columns: model, N, share, share_lo, share_hi,
     chance, difference, difference_lo, difference_hi, n_queries, n_cases; with `by_region`, also a `region`
     column after `model` ("all regions" first, then each region, each on the common queries).
+    `drop_uninformative` as in `pathology_given_anatomy`.
     """
     if not ids_by_model:
         raise ValueError("parameter 'ids_by_model' is empty")
     k = min(np.asarray(v).shape[1] for v in ids_by_model.values())
     ns = [n for n in ns if n <= k]
     shares = {m: conditional_shares(v, query_rows, regions, labels, ns) for m, v in ids_by_model.items()}
+    if drop_uninformative:
+        q = np.asarray(query_rows)
+        shares = {m: _drop_uninformative(v, q, index_rows, regions, ns) for m, v in shares.items()}
     common = common_queries(shares)
     expected, groups, case_q = _inputs(query_rows, index_rows, regions, labels, cases)
     frames = []

@@ -103,31 +103,6 @@ def image_grid(
     return fig
 
 
-def precision_curves(curves: pd.DataFrame, title: str = "", max_n: int | None = None) -> plt.Figure:
-    """P@N against N, micro and macro side by side, one line per model with its confidence band.
-
-    `curves` columns: model, N, micro, macro and optionally micro_lo/micro_hi/macro_lo/macro_hi.
-    """
-    if max_n is not None:
-        curves = curves[curves["N"] <= max_n]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, kind in zip(axes, ("micro", "macro"), strict=True):
-        for model, g in curves.groupby("model", sort=False):
-            (line,) = ax.plot(g["N"], g[kind], label=model, lw=1.6)
-            if f"{kind}_lo" in g:
-                ax.fill_between(g["N"], g[f"{kind}_lo"], g[f"{kind}_hi"], color=line.get_color(), alpha=0.18)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_xlabel("N (neighbours considered)")
-        ax.set_title(f"{kind} precision@N")
-    axes[0].set_ylabel("modified precision@N")
-    axes[1].legend(fontsize=8, loc="best")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 def class_bars(
     per_class: pd.DataFrame, value: str, label: str = "class", top: int = 10, title: str = ""
 ) -> plt.Figure:
@@ -186,39 +161,6 @@ def _thumb(ax: plt.Axes, path: Path, title: str, colour: str, lw: float = 4) -> 
         spine.set_edgecolor(colour)
         spine.set_linewidth(lw)
     ax.set_title(title, fontsize=7)
-
-
-def band_lines(
-    df: pd.DataFrame,
-    x: str,
-    y: str,
-    hue: str,
-    col: str | None = None,
-    title: str = "",
-    xlabel: str = "",
-    ylabel: str = "",
-    logx: bool = False,
-) -> plt.Figure:
-    """Mean line with a band (95 % of the spread over repeats) per `hue`, one panel per `col` value."""
-    cols = list(dict.fromkeys(df[col])) if col else [None]
-    fig, axes = plt.subplots(1, len(cols), figsize=(4.6 * len(cols), 3.6), sharey=True, squeeze=False)
-    for ax, c in zip(axes.flat, cols, strict=True):
-        part = df if c is None else df[df[col] == c]
-        sns.lineplot(
-            data=part, x=x, y=y, hue=hue, errorbar=("pi", 95), marker="o", ax=ax, legend=ax is axes.flat[-1]
-        )
-        ax.set_title("" if c is None else f"{col} = {c}")
-        ax.set_xlabel(xlabel or x)
-        ax.set_ylabel(ylabel or y)
-        if logx:
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_xticks(sorted(set(part[x])))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def scatter_2d(
@@ -391,37 +333,6 @@ def learning_curves(
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def grouped_bars(
-    df: pd.DataFrame,
-    x: str,
-    y: str,
-    hue: str,
-    title: str = "",
-    ylabel: str = "",
-    err_lo: str | None = None,
-    err_hi: str | None = None,
-) -> plt.Figure:
-    """Bars of `y` per `x`, grouped by `hue`, with optional asymmetric error bars."""
-    xs, hues = list(dict.fromkeys(df[x])), list(dict.fromkeys(df[hue]))
-    width = 0.8 / len(hues)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(xs) * max(1, len(hues) / 3)), 3.8))
-    for i, h in enumerate(hues):
-        part = df[df[hue] == h].set_index(x).reindex(xs)
-        pos = np.arange(len(xs)) + (i - (len(hues) - 1) / 2) * width
-        yerr = None
-        if err_lo and err_hi:
-            yerr = np.vstack([part[y] - part[err_lo], part[err_hi] - part[y]])
-        ax.bar(pos, part[y], width=width, label=str(h), yerr=yerr, capsize=2)
-    ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs], rotation=20, ha="right")
-    ax.set_ylabel(ylabel or y)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, title=hue, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    if title:
-        ax.set_title(title)
     fig.tight_layout()
     return fig
 

@@ -47,7 +47,9 @@ class TextTower:
             raise ValueError("parameter 'texts' is empty")
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
         if bad:
-            raise ValueError(f"parameter 'texts': entry {bad[0]} is not a non-empty string: {texts[bad[0]]!r}")
+            raise ValueError(
+                f"parameter 'texts': entry {bad[0]} is not a non-empty string: {texts[bad[0]]!r}"
+            )
         param = next(self.module.parameters(), None)
         where = param.device if param is not None else torch.device("cpu")
         out = []

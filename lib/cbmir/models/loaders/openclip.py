@@ -10,6 +10,7 @@ tensor shapes), loaded strictly, with the tokenizer open_clip would use read fro
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,48 +131,10 @@ class OpenClipFamily(LoaderFamily):
         return WeightsLocation(True, str(hit)) if hit else WeightsLocation(False, f"HF cache: {repo}")
 
     def load(self, preset: Preset, checkpoint: Path | None) -> Loaded:
-        import open_clip
-        from open_clip.model import CLIPVisionCfg, _build_vision_tower
-
         mc, pp, quick_gelu, weights = _resolve(preset, checkpoint)
-        visual = _build_vision_tower(
-            mc["embed_dim"], CLIPVisionCfg(**mc["vision_cfg"]), quick_gelu=quick_gelu
-        )
-        state = load_state_dict(weights)
-        vstate = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-        if not vstate:
-            raise PresetError(f"model {preset.name!r}: {weights} holds no 'visual.*' tensors")
-        load_strict(visual, vstate, preset.name, weights, heads=())
-        unused = unused_record(k for k in state if not k.startswith("visual."))  # the text tower
-        size = mc["vision_cfg"].get("image_size", 224)
-        pre = {
-            "image_size": size,
-            "mean": pp.get("mean") or open_clip.OPENAI_DATASET_MEAN,
-            "std": pp.get("std") or open_clip.OPENAI_DATASET_STD,
-            "interpolation": pp.get("interpolation") or "bicubic",
-            "resize_mode": pp.get("resize_mode") or "shortest",
-        }
-        transform = open_clip.image_transform(
-            size,
-            is_train=False,
-            mean=pre["mean"],
-            std=pre["std"],
-            resize_mode=pre["resize_mode"],
-            interpolation=pre["interpolation"],
-        )
-        described = {
-            "kind": "open_clip.image_transform",
-            **{k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
-        }
-        return Loaded(
-            visual,
-            transform,
-            described,
-            [weights],
-            dim=int(mc["embed_dim"]),
-            extra={"quick_gelu": quick_gelu, "unused_weights": unused},
-            text=lambda: build_text_tower(preset, checkpoint),
-        )
+        loaded = vision_tower_from(preset, mc, pp, quick_gelu, load_state_dict(weights), weights)
+        loaded.text = lambda: build_text_tower(preset, checkpoint)
+        return loaded
 
 
 # ---- the text tower (text-to-image retrieval) ------------------------------------------------------------
@@ -239,13 +202,28 @@ def _tokenizer_dir(preset: Preset, checkpoint: Path | None, text_cfg: dict) -> s
 
 def build_text_tower(preset: Preset, checkpoint: Path | None) -> TextTower:
     """open_clip's text tower (`encode_text`), loaded strictly from the checkpoint, and its tokenizer."""
+    mc, _, quick_gelu, weights = _resolve(preset, checkpoint)
+    return text_tower_from(
+        preset, mc, quick_gelu, load_state_dict(weights), weights,
+        lambda text_cfg: _tokenizer_dir(preset, checkpoint, text_cfg),
+    )  # fmt: skip
+
+
+def text_tower_from(
+    preset: Preset,
+    mc: dict,
+    quick_gelu: bool,
+    state: dict,
+    weights: Path,
+    tokenizer_dir: Callable[[dict], str],
+) -> TextTower:
+    """The text tower of open_clip model config `mc` from a full state dict (CLIP: top-level text keys;
+    CustomTextCLIP: `text.*`), loaded strictly; `tokenizer_dir(text_cfg)` finds an HF tokenizer folder."""
     from open_clip.hf_model import HFTextEncoder
     from open_clip.model import CLIPTextCfg, _build_text_tower
     from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
-    mc, _, quick_gelu, weights = _resolve(preset, checkpoint)
     text_cfg = dict(mc.get("text_cfg", {}))
-    state = load_state_dict(weights)
     custom = any(k.startswith("text.") for k in state)
     tstate = _text_state(state, custom)
     dropped = [k for k in tstate if k.endswith("embeddings.position_ids")]  # a buffer (arange), not a weight
@@ -261,7 +239,7 @@ def build_text_tower(preset: Preset, checkpoint: Path | None) -> TextTower:
         if pooler != "cls_pooler" and getattr(tower.transformer, "pooler", None) is not None:
             tower.transformer.pooler = None  # open_clip builds it without a pooler (add_pooling_layer=False)
         tokenizer = HFTokenizer(
-            _tokenizer_dir(preset, checkpoint, text_cfg), context_length=context,
+            tokenizer_dir(text_cfg), context_length=context,
             tokenizer_mode=text_cfg.get("tokenizer_mode"), **text_cfg.get("tokenizer_kwargs", {}),
         )  # fmt: skip
         described = {"tokenizer": "open_clip HFTokenizer", "hf_text_config": config_from}
@@ -277,6 +255,42 @@ def build_text_tower(preset: Preset, checkpoint: Path | None) -> TextTower:
         [weights],
         {**unused, **({"position_ids (buffer)": len(dropped)} if dropped else {})},
     )
+
+
+def vision_tower_from(
+    preset: Preset, mc: dict, pp: dict, quick_gelu: bool, state: dict, weights: Path
+) -> Loaded:
+    """open_clip's vision tower of model config `mc` from a full state dict (`visual.*`), loaded strictly,
+    with open_clip's eval transform (preprocess config `pp`, OpenAI mean/std by default)."""
+    import open_clip
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+    visual = _build_vision_tower(mc["embed_dim"], CLIPVisionCfg(**mc["vision_cfg"]), quick_gelu=quick_gelu)
+    vstate = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    if not vstate:
+        raise PresetError(f"model {preset.name!r}: {weights} holds no 'visual.*' tensors")
+    load_strict(visual, vstate, preset.name, weights, heads=())
+    unused = unused_record(k for k in state if not k.startswith("visual."))  # the text tower
+    size = mc["vision_cfg"].get("image_size", 224)
+    pre = {
+        "image_size": size,
+        "mean": pp.get("mean") or open_clip.OPENAI_DATASET_MEAN,
+        "std": pp.get("std") or open_clip.OPENAI_DATASET_STD,
+        "interpolation": pp.get("interpolation") or "bicubic",
+        "resize_mode": pp.get("resize_mode") or "shortest",
+    }
+    transform = open_clip.image_transform(
+        size, is_train=False, mean=pre["mean"], std=pre["std"],
+        resize_mode=pre["resize_mode"], interpolation=pre["interpolation"],
+    )  # fmt: skip
+    described = {
+        "kind": "open_clip.image_transform",
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
+    }
+    return Loaded(
+        visual, transform, described, [weights], dim=int(mc["embed_dim"]),
+        extra={"quick_gelu": quick_gelu, "unused_weights": unused},
+    )  # fmt: skip
 
 
 class _OpenClipText(nn.Module):

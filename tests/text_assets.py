@@ -79,7 +79,9 @@ def siglip_tokenizer(folder: Path) -> Path:
     vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *WORDS])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
     tok.save_pretrained(str(folder))
     return folder
 
@@ -95,7 +97,7 @@ def tiny_siglip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
     config = SiglipConfig(
         text_config={
             "vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "max_position_embeddings": 16, "pad_token_id": 0, "eos_token_id": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 64, "pad_token_id": 0, "eos_token_id": 1,
         },
         vision_config={
             "image_size": image_size, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,

@@ -49,6 +49,8 @@ class NotebookEntry(BaseModel):
     name: str
     per_model: StrictBool = False
     parameters: dict[str, Any] = Field(default_factory=dict)
+    # per_model only: "image-text" runs it for the models with a text encoder (skipped, with the reason, if none)
+    models: Literal["all", "image-text"] = "all"
 
 
 class ReportConfig(BaseModel):
@@ -87,6 +89,8 @@ class ReportConfig(BaseModel):
     notebooks_dir: Path = NOTEBOOKS_DIR
     # model spec -> local weights file or folder
     checkpoints: dict[str, Path] = Field(default_factory=dict)
+    # text-to-image retrieval prompts (cbmir.text_retrieval); empty: its DEFAULT_TEMPLATE
+    prompt_templates: list[str] = Field(default_factory=list)
     quick: StrictBool = False
 
     def batch_size_for(self, model: str) -> int | None:

@@ -223,3 +223,29 @@ def test_report_skips_text_notebook_without_image_text_model(tmp_path):
     cfg_path.write_text(yaml.safe_dump(cfg))
     jobs = plan_jobs(load_config(cfg_path))
     assert [j.parameters["model"] for j in jobs] == ["biomedclip"] and jobs[0].skip is None
+
+
+def test_text_notebook_runs_for_an_image_text_model(tiny_run, tmp_path):
+    """notebooks/10_text_retrieval.ipynb through the report runner on the tiny manifest and tiny open_clip."""
+    import json
+
+    import yaml
+    from cbmir.report import run_report
+
+    tmp, folder, *_ = tiny_run
+    cfg_path = tmp_path / "configs" / "tiny.yaml"
+    cfg_path.parent.mkdir()
+    cfg = {
+        "name": "tiny", "manifest": str(tmp / "manifest.csv"), "data_root": str(tmp / "data"), "work_dir": "work",
+        "models": ["raw-pixels", "biomedclip"], "checkpoints": {"biomedclip": str(folder)}, "k": 4, "bootstrap": 20,
+        "prompt_templates": ["a {modality} image of the {region} showing {finding}", "{finding}"],
+        "notebooks": [{"name": "10_text_retrieval", "per_model": True, "models": "image-text"}],
+        "notebooks_dir": str(__import__("cbmir.config").config.NOTEBOOKS_DIR),
+    }  # fmt: skip
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert run_report(cfg_path, html=False) == 0
+    log = json.loads((tmp_path / "reports" / "tiny" / "run.json").read_text())
+    assert log["10_text_retrieval--biomedclip"]["status"] == "ok"
+    tables = tmp_path / "reports" / "tiny" / "tables"
+    assert (tables / "10_text_retrieval--biomedclip-per-class.csv").exists()
+    assert (tmp_path / "figures" / "tiny" / "10_text_retrieval--biomedclip.png").exists()

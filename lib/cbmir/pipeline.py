@@ -200,12 +200,18 @@ class Context:
 
     # ---- text queries (image-text models; cbmir.text_retrieval) -----------------------------------------
     def encoder(self, model: str):
-        """The model's `Encoder` (loaded once per Context; its text tower loads on first text query)."""
+        """The model's `Encoder` on the device its store was made on where this machine has it (loaded once
+        per Context; its text tower loads on first text query)."""
         from cbmir.models import load_encoder
+        from cbmir.precision import resolve_device
 
         cache = self.__dict__.setdefault("_encoders", {})
         if model not in cache:
-            cache[model] = load_encoder(model, checkpoint=self.cfg.checkpoints.get(model))
+            device = str(self.embeddings(model).provenance.get("device") or "")
+            if device.startswith("cuda") and resolve_device(None) != "cuda":
+                device = "cpu"
+            device = resolve_device(device or None)
+            cache[model] = load_encoder(model, checkpoint=self.cfg.checkpoints.get(model), device=device)
         return cache[model]
 
     @property

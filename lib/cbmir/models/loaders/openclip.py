@@ -238,15 +238,19 @@ def text_tower_from(
         )  # fmt: skip
         if pooler != "cls_pooler" and getattr(tower.transformer, "pooler", None) is not None:
             tower.transformer.pooler = None  # open_clip builds it without a pooler (add_pooling_layer=False)
+        described = {"hf_text_config": config_from}
+    else:
+        tower = _build_text_tower(int(mc["embed_dim"]), CLIPTextCfg(**text_cfg), quick_gelu=quick_gelu)
+        described = {}
+    if text_cfg.get("hf_tokenizer_name"):  # as open_clip.get_tokenizer decides, from local files
         tokenizer = HFTokenizer(
             tokenizer_dir(text_cfg), context_length=context,
             tokenizer_mode=text_cfg.get("tokenizer_mode"), **text_cfg.get("tokenizer_kwargs", {}),
         )  # fmt: skip
-        described = {"tokenizer": "open_clip HFTokenizer", "hf_text_config": config_from}
+        described["tokenizer"] = "open_clip HFTokenizer"
     else:
-        tower = _build_text_tower(int(mc["embed_dim"]), CLIPTextCfg(**text_cfg), quick_gelu=quick_gelu)
         tokenizer = SimpleTokenizer(context_length=context, **text_cfg.get("tokenizer_kwargs", {}))
-        described = {"tokenizer": "open_clip SimpleTokenizer (CLIP BPE, bundled with open_clip)"}
+        described["tokenizer"] = "open_clip SimpleTokenizer (CLIP BPE, bundled with open_clip)"
     unused = load_strict(tower, tstate, preset.name, weights, heads=("visual", "logit_scale", "logit_bias"))
     return TextTower(
         _OpenClipText(tower),

@@ -36,6 +36,9 @@ def test_open_clip_text_equals_open_clip(tmp_path, hf_text):
     assert torch.allclose(enc.encode_text(TEXTS), want, atol=1e-6)
     assert torch.allclose(enc.module(image), want_image, atol=1e-6)
     assert enc.has_text and enc.text_tower().preprocessing["kind"] == "open_clip encode_text"
+    import pickle
+
+    pickle.dumps(enc.text_loader)  # the lazy text loader travels to worker processes
 
 
 def test_open_clip_bert_config_read_off_the_shapes(tmp_path):

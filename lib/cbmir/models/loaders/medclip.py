@@ -9,6 +9,7 @@ which would download weights and pull in its text tower. The Swin config is read
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -127,7 +128,7 @@ class MedclipFamily(LoaderFamily):
         return Loaded(
             module, pre, pre.describe(), [path], dim=module.projection_head.out_features,
             extra={"unused_weights": unused},
-            text=lambda: build_medclip_text(path, tokenizer_source(folder, BERT_TYPE), preset.name),
+            text=functools.partial(_medclip_text, path, folder, preset.name),
         )  # fmt: skip
 
 
@@ -155,6 +156,10 @@ class MedCLIPText(nn.Module):
         layers = torch.stack([hidden[1], hidden[2], hidden[-1]]).mean(0)  # [B, L, 768]
         mask = attention_mask.unsqueeze(-1).to(layers.dtype)
         return self.projection_head((layers * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+
+def _medclip_text(path: Path, folder: Path, name: str) -> TextTower:
+    return build_medclip_text(path, tokenizer_source(folder, BERT_TYPE), name)
 
 
 def build_medclip_text(path: Path, tokenizer_dir: str | None, name: str = "medclip") -> TextTower:

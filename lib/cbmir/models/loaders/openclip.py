@@ -9,6 +9,7 @@ tensor shapes), loaded strictly, with the tokenizer open_clip would use read fro
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -133,7 +134,7 @@ class OpenClipFamily(LoaderFamily):
     def load(self, preset: Preset, checkpoint: Path | None) -> Loaded:
         mc, pp, quick_gelu, weights = _resolve(preset, checkpoint)
         loaded = vision_tower_from(preset, mc, pp, quick_gelu, load_state_dict(weights), weights)
-        loaded.text = lambda: build_text_tower(preset, checkpoint)
+        loaded.text = functools.partial(build_text_tower, preset, checkpoint)  # picklable
         return loaded
 
 

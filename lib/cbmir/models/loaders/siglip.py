@@ -9,6 +9,7 @@ save_pretrained folder only; every vision and text weight must be filled (strict
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -92,6 +93,22 @@ def siglip_tokenizer(preset: Preset, checkpoint: Path | None, opts: dict):
     return tokenize, type(tokenizer).__name__
 
 
+def siglip_text_tower(model: nn.Module, preset: Preset, checkpoint: Path | None, opts: dict) -> TextTower:
+    """The text tower of a loaded SiglipModel with its tokenizer (from local files)."""
+    tokenize, kind = siglip_tokenizer(preset, checkpoint, opts)
+    return TextTower(
+        SiglipText(model),
+        tokenize,
+        {
+            "kind": "SiglipModel.get_text_features pooler_output",
+            "tokenizer": kind,
+            "padding": f"max_length {opts['max_length']}",
+            "lowercase": opts["lowercase"],
+        },
+        [],
+    )
+
+
 @register_family
 class SiglipFamily(LoaderFamily):
     """transformers SiglipModel checkpoints (vision + text), from the HF cache or a save_pretrained folder."""
@@ -123,22 +140,8 @@ class SiglipFamily(LoaderFamily):
         pre = Preprocess(preset.preprocess.model_copy(update={"resize": size}))
         opts = self.options(preset)
 
-        def text() -> TextTower:
-            tokenize, kind = siglip_tokenizer(preset, checkpoint, opts)
-            return TextTower(
-                SiglipText(model),
-                tokenize,
-                {
-                    "kind": "SiglipModel.get_text_features pooler_output",
-                    "tokenizer": kind,
-                    "padding": f"max_length {opts['max_length']}",
-                    "lowercase": opts["lowercase"],
-                },
-                [],
-            )
-
         return Loaded(
             SiglipImage(model), pre, pre.describe(), files, where, int(model.config.vision_config.hidden_size),
             extra={"unused_weights": unused},
-            text=text,
+            text=functools.partial(siglip_text_tower, model, preset, checkpoint, opts),  # picklable
         )  # fmt: skip

@@ -10,6 +10,7 @@ them strictly. Images: resize the shorter side to 224 (bicubic), centre crop 224
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, PositiveInt
@@ -98,16 +99,21 @@ class UnimedClipFamily(LoaderFamily):
         state = unimed_state(path)
         loaded = vision_tower_from(preset, mc, {}, quick_gelu, state, path)
         folder = checkpoint if checkpoint is not None and checkpoint.is_dir() else path.parent
-
-        def tokenizer_dir(text_cfg: dict) -> str:
-            name = text_cfg["hf_tokenizer_name"]
-            found = tokenizer_source(folder, name)
-            if found is None:
-                raise self.missing(
-                    preset, f"the tokenizer of {name!r} (vocab.txt / tokenizer.json)",
-                    "Put its files in a tokenizer/ folder beside the checkpoint, or copy its HF cache here.",
-                )  # fmt: skip
-            return found
-
-        loaded.text = lambda: text_tower_from(preset, mc, quick_gelu, unimed_state(path), path, tokenizer_dir)
+        loaded.text = functools.partial(unimed_text_tower, preset, mc, quick_gelu, path, folder)  # picklable
         return loaded
+
+
+def unimed_text_tower(preset: Preset, mc: dict, quick_gelu: bool, path: Path, folder: Path):
+    """UniMed-CLIP's BiomedBERT text tower from its checkpoint, tokenizer from `folder` or the HF cache."""
+
+    def tokenizer_dir(text_cfg: dict) -> str:
+        name = text_cfg["hf_tokenizer_name"]
+        found = tokenizer_source(folder, name)
+        if found is None:
+            raise preset.family.missing(
+                preset, f"the tokenizer of {name!r} (vocab.txt / tokenizer.json)",
+                "Put its files in a tokenizer/ folder beside the checkpoint, or copy its HF cache here.",
+            )  # fmt: skip
+        return found
+
+    return text_tower_from(preset, mc, quick_gelu, unimed_state(path), path, tokenizer_dir)

@@ -12,8 +12,6 @@ from cbmir.models import PresetError, presets, resolve_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-# presets of the image-text stream (text-to-image retrieval), merged separately: named here before they exist
-PENDING = {"paper-extended.yaml": {"medsiglip-448", "siglip2-b16", "unimed-clip-b16"}}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -34,12 +32,7 @@ def test_config_models_are_known_specs(path):
             resolve_spec(spec)
         except PresetError:
             unknown.append(spec)
-    pending = set(unknown) & PENDING.get(path.name, set())
-    assert set(unknown) == pending, f"{path.name}: unknown model specs {sorted(set(unknown) - pending)}"
-    if pending:
-        pytest.skip(
-            f"{path.name}: presets {sorted(pending)} come with the image-text stream (not merged here)"
-        )
+    assert not unknown, f"{path.name}: unknown model specs {unknown}"
 
 
 def test_paper_config_runs_exactly_the_papers_nine_models():

@@ -37,6 +37,9 @@ def test_every_notebook_ran_without_error(quick_run):
     ran = {k.split("--")[0] for k in log}
     assert ran == expected
     for name in log:
+        if log[name]["status"] == "skipped":  # 10_text_retrieval: RadMini's models are image-only
+            assert "text encoder" in log[name]["error"], log[name]
+            continue
         nb = nbformat.read(root / "out" / "reports" / "radmini" / f"{name}.ipynb", as_version=4)
         errors = [
             o

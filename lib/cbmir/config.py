@@ -49,6 +49,8 @@ class NotebookEntry(BaseModel):
     name: str
     per_model: StrictBool = False
     parameters: dict[str, Any] = Field(default_factory=dict)
+    # per_model only: "image-text" runs it for the models with a text encoder (skipped, with the reason, if none)
+    models: Literal["all", "image-text"] = "all"
 
 
 class PretrainingList(BaseModel):
@@ -100,6 +102,8 @@ class ReportConfig(BaseModel):
     # pretraining_image_lists: model spec -> list file, or {path: FILE, column: NAME}
     exclude_pretraining_images: StrictBool = False
     pretraining_image_lists: dict[str, PretrainingList] = Field(default_factory=dict)
+    # text-to-image retrieval prompts (cbmir.text_retrieval); empty: its DEFAULT_TEMPLATE
+    prompt_templates: list[str] = Field(default_factory=list)
     quick: StrictBool = False
 
     def batch_size_for(self, model: str) -> int | None:

@@ -214,6 +214,47 @@ class Context:
             }
         )
 
+    # ---- text queries (image-text models; cbmir.text_retrieval) -----------------------------------------
+    def encoder(self, model: str):
+        """The model's `Encoder` on the device its store was made on where this machine has it (loaded once
+        per Context; its text tower loads on first text query)."""
+        from cbmir.models import load_encoder
+        from cbmir.precision import resolve_device
+
+        cache = self.__dict__.setdefault("_encoders", {})
+        if model not in cache:
+            device = str(self.embeddings(model).provenance.get("device") or "")
+            if device.startswith("cuda") and resolve_device(None) != "cuda":
+                device = "cpu"
+            device = resolve_device(device or None)
+            cache[model] = load_encoder(model, checkpoint=self.cfg.checkpoints.get(model), device=device)
+        return cache[model]
+
+    @property
+    def prompt_templates(self) -> list[str]:
+        """The config's `prompt_templates`, else `cbmir.text_retrieval.DEFAULT_TEMPLATE`."""
+        from cbmir.text_retrieval import DEFAULT_TEMPLATE
+
+        return list(self.cfg.prompt_templates) or [DEFAULT_TEMPLATE]
+
+    def text_query(self, text: str, model: str, k: int = 10, index_split: str = "train") -> pd.DataFrame:
+        """Query by text: the top-k `index_split` images for a sentence (`NoTextTowerError` for image-only models)."""
+        from cbmir.text_retrieval import embed_texts, search_text
+
+        query = embed_texts(self.encoder(model), [text])
+        index_rows = self.searchable_rows(model, index_split)
+        scores, pos = search_text(self.vectors(model).take(index_rows), query, k)
+        rows = index_rows[pos[0]]
+        return pd.DataFrame(
+            {
+                "rank": np.arange(1, len(rows) + 1),
+                "row": rows,
+                "filepath": self.manifest["filepath"].to_numpy()[rows],
+                "label": self.labels("label")[rows],
+                "cosine": scores[0],
+            }
+        )
+
     def _neighbours_key(self, model: str, index_rows: np.ndarray, query_rows: np.ndarray) -> str:
         """Changes whenever the store, the rows, their cases or the search settings change (then it is redone)."""
         h = hashlib.sha256((self.store_dir(model) / "provenance.json").read_bytes())

@@ -49,6 +49,7 @@ class Job:
     notebook: Path
     output_name: str
     parameters: dict[str, Any]
+    skip: str | None = None  # why the job is not run (recorded as "skipped" with this reason)
 
 
 def plan_jobs(cfg: ReportConfig, only: list[str] | None = None, redo: bool = False) -> list[Job]:
@@ -70,6 +71,17 @@ def plan_jobs(cfg: ReportConfig, only: list[str] | None = None, redo: bool = Fal
         if not nb.exists():
             raise FileNotFoundError(f"{cfg.path}: notebook {entry.name!r} not found at {nb}")
         models = cfg.models if entry.per_model else [None]
+        if entry.per_model and entry.models == "image-text":
+            from cbmir.models import has_text_tower
+
+            models = [m for m in cfg.models if has_text_tower(m)]
+            if not models:
+                reason = (
+                    f"no model of this config has a text encoder ({', '.join(cfg.models)} are image-only), "
+                    "so text-to-image retrieval cannot run; add an image-text model (e.g. biomedclip)"
+                )
+                jobs.append(Job(nb, entry.name, {**common, **entry.parameters}, skip=reason))
+                continue
         for model in models:
             params = {**common, **entry.parameters}
             name = entry.name
@@ -110,6 +122,11 @@ def run_report(
     for job in bar:
         if job.output_name in reuse:
             continue
+        if job.skip:
+            log[job.output_name] = _entry(job, "skipped", job.skip, 0.0)
+            write_json_atomic(log_path, log)
+            bar.write(f"skipped {job.output_name}: {job.skip}")
+            continue
         bar.set_postfix_str(job.output_name)
         start = time.perf_counter()
         log[job.output_name] = _entry(job, "running", None, 0.0)  # not done until it says ok
@@ -129,7 +146,11 @@ def run_report(
     with contextlib.suppress(OSError):
         (cfg.reports_dir / PARTIAL_DIR).rmdir()  # only when empty
     total = sum(v["seconds"] for k, v in log.items() if any(j.output_name == k for j in jobs))
-    print(f"report {cfg.name}: {len(jobs) - len(failed)}/{len(jobs)} notebooks ok in {total:.0f} s")
+    skipped = [j.output_name for j in jobs if j.skip]
+    ran = len(jobs) - len(skipped)
+    print(f"report {cfg.name}: {ran - len(failed)}/{ran} notebooks ok in {total:.0f} s")
+    if skipped:
+        print(f"  skipped: {', '.join(skipped)} (reason in {_portable(log_path, Path.cwd())})")
     print(
         f"  notebooks: {_portable(cfg.reports_dir, Path.cwd())}  figures: {_portable(cfg.figures_dir, Path.cwd())}"
     )

@@ -182,6 +182,8 @@ def plan_sections(cfg: Any) -> list[Section]:
             seconds=record.get("seconds"),
             error=_last_line(record.get("error")),
         )
+        if job.skip:  # the runner does not run it: say why rather than showing an old or absent page
+            page.status, page.error = "skipped", job.skip
         section = sections.get(entry)
         if section is None:
             per_model = "model" in job.parameters and job.output_name != entry
@@ -289,7 +291,7 @@ class _Builder:
                 {
                     "href": p.filename if p.rendered else "",
                     "label": p.model or section.title,
-                    "status": p.status if p.status in ("failed", "not run") else "",
+                    "status": p.status if p.status in ("failed", "not run", "skipped") else "",
                 }
                 for p in section.pages
             ],
@@ -388,13 +390,15 @@ class _Builder:
         seconds = sum(p.seconds or 0 for p in pages)
         failed = [p.output_name for p in pages if p.status == "failed"]
         not_run = [p.output_name for p in pages if p.status == "not run"]
-        run_text = (
-            f"{ok} of {len(pages)} notebooks ran without error in the last run ({seconds:.0f} s in all)."
-        )
+        skipped = [f"{p.output_name} ({p.error})" for p in pages if p.status == "skipped"]
+        ran = len(pages) - sum(p.status == "skipped" for p in pages)
+        run_text = f"{ok} of {ran} notebooks ran without error in the last run ({seconds:.0f} s in all)."
         if failed:
             run_text += f" Failed: {', '.join(failed)}."
         if not_run:
             run_text += f" Not run: {', '.join(not_run)}."
+        if skipped:
+            run_text += f" Skipped: {'; '.join(skipped)}."
         return {
             "heading": f"Content-based image retrieval in radiology: the {cfg.name} report",
             "description": (getattr(cfg, "description", "") or "").strip(),

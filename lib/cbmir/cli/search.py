@@ -15,7 +15,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("search", help="nearest-neighbour search over an embedding store")
     p.add_argument("--store", action="append", required=True, help="embedding store folder (repeatable)")
     p.add_argument("--manifest", nargs="+", required=True, help="manifest CSV(s)")
-    p.add_argument("--out", required=True, help="output neighbours .npz")
+    p.add_argument("--out", help="output neighbours .npz (with --text: an optional CSV of the ranked images)")
+    p.add_argument(
+        "--text", action="append", help="query by text: rank the index images for this sentence (repeatable)"
+    )
+    p.add_argument(
+        "--model", help="with --text: the store's model spec (default: the one its provenance records)"
+    )
+    p.add_argument("--checkpoint", help="with --text: local weights of the model")
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--index-split", default="train")
     p.add_argument("--query-split", default="test")
@@ -37,7 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from cbmir.errors import CbmirError
     from cbmir.search import table_lock
+
+    if args.text:
+        return _text_search(args)
+    if not args.out:
+        raise CbmirError("cbmir search: --out is required (or give --text to query by text)")
 
     with table_lock(Path(args.out), args.wait):
         return _search(args)
@@ -76,4 +89,50 @@ def _search(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out}: {len(nb.query_rows)} queries x {nb.k} neighbours over {len(index_rows)} index rows"
     )
+    return 0
+
+
+def _text_search(args: argparse.Namespace) -> int:
+    """`cbmir search --text`: the index images nearest to each sentence, by the model's text encoder."""
+    import numpy as np
+    import pandas as pd
+
+    from cbmir.errors import CbmirError
+    from cbmir.manifest import read_manifest, row_labels, split_rows
+    from cbmir.models import load_encoder
+    from cbmir.store import EmbeddingStore, open_stores
+    from cbmir.text_retrieval import embed_texts, search_text
+
+    manifest = read_manifest(args.manifest if len(args.manifest) > 1 else args.manifest[0])
+    vectors = open_stores(args.store, manifest)
+    model = args.model or EmbeddingStore.open(args.store[0]).provenance.get("spec")
+    if not model:
+        raise CbmirError(f"{args.store[0]}: its provenance names no model; pass --model SPEC")
+    encoder = load_encoder(model, checkpoint=args.checkpoint)
+    index_rows = vectors.present(split_rows(manifest, args.index_split))
+    queries = embed_texts(encoder, args.text)
+    scores, pos = search_text(vectors.take(index_rows), queries, args.k)
+    labels = row_labels(manifest, "label")
+    frames = []
+    for q, text in enumerate(args.text):
+        rows = index_rows[pos[q]]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "query": text,
+                    "rank": np.arange(1, len(rows) + 1),
+                    "row": rows,
+                    "filepath": manifest["filepath"].to_numpy()[rows],
+                    "label": labels[rows],
+                    "cosine": scores[q],
+                }
+            )
+        )
+    table = pd.concat(frames, ignore_index=True)
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 80):
+        print(f"model {model}: {len(index_rows)} {args.index_split} images searched")
+        print(table.to_string(index=False))
+    if args.out:
+        table.to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
     return 0

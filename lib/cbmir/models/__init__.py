@@ -22,6 +22,7 @@ from .registry import (
     register_family,
     resolve_spec,
 )
+from .text import NoTextTowerError, TextTower, has_text_tower
 from .weights import CheckpointNotFoundError, ModelUnavailableError, cache_dir
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Loaded",
     "LoaderFamily",
     "ModelUnavailableError",
+    "NoTextTowerError",
     "Preset",
     "PresetError",
     "build_encoder",
@@ -44,6 +46,8 @@ __all__ = [
     "models_markdown",
     "presets",
     "register_family",
+    "TextTower",
+    "has_text_tower",
     "resolve_spec",
     "update_models_doc",
 ]

@@ -62,6 +62,7 @@ def build_encoder(preset: Preset, loaded: Loaded, checkpoint: Path | None = None
         dim=int(dim),
         embedding_rule=preset.embedding,
         provenance=provenance,
+        text_loader=loaded.text,
     )
 
 

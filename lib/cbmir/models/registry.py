@@ -95,6 +95,8 @@ class Loaded:
     weights_from: str | list[str] | None = None
     dim: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # image-text models: builds the cbmir.models.text.TextTower on first use (image extraction never loads it)
+    text: Callable[[], Any] | None = None
 
 
 class LoaderFamily(ABC):
@@ -105,6 +107,10 @@ class LoaderFamily(ABC):
     spec_forms: ClassVar[tuple[str, ...]] = ()  # the spec forms it accepts, for help and error messages
     offline: ClassVar[bool] = False  # weights ship inside installed packages, or none are needed
     Options: ClassVar[type[BaseModel] | None] = None  # the typed `options` of its presets
+
+    def has_text(self, preset: Preset) -> bool:
+        """Whether `load` also builds a text encoder (image-text families override this)."""
+        return False
 
     def options(self, preset: Preset) -> dict[str, Any]:
         """The preset's options validated by `Options`, defaults filled in."""

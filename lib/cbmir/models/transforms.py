@@ -31,6 +31,8 @@ class Preprocessing(BaseModel):
     mean: list[float] | None = Field(default=None, min_length=3, max_length=3)
     std: list[float] | None = Field(default=None, min_length=3, max_length=3)
     scale: Literal["unit", "minmax"] = "unit"
+    # False: resize the uint8 pixels without antialiasing (as TF's `tf.image.resize(antialias=False)`); None: PIL
+    antialias: bool | None = None
 
     @model_validator(mode="after")
     def _mean_with_std(self) -> Preprocessing:
@@ -70,10 +72,14 @@ class Preprocess:
         else:
             s = cfg.resize / max(w, h)
             size = [int(h * s + 0.5), int(w * s + 0.5)]
-        image = F.resize(image, size, interpolation=self.interp, antialias=True)
-        if cfg.crop:
-            image = F.center_crop(image, [cfg.crop, cfg.crop])
-        x = F.pil_to_tensor(image).float()
+        if cfg.antialias is False:
+            x = F.resize(F.pil_to_tensor(image), size, interpolation=self.interp, antialias=False)
+            x = (F.center_crop(x, [cfg.crop, cfg.crop]) if cfg.crop else x).float()
+        else:
+            image = F.resize(image, size, interpolation=self.interp, antialias=True)
+            if cfg.crop:
+                image = F.center_crop(image, [cfg.crop, cfg.crop])
+            x = F.pil_to_tensor(image).float()
         if cfg.scale == "minmax":
             lo, hi = x.min(), x.max()
             x = (x - lo) / torch.clamp(hi - lo, min=1e-8)

@@ -1,11 +1,15 @@
 """The `medclip` family: MedCLIP-ViT's vision tower in transformers, Swin-T (pooled) + linear 768->512, no bias.
 
+Text queries (on first use) load the checkpoint's `text_model.*` tensors (BioClinicalBERT + linear 768->512)
+strictly, with the BioClinicalBERT tokenizer from a `tokenizer/` folder beside the weights or the HF cache.
+
 Loads the `vision_model.*` tensors of MedCLIP's `pytorch_model.bin` (weights_only) without the medclip package,
 which would download weights and pull in its text tower. The Swin config is read off the tensor shapes.
 """
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -13,9 +17,10 @@ import torch
 from torch import nn
 
 from ..registry import Loaded, LoaderFamily, Preset, WeightsLocation, register_family
-from ..strict import check_keys, unused_record
+from ..strict import WeightsMismatchError, check_keys, load_strict, unused_record
+from ..text import TextTower, tokenizer_source
 from ..transforms import Preprocess
-from ..weights import CheckpointNotFoundError, find_local_file, load_state_dict
+from ..weights import CheckpointNotFoundError, ModelUnavailableError, find_local_file, load_state_dict
 
 
 class MedCLIPVision(nn.Module):
@@ -96,6 +101,9 @@ class MedclipFamily(LoaderFamily):
 
     name = "medclip"
 
+    def has_text(self, preset: Preset) -> bool:
+        return True
+
     def locate(self, preset: Preset) -> WeightsLocation:
         return self.locate_local_file(preset)
 
@@ -116,7 +124,90 @@ class MedclipFamily(LoaderFamily):
             raise ValueError(f"preset {preset.name!r}: the medclip loader needs `preprocess`")
         pre = Preprocess(preset.preprocess)
         module, unused = build_medclip_vision(path, image_size=preset.preprocess.crop or 224)
+        folder = checkpoint if checkpoint is not None and checkpoint.is_dir() else path.parent
         return Loaded(
             module, pre, pre.describe(), [path], dim=module.projection_head.out_features,
             extra={"unused_weights": unused},
+            text=functools.partial(_medclip_text, path, folder, preset.name),
         )  # fmt: skip
+
+
+# ---- the text tower (text-to-image retrieval) ------------------------------------------------------------
+BERT_TYPE = "emilyalsentzer/Bio_ClinicalBERT"  # MedCLIP's text model (medclip.constants.BERT_TYPE)
+MAX_LENGTH = 77  # MedCLIP's prompt tokenisation: tokenizer.model_max_length = 77, truncation
+
+
+class MedCLIPText(nn.Module):
+    """MedCLIP's `encode_text` without the L2 normalisation: BioClinicalBERT, the mean over tokens of the mean of
+    hidden states 1, 2 and the last, then a linear 768 -> 512 projection without bias.
+
+    MedCLIP averages over every position of its padded batch; here each text's own tokens are averaged (the
+    attention mask), which equals MedCLIP's value for a text tokenised alone, so a text's vector does not
+    depend on the other texts of its batch.
+    """
+
+    def __init__(self, bert: nn.Module, projection: nn.Linear):
+        super().__init__()
+        self.model, self.projection_head = bert, projection
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        hidden = out.hidden_states
+        layers = torch.stack([hidden[1], hidden[2], hidden[-1]]).mean(0)  # [B, L, 768]
+        mask = attention_mask.unsqueeze(-1).to(layers.dtype)
+        return self.projection_head((layers * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+
+def _medclip_text(path: Path, folder: Path, name: str) -> TextTower:
+    return build_medclip_text(path, tokenizer_source(folder, BERT_TYPE), name)
+
+
+def build_medclip_text(path: Path, tokenizer_dir: str | None, name: str = "medclip") -> TextTower:
+    """MedCLIP's text tower from its `pytorch_model.bin` (`text_model.*`), loaded strictly, with the
+    BioClinicalBERT tokenizer from local files. The BERT config is read off the tensor shapes (BERT-base)."""
+    from transformers import AutoTokenizer, BertModel
+
+    from .openclip import bert_config_from_state
+
+    state = load_state_dict(path)
+    tstate = {k.removeprefix("text_model."): v for k, v in state.items() if k.startswith("text_model.")}
+    if "projection_head.weight" not in tstate:
+        raise WeightsMismatchError(
+            f"model {name!r}: checkpoint {path} holds no MedCLIP text tower (text_model.*)"
+        )
+    bert_state = {k.removeprefix("model."): v for k, v in tstate.items() if k.startswith("model.")}
+    dropped = [k for k in bert_state if k.endswith("position_ids")]  # a buffer in older transformers
+    bert_state = {k: v for k, v in bert_state.items() if k not in dropped}
+    bert = BertModel(bert_config_from_state(bert_state, prefix=""), add_pooling_layer=True)
+    unused = load_strict(bert, bert_state, name, path, heads=())
+    unused = {**unused, **({"text_model.model.embeddings.position_ids (buffer)": 1} if dropped else {})}
+    unused["text_model.model.pooler (not used by MedCLIP's text embedding)"] = sum(
+        1 for k in bert_state if k.startswith("pooler.")
+    )
+    weight = tstate["projection_head.weight"]
+    projection = nn.Linear(weight.shape[1], weight.shape[0], bias="projection_head.bias" in tstate)
+    load_strict(projection, {k.removeprefix("projection_head."): v for k, v in tstate.items() if k.startswith("projection_head.")}, name, path, heads=())  # fmt: skip
+    if tokenizer_dir is None:
+        raise ModelUnavailableError(
+            f"model {name!r} needs the tokenizer of {BERT_TYPE!r} (vocab.txt) to embed text; put it in a "
+            "tokenizer/ folder beside pytorch_model.bin or copy its HF cache here (nothing is downloaded)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+    def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = tokenizer(
+            list(texts), truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt"
+        )
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    return TextTower(
+        MedCLIPText(bert, projection).eval(),
+        tokenize,
+        {
+            "kind": "MedCLIP encode_text (mean of hidden states 1, 2, last; token mean; linear projection)",
+            "tokenizer": f"{type(tokenizer).__name__} ({BERT_TYPE})",
+            "max_length": MAX_LENGTH,
+        },
+        [],
+        unused,
+    )

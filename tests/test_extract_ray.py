@@ -34,7 +34,9 @@ from _embed_worker import tiny_encoder  # noqa: E402
 WORKER = TESTS / "_embed_worker.py"
 N_IMAGES = 30
 RAY_CPUS = 4  # logical CPUs of the test runtime: 2 encoder actors + 2 decode slots
+STARTS = 3  # attempts to start the runtime (later ones at a raised priority where permitted)
 STORE_FILES = (S.EMBEDDINGS_FILE, S.IDS_FILE, S.FAILED_FILE)
+UNREADABLE = ["corrupt.png", "missing/nowhere.png", "../secret.png", "empty.png"]
 _WRITE_CHUNK = S.write_chunk
 
 
@@ -45,34 +47,55 @@ def _start_ray(temp_dir: Path) -> None:
         "include_dashboard": False,
         "object_store_memory": 128 * 2**20,
         "_temp_dir": str(temp_dir),
+        "_system_config": {"enable_worker_prestart": False},  # workers start when a task needs one
     }
-    try:
-        ray.init(**kwargs)
-    except Exception as err:  # Ray waits a fixed 30 s for its raylet, which a loaded machine can exceed
-        if "timed out during startup" not in str(err):
-            raise
-        ray.shutdown()
-        _end_processes_using(temp_dir)
-        ray.init(**kwargs)
+    for attempt in range(STARTS):
+        try:
+            with _raised_priority(temp_dir) if attempt else contextlib.nullcontext():
+                ray.init(**kwargs)
+            return
+        except Exception as err:  # Ray gives its agents ~15 s to start, which a loaded machine can exceed
+            if "timed out during startup" not in str(err) or attempt == STARTS - 1:
+                raise
+            ray.shutdown()
+            _end_processes_using(temp_dir)
 
 
-def _end_processes_using(folder: Path) -> list[int]:
-    """SIGKILL the processes (not this one) with a file open under `folder`: the test runtime's workers,
-    which can outlive `ray.shutdown()` on a loaded machine. Returns their pids."""
-    ended = []
+def _pids_using(folder: Path) -> list[int]:
+    """The processes (not this one) with a file open under `folder`: the test runtime's Ray processes."""
+    pids = []
     for proc in Path("/proc").glob("[0-9]*"):
-        pid = int(proc.name)
-        if pid == os.getpid():
+        if int(proc.name) == os.getpid():
             continue
         try:
-            uses = any(str(fd.readlink()).startswith(str(folder)) for fd in (proc / "fd").iterdir())
+            if any(str(fd.readlink()).startswith(str(folder)) for fd in (proc / "fd").iterdir()):
+                pids.append(int(proc.name))
         except OSError:  # gone, or not ours to inspect
             continue
-        if uses:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                ended.append(pid)
-    return ended
+    return pids
+
+
+def _end_processes_using(folder: Path) -> None:
+    """SIGKILL the test runtime's processes, which can outlive `ray.shutdown()` on a loaded machine."""
+    for pid in _pids_using(folder):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _raised_priority(folder: Path):
+    """Start Ray's processes at nice -5 (where permitted), and return them and this process to 0 once up."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, -5)
+    except OSError:  # not permitted: start at the normal priority
+        yield
+        return
+    try:
+        yield
+    finally:
+        for pid in [*_pids_using(folder), os.getpid()]:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, pid, 0)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +119,7 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
-    """30 small random PNGs plus a corrupt file, a missing one and one outside the data root."""
+    """30 small random PNGs plus a corrupt file, an empty one, a missing one and one outside the data root."""
     base = tmp_path_factory.mktemp("ray-images")
     root = base / "data"
     (root / "sub").mkdir(parents=True)
@@ -107,8 +130,11 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame
         Image.fromarray(rng.integers(0, 256, (12 + i % 3, 12, 3), dtype=np.uint8)).save(root / name)
         names.append(name)
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    (root / "empty.png").write_bytes(b"")
     Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(base / "secret.png")
-    names[9:9] = ["corrupt.png", "missing/nowhere.png", "../secret.png"]
+    names[7:7] = (
+        UNREADABLE  # rows 7..10: the whole first batch of the second chunk (chunks of 7, batches of 4)
+    )
     return root, pd.DataFrame({"filepath": names})
 
 
@@ -142,9 +168,9 @@ def test_ray_store_is_the_local_store_byte_for_byte_with_failures_listed(
     _assert_same_files(store, local_store)
     assert len(store) == N_IMAGES
     failed = store.failed.set_index("filepath")["error"]  # skipped and listed, with the local engine's texts
-    assert list(failed.index) == ["corrupt.png", "missing/nowhere.png", "../secret.png"]
+    assert list(failed.index) == UNREADABLE
     assert "corrupt" in failed["corrupt.png"] and "not found" in failed["missing/nowhere.png"]
-    assert "outside the data root" in failed["../secret.png"]
+    assert "outside the data root" in failed["../secret.png"] and failed["empty.png"]
     prov, local = store.provenance, local_store.provenance
     assert prov["engine"] == "ray" and local["engine"] == "local"
     assert prov["ray"]["actors"] == RAY_CPUS // 2 and prov["ray"]["num_gpus"] == 0
@@ -219,8 +245,10 @@ def test_sigkilled_driver_resumes_to_the_same_store(
     manifest_csv = tmp_path / "manifest.csv"
     manifest.to_csv(manifest_csv, index=False)
     out = tmp_path / "store"
-    proc = _driver(manifest_csv, root, out, ray_address, "--sleep", "0.3")
-    deadline = time.monotonic() + 240
+    proc = _driver(manifest_csv, root, out, ray_address, "--sleep", "0.5")
+    deadline = (
+        time.monotonic() + 600
+    )  # the driver imports torch and its actors start: minutes on a loaded machine
     while _n_chunks(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)

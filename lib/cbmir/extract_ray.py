@@ -303,9 +303,8 @@ def run_chunks_on_ray(
             for out in _unwrapped(dataset.iter_rows()):
                 failures = [(int(r), str(e)) for r, e in json.loads(out["failures"])]
                 rows = np.asarray(out["rows"], dtype=np.int64)
-                writer.add(
-                    rows, np.asarray(out["vectors"], dtype=np.float32).reshape(len(rows), -1), failures
-                )
+                vectors = np.asarray(out["vectors"], dtype=np.float32).reshape(len(rows), plan["dim"])
+                writer.add(rows, vectors, failures)
                 sizes.update({k: int(v) for k, v in json.loads(out["sizes"]).items()})
                 retries += int(out["oom"])
                 used.add(str(out["actor"]))

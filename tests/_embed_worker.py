@@ -1,8 +1,11 @@
 """Run one extraction with a tiny deterministic encoder (a subprocess for the kill-and-resume tests).
 
 usage: python _embed_worker.py MANIFEST_CSV DATA_ROOT OUT_DIR CHUNK_SIZE [--sleep S] [--die-after-replace N]
+                              [--engine local|ray] [--ray-address ADDRESS]
 `--sleep` slows each batch so that a test can SIGKILL the run mid-way; `--die-after-replace N` makes the
 process SIGKILL itself right after its N-th `os.replace` (an atomic file landing), to hit exact points.
+`--engine ray` runs on the Ray cluster at `--ray-address` (this process is then only the driver); the last line
+printed says whether `ray` was imported.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("chunk_size", type=int)
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--die-after-replace", type=int, default=0)
+    p.add_argument("--engine", default="local")
+    p.add_argument("--ray-address", default=None)
     args = p.parse_args(argv)
     if args.die_after_replace:
         die_after_replace(args.die_after_replace)
@@ -83,8 +88,11 @@ def main(argv: list[str]) -> int:
         batch_size=4,
         num_workers=0,
         chunk_size=args.chunk_size,
+        engine=args.engine,
+        ray_address=args.ray_address,
     )
     print(len(store), len(store.failed))
+    print("ray imported" if "ray" in sys.modules else "ray not imported")
     return 0
 
 

@@ -294,7 +294,7 @@ def test_sigkilled_subprocess_resumes_to_the_uninterrupted_result(
     proc = _run_worker(manifest_csv, root, out)
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()[-2000:]
-    assert stdout.split() == [b"60", b"2"]
+    assert stdout.decode().splitlines() == ["60 2", "ray not imported"]  # the local engine never imports Ray
     _assert_same(EmbeddingStore.open(out), reference)
     assert json.loads((out / "provenance.json").read_text())["chunk_size"] == 5
 

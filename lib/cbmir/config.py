@@ -89,6 +89,10 @@ class ReportConfig(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] | None = None
     # DataLoader workers for extraction (default: the machine's cores but one, at most 16)
     workers: Annotated[int, Field(strict=True, ge=0)] | None = None
+    # extraction engine: local (this process) or ray (Ray Data; cluster at ray_address, else RAY_ADDRESS, else a
+    # local Ray runtime); needs the [ray] extra
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
     bootstrap: PositiveInt = 1000
     seed: Annotated[int, Field(strict=True)] = 0
     # subsample per (split, label): quick runs

@@ -2,7 +2,9 @@
 
 `extract_embeddings` embeds every manifest row in fixed chunks of rows; each finished chunk is committed to
 the store folder, so a killed run started again skips the finished chunks and gives the same store as an
-uninterrupted one. One run at a time holds the store's writer lock. `embed_images` embeds a few images (a
+uninterrupted one. One run at a time holds the store's writer lock. Two engines run the same chunk plan
+into the same store: `local` (a torch DataLoader in this process, the default) and `ray` (`cbmir.extract_ray`:
+Ray Data across the GPUs and nodes of a cluster; Ray is imported only when that engine is asked for). `embed_images` embeds a few images (a
 query) through the same precision runner and normalisation, so a query is embedded exactly as the store.
 
 Every image path is resolved (symlinks included) and must stay inside the data root; one that escapes is
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from cbmir.models.base import Encoder
 
 DEFAULT_BATCH_SIZE = 32  # for specs that are not presets (e.g. an `Encoder` built by hand)
+ENGINES = ("local", "ray")
 NON_FINITE = "encoder output is not finite (NaN/inf)"
 OUTSIDE_ROOT = "outside the data root"
 
@@ -150,6 +153,8 @@ def extract_embeddings(
     checkpoint: str | os.PathLike | None = None,
     wait: bool = False,
     precision: str | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> EmbeddingStore:
     """Embed every manifest image into the store at `out_dir` and return it (resumable; see module doc).
 
@@ -162,7 +167,13 @@ def extract_embeddings(
     is reused unless `redo`; a damaged one is rebuilt. Another run holding the store raises `StoreError`
     naming it, unless `wait` (then this call queues behind it). An output folder that cannot be written is
     reported before any work starts (a complete store in a read-only folder is still reused).
+
+    `engine` is "local" or "ray" (`cbmir.extract_ray.run_chunks_on_ray`: connects to `ray_address`, else
+    `RAY_ADDRESS`, else starts a local Ray; `device` None then means a GPU actor per GPU of the cluster). Both
+    engines write the same chunks, so a store begun by one can be finished by the other.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"parameter 'engine' is {engine!r}; allowed {list(ENGINES)}")
     spec = encoder if isinstance(encoder, str) else encoder.spec
     if batch_size is None:
         batch_size = preset_batch_size(spec)
@@ -191,7 +202,7 @@ def extract_embeddings(
                 return reused
         return _extract(
             manifest, ids, frames, ids_hash, data_root, encoder, out_dir, spec, checkpoint,
-            batch_size, num_workers, bf16, device, chunk_size, precision,
+            batch_size, num_workers, bf16, device, chunk_size, precision, engine, ray_address,
         )  # fmt: skip
 
 
@@ -239,13 +250,21 @@ def _extract(
     device: str | None,
     chunk_size: int,
     precision: str | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> EmbeddingStore:
-    device = resolve_device(device)
-    precision = resolve_precision(precision, bf16, device)
+    if engine == "ray":
+        # the cluster's workers pick their device; the driver only needs the model's metadata and weights
+        precision = requested_precision(precision, bf16)
+        load_device = "cpu"
+    else:
+        device = resolve_device(device)
+        precision = resolve_precision(precision, bf16, device)
+        load_device = device
     if isinstance(encoder, str):
         from cbmir.models import load_encoder
 
-        encoder = load_encoder(encoder, checkpoint=checkpoint, device=device)
+        encoder = load_encoder(encoder, checkpoint=checkpoint, device=load_device)
     chunks = out_dir / S.CHUNKS_DIR
     chunks.mkdir(exist_ok=True)
     S.remove_stale_temps(chunks)
@@ -266,11 +285,29 @@ def _extract(
     n_chunks = math.ceil(n_rows / chunk_size)
     done = S.done_chunks(chunks, n_chunks)
     todo = [k for k in range(n_chunks) if k not in done]
-    runner = PrecisionRunner(encoder, device, bf16, precision)
-    loader: dict[str, Any] = {}
-    if todo:
-        dataset = ManifestImages(data_root, ids, encoder.transform, frames)
-        loader = _run_chunks(dataset, todo, runner, plan, chunks, batch_size, num_workers, device)
+    if engine == "ray":
+        from cbmir.extract_ray import run_chunks_on_ray
+
+        ran = run_chunks_on_ray(
+            data_root, ids, frames, encoder, todo, plan, chunks, batch_size, device, ray_address
+        )
+    else:
+        runner = PrecisionRunner(encoder, device, bf16, precision)
+        loader: dict[str, Any] = {}
+        if todo:
+            dataset = ManifestImages(data_root, ids, encoder.transform, frames)
+            loader = _run_chunks(dataset, todo, runner, plan, chunks, batch_size, num_workers, device)
+        ran = {
+            "engine": "local",
+            "precision": runner.precision,
+            "dtype": runner.dtype_name,  # fp32 / bf16 / fp16: what ran
+            "tf32": runner.tf32,
+            "num_workers": int(num_workers),
+            "loader": loader,  # prefetch_factor and pin_memory (host-memory limited)
+            "speed": runner.speed,  # what cbmir.accelerate ran on the CPU
+            "device": device,
+            "batch_size": runner.batch_record(batch_size),  # this run's; a resumed run records its own
+        }
     provenance = {
         "format_version": S.FORMAT_VERSION,
         "spec": spec,
@@ -284,20 +321,80 @@ def _extract(
         "library_versions": library_versions(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "bf16": bool(bf16),
-        "precision": runner.precision,
-        "dtype": runner.dtype_name,  # fp32 / bf16 / fp16: what ran
-        "tf32": runner.tf32,
-        "num_workers": int(num_workers),
-        "loader": loader,  # prefetch_factor and pin_memory (host-memory limited)
-        "speed": runner.speed,  # what cbmir.accelerate ran on the CPU
-        "device": device,
         "manifest_rows": n_rows,
         "manifest_ids_sha256": ids_hash,
         "chunk_size": int(chunk_size),
-        "batch_size": runner.batch_record(batch_size),  # this run's; a resumed run records its own
+        **ran,  # the engine and what it ran: precision, dtype, tf32, device, workers, speed, batch sizes
     }
     S.assemble(out_dir, chunks, ids, plan, provenance)
     return EmbeddingStore.open(out_dir)
+
+
+def requested_precision(precision: str | None, bf16: bool) -> str:
+    """The precision asked for (`precision`, else bf16 if `bf16`, else fp32), checked by name only; the device
+    that runs it resolves it (`resolve_precision`)."""
+    from cbmir.precision import PRECISIONS, PrecisionError
+
+    wanted = precision or ("bf16" if bf16 else "fp32")
+    if wanted not in PRECISIONS:
+        raise PrecisionError(f"parameter 'precision' is {wanted!r}; allowed {list(PRECISIONS)}")
+    return wanted
+
+
+def batch_bounds(n_rows: int, chunk_size: int, todo: Sequence[int], batch_size: int) -> list[tuple[int, int]]:
+    """Manifest rows [lo, hi) of each forward batch of the chunks `todo`, in order; a batch never crosses a
+    chunk. Every engine forms exactly these batches, so each image meets the same batch neighbours."""
+    bounds = []
+    for k in todo:
+        lo, hi = S.chunk_bounds(n_rows, chunk_size, k)
+        bounds.extend((s, min(s + batch_size, hi)) for s in range(lo, hi, batch_size))
+    return bounds
+
+
+class ChunkWriter:
+    """Collects embedded rows and failures per chunk and writes each chunk the moment it is complete.
+
+    Batches may arrive in any order (the Ray engine's do); the chunk of a row is `row // chunk_size`. Rows whose
+    vector is not finite become failures. `seconds` of a chunk is the wall time since the previous chunk was
+    written (or since the start), so the chunks' seconds add up to the run's wall time.
+    """
+
+    def __init__(self, chunks: Path, plan: dict[str, Any], todo: Sequence[int]) -> None:
+        self.chunks, self.chunk_size, self.dim = chunks, plan["chunk_size"], plan["dim"]
+        self.left = {
+            k: hi - lo for k in todo for lo, hi in [S.chunk_bounds(plan["n_rows"], self.chunk_size, k)]
+        }
+        self.parts: dict[int, tuple[list[int], list[np.ndarray], list[tuple[int, str]]]] = {}
+        self.last = time.perf_counter()
+
+    def add(
+        self, rows: Sequence[int], vectors: np.ndarray | None, failures: Sequence[tuple[int, str]]
+    ) -> None:
+        """One batch: `rows` embedded as `vectors` (`[len(rows), D]`), `failures` as (row, error)."""
+        if not len(rows) and not len(failures):
+            return
+        first = int(rows[0]) if len(rows) else int(failures[0][0])
+        k = first // self.chunk_size
+        if k not in self.left:
+            raise StoreError(f"rows {first}.. belong to chunk {k}, which is not pending in this run")
+        kept, vecs, failed = self.parts.setdefault(k, ([], [], []))
+        if len(rows):
+            finite = np.isfinite(vectors).all(axis=1)
+            vecs.append(vectors[finite])
+            kept.extend(int(r) for r, keep in zip(rows, finite, strict=True) if keep)
+            failed.extend((int(r), NON_FINITE) for r, keep in zip(rows, finite, strict=True) if not keep)
+        failed.extend((int(r), str(e)) for r, e in failures)
+        self.left[k] -= len(rows) + len(failures)
+        if self.left[k] == 0:
+            now = time.perf_counter()
+            S.write_chunk(S.chunk_path(self.chunks, k), kept, vecs, failed, self.dim, now - self.last)
+            self.last = now
+            del self.left[k], self.parts[k]
+
+    def finish(self) -> None:
+        """`StoreError` if a chunk is still incomplete (its batches never all arrived)."""
+        if self.left:
+            raise StoreError(f"extraction stopped before chunk {min(self.left)} was complete")
 
 
 def _run_chunks(
@@ -316,11 +413,9 @@ def _run_chunks(
     import torch
     from tqdm.auto import tqdm
 
-    n_rows, chunk_size, dim = plan["n_rows"], plan["chunk_size"], plan["dim"]
-    batches: list[list[int]] = []
-    for k in todo:
-        lo, hi = S.chunk_bounds(n_rows, chunk_size, k)
-        batches.extend(list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size))
+    batches = [
+        list(range(lo, hi)) for lo, hi in batch_bounds(plan["n_rows"], plan["chunk_size"], todo, batch_size)
+    ]
     settings = loader_settings(
         num_workers,
         batch_size * _item_bytes(dataset, batches),
@@ -330,32 +425,12 @@ def _run_chunks(
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate, **settings
     )
-    pending = {k: S.chunk_bounds(n_rows, chunk_size, k) for k in todo}
-    rows: list[int] = []
-    vectors: list[np.ndarray] = []
-    failures: list[tuple[int, str]] = []
-    current = todo[0]
-    total = sum(hi - lo for lo, hi in pending.values())
-    chunk_start = time.perf_counter()
-    with tqdm(total=total, desc=f"embed {plan['spec']}", unit="img", initial=0) as bar:
+    writer = ChunkWriter(chunks, plan, todo)
+    with tqdm(total=sum(map(len, batches)), desc=f"embed {plan['spec']}", unit="img", initial=0) as bar:
         for ok_rows, batch, batch_failures in loader:
-            if batch is not None:
-                out = runner.embed(batch)
-                finite = np.isfinite(out).all(axis=1)
-                vectors.append(out[finite])
-                rows.extend(r for r, keep in zip(ok_rows, finite, strict=True) if keep)
-                failures.extend((r, NON_FINITE) for r, keep in zip(ok_rows, finite, strict=True) if not keep)
-            failures.extend(batch_failures)
+            writer.add(ok_rows, None if batch is None else runner.embed(batch), batch_failures)
             bar.update(len(ok_rows) + len(batch_failures))
-            lo, hi = pending[current]
-            if len(rows) + len(failures) == hi - lo:
-                now = time.perf_counter()
-                S.write_chunk(S.chunk_path(chunks, current), rows, vectors, failures, dim, now - chunk_start)
-                rows, vectors, failures, chunk_start = [], [], [], now
-                position = todo.index(current)
-                current = todo[position + 1] if position + 1 < len(todo) else -1
-    if current != -1:
-        raise StoreError(f"extraction stopped before chunk {current} was complete")
+    writer.finish()
     return settings
 
 

@@ -119,6 +119,8 @@ class Context:
                 redo=redo,
                 checkpoint=self.cfg.checkpoints.get(model),
                 wait=self.wait,
+                engine=self.cfg.engine,
+                ray_address=self.cfg.ray_address,
             )
         return self._stores[model]
 

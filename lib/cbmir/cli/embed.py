@@ -43,6 +43,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--wait", action="store_true", help="wait for another run writing the same store instead of exiting"
     )
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (default); ray: Ray Data actors, one per GPU (needs the [ray] extra)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to use with --engine ray (default: RAY_ADDRESS, else a local Ray runtime)",
+    )
     p.set_defaults(func=cmd_embed)
 
 
@@ -84,8 +95,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         wait=args.wait,
         precision=args.precision,
+        engine=args.engine,
+        ray_address=args.ray_address,
     )
-    print(f"{store.path}: {len(store)} rows x {store.dim} dims, {len(store.failed)} failed")
+    engine = store.provenance.get("engine", "local")
+    print(f"{store.path}: {len(store)} rows x {store.dim} dims, {len(store.failed)} failed ({engine} engine)")
     if len(store.failed):
         print(f"unreadable images are listed in {store.path / FAILED_FILE}", file=sys.stderr)
     return 0

@@ -34,7 +34,7 @@ from cbmir.errors import CbmirError
 from cbmir.manifest import read_manifest, split_rows
 from cbmir.progress import hide_progress
 from cbmir.search import Neighbours
-from cbmir.store import EmbeddingStore, is_complete, write_csv, write_json, write_store
+from cbmir.store import EmbeddingStore, adopt_matrix, is_complete, write_csv, write_json
 
 # The authors' model class names and the cbmir preset each corresponds to (see `cbmir models`).
 MODEL_PRESETS = {
@@ -274,10 +274,12 @@ def import_embeddings(
         "files": stage.done,
         "embedding_rule": "as published by the authors (Zenodo 11196400)",
     }
-    vectors = stage.vectors if len(keep) == len(filepaths) else stage.vectors[keep]  # no copy when complete
-    store = write_store(
-        store_dir, vectors, filepaths[keep], spec=art.preset, failed=failed, provenance=provenance
-    )
+    stage.vectors.flush()
+    stage.vectors = None  # close the memmap: its file becomes the store's matrix (normalised chunk by chunk)
+    store = adopt_matrix(
+        store_dir, stage.folder / "vectors.npy", filepaths[keep], rows=keep, spec=art.preset, failed=failed,
+        provenance=provenance,
+    )  # fmt: skip
     shutil.rmtree(stage.folder, ignore_errors=True)
     return store
 

@@ -191,12 +191,18 @@ def generate(root: Path, scale: float, seed: int) -> dict:
             rows = np.flatnonzero(frame["dataset"].to_numpy() == dataset)
             t0 = time.time()
             with h5py.File(folder / f"{dataset}.h5", "w") as handle:
+                # h5py's low-level calls: the same file as `create_dataset(filepath, data=vector)` (nested
+                # groups, one 1-D float32 dataset per image), four times faster to write
+                lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+                lcpl.set_create_intermediate_group(True)
+                space, dtype = h5py.h5s.create_simple((dim,)), h5py.h5t.IEEE_F32LE
                 for lo in range(0, len(rows), 50_000):
                     part = rows[lo : lo + 50_000]
                     x = centres[label[part]] + rng.normal(scale=noise / np.sqrt(dim), size=(len(part), dim))
                     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
                     for r, vec in zip(part, x, strict=True):
-                        handle.create_dataset(filepaths[r], data=vec)
+                        node = h5py.h5d.create(handle.id, filepaths[r].encode(), dtype, space, lcpl=lcpl)
+                        node.write(h5py.h5s.ALL, h5py.h5s.ALL, vec)
             print(f"{model}/{dataset}.h5: {len(rows)} vectors in {time.time() - t0:.0f} s", flush=True)
         mdir = exp / model
         mdir.mkdir(exist_ok=True)

@@ -98,3 +98,13 @@ def test_curves_levels_index_size_and_classes_render(tmp_path):
     )
     plots.save_figure(fig, tmp_path / "classes")
     plt.close("all")
+
+
+def test_count_bars_uses_a_log_axis_when_counts_span_orders_of_magnitude():
+    from cbmir import plots
+
+    skewed = pd.DataFrame({"label": ["a", "b", "c"], "images": [13, 2_000, 226_000]})
+    even = pd.DataFrame({"label": ["a", "b", "c"], "images": [10, 12, 14]})
+    assert plots.count_bars(skewed, x="label").axes[0].get_xscale() == "log"
+    assert plots.count_bars(even, x="label").axes[0].get_xscale() == "linear"
+    assert plots.count_bars(skewed, x="label", log=False).axes[0].get_xscale() == "linear"

@@ -374,13 +374,34 @@ def main() -> int:
                 record["shape"] = json.loads(line[len("SUMMARY ") :])
                 break
         save()
-    if "import" in stages:
-        result = stage(
-            "import", cbmir("import-authors", str(artefacts), "--out", str(root / "work"), "--no-progress")
-        )
-        if result["rc"] == 0 and args.drop_h5:
-            for path in artefacts.rglob("*.h5"):
-                path.unlink()
+    if "import" in stages and not args.drop_h5:
+        stage("import", cbmir("import-authors", str(artefacts), "--out", str(root / "work"), "--no-progress"))
+    elif "import" in stages:
+        # one model at a time, the others parked outside the tree, and each model's HDF5 files deleted once
+        # its store is written: the disk never holds every model's HDF5 files and every store at once
+        parked = root / "parked"
+        exp = artefacts / "experiments" / "chexpert_mimic_nih14_radimagenet"
+        for model, _, _ in MODELS:
+            others = [m for m, _, _ in MODELS if m != model]
+            moves = [
+                (base / m, parked / base.name / m) for m in others for base in (artefacts / "embeddings", exp)
+            ]
+            for src, dst in moves:
+                if src.exists():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    src.rename(dst)
+            try:
+                result = stage(
+                    f"import {model}",
+                    cbmir("import-authors", str(artefacts), "--out", str(root / "work"), "--no-progress"),
+                )
+                if result["rc"] == 0:
+                    for path in (artefacts / "embeddings" / model).glob("*.h5"):
+                        path.unlink()
+            finally:
+                for src, dst in moves:
+                    if dst.exists():
+                        dst.rename(src)
     if "check" in stages:
         record["precision check"] = check_precision(root)
         save()

@@ -199,3 +199,15 @@ def test_classification_ci_matches_a_reference_loop():
         assert row.value == pytest.approx(point[row.metric])
         assert row.ci_low == pytest.approx(lo) and row.ci_high == pytest.approx(hi)
         assert row.cases == len(order) and row.rows == n
+
+
+def test_standardiser_in_chunks_and_on_rows_matches_the_whole_matrix():
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(50, 6)) * [1, 5, 0, 2, 3, 1] + [0, 3, 7, -1, 2, 9]).astype(np.float32)
+    rows = np.flatnonzero(rng.random(50) < 0.6)
+    whole = x[rows].astype(np.float64)
+    mean, scale = classify.fit_standardiser(x, rows, chunk_rows=7)
+    np.testing.assert_allclose(mean, whole.mean(axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(scale, np.where(whole.std(axis=0) > 0, whole.std(axis=0), 1.0), rtol=1e-10)
+    expected = ((whole - mean) / scale).astype(np.float32)
+    np.testing.assert_array_equal(classify.standardise(x, mean, scale, rows, chunk_rows=4), expected)

@@ -423,14 +423,10 @@ def main() -> int:
                     "--only",
                     name,
                     "--no-html",
-                    "--out-root",
-                    str(root / "out"),
-                ),
+                ),  # reports/ and figures/ land beside the config, under --root (work_dir is absolute)
             )
         if not args.notebooks:
-            stage(
-                "site", cbmir("site", "--config", str(config), "--out-root", str(root / "out"), "--no-check")
-            )
+            stage("site", cbmir("site", "--config", str(config), "--no-check"))
     if not args.no_results:
         lines = [f"- shape: {json.dumps(record.get('shape', {}), default=str)}"]
         for name, r in record["stages"].items():

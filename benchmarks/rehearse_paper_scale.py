@@ -334,7 +334,11 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=0.01, help="fraction of the paper's 1.6 M rows")
     ap.add_argument("--root", help="where everything is written (default /tmp/cbmir-rehearsal-<scale>)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--stages", default="generate,import,check,report", help="comma-separated subset")
+    ap.add_argument(
+        "--stages",
+        default="generate,import,check,report",
+        help="comma-separated subset, or 'none' to append what earlier runs recorded",
+    )
     ap.add_argument("--notebooks", nargs="+", help="only these notebooks of the config")
     ap.add_argument("--drop-h5", action="store_true", help="delete the HDF5 files after a good import (disk)")
     ap.add_argument("--no-results", action="store_true", help="do not append to benchmarks/RESULTS.md")
@@ -345,7 +349,9 @@ def main() -> int:
     record_path = root / "rehearsal.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
     record.update(scale=args.scale, seed=args.seed, root=str(root))
-    stages = args.stages.split(",")
+    stages = (
+        [] if args.stages == "none" else args.stages.split(",")
+    )  # none: record what earlier runs measured
     env = {**os.environ, "PYTHONPATH": str(REPO / "lib"), "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}  # fmt: skip
 

@@ -444,6 +444,8 @@ def main() -> int:
             )
         if "precision check" in record:
             lines.append(f"- authors' P@1..99 vs ours on their knn.csv: {record['precision check']}")
+        if record.get("note"):
+            lines.append(f"- note: {record['note']}")
         lines.append(
             "- timings measured on a shared 2-core machine (see the load averages): not quiet-machine figures"
         )

@@ -360,3 +360,15 @@ def test_knn_accuracy_with_k_1_equals_micro_p_at_1_of_the_same_search():
         for i, q in enumerate(test)
     ]
     assert out.result.metrics["accuracy"] == pytest.approx(np.nanmean(p_at_1))
+
+
+def test_standardiser_in_chunks_and_on_rows_matches_the_whole_matrix():
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(50, 6)) * [1, 5, 0, 2, 3, 1] + [0, 3, 7, -1, 2, 9]).astype(np.float32)
+    rows = np.flatnonzero(rng.random(50) < 0.6)
+    whole = x[rows].astype(np.float64)
+    mean, scale = classify.fit_standardiser(x, rows, chunk_rows=7)
+    np.testing.assert_allclose(mean, whole.mean(axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(scale, np.where(whole.std(axis=0) > 0, whole.std(axis=0), 1.0), rtol=1e-10)
+    expected = ((whole - mean) / scale).astype(np.float32)
+    np.testing.assert_array_equal(classify.standardise(x, mean, scale, rows, chunk_rows=4), expected)

@@ -166,3 +166,14 @@ def test_leakage_audit_finds_copies_and_altered_copies_not_unrelated_images(tmp_
     assert summary["any"] == 0
     with pytest.raises(data.DataAnalysisError, match="hashes"):
         data.leakage_audit(manifest, hashes=h[:-1])
+
+
+def test_leakage_audit_without_images_checks_patients_only():
+    m = pd.DataFrame({"filepath": ["a.png", "b.png", "c.png"], "dataset": "toy", "split": ["train", "test", "val"],
+                      "modality": "CT", "anatomic_region": "lung", "patient_id": ["p1", "p1", "p2"],
+                      "CT/lung/x": 1})  # fmt: skip
+    audit = data.leakage_audit(m, "/nonexistent", check_images=False)
+    assert audit.summary.to_dict("records") == [
+        {"check": "patients in more than one split", "split pair": "any", "count": 1}
+    ]
+    assert audit.near_duplicates.empty

@@ -181,3 +181,13 @@ def test_keys_of_the_umap_grid_and_learning_curves_are_readable():
     sizes = [t.get_fontsize() for t in fig.axes[0].get_legend().get_texts()]
     assert sizes and min(sizes) >= 9
     plt.close(fig)
+
+
+def test_count_bars_uses_a_log_axis_when_counts_span_orders_of_magnitude():
+    from cbmir import plots
+
+    skewed = pd.DataFrame({"label": ["a", "b", "c"], "images": [13, 2_000, 226_000]})
+    even = pd.DataFrame({"label": ["a", "b", "c"], "images": [10, 12, 14]})
+    assert plots.count_bars(skewed, x="label").axes[0].get_xscale() == "log"
+    assert plots.count_bars(even, x="label").axes[0].get_xscale() == "linear"
+    assert plots.count_bars(skewed, x="label", log=False).axes[0].get_xscale() == "linear"

@@ -301,3 +301,96 @@ def test_every_authors_class_maps_to_a_real_preset():
     from cbmir.models.registry import presets
 
     assert set(authors.MODEL_PRESETS.values()) <= set(presets())
+
+
+# ---------------------------------------------------------------- the published-artefacts route (issue 17, part 2)
+def _published_context(out, tmp_path):
+    from types import SimpleNamespace
+
+    from cbmir.pipeline import Context
+
+    cfg = SimpleNamespace(work_dir=out, data_root=tmp_path / "no-images", seed=0, k=K, index_type="flat",
+                          index_params={}, checkpoints={})  # fmt: skip
+    return Context(cfg, pd.read_csv(out / "manifest.csv"))
+
+
+def test_context_reads_imported_stores_and_extracts_nothing(published, tmp_path, monkeypatch):
+    out = tmp_path / "work"
+    import_authors(published["root"], out, progress=False)
+    ctx = _published_context(out, tmp_path)
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("an imported store was re-extracted")
+
+    monkeypatch.setattr("cbmir.extract.extract_embeddings", no_extraction)
+    store = ctx.embeddings("sam-vit-b", redo=True)
+    assert store.provenance["source"] == authors.SOURCE
+    np.testing.assert_array_equal(
+        ctx.vectors("sam-vit-b").take(np.arange(3)),
+        store.embeddings[store.rows_for(ctx.manifest["filepath"][:3])],
+    )
+    assert not ctx.images_present()  # no images: galleries and image checks are skipped
+    (tmp_path / "no-images").mkdir()
+    for path in ctx.manifest["filepath"]:
+        (tmp_path / "no-images" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "no-images" / path).write_bytes(b"")
+    assert ctx.images_present()
+
+
+def test_authors_figures_beside_ours(published, tmp_path):
+    from cbmir.analyses import authors_compare
+
+    out = tmp_path / "work"
+    import_authors(published["root"], out, progress=False)
+    manifest = pd.read_csv(out / "manifest.csv")
+    refs = authors_compare.reference_files(out, ["sam-vit-b", "vit-mae-b-paper"])
+    assert list(refs) == ["sam-vit-b"]  # only models whose tables were imported
+    # ours: their own neighbours (test queries), scored by our metric; notebook 7's kNN table with one model
+    nb = Neighbours.load(out / "neighbours" / "sam-vit-b--authors-knn.npz")
+    test = np.isin(nb.query_rows, np.flatnonzero(manifest["split"] == "test"))
+    nb = Neighbours(nb.query_rows[test], nb.ids[test], nb.scores[test], nb.index_rows)
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    pd.DataFrame([{"model": "sam-vit-b", "f1_micro": 0.625, "f1_macro": 0.25}]).to_csv(
+        tables / "07_classification-knn.csv", index=False
+    )
+    table = authors_compare.compare(refs, {"sam-vit-b": nb}, row_labels(manifest), tables, ns=(1, 3, 5, 10))
+    retrieval = table[table["table"] == "retrieval"].set_index("metric")
+    # theirs and ours against the slow per-query definition of the paper
+    labels = dict(zip(manifest["filepath"], row_labels(manifest), strict=True))
+    counts = manifest.loc[manifest["split"] == "train"].assign(
+        l=row_labels(manifest)[manifest["split"] == "train"]
+    )
+    counts = counts["l"].value_counts().to_dict()
+    test_knn = published["knn"][
+        published["knn"]["query"].isin(set(manifest["filepath"][manifest["split"] == "test"]))
+    ]
+    for n in (1, 3, 5, 10):
+        micro, _, macro, _ = _paper_precision(test_knn, labels, counts, n)
+        assert retrieval.at[f"micro P@{n}", "ours"] == pytest.approx(micro, abs=1e-12)
+        assert retrieval.at[f"macro P@{n}", "ours"] == pytest.approx(macro, abs=1e-12)
+        assert retrieval.at[f"micro P@{n}", "theirs"] == pytest.approx(micro, abs=1e-12)
+    assert retrieval["difference"].abs().max() < 1e-12
+    knn = table[table["table"] == "knn_classification"].set_index("metric")
+    assert knn.at["micro_f1", "theirs"] == 0.5 and knn.at["micro_f1", "ours"] == 0.625
+    assert knn.at["micro_f1", "difference"] == pytest.approx(0.125)
+    probe = table[table["table"] == "linear_probing"]
+    assert probe["ours"].isna().all()  # notebook 7's probe table did not run
+    text = authors_compare.sentences(table, {"sam-vit-b": True}, "flat")
+    assert any("retrieval: ours equal theirs on all 8" in s for s in text)
+    knn_text = next(s for s in text if "knn_classification" in s)
+    assert "1 of 2 shared metrics differ" in knn_text and "micro_f1" in knn_text and "+0.1250" in knn_text
+    assert "k-1" in knn_text
+    assert any("linear_probing: the authors' figures only" in s for s in text)
+
+
+def test_known_reasons_name_masking_and_logits():
+    from cbmir.analyses import authors_compare
+
+    table = pd.DataFrame(
+        [("vit-mae-b", "retrieval", "micro P@1", 0.5, 0.6), ("resnet50", "retrieval", "micro P@1", 0.5, 0.4)],
+        columns=authors_compare.COLUMNS[:-1],
+    ).assign(difference=lambda d: d["ours"] - d["theirs"])
+    mae, resnet = authors_compare.sentences(table, {}, "ivfpq")
+    assert "masking" in mae and "approximate (ivfpq)" in mae and "our own extraction" in mae
+    assert "logits" in resnet and "differs by design" in resnet

@@ -21,6 +21,8 @@ from cbmir.store import (
     ManifestVectors,
     StoreError,
     StoreLockedError,
+    adopt_matrix,
+    is_complete,
     open_stores,
     write_store,
 )
@@ -163,3 +165,56 @@ def test_lock_is_per_store_and_released_on_error(tmp_path: Path) -> None:
     thread.start()
     thread.join(10)
     assert done.is_set()
+
+
+# ------------------------------------------------------------------ chunked import (memory-bounded)
+def _reference_normalised(x: np.ndarray) -> np.ndarray:
+    """The former whole-matrix path: float32, norms over all rows at once, one division."""
+    m = np.asarray(x, dtype=np.float32)
+    return m / np.linalg.norm(m, axis=1)[:, None]
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 64, 10_000])
+def test_write_store_in_chunks_equals_the_whole_matrix_path(tmp_path: Path, chunk_rows: int) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 9)) * rng.uniform(0.1, 10, size=(50, 1))
+    fps = [f"img/{i}.png" for i in range(50)]
+    store = write_store(tmp_path / "s", x, fps, spec="toy", chunk_rows=chunk_rows)
+    np.testing.assert_array_equal(np.asarray(store.embeddings), _reference_normalised(x))
+    assert store.ids.tolist() == fps
+
+
+def test_write_store_rows_pick_rows_of_a_memmap(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    src = np.load(tmp_path / "x.npy", mmap_mode="r")
+    keep = np.array([0, 3, 4, 9, 39])
+    store = write_store(tmp_path / "s", src, [f"f{i}" for i in keep], spec="toy", rows=keep, chunk_rows=2)
+    np.testing.assert_array_equal(np.asarray(store.embeddings), _reference_normalised(x[keep]))
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_adopt_matrix_equals_write_store_and_consumes_the_file(tmp_path: Path, subset: bool) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(33, 8)).astype(np.float32)
+    keep = np.flatnonzero(rng.random(33) < 0.7) if subset else np.arange(33)
+    fps = [f"f{i}" for i in keep]
+    expected = write_store(tmp_path / "whole", x[keep], fps, spec="toy")
+    npy = tmp_path / "stage.npy"
+    np.save(npy, x)
+    store = adopt_matrix(tmp_path / "adopted", npy, fps, spec="toy", rows=keep, chunk_rows=4)
+    np.testing.assert_array_equal(np.asarray(store.embeddings), np.asarray(expected.embeddings))
+    assert store.ids.tolist() == fps and not npy.exists()
+    assert is_complete(tmp_path / "adopted")
+
+
+def test_adopt_matrix_bad_row_changes_nothing(tmp_path: Path) -> None:
+    x = np.eye(4, dtype=np.float32)
+    x[2] = 0
+    npy = tmp_path / "stage.npy"
+    np.save(npy, x)
+    with pytest.raises(ValueError, match=r"row 2 \(f2\)"):
+        adopt_matrix(tmp_path / "s", npy, [f"f{i}" for i in range(4)], spec="toy", chunk_rows=1)
+    np.testing.assert_array_equal(np.load(npy), x)  # the file is untouched
+    assert not is_complete(tmp_path / "s")

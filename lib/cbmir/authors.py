@@ -34,7 +34,7 @@ from cbmir.errors import CbmirError
 from cbmir.manifest import read_manifest, split_rows
 from cbmir.progress import hide_progress
 from cbmir.search import Neighbours
-from cbmir.store import EmbeddingStore, is_complete, write_csv, write_json, write_store
+from cbmir.store import EmbeddingStore, adopt_matrix, is_complete, write_csv, write_json
 
 # The authors' model class names and the cbmir preset each corresponds to (see `cbmir models`).
 MODEL_PRESETS = {
@@ -131,13 +131,27 @@ def sha256(path: Path) -> str:
 
 # -------------------------------------------------------------------------------------------- embeddings
 def _read_vector(handle, path: Path, key: str) -> np.ndarray | None:
-    """The vector stored under `key`, or None when the file has no such dataset."""
+    """The vector stored under `key` as float32, or None when the file has no such dataset.
+
+    h5py's low-level calls (open, read into a float32 buffer) are used: about three times faster per dataset
+    than `handle[key][()]`, which matters at one dataset per image.
+    """
+    import h5py
+
     try:
-        node = handle.get(key)
-        if node is None:
-            return None
-        return np.asarray(node[()], dtype=np.float32)
-    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        try:
+            node = h5py.h5d.open(handle.id, key.encode())
+        except KeyError:
+            if key not in handle:
+                return None
+            raise
+        shape = node.shape
+        if len(shape) != 1:
+            return np.zeros(shape, dtype=np.float32)  # the caller names the shape
+        vec = np.empty(shape, dtype=np.float32)
+        node.read(h5py.h5s.ALL, h5py.h5s.ALL, vec)
+        return vec
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
         raise AuthorsImportError(
             f"{path}: cannot read dataset {key!r} (truncated or damaged HDF5: {err})"
         ) from err
@@ -274,10 +288,12 @@ def import_embeddings(
         "files": stage.done,
         "embedding_rule": "as published by the authors (Zenodo 11196400)",
     }
-    vectors = stage.vectors if len(keep) == len(filepaths) else stage.vectors[keep]  # no copy when complete
-    store = write_store(
-        store_dir, vectors, filepaths[keep], spec=art.preset, failed=failed, provenance=provenance
-    )
+    stage.vectors.flush()
+    stage.vectors = None  # close the memmap: its file becomes the store's matrix (normalised chunk by chunk)
+    store = adopt_matrix(
+        store_dir, stage.folder / "vectors.npy", filepaths[keep], rows=keep, spec=art.preset, failed=failed,
+        provenance=provenance,
+    )  # fmt: skip
     shutil.rmtree(stage.folder, ignore_errors=True)
     return store
 

@@ -97,6 +97,15 @@ class Context:
         lists = {m: (v.path, v.column) for m, v in self.cfg.pretraining_image_lists.items()}
         return exclude_listed(self.manifest, lists, self.cfg.models)
 
+    def images_present(self, rows: np.ndarray | None = None, sample: int = 50) -> bool:
+        """True when the image files of `rows` (default: a seeded sample of `sample` manifest rows) exist under
+        `data_root`; routes without images (published embeddings) skip galleries and image checks."""
+        rows = np.arange(len(self.manifest)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if len(rows) > sample:
+            rows = np.random.default_rng(self.cfg.seed).choice(rows, sample, replace=False)
+        paths = self.manifest["filepath"].to_numpy()
+        return bool(len(rows)) and all((self.cfg.data_root / str(paths[r])).is_file() for r in rows)
+
     # ---- stage 2: embeddings ---------------------------------------------------------------------
     def store_dir(self, model: str) -> Path:
         return self.cfg.work_dir / "embeddings" / slug(model)
@@ -107,6 +116,10 @@ class Context:
 
         if redo or model not in self._stores:
             self._vectors.pop(model, None)
+            imported = imported_store(self.store_dir(model))
+            if imported is not None:  # published embeddings (cbmir import-authors): used as they are
+                self._stores[model] = imported
+                return imported
             self._stores[model] = extract.extract_embeddings(
                 self.manifest,
                 self.cfg.data_root,
@@ -303,6 +316,18 @@ class Context:
 
         self.save_table(df, name)
         return show(df, caption=caption, **show_options)
+
+
+def imported_store(path: Path) -> EmbeddingStore | None:
+    """The complete store at `path` when it was imported from published embeddings (`cbmir.authors`), else None."""
+    from cbmir.authors import SOURCE
+    from cbmir.store import is_complete
+
+    if not is_complete(path):
+        return None
+    if json.loads((path / "provenance.json").read_text()).get("source") != SOURCE:
+        return None
+    return EmbeddingStore.open(path)
 
 
 def subsample_per_class(manifest: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:

@@ -40,6 +40,9 @@ def save_figure(fig: plt.Figure, stem: Path, images: bool = False) -> Path:
     return png
 
 
+LOG_COUNT_SPAN = 100  # count_bars switches to a log axis when counts span more than this factor
+
+
 def count_bars(
     counts: pd.DataFrame,
     x: str,
@@ -47,9 +50,11 @@ def count_bars(
     title: str = "",
     values: Sequence[str] = ("images",),
     hue_order: Sequence[str] | None = None,
+    log: bool | None = None,
 ) -> plt.Figure:
     """Horizontal bars of counts, one panel per column of `values` (`counts` has columns x, [hue], *values);
-    the key sits right of the last panel."""
+    the key sits right of the last panel. `log` (default: when the positive counts span more than 100x, as
+    13 to 226,000 images per class do) draws the count axis on a log scale so small classes stay visible."""
     n = counts[x].nunique()
     fig, axes = plt.subplots(
         1, len(values), figsize=(7 * len(values), max(2.0, 0.28 * n + 1)), squeeze=False, sharey=True
@@ -66,6 +71,10 @@ def count_bars(
             orient="h",
             legend=bool(last and hue),
         )
+        positive = counts[value][counts[value] > 0]
+        if log or (log is None and len(positive) and positive.max() > LOG_COUNT_SPAN * positive.min()):
+            ax.set_xscale("log")
+            value = f"{value} (log scale)"
         ax.set_xlabel(value)
         ax.set_ylabel("")
         if last and hue:

@@ -525,6 +525,48 @@ def assemble(
 
 
 # ------------------------------------------------------------------------------------------ import
+IMPORT_CHUNK_ROWS = 65_536  # rows normalised at a time when a store is written from vectors made elsewhere
+
+
+def _row_norms(matrix: np.ndarray, rows: np.ndarray, ids: Sequence[str], chunk_rows: int) -> np.ndarray:
+    """L2 norms (float32) of `matrix[rows]`, chunk by chunk; `ValueError` naming the first bad row."""
+    norms = np.empty(len(rows), dtype=np.float32)
+    for lo in range(0, len(rows), chunk_rows):
+        part = np.asarray(matrix[rows[lo : lo + chunk_rows]], dtype=np.float32)
+        norms[lo : lo + len(part)] = np.linalg.norm(part, axis=1)
+    bad = ~(np.isfinite(norms) & (norms > 0))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"parameter 'embeddings': row {first} ({ids[first]}) is not finite or all zeros")
+    return norms
+
+
+def _normalise_into(
+    source: np.ndarray, rows: np.ndarray, norms: np.ndarray, target: np.ndarray, chunk_rows: int
+) -> None:
+    """target[i] = source[rows[i]] / norms[i], chunk by chunk (`target` may be `source` when rows are
+    ascending: row i is written only after rows[i] >= i has been read)."""
+    for lo in range(0, len(rows), chunk_rows):
+        part = np.asarray(source[rows[lo : lo + chunk_rows]], dtype=np.float32)
+        target[lo : lo + len(part)] = part / norms[lo : lo + len(part), None]
+
+
+def _check_import(embeddings: np.ndarray, ids: list[str], rows: np.ndarray | None) -> np.ndarray:
+    if embeddings.ndim != 2:
+        raise ValueError(f"parameter 'embeddings' must be [N, D]; got shape {embeddings.shape}")
+    rows = np.arange(len(embeddings)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if len(rows) != len(ids):
+        raise ValueError(
+            f"parameter 'embeddings' must be [N, D] with N = {len(ids)} filepaths; got {len(rows)} rows "
+            f"(shape {embeddings.shape})"
+        )
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(embeddings)):
+        raise ValueError(f"parameter 'rows' holds a row outside the {len(embeddings)} rows of 'embeddings'")
+    if len(set(ids)) != len(ids):
+        raise ValueError("parameter 'filepaths' has duplicates; store ids must be unique")
+    return rows
+
+
 def write_store(
     out_dir: str | os.PathLike,
     embeddings: np.ndarray,
@@ -534,45 +576,126 @@ def write_store(
     failed: pd.DataFrame | None = None,
     provenance: dict[str, Any] | None = None,
     wait: bool = False,
+    rows: np.ndarray | None = None,
+    chunk_rows: int = IMPORT_CHUNK_ROWS,
 ) -> EmbeddingStore:
     """Write a complete store from vectors made elsewhere (e.g. published embeddings), rows L2-normalised.
 
-    `filepaths` are the manifest filepaths of the rows; `failed` (columns `filepath`, `error`) lists images
-    without a vector. The files land atomically, `provenance.json` last, under the store's writer lock.
+    `filepaths` are the manifest filepaths of the rows; `rows` (default: all) picks the rows of `embeddings`
+    (e.g. a memmap) that become the store, in that order. `failed` (columns `filepath`, `error`) lists images
+    without a vector. The matrix is normalised `chunk_rows` rows at a time into a memory-mapped temporary file,
+    so memory stays at one chunk whatever the size. The files land atomically, `provenance.json` last, under
+    the store's writer lock; a row that is not finite or all zeros is a `ValueError` before anything changes.
     """
-    from datetime import UTC, datetime
-
     out_dir = Path(out_dir)
-    matrix = np.asarray(embeddings, dtype=np.float32)
+    if not isinstance(embeddings, np.ndarray):
+        embeddings = np.asarray(embeddings, dtype=np.float32)
     ids = [str(p) for p in filepaths]
-    if matrix.ndim != 2 or len(matrix) != len(ids):
-        raise ValueError(
-            f"parameter 'embeddings' must be [N, D] with N = {len(ids)} filepaths; got {matrix.shape}"
-        )
-    if len(set(ids)) != len(ids):
-        raise ValueError("parameter 'filepaths' has duplicates; store ids must be unique")
-    norms = np.linalg.norm(matrix, axis=1)
-    if not (np.isfinite(norms).all() and (norms > 0).all()):
-        bad = int(np.flatnonzero(~(np.isfinite(norms) & (norms > 0)))[0])
-        raise ValueError(f"parameter 'embeddings': row {bad} ({ids[bad]}) is not finite or all zeros")
-    matrix = matrix / norms[:, None]
-    failed = pd.DataFrame({"filepath": [], "error": []}) if failed is None else failed[["filepath", "error"]]
+    rows = _check_import(embeddings, ids, rows)
+    norms = _row_norms(embeddings, rows, ids, chunk_rows)
+    dim = int(embeddings.shape[1])
     check_writable(out_dir)
     with store_lock(out_dir, wait=wait):
-        clear_store(out_dir)
-        with atomic_open(out_dir / EMBEDDINGS_FILE) as handle:
-            np.save(handle, np.ascontiguousarray(matrix))
-        write_csv(out_dir / IDS_FILE, pd.DataFrame({"filepath": ids}, dtype=object))
-        write_csv(out_dir / FAILED_FILE, failed.astype(object))
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "spec": spec,
-            "dim": int(matrix.shape[1]),
-            "normalisation": "L2 (each row unit length; float32)",
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            **(provenance or {}),
-            "rows": len(ids),
-            "failed": len(failed),
-        }
-        write_json(out_dir / PROVENANCE_FILE, meta)
+        target = out_dir / EMBEDDINGS_FILE
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out_dir)
+        os.close(fd)
+        try:
+            if len(rows):
+                matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), dim))
+                _reserve(tmp, os.path.getsize(tmp))
+                _normalise_into(embeddings, rows, norms, matrix, chunk_rows)
+                matrix.flush()
+                del matrix
+            else:
+                np.save(tmp, np.zeros((0, dim), np.float32))
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            clear_store(out_dir)
+            os.replace(tmp, target)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if no_space(err):
+                raise _no_space_error(target, err) from err
+            raise
+        _write_import_meta(out_dir, ids, failed, spec, dim, provenance)
     return EmbeddingStore.open(out_dir)
+
+
+def adopt_matrix(
+    out_dir: str | os.PathLike,
+    npy_file: str | os.PathLike,
+    filepaths: Sequence[str],
+    *,
+    spec: str,
+    rows: np.ndarray | None = None,
+    failed: pd.DataFrame | None = None,
+    provenance: dict[str, Any] | None = None,
+    wait: bool = False,
+    chunk_rows: int = IMPORT_CHUNK_ROWS,
+) -> EmbeddingStore:
+    """`write_store` from a float32 `.npy` file written elsewhere, which is consumed.
+
+    When `rows` is every row in order, the file is L2-normalised in place chunk by chunk and moved into the
+    store (no second copy on disk); otherwise its `rows` are streamed into a new matrix and the file removed.
+    The result equals `write_store(out_dir, np.load(npy_file)[rows], filepaths, ...)` bit for bit.
+    """
+    out_dir, npy_file = Path(out_dir), Path(npy_file)
+    check_writable(out_dir)
+    source = np.load(npy_file, mmap_mode="r+")
+    ids = [str(p) for p in filepaths]
+    in_place = (
+        source.ndim == 2
+        and source.dtype == np.float32
+        and (rows is None or np.array_equal(rows, np.arange(len(source))))
+        and os.stat(npy_file).st_dev == os.stat(out_dir).st_dev  # a move, not a copy
+    )
+    if not in_place:
+        store = write_store(
+            out_dir, source, ids, spec=spec, failed=failed, provenance=provenance, wait=wait, rows=rows,
+            chunk_rows=chunk_rows,
+        )  # fmt: skip
+        del source
+        npy_file.unlink()
+        return store
+    rows = _check_import(source, ids, None)
+    norms = _row_norms(source, rows, ids, chunk_rows)  # every row checked before the file is changed
+    dim = int(source.shape[1])
+    with store_lock(out_dir, wait=wait):
+        _normalise_into(source, rows, norms, source, chunk_rows)
+        source.flush()
+        del source
+        with open(npy_file, "rb+") as handle:
+            os.fsync(handle.fileno())
+        clear_store(out_dir)
+        os.replace(npy_file, out_dir / EMBEDDINGS_FILE)
+        _fsync_dir(out_dir)
+        _write_import_meta(out_dir, ids, failed, spec, dim, provenance)
+    return EmbeddingStore.open(out_dir)
+
+
+def _write_import_meta(
+    out_dir: Path,
+    ids: list[str],
+    failed: pd.DataFrame | None,
+    spec: str,
+    dim: int,
+    provenance: dict[str, Any] | None,
+) -> None:
+    """ids.csv, failed.csv, then provenance.json (the completion marker) of an imported store."""
+    from datetime import UTC, datetime
+
+    failed = pd.DataFrame({"filepath": [], "error": []}) if failed is None else failed[["filepath", "error"]]
+    write_csv(out_dir / IDS_FILE, pd.DataFrame({"filepath": ids}, dtype=object))
+    write_csv(out_dir / FAILED_FILE, failed.astype(object))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "spec": spec,
+        "dim": dim,
+        "normalisation": "L2 (each row unit length; float32)",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **(provenance or {}),
+        "rows": len(ids),
+        "failed": len(failed),
+    }
+    write_json(out_dir / PROVENANCE_FILE, meta)

@@ -283,16 +283,38 @@ def knn_classify(
 
 
 # ---- linear probe -------------------------------------------------------------------------------------
-def fit_standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, scale) per feature of `x`; scale = standard deviation, 1 where it is 0."""
-    x = np.asarray(x, dtype=np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0)
+STANDARDISE_CHUNK = 65_536  # rows converted to float64 at a time (1.4 M x 768 at once would take 8.6 GB)
+
+
+def fit_standardiser(
+    x: np.ndarray, rows: np.ndarray | None = None, chunk_rows: int = STANDARDISE_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) per feature of `x[rows]` (default: all rows); scale = standard deviation, 1 where it is 0.
+
+    Two passes in float64, `chunk_rows` rows at a time, so memory stays at one chunk."""
+    rows = np.arange(len(x)) if rows is None else np.asarray(rows, dtype=np.int64)
+    total = np.zeros(x.shape[1])
+    for lo in range(0, len(rows), chunk_rows):
+        total += np.asarray(x[rows[lo : lo + chunk_rows]], dtype=np.float64).sum(axis=0)
+    mean = total / len(rows)
+    squares = np.zeros(x.shape[1])
+    for lo in range(0, len(rows), chunk_rows):
+        squares += ((np.asarray(x[rows[lo : lo + chunk_rows]], dtype=np.float64) - mean) ** 2).sum(axis=0)
+    std = np.sqrt(squares / len(rows))
     return mean, np.where(std > 0, std, 1.0)
 
 
-def standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """(x - mean) / scale as float32."""
-    return ((np.asarray(x, dtype=np.float64) - mean) / scale).astype(np.float32)
+def standardise(
+    x: np.ndarray, mean: np.ndarray, scale: np.ndarray, rows: np.ndarray | None = None,
+    chunk_rows: int = STANDARDISE_CHUNK,
+) -> np.ndarray:  # fmt: skip
+    """(x[rows] - mean) / scale as float32 (default: all rows), computed in float64 one chunk at a time."""
+    rows = np.arange(len(x)) if rows is None else np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), np.shape(x)[1]), dtype=np.float32)
+    for lo in range(0, len(rows), chunk_rows):
+        part = np.asarray(x[rows[lo : lo + chunk_rows]], dtype=np.float64)
+        out[lo : lo + len(part)] = ((part - mean) / scale).astype(np.float32)
+    return out
 
 
 def probe_classify(
@@ -337,8 +359,8 @@ def probe_classify(
     n_classes = len(d.classes)
 
     def prep(rows_fit):
-        mean, scale = fit_standardiser(d.x[rows_fit]) if standardise_features else (0.0, 1.0)
-        return lambda rows: standardise(d.x[rows], mean, scale)
+        mean, scale = fit_standardiser(d.x, rows_fit) if standardise_features else (0.0, 1.0)
+        return lambda rows: standardise(d.x, mean, scale, rows)
 
     z = prep(fit_rows)
     model, history, epoch = train_linear_probe(

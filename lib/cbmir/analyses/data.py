@@ -207,13 +207,20 @@ def leakage_audit(
     hashes: np.ndarray | None = None,
     max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE,
     progress: bool = True,
+    check_images: bool = True,
 ) -> LeakageAudit:
     """Audit a manifest for leakage between splits.
 
     Hashes the images under `data_root` (or takes `hashes`, uint8 [N, B] from `image_hashes`, row-aligned with
     the manifest). `near_duplicates` columns: `filepath_a, filepath_b, split_a, split_b, distance, same_case,
-    row_a, row_b`; `summary`: one row per check (`check, split pair, count`).
+    row_a, row_b`; `summary`: one row per check (`check, split pair, count`). `check_images=False` (no images,
+    e.g. published embeddings only): shared patients only; no near-duplicate rows in the summary.
     """
+    if not check_images:
+        hashes = np.zeros((0, 8), dtype=np.uint8)
+        manifest_for_pairs = manifest.iloc[:0]
+    else:
+        manifest_for_pairs = manifest
     if hashes is None:
         if data_root is None:
             raise DataAnalysisError(
@@ -221,12 +228,14 @@ def leakage_audit(
             )
         root = Path(data_root)
         hashes = image_hashes([root / p for p in manifest["filepath"]], progress=progress)
-    if len(hashes) != len(manifest):
+    if len(hashes) != len(manifest_for_pairs):
         raise DataAnalysisError(
             f"leakage_audit: parameter 'hashes' has {len(hashes)} rows for {len(manifest)} manifest rows"
         )
     shared = shared_cases(manifest)
-    pairs = near_duplicate_pairs(hashes, manifest["split"].to_numpy(), case_ids(manifest), max_distance)
+    pairs = near_duplicate_pairs(
+        hashes, manifest_for_pairs["split"].to_numpy(), case_ids(manifest_for_pairs), max_distance
+    )
     paths = manifest["filepath"].astype(str).to_numpy()
     pairs.insert(0, "filepath_b", paths[pairs["row_b"].to_numpy(dtype=np.int64)])
     pairs.insert(0, "filepath_a", paths[pairs["row_a"].to_numpy(dtype=np.int64)])
@@ -234,7 +243,7 @@ def leakage_audit(
         ["filepath_a", "filepath_b", "split_a", "split_b", "distance", "same_case", "row_a", "row_b"]
     ]
     summary = [{"check": "patients in more than one split", "split pair": "any", "count": len(shared)}]
-    for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
+    for a, b in (("train", "test"), ("train", "val"), ("val", "test")) if check_images else ():
         n = int(((pairs["split_a"] == a) & (pairs["split_b"] == b)).sum())
         summary.append(
             {

@@ -1,0 +1,57 @@
+"""benchmarks/rehearse_paper_scale.py: the paper's shape, the authors' layout, and the P@N check at a tiny scale."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import rehearse_paper_scale as R  # noqa: E402
+
+
+def test_class_sizes_have_the_papers_shape():
+    sizes = R.class_sizes(1.0)
+    assert len(sizes) == 161 and sizes.max() == 226_000 and sizes.min() == 13
+    assert abs(sizes.sum() - 1_600_000) < 1_000
+
+
+def test_paper_retrieval_matches_a_per_query_loop():
+    rng = np.random.default_rng(1)
+    q = rng.integers(0, 4, 30)
+    nb = rng.integers(0, 4, (30, 6))
+    counts = np.array([2, 5, 9, 1])
+    table = R.paper_retrieval(nb, q, counts, 5)
+    for n in range(1, 6):
+        p = [
+            sum(nb[i, j] == q[i] for j in range(min(n, counts[q[i]]))) / min(n, counts[q[i]])
+            for i in range(30)
+        ]
+        frame = pd.DataFrame({"p": p, "c": q})
+        assert table["micro_precision_mean"][n - 1] == pytest.approx(np.mean(p), abs=1e-12)
+        assert table["macro_precision_mean"][n - 1] == pytest.approx(
+            frame.groupby("c")["p"].mean().mean(), abs=1e-12
+        )
+
+
+def test_tiny_rehearsal_imports_and_reproduces_their_precision(tmp_path):
+    from cbmir.authors import import_authors
+
+    shape = R.generate(tmp_path / "artefacts", 0.001, seed=0)
+    assert shape["classes"] == 161 and set(shape["datasets"]) == {
+        "nih14",
+        "mimic",
+        "radiology_ai",
+        "CheXpert",
+    }
+    h5 = sorted(
+        p.relative_to(tmp_path / "artefacts").as_posix() for p in (tmp_path / "artefacts").rglob("*.h5")
+    )
+    assert h5[0] == "embeddings/BiomedCLIPVitB16_224/CheXpert.h5" and len(h5) == 12
+    report = import_authors(tmp_path / "artefacts", tmp_path / "work", progress=False)
+    assert {e["rows"] for e in report.values()} == {shape["rows"]}
+    check = R.check_precision(tmp_path)
+    assert check["max |micro diff| P@1..99"] < 1e-9 and check["max |macro diff| P@1..99"] < 1e-9

@@ -90,6 +90,35 @@ def hub_repo(source: str) -> str:
     return (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "").strip("/")
 
 
+def openclip_transform(model_cfg: dict, preprocess_cfg: dict):
+    """open_clip's eval transform for a model config and its checkpoint's preprocess config (defaults: the
+    OpenAI mean and std, bicubic, shortest-side resize), and its settings for provenance."""
+    import open_clip
+
+    pp = preprocess_cfg
+    size = model_cfg["vision_cfg"].get("image_size", 224)
+    pre = {
+        "image_size": size,
+        "mean": pp.get("mean") or open_clip.OPENAI_DATASET_MEAN,
+        "std": pp.get("std") or open_clip.OPENAI_DATASET_STD,
+        "interpolation": pp.get("interpolation") or "bicubic",
+        "resize_mode": pp.get("resize_mode") or "shortest",
+    }
+    transform = open_clip.image_transform(
+        size,
+        is_train=False,
+        mean=pre["mean"],
+        std=pre["std"],
+        resize_mode=pre["resize_mode"],
+        interpolation=pre["interpolation"],
+    )
+    described = {
+        "kind": "open_clip.image_transform",
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
+    }
+    return transform, described
+
+
 @register_family
 class OpenClipFamily(LoaderFamily):
     """open_clip checkpoints: the vision tower with `encode_image`'s projection, open_clip's eval transform."""
@@ -117,7 +146,6 @@ class OpenClipFamily(LoaderFamily):
         return WeightsLocation(True, str(hit)) if hit else WeightsLocation(False, f"HF cache: {repo}")
 
     def load(self, preset: Preset, checkpoint: Path | None) -> Loaded:
-        import open_clip
         from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
         mc, pp, quick_gelu, weights = _resolve(preset, checkpoint)
@@ -130,26 +158,7 @@ class OpenClipFamily(LoaderFamily):
             raise PresetError(f"model {preset.name!r}: {weights} holds no 'visual.*' tensors")
         load_strict(visual, vstate, preset.name, weights, heads=())
         unused = unused_record(k for k in state if not k.startswith("visual."))  # the text tower
-        size = mc["vision_cfg"].get("image_size", 224)
-        pre = {
-            "image_size": size,
-            "mean": pp.get("mean") or open_clip.OPENAI_DATASET_MEAN,
-            "std": pp.get("std") or open_clip.OPENAI_DATASET_STD,
-            "interpolation": pp.get("interpolation") or "bicubic",
-            "resize_mode": pp.get("resize_mode") or "shortest",
-        }
-        transform = open_clip.image_transform(
-            size,
-            is_train=False,
-            mean=pre["mean"],
-            std=pre["std"],
-            resize_mode=pre["resize_mode"],
-            interpolation=pre["interpolation"],
-        )
-        described = {
-            "kind": "open_clip.image_transform",
-            **{k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
-        }
+        transform, described = openclip_transform(mc, pp)
         return Loaded(
             visual,
             transform,

@@ -177,7 +177,9 @@ def center_crop_slow(x: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize(("h", "w", "size"), [(9, 12, 4), (10, 13, 4), (7, 7, 7), (3, 8, 6), (5, 2, 4), (2, 2, 5)])
+@pytest.mark.parametrize(
+    ("h", "w", "size"), [(9, 12, 4), (10, 13, 4), (7, 7, 7), (3, 8, 6), (5, 2, 4), (2, 2, 5)]
+)
 def test_center_crop_rounds_down_like_hf(h, w, size):
     from transformers.image_transforms import center_crop
 

@@ -123,7 +123,7 @@ def processor_or_preset(preset: Preset, checkpoint: Path | None):
 
     The processor is transformers' PIL backend, which computes what the checkpoints' processors computed when
     they were published (transformers 5 defaults to its torchvision backend, one or two grey levels off). A
-    config transformers no longer reads (e.g. a legacy `feature_extractor_type`) falls back to the preset.
+    config the installed transformers cannot read falls back to the preset.
     """
     from transformers import AutoImageProcessor
 

@@ -37,6 +37,7 @@ def test_random_encoders_are_full_size_with_the_presets_width(name):
     assert tuple(out.shape) == (2, presets()[name].dim) == (2, enc.dim)
 
 
+@pytest.mark.slow
 def test_random_encoder_is_seeded():
     a, b = random_encoder("resnet50", seed=3), random_encoder("resnet50", seed=3)
     for (ka, va), (kb, vb) in zip(a.module.state_dict().items(), b.module.state_dict().items(), strict=True):
@@ -45,6 +46,7 @@ def test_random_encoder_is_seeded():
         random_encoder("raw-pixels")
 
 
+@pytest.mark.slow  # a full-size ResNet50 through PrecisionRunner's checked CPU rewrites
 def test_gpu_rows_and_table_on_the_cpu():
     rows = bench_extraction.gpu_rows(
         ["resnet50"], [1, 2], ["fp32"], device="cpu", repeats=1, preset_batch=False

@@ -22,12 +22,13 @@ help:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-lock.txt requirements-assets.txt requirements-ray.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-lock.txt requirements-assets.txt requirements-ray.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -c requirements-lock.txt
 	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
 	$(PY) -m pip install -q -r requirements-ray.txt -c requirements-lock.txt
+	$(PY) -m pip install -q --no-deps -r requirements-test.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name cbmir --display-name "cbmir (.venv)" >/dev/null
 	touch $@
@@ -66,7 +67,8 @@ lint: venv
 test: lint browser
 	$(VENV)/bin/pytest -q
 
-# The development lane: everything but the tests marked @pytest.mark.slow (end-to-end runs, RadMini builds).
+# The development lane: everything but the tests marked @pytest.mark.slow (end-to-end runs, RadMini builds,
+# full-size model layouts).
 test-fast: lint
 	$(VENV)/bin/pytest -q -m "not slow"
 

@@ -9,11 +9,16 @@ For each encoder and precision (fp32; bf16 where the CPU multiplies bf16 nativel
 - decode + resize + normalise time per image (the DataLoader's share) against the forward time per image;
 - the pipeline (`extract_embeddings` from JPEG/PNG files, 2 DataLoader workers): whole-call img/s including
   start-up and the rewrite checks, and the steady rate from the store's chunk timing.
-The load average is printed beside each figure: on a shared machine only the ratios mean much. With CUDA present
-a GPU section records img/s per encoder and batch size (bf16 autocast, as the extraction runs it).
+The load average is printed beside each figure: on a shared machine only the ratios mean much.
+
+GPU section (when `torch.cuda.is_available()`; otherwise skipped with a printed line): the paper's nine encoders
+at full size with random weights (`paper_architectures.py`), images/s and peak GPU memory per preset, precision
+and batch size (the preset's own batch size among them), each batch run through `cbmir.precision.PrecisionRunner`
+as extraction runs it (autocast; TF32 for fp32). A batch that runs out of memory is recorded as such.
 
     python benchmarks/bench_extraction.py                   # all offline encoders, --n 8 images
     python benchmarks/bench_extraction.py --models litemedsam --n 4 --rounds 2 --no-append
+    python benchmarks/bench_extraction.py --gpu-only        # the GPU section alone
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from paper_architectures import PAPER_NINE
 from PIL import Image
 from results import append_results
 
@@ -60,14 +66,9 @@ def write_images(folder: Path, n: int) -> pd.DataFrame:
 
 def load(name: str):
     from cbmir.models import load_encoder
-    from cbmir.models.registry import resolve_spec
-    from cbmir.models.timm_models import load_random_vit
 
     if name == "vit-b16-random":
-        entry = resolve_spec("random-vit")
-        entry["options"] = {"model": "vit_base_patch16_224", "seed": 0}
-        entry["spec"] = "random-vit(vit_base_patch16_224)"
-        return load_random_vit(entry, None, "cpu")
+        return load_encoder("random-vit:vit_base_patch16_224")
     return load_encoder(name)
 
 
@@ -201,34 +202,96 @@ def _bf16_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).to(torch.bfloat16).eval()
 
 
-def gpu_section(args) -> list[str]:
-    """Images/s per encoder and batch size on CUDA under bf16 autocast (the extraction's GPU path)."""
-    lines = [
-        f"- GPU: {torch.cuda.get_device_name(0)}",
-        "",
-        "| encoder | batch | img/s (bf16 autocast) | img/s (fp32) |",
-        "|---|---:|---:|---:|",
-    ]
-    for name in args.models.split(","):
-        encoder = load(name)
-        module = encoder.module.cuda().eval()
-        shape = input_shape(encoder)
-        for batch in (16, 64, 256):
-            x = torch.randn(batch, *shape, device="cuda")
-            rates = []
-            for amp in (True, False):
-                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                    module(x)
-                    torch.cuda.synchronize()
+def gpu_rows(
+    names: list[str],
+    batches: list[int],
+    precisions: list[str],
+    device: str = "cuda",
+    repeats: int = 5,
+    preset_batch: bool = True,
+) -> list[dict]:
+    """Images/s and peak memory of each random-weight paper encoder per precision and batch size.
+
+    Batch sizes are `batches` plus (with `preset_batch`) the preset's own; each (precision, batch) runs one warm-up batch and then
+    `repeats` timed batches through `PrecisionRunner` (no halving: an out-of-memory batch is recorded as
+    such). Peak memory is `torch.cuda.max_memory_allocated` (None on the CPU).
+    """
+    from cbmir.models import presets
+    from cbmir.precision import PrecisionRunner, is_out_of_memory
+    from paper_architectures import input_side, random_encoder
+
+    cuda = device.startswith("cuda")
+    rows = []
+    for name in names:
+        encoder = random_encoder(name)
+        side = input_side(name)
+        sizes = sorted(set(batches) | ({int(presets()[name].batch_size)} if preset_batch else set()))
+        for precision in precisions:
+            runner = PrecisionRunner(encoder, device, bf16=False, precision=precision)
+            for batch in sizes:
+                row = {"encoder": name, "precision": runner.dtype_name, "batch": batch, "input": side}
+                x = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(0))
+                if cuda:
+                    x = x.to(device)
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                try:
+                    runner(x)  # warm-up
+                    if cuda:
+                        torch.cuda.synchronize(device)
                     start = time.perf_counter()
-                    for _ in range(5):
-                        module(x)
-                    torch.cuda.synchronize()
-                rates.append(5 * batch / (time.perf_counter() - start))
-            line = f"| {name} | {batch} | {rates[0]:.0f} | {rates[1]:.0f} |"
-            print(line, flush=True)
-            lines.append(line)
+                    for _ in range(repeats):
+                        runner(x)
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    row["img_s"] = repeats * batch / (time.perf_counter() - start)
+                    row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+                except (RuntimeError, MemoryError) as err:
+                    if not is_out_of_memory(err):
+                        raise
+                    row["img_s"], row["peak_gib"] = None, "out of memory"
+                print(row, flush=True)
+                rows.append(row)
+            del runner
+        del encoder
+    return rows
+
+
+def gpu_table(rows: list[dict]) -> list[str]:
+    """The rows of `gpu_rows` as a markdown table."""
+
+    def cell(v, fmt):
+        return "n/a" if v is None else v if isinstance(v, str) else format(v, fmt)
+
+    lines = [
+        "| encoder | input px | precision | batch | img/s | peak memory GiB |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['encoder']} | {r['input']} | {r['precision']} | {r['batch']} | {cell(r['img_s'], '.1f')} "
+            f"| {cell(r['peak_gib'], '.2f')} |"
+        )
     return lines
+
+
+def gpu_section(args) -> list[str]:
+    """The GPU table for the paper's nine encoders with random weights, or [] (with a printed line) without CUDA."""
+    if not torch.cuda.is_available():
+        print("GPU section skipped: torch.cuda.is_available() is False", flush=True)
+        return []
+    rows = gpu_rows(
+        args.gpu_models.split(","),
+        [int(b) for b in args.gpu_batches.split(",")],
+        args.gpu_precisions.split(","),
+        repeats=args.gpu_repeats,
+    )
+    head = [
+        f"- GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; random weights, full-size "
+        f"architectures; {args.gpu_repeats} timed batches after one warm-up; forward only (no decoding)",
+        "",
+    ]
+    return head + gpu_table(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,25 +304,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs")
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU section")
+    parser.add_argument("--gpu-models", default=",".join(PAPER_NINE), help="comma-separated paper presets")
+    parser.add_argument("--gpu-batches", default="8,32,128", help="batch sizes (each preset's own is added)")
+    parser.add_argument("--gpu-precisions", default="bf16,fp32", help="comma-separated: fp32, bf16, fp16")
+    parser.add_argument("--gpu-repeats", type=int, default=5, help="timed batches per measurement")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     command = "python benchmarks/bench_extraction.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "images"
-        root.mkdir()
-        manifest = write_images(root, args.n)
-        lines = cpu_section(args, manifest, root, Path(tmp) / "out")
-    if not args.no_append:
-        append_results(
-            "bench_extraction: forward pass and pipeline against the same-dtype GEMM rate (CPU)",
-            command,
-            lines,
-            machine_extra=f"torch {torch.__version__}; shared machine: compare ratios within a row, not across runs",
-        )
-    if torch.cuda.is_available():
-        gpu = gpu_section(args)
+    if not args.gpu_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "images"
+            root.mkdir()
+            manifest = write_images(root, args.n)
+            lines = cpu_section(args, manifest, root, Path(tmp) / "out")
         if not args.no_append:
-            append_results("bench_extraction: GPU images/s per encoder and batch size", command, gpu)
+            append_results(
+                "bench_extraction: forward pass and pipeline against the same-dtype GEMM rate (CPU)",
+                command,
+                lines,
+                machine_extra=f"torch {torch.__version__}; shared machine: compare ratios within a row, not across runs",
+            )
+    gpu = gpu_section(args)
+    if gpu and not args.no_append:
+        append_results(
+            "bench_extraction: GPU images/s and peak memory per paper encoder (random weights), precision and batch",
+            command,
+            gpu,
+        )
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -53,8 +54,9 @@ class Preprocessing(BaseModel):
 class Preprocess:
     """PIL RGB image -> [C, H, W] tensor by `Preprocessing` settings (picklable, for DataLoader workers).
 
-    Resize (exact / shortest side / longest side), centre-crop, scale (`unit`: /255; `minmax`: each image's
-    min..max to 0..1), normalise, then `pad_to` pads bottom/right with zeros (as SAM's processor does).
+    Resize (exact / shortest side / longest side) with PIL, centre-crop as Hugging Face's processors do (offsets
+    rounded down; zero padding where the image is smaller), scale (`unit`: /255; `minmax`: each image's min..max
+    to 0..1), normalise, then `pad_to` pads bottom/right with zeros (as SAM's processor does).
     """
 
     def __init__(self, cfg: Preprocessing | dict[str, Any]):
@@ -74,12 +76,11 @@ class Preprocess:
             size = [int(h * s + 0.5), int(w * s + 0.5)]
         if cfg.antialias is False:
             x = F.resize(F.pil_to_tensor(image), size, interpolation=self.interp, antialias=False)
-            x = (F.center_crop(x, [cfg.crop, cfg.crop]) if cfg.crop else x).float()
         else:
-            image = F.resize(image, size, interpolation=self.interp, antialias=True)
-            if cfg.crop:
-                image = F.center_crop(image, [cfg.crop, cfg.crop])
-            x = F.pil_to_tensor(image).float()
+            x = F.pil_to_tensor(F.resize(image, size, interpolation=self.interp, antialias=True))
+        if cfg.crop:
+            x = center_crop_floor(x, cfg.crop)
+        x = x.float()
         if cfg.scale == "minmax":
             lo, hi = x.min(), x.max()
             x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
@@ -95,6 +96,26 @@ class Preprocess:
     def describe(self) -> dict[str, Any]:
         """The settings, for provenance."""
         return {"kind": "cbmir.Preprocess", **self.cfg.model_dump(exclude_none=True)}
+
+
+def center_crop_floor(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop a [C, H, W] tensor to `size` x `size` as Hugging Face's image processors do.
+
+    The top/left offset is (H - size) // 2, rounded down (torchvision's `center_crop` rounds half to even, one
+    pixel off for some sizes). A side shorter than `size` is first zero-padded, ceil of half the missing
+    pixels before it, the rest after.
+    """
+    h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    if h < size or w < size:
+        new_h, new_w = max(h, size), max(w, size)
+        pad_top, pad_left = math.ceil((new_h - h) / 2), math.ceil((new_w - w) / 2)
+        padded = x.new_zeros((*x.shape[:-2], new_h, new_w))
+        padded[..., pad_top : pad_top + h, pad_left : pad_left + w] = x
+        x, top, left = padded, top + pad_top, left + pad_left
+        bottom, right = min(new_h, top + size), min(new_w, left + size)
+        return x[..., max(0, top) : bottom, max(0, left) : right]
+    return x[..., top : top + size, left : left + size]
 
 
 def hf_processor_transform(processor: Any) -> Callable[[Image.Image], torch.Tensor]:

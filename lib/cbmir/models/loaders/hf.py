@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from ..registry import Loaded, LoaderFamily, Preset, WeightsLocation, register_family
+from ..registry import Loaded, LoaderFamily, Preset, PresetError, WeightsLocation, register_family
 from ..strict import check_keys, split_unused, unused_record
 from ..transforms import Preprocess, describe_hf_processor, hf_processor_transform
 from ..weights import (
@@ -119,7 +119,12 @@ def _from_file(cls: Any, name: str, repo: str, path: Path, **kwargs: Any) -> Any
 
 
 def processor_or_preset(preset: Preset, checkpoint: Path | None):
-    """The checkpoint's own image processor if it is available locally, else the preset's `preprocess`."""
+    """The checkpoint's own image processor if it is available locally, else the preset's `preprocess`.
+
+    The processor is transformers' PIL backend, which computes what the checkpoints' processors computed when
+    they were published (transformers 5 defaults to its torchvision backend, one or two grey levels off). A
+    config the installed transformers cannot read falls back to the preset.
+    """
     from transformers import AutoImageProcessor
 
     repo = preset.source
@@ -132,7 +137,7 @@ def processor_or_preset(preset: Preset, checkpoint: Path | None):
         srcs.append((repo, {}))
     for src, kw in srcs:
         try:
-            proc = AutoImageProcessor.from_pretrained(src, **kw)
+            proc = AutoImageProcessor.from_pretrained(src, backend="pil", **kw)
         except (OSError, ValueError):
             continue
         return hf_processor_transform(proc), describe_hf_processor(proc)
@@ -274,12 +279,27 @@ HEADS: dict[str, Head] = {
 
 
 class HfOptions(BaseModel):
-    """`head`: a key of `HEADS`; `mask_ratio` (mae_cls only): 0 = no masking, null = the checkpoint's own."""
+    """`head`: a key of `HEADS`; `mask_ratio` (mae_cls only): 0 = no masking, null = the checkpoint's own;
+    `pos_interpolation` (DINOv2 only): `original` resizes the position embeddings as the DINOv2 code and
+    transformers 4.x do (`cbmir.models.dinov2_positions`), `transformers` as the installed transformers does."""
 
     model_config = ConfigDict(extra="forbid")
 
     head: Literal["vit_cls", "cls", "mae_cls", "resnet_pooled", "resnet_logits", "sam_mean", "pooled_or_cls"]
     mask_ratio: float | None = 0.0
+    pos_interpolation: Literal["original", "transformers"] = "transformers"
+
+
+def _set_pos_interpolation(preset: Preset, model: Any, how: str) -> None:
+    """Apply the `pos_interpolation` option (only a DINOv2 model takes `original`)."""
+    if how == "transformers":
+        return
+    from ..dinov2_positions import use_original_interpolation
+
+    try:
+        use_original_interpolation(model)
+    except TypeError as err:
+        raise PresetError(f"preset {preset.name!r}: options.pos_interpolation: {err}") from err
 
 
 @register_family
@@ -320,8 +340,11 @@ class HfFamily(LoaderFamily):
         )
         unused = check_hf_loading(preset.name, where, info, head.used)
         unused.update(_unused_parts(model, head.used, info))
+        _set_pos_interpolation(preset, model, opts["pos_interpolation"])
         module, extra = head.wrap(model, opts)
         extra = {**extra, "unused_weights": unused}
+        if opts["pos_interpolation"] != "transformers":
+            extra["pos_interpolation"] = opts["pos_interpolation"]
         if opts["head"] == "sam_mean":
             transform, pre = sam_transform(preset, checkpoint)
         else:

@@ -262,21 +262,13 @@ def text_tower_from(
     )
 
 
-def vision_tower_from(
-    preset: Preset, mc: dict, pp: dict, quick_gelu: bool, state: dict, weights: Path
-) -> Loaded:
-    """open_clip's vision tower of model config `mc` from a full state dict (`visual.*`), loaded strictly,
-    with open_clip's eval transform (preprocess config `pp`, OpenAI mean/std by default)."""
+def openclip_transform(model_cfg: dict, preprocess_cfg: dict):
+    """open_clip's eval transform for a model config and its checkpoint's preprocess config (defaults: the
+    OpenAI mean and std, bicubic, shortest-side resize), and its settings for provenance."""
     import open_clip
-    from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
-    visual = _build_vision_tower(mc["embed_dim"], CLIPVisionCfg(**mc["vision_cfg"]), quick_gelu=quick_gelu)
-    vstate = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-    if not vstate:
-        raise PresetError(f"model {preset.name!r}: {weights} holds no 'visual.*' tensors")
-    load_strict(visual, vstate, preset.name, weights, heads=())
-    unused = unused_record(k for k in state if not k.startswith("visual."))  # the text tower
-    size = mc["vision_cfg"].get("image_size", 224)
+    pp = preprocess_cfg
+    size = model_cfg["vision_cfg"].get("image_size", 224)
     pre = {
         "image_size": size,
         "mean": pp.get("mean") or open_clip.OPENAI_DATASET_MEAN,
@@ -285,13 +277,34 @@ def vision_tower_from(
         "resize_mode": pp.get("resize_mode") or "shortest",
     }
     transform = open_clip.image_transform(
-        size, is_train=False, mean=pre["mean"], std=pre["std"],
-        resize_mode=pre["resize_mode"], interpolation=pre["interpolation"],
-    )  # fmt: skip
+        size,
+        is_train=False,
+        mean=pre["mean"],
+        std=pre["std"],
+        resize_mode=pre["resize_mode"],
+        interpolation=pre["interpolation"],
+    )
     described = {
         "kind": "open_clip.image_transform",
         **{k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
     }
+    return transform, described
+
+
+def vision_tower_from(
+    preset: Preset, mc: dict, pp: dict, quick_gelu: bool, state: dict, weights: Path
+) -> Loaded:
+    """open_clip's vision tower of model config `mc` from a full state dict (`visual.*`), loaded strictly,
+    with open_clip's eval transform (preprocess config `pp`, OpenAI mean/std by default)."""
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+    visual = _build_vision_tower(mc["embed_dim"], CLIPVisionCfg(**mc["vision_cfg"]), quick_gelu=quick_gelu)
+    vstate = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    if not vstate:
+        raise PresetError(f"model {preset.name!r}: {weights} holds no 'visual.*' tensors")
+    load_strict(visual, vstate, preset.name, weights, heads=())
+    unused = unused_record(k for k in state if not k.startswith("visual."))  # the text tower
+    transform, described = openclip_transform(mc, pp)
     return Loaded(
         visual, transform, described, [weights], dim=int(mc["embed_dim"]),
         extra={"quick_gelu": quick_gelu, "unused_weights": unused},

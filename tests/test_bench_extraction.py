@@ -1,0 +1,74 @@
+"""benchmarks/bench_extraction.py: its GPU section's random-weight paper encoders and table, run on the CPU."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cbmir.models import presets
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import bench_extraction  # noqa: E402
+from paper_architectures import PAPER_NINE, input_side, random_encoder  # noqa: E402
+
+# parameters of each published vision tower + embedding head, in millions (model cards and papers)
+PUBLISHED_MILLIONS = {
+    "vit-b16-in21k": 85.8, "vit-mae-b": 85.8, "dinov2-b14": 86.6, "sam-vit-b": 89.7, "medsam-vit-b": 89.7,
+    "biomedclip": 86.2, "medclip": 27.9, "resnet50": 25.6, "clip-vit-l14": 304.0,
+}  # fmt: skip
+
+
+def test_the_nine_are_the_papers_correct_presets():
+    paper = {n for n, p in presets().items() if p.paper_model and p.behaviour == "correct"}
+    assert set(PAPER_NINE) == paper == set(PUBLISHED_MILLIONS)
+
+
+@pytest.mark.parametrize("name", PAPER_NINE)
+def test_random_encoders_are_full_size_with_the_presets_width(name):
+    enc = random_encoder(name, device="meta")  # shapes only: no memory, no initialisation
+    n = sum(p.numel() for p in enc.module.parameters()) / 1e6
+    assert n == pytest.approx(PUBLISHED_MILLIONS[name], rel=0.01)
+    side = input_side(name)
+    with torch.device("meta"):
+        out = enc.module(torch.empty(2, 3, side, side))
+    assert tuple(out.shape) == (2, presets()[name].dim) == (2, enc.dim)
+
+
+@pytest.mark.slow
+def test_random_encoder_is_seeded():
+    a, b = random_encoder("resnet50", seed=3), random_encoder("resnet50", seed=3)
+    for (ka, va), (kb, vb) in zip(a.module.state_dict().items(), b.module.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    with pytest.raises(ValueError, match="no random-weight builder"):
+        random_encoder("raw-pixels")
+
+
+@pytest.mark.slow  # a full-size ResNet50 through PrecisionRunner's checked CPU rewrites
+def test_gpu_rows_and_table_on_the_cpu():
+    rows = bench_extraction.gpu_rows(
+        ["resnet50"], [1, 2], ["fp32"], device="cpu", repeats=1, preset_batch=False
+    )
+    assert [(r["encoder"], r["batch"], r["precision"], r["input"]) for r in rows] == [
+        ("resnet50", 1, "fp32", 224),
+        ("resnet50", 2, "fp32", 224),
+    ]
+    assert all(np.isfinite(r["img_s"]) and r["img_s"] > 0 and r["peak_gib"] is None for r in rows)
+    table = bench_extraction.gpu_table(
+        rows + [{**rows[0], "batch": 512, "img_s": None, "peak_gib": "out of memory"}]
+    )
+    assert table[0].startswith("| encoder | input px | precision | batch | img/s | peak memory GiB |")
+    assert len(table) == 2 + len(rows) + 1
+    assert table[2].startswith("| resnet50 | 224 | fp32 | 1 | ") and table[2].endswith(" | n/a |")
+    assert table[-1] == "| resnet50 | 224 | fp32 | 512 | n/a | out of memory |"
+
+
+def test_gpu_section_is_skipped_with_a_line_without_cuda(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = bench_extraction.argparse.Namespace(
+        gpu_models="resnet50", gpu_batches="1", gpu_precisions="fp32", gpu_repeats=1
+    )
+    assert bench_extraction.gpu_section(args) == []
+    assert "GPU section skipped" in capsys.readouterr().out

@@ -392,7 +392,11 @@ class _Builder:
         not_run = [p.output_name for p in pages if p.status == "not run"]
         skipped = [f"{p.output_name} ({p.error})" for p in pages if p.status == "skipped"]
         ran = len(pages) - sum(p.status == "skipped" for p in pages)
-        run_text = f"{ok} of {ran} notebooks ran without error in the last run ({seconds:.0f} s in all)."
+        n_skipped = len(pages) - ran
+        run_text = (
+            f"{ok} of {len(pages)} notebooks ran without error in the last run ({seconds:.0f} s in all)"
+            + (f"; {n_skipped} skipped." if n_skipped else ".")
+        )
         if failed:
             run_text += f" Failed: {', '.join(failed)}."
         if not_run:

@@ -83,6 +83,13 @@ def _other_name(name: str) -> str:
     return BASELINE_NAMES.get(name, name)
 
 
+# the set of tests each Holm adjustment runs over, named in the sentence: one pair can sit in two families
+HOLM_FAMILIES = {
+    "best": " over the comparisons with the best model",
+    "baseline": " over the encoder-baseline pairs",
+}
+
+
 def comparison_sentence(row: Mapping, other: str = "best", measure: str | None = None) -> str:
     """One paired comparison (a row of `summary.against_best` or `against_baselines`) as a sentence.
 
@@ -91,7 +98,8 @@ def comparison_sentence(row: Mapping, other: str = "best", measure: str | None =
     measure = measure or f"{row['average']} P@{int(row['N'])}"
     model, ref = row["model"], _other_name(str(row[other]))
     holm = "p_holm" in row and not pd.isna(row["p_holm"])
-    p = pval(row["p_holm"] if holm else row["p_value"]) + (" (Holm-adjusted)" if holm else "")
+    family = HOLM_FAMILIES.get(other, "")
+    p = pval(row["p_holm"] if holm else row["p_value"]) + (f" (Holm-adjusted{family})" if holm else "")
     tail = f"({interval(row['low'], row['high'], diff=True)}; {p}; {cases(row['n_cases'])})"
     d = pair_direction(row)
     if too_few(row["n_cases"]):
@@ -410,13 +418,18 @@ def _anatomy_verdict(levels: pd.DataFrame, n: int, average: str) -> tuple[str, s
         if too_few(reg["n_cases"]):
             few = True
             continue
-        passed += int(reg[lo] > lab[hi])
-        failed += int(reg[hi] < lab[lo])
+        # a label hit is a region hit by construction, so the raw shares are not compared: each level's
+        # excess over its own chance value is (unpaired bands)
+        chance = f"chance_{average}"
+        reg_c, lab_c = (reg[chance], lab[chance]) if chance in g.columns else (0.0, 0.0)
+        passed += int(reg[lo] - reg_c > lab[hi] - lab_c)
+        failed += int(reg[hi] - reg_c < lab[lo] - lab_c)
     if few and not passed and not failed:
         return NOT_SHOWN, _few(part["n_cases"].min())
     evidence = (
-        f"region-level {average} P@{n} above label-level (bands not overlapping) for {passed} of {total} models, "
-        f"below for {failed}"
+        f"{average} P@{n} minus its chance value, region level against label level (a label hit is always a "
+        f"region hit, so the raw shares are not compared; 95 % bands not overlapping, unpaired): higher at the "
+        f"region level for {passed} of {total} models, lower for {failed}"
     )
     return _count_verdict(passed, failed, total), evidence
 
@@ -441,7 +454,8 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
     if too_few(part["n_cases"].min()):
         return NOT_SHOWN, _few(part["n_cases"].min())
     changed = total = 0
-    for _, g in part.groupby("model", sort=False):
+    which: list[str] = []
+    for model, g in part.groupby("model", sort=False):
         t = g.sort_values("index_cases")
         if t["index_cases"].nunique() < 2:
             continue
@@ -449,11 +463,14 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
         # judged above chance: chance itself rises with the index (more images of the query's class)
         above = t.assign(**{c: t[c] - t["chance"] for c in ("estimate", "low", "high")})
         first, last = t["index_cases"].iloc[0], t["index_cases"].iloc[-1]
-        changed += int(_change(above, "index_cases", first, last, "estimate", "low", "high") != 0)
+        moved = _change(above, "index_cases", first, last, "estimate", "low", "high") != 0
+        changed += int(moved)
+        which += [str(model)] if moved else []
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
     evidence = (
-        f"{measure} above its chance value (which rises with the index too) at the smallest and the full index "
-        f"differs beyond the 95 % bands for {changed} of {total} models (notebook 4)"
+        f"the excess of {measure} over its chance value (chance rises with the index too) differs between the "
+        f"smallest and the full index beyond the 95 % bands (unpaired) for {changed} of {total} models"
+        f"{' (' + ', '.join(which) + ')' if which else ''} (notebook 4)"
     )
     return _count_verdict(changed, 0, total), evidence
 

@@ -318,13 +318,13 @@ def learning_curves(
     fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 4.3 * rows), squeeze=False)
     for ax, model in zip(axes.flat, models, strict=False):
         part = curves[curves["model"] == model]
-        ax.plot(part["epoch"], part["train_loss"], color="tab:blue", label="train loss")
-        ax.plot(part["epoch"], part["selection_loss"], color="tab:orange", label="selection loss")
+        ax.plot(part["epoch"], part["train_loss"], color="0.2", label="train loss")
+        ax.plot(part["epoch"], part["selection_loss"], color="#7b4fa6", ls="--", label="selection loss")
         ax.set_xlabel("epoch")
         ax.set_ylabel("cross-entropy")
         acc = ax.twinx()
         acc.plot(
-            part["epoch"], part["selection_accuracy"], color="tab:green", ls=":", label="selection accuracy"
+            part["epoch"], part["selection_accuracy"], color="#b08fd0", ls=":", label="selection accuracy"
         )
         acc.set_ylim(0, 1)
         acc.set_ylabel("accuracy")
@@ -494,6 +494,10 @@ def curves_with_chance(
     return fig
 
 
+# colours of a non-model hue (classifier heads, loss curves): purples, kept apart from the models' colours
+HUE_COLOURS = ["#5b3a8c", "#b99ad6", "#2d1b4e", "#e2d4f0"]
+
+
 def bars_with_chance(
     df: pd.DataFrame,
     x: str,
@@ -515,7 +519,12 @@ def bars_with_chance(
     xs = list(dict.fromkeys(df[x]))
     hues = list(dict.fromkeys(df[hue])) if hue else [None]
     width = 0.8 / len(hues)
-    palette = sns.color_palette("tab10", n_colors=max(1, len(hues)))
+    # a hue that is not the model (e.g. the classifier head) gets purples, apart from every model's colour
+    palette = (
+        HUE_COLOURS[: max(1, len(hues))]
+        if len(hues) <= len(HUE_COLOURS)
+        else sns.color_palette("Purples_d", len(hues))
+    )
     by_model = hue == "model" or (hue is None and x == "model")
     looks = (
         model_styles(hues if hue == "model" else xs, baselines=baselines) if by_model or x == "model" else {}

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"- {args.model}, {len(manifest)} RadMini images, batch {args.batch}, chunks of {args.chunk}, "
                 f"best of {args.rounds} alternating rounds; 1-min load average {load_before:.1f} at start, "
                 f"{os.getloadavg()[0]:.1f} at the end of the CPU section",
-                "- the machine is shared by six concurrent sessions: the ratio is measured under contention",
+                "- the load average above says how busy the machine was: compare the engines within this run only",
                 "",
                 *compare(manifest, root, args, Path(tmp), "cpu", "cpu"),
             ]

@@ -17,7 +17,7 @@ Stages (each a child process, its wall time and peak RSS of the whole process tr
    per notebook (per-model notebooks: one child for all models).
 
 Results are appended to benchmarks/RESULTS.md (with the load average: the machine is shared) and kept as JSON
-beside the artefacts. Everything is written under `--root` (default /tmp/cbmir-rehearsal-<scale>), never in the
+beside the artefacts. Everything is written under `--root` (default: cbmir-rehearsal-<scale> in the system temp folder), never in the
 repository.
 
     python benchmarks/rehearse_paper_scale.py --scale 0.01
@@ -32,6 +32,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def generate(root: Path, scale: float, seed: int) -> dict:
         mdir = exp / model
         mdir.mkdir(exist_ok=True)
         (mdir / "config.json").write_text(
-            json.dumps({"model": model, "embeddings": f"/home/them/embeddings/{model}", "k": K})
+            json.dumps({"model": model, "embeddings": f"embeddings/{model}", "k": K})
         )
         base = {"SAMViTB": 0.80, "BiomedCLIPVitB16_224": 0.86, "ViTB16": 0.84}[model]
         for table in ("knn_classification", "linear_probing"):
@@ -332,7 +333,10 @@ def check_precision(root: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=0.01, help="fraction of the paper's 1.6 M rows")
-    ap.add_argument("--root", help="where everything is written (default /tmp/cbmir-rehearsal-<scale>)")
+    ap.add_argument(
+        "--root",
+        help="where everything is written (default: cbmir-rehearsal-<scale> in the system temp folder)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--stages",
@@ -343,7 +347,7 @@ def main() -> int:
     ap.add_argument("--drop-h5", action="store_true", help="delete the HDF5 files after a good import (disk)")
     ap.add_argument("--no-results", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args()
-    root = Path(args.root or f"/tmp/cbmir-rehearsal-{args.scale:g}")
+    root = Path(args.root or Path(tempfile.gettempdir()) / f"cbmir-rehearsal-{args.scale:g}")
     root.mkdir(parents=True, exist_ok=True)
     log = root / "rehearsal.log"
     record_path = root / "rehearsal.json"

@@ -7,8 +7,8 @@ For each encoder and precision (fp32; bf16 where the CPU multiplies bf16 nativel
 - the machine's GEMM rate for the same dtype (square-ish matmuls of transformer shapes), measured in the same
   rounds, interleaved with the forward passes, best of `--rounds`: every speed is quoted as a ratio to it;
 - decode + resize + normalise time per image (the DataLoader's share) against the forward time per image;
-- the pipeline (`extract_embeddings` from JPEG/PNG files, 2 DataLoader workers): whole-call img/s including
-  start-up and the rewrite checks, and the steady rate from the store's chunk timing.
+- the pipeline (`extract_embeddings` from JPEG/PNG files, the default DataLoader workers): whole-call img/s
+  including start-up, the rewrite checks and compilation, and the steady rate from the store's chunk timing.
 The load average is printed beside each figure: on a shared machine only the ratios mean much.
 
 GPU section (when `torch.cuda.is_available()`; otherwise skipped with a printed line): the paper's nine encoders
@@ -126,15 +126,16 @@ def decode_seconds(encoder, root: Path, manifest: pd.DataFrame) -> float:
 
 
 def pipeline(
-    encoder, manifest: pd.DataFrame, root: Path, out: Path, batch: int, bf16: bool
+    encoder, manifest: pd.DataFrame, root: Path, out: Path, batch: int, bf16: bool, compile: str, workers: int
 ) -> tuple[float, float, list]:
     """(whole-call img/s, steady img/s from the chunk timing, the rewrite steps) of `extract_embeddings`."""
     from cbmir.extract import extract_embeddings
 
     start = time.perf_counter()
     store = extract_embeddings(
-        manifest, root, encoder, out, batch_size=batch, num_workers=2, bf16=bf16, redo=True, device="cpu"
-    )
+        manifest, root, encoder, out, batch_size=batch, num_workers=workers, bf16=bf16, redo=True, device="cpu",
+        compile=compile,
+    )  # fmt: skip
     elapsed = time.perf_counter() - start
     assert len(store.ids) == len(manifest), "pipeline lost rows"
     steps = store.provenance.get("speed", {}).get("steps", [])
@@ -153,7 +154,9 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
     lines = [
         f"- CPU: {info['model']}, {info['cores']} cores, torch threads {torch.get_num_threads()}; ISA: {', '.join(info['isa'])}",
         f"- {args.n} images per measurement (chest X-ray JPEG/PNG from pneumonia-model-package), batch {args.batch}, "
-        f"best of {args.rounds} interleaved rounds (GEMM, orig forward, fast forward); load = 1-min load average",
+        f"best of {args.rounds} interleaved rounds (GEMM, orig forward, fast forward); load = 1-min load average; "
+        f"fast = cbmir.accelerate with compile {args.compile!r}; pipeline = extract_embeddings with the same, "
+        f"{args.workers} DataLoader workers, {args.pipeline_n} images",
         "",
         "| encoder | precision | GFLOP/img | GEMM GFLOP/s | orig img/s | orig % GEMM | fast img/s | fast % GEMM | fast/orig | "
         "decode ms/img | forward ms/img | pipeline img/s (whole / steady) | steady % fast | load | steps |",
@@ -168,10 +171,12 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
             for i in range(0, args.n, args.batch)
         ]
         gflop = count_gflop(encoder.module.eval(), batches[0])
-        decode = decode_seconds(encoder, root, manifest)
+        decode = decode_seconds(encoder, root, manifest.iloc[: args.n])
         for precision in precisions:
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            fast, _info = optimise_for_inference(encoder, "cpu", precision, example=batches[0][:1])
+            fast, fast_info = optimise_for_inference(
+                encoder, "cpu", precision, example=batches[0][:1], compile=args.compile, batch_size=args.batch
+            )
             orig = encoder.module if precision == "fp32" else _bf16_copy(encoder.module)
             orig_batches = batches if precision == "fp32" else [b.to(dtype) for b in batches]
             best = {"gemm": 0.0, "orig": 0.0, "fast": 0.0}
@@ -182,8 +187,11 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
                 best["fast"] = max(best["fast"], bare(fast.module, batches))
                 loads.append(load_avg())
             whole, steady, steps = pipeline(
-                encoder, manifest, root, tmp / f"{name}-{precision}", args.batch, precision == "bf16"
-            )
+                encoder, manifest.iloc[: args.pipeline_n], root, tmp / f"{name}-{precision}", args.batch, precision == "bf16",
+                args.compile, args.workers,
+            )  # fmt: skip
+            if "compile_seconds" in fast_info:
+                steps = [*steps, f"compile {fast_info['compile_seconds']:.0f} s: {fast_info['compile']}"]
             g = best["gemm"]
             row = (
                 f"| {name} | {precision} | {gflop:.1f} | {g:.0f} | {best['orig']:.3f} | {100 * best['orig'] * gflop / g:.0f} % "
@@ -298,11 +306,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8, help="images per measurement")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--pipeline-n", type=int, default=64, help="images for the pipeline measurement")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best of each is kept")
     parser.add_argument(
         "--models", default=DEFAULT_MODELS, help="comma-separated: vit-b16-random or preset names"
     )
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs")
+    parser.add_argument(
+        "--compile", default="on", choices=["auto", "on", "off"], help="torch.compile of 'fast'"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers (default: cores but one)"
+    )
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU section")
     parser.add_argument("--gpu-models", default=",".join(PAPER_NINE), help="comma-separated paper presets")
@@ -311,12 +326,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-repeats", type=int, default=5, help="timed batches per measurement")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.workers is None:
+        from cbmir.precision import default_workers
+
+        args.workers = default_workers()
     command = "python benchmarks/bench_extraction.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if not args.gpu_only:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "images"
             root.mkdir()
-            manifest = write_images(root, args.n)
+            manifest = write_images(root, max(args.n, args.pipeline_n))
             lines = cpu_section(args, manifest, root, Path(tmp) / "out")
         if not args.no_append:
             append_results(

@@ -138,3 +138,76 @@ def test_cuda_is_left_alone_and_bad_precision_is_named() -> None:
     with pytest.raises(ValueError, match="precision"):
         optimise_for_inference(enc, "cpu", "fp16")
     assert set(cpu_info()) >= {"model", "isa", "native_bf16"}
+
+
+def _gelu_conv_encoder() -> tuple[Encoder, nn.Module]:
+    torch.manual_seed(3)
+    module = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, 16, 3, padding=1), nn.GELU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8),
+    ).eval()  # fmt: skip
+    return Encoder("toy", module, lambda im: torch.zeros(3, 16, 16), 8, "mean"), module
+
+
+def test_fixed_batch_pads_and_gives_the_same_rows() -> None:
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    seen: list[int] = []
+    module.register_forward_pre_hook(lambda _m, inp: seen.append(len(inp[0])))
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        got = Prepared(module, torch.float32, False, 0, False, fixed_batch=4)(x)
+        torch.testing.assert_close(got, module(x))
+    assert seen[:2] == [4, 4]  # the short last batch (1 image) ran padded to 4
+
+
+def test_compile_auto_skips_a_short_run_and_reports_why() -> None:
+    enc, _ = _gelu_conv_encoder()
+    x = torch.randn(1, 3, 16, 16)
+    fast, info = optimise_for_inference(enc, "cpu", "fp32", example=x, compile="auto", n_images=3)
+    assert info["compile"].startswith("not compiled: eager run expected")
+    assert fast.module.fixed_batch == 0 and not any("compile" in s for s in info["steps"])
+
+
+def test_compile_without_a_compiler_runs_eagerly(monkeypatch) -> None:
+    import cbmir.accelerate as acc
+
+    monkeypatch.setattr(acc, "compiler_available", lambda: False)
+    enc, _ = _gelu_conv_encoder()
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        fast, info = optimise_for_inference(
+            enc, "cpu", "fp32", example=torch.randn(1, 3, 16, 16), compile="on"
+        )
+    assert info["compile"] == "not compiled: no C++ compiler on PATH" and fast.module.fixed_batch == 0
+    with pytest.raises(ValueError, match="parameter 'compile'"):
+        optimise_for_inference(enc, "cpu", "fp32", compile="always")
+
+
+@pytest.mark.parametrize("compiled_faster", [True, False])
+def test_compile_is_kept_only_when_faster_and_equal(monkeypatch, compiled_faster: bool) -> None:
+    """Real inductor compilation (needs g++); the timings are set so the keep/discard rule is what is tested."""
+    import cbmir.accelerate as acc
+
+    if not acc.compiler_available():
+        pytest.skip("no C++ compiler for torch.compile")
+    real = acc._seconds
+
+    def fake_seconds(fn, x):
+        real(fn, x)
+        return (0.5 if compiled_faster else 2.0) if fn.fixed_batch else 1.0
+
+    monkeypatch.setattr(acc, "_seconds", fake_seconds)
+    enc, module = _gelu_conv_encoder()
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    fast, info = optimise_for_inference(enc, "cpu", "fp32", example=x[:1], compile="on", batch_size=4)
+    with torch.inference_mode():
+        got, expected = fast.module(x), module(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)  # 5 rows through a batch-4 compile
+    assert isinstance(info["compile_seconds"], float) and set(info["seconds_per_image"]) == {
+        "eager",
+        "compiled",
+    }
+    if compiled_faster:
+        assert info["compile"] == "compiled" and fast.module.fixed_batch == 4
+        assert info["steps"][-1].startswith("torch.compile (inductor, freezing")
+    else:
+        assert info["compile"].startswith("not kept: compiled") and fast.module.fixed_batch == 0

@@ -46,8 +46,22 @@ def test_resolve_precision(monkeypatch, precision, bf16, device, native, expecte
     assert all(c is False for c in calls)  # asks for native support, never emulation
 
 
+@pytest.mark.parametrize(("device", "native", "expected"), [
+    ("cpu", True, "bf16"), ("cpu", False, "fp32"), ("cuda", True, "bf16"), ("cuda:0", False, "fp32"),
+])  # fmt: skip
+def test_auto_precision_is_bf16_only_where_native(monkeypatch, device, native, expected):
+    import cbmir.accelerate as acc
+
+    monkeypatch.setattr(acc, "cpu_info", lambda: {"native_bf16": native})
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native)
+    assert P.resolve_precision("auto", False, device) == expected
+    assert P.resolve_precision("auto", True, device) == expected  # auto wins over the bf16 flag
+
+
 def test_bad_precisions_name_the_parameter():
-    with pytest.raises(P.PrecisionError, match=r"'precision' is 'fp8'; allowed \['fp32', 'bf16', 'fp16'\]"):
+    with pytest.raises(
+        P.PrecisionError, match=r"'precision' is 'fp8'; allowed \['fp32', 'bf16', 'fp16', 'auto'\]"
+    ):
         P.resolve_precision("fp8", False, "cpu")
     with pytest.raises(P.PrecisionError, match=r"'fp16', which runs on CUDA only \(device 'cpu'\)"):
         P.resolve_precision("fp16", False, "cpu")

@@ -14,6 +14,12 @@ if the output still matches the original on a random batch (cosine >= `FP32_MIN_
                       natively (AVX-512 BF16 / AMX); elsewhere bf16 weights with autocast as before.
 - `micro_batch`     : models whose activations are large (LiteMedSAM runs its first stage at 256x256x256 per
                       image) take the batch a few images at a time, so the working set stays in cache.
+- `torch.compile`   : inductor with weight freezing (conv/linear + GELU fused into one oneDNN call, weights
+                      pre-packed, elementwise chains fused). Compiling costs 10-50 s on 2 cores, so with
+                      `compile="auto"` it runs only when the eager run is expected to last `COMPILE_MIN_SECONDS`
+                      or more (eager seconds per image on the example x the images to embed), is kept only if
+                      the compiled module is faster on the example and matches it, and batches are padded to
+                      one fixed size so a short last batch does not compile again.
 
 What ran is returned as a JSON-able `info` dict, which the extraction records in the store's provenance. On CUDA
 nothing is changed (autocast and pinned memory are handled by the extraction). Figures: benchmarks/RESULTS.md
@@ -25,6 +31,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shutil
+import time
 import types
 import warnings
 from pathlib import Path
@@ -41,6 +49,8 @@ FP32_MIN_COSINE = 0.99999  # a kept fp32 rewrite must reproduce the original out
 BF16_MIN_COSINE = 0.99  # below this a bf16 model is refused and fp32 runs instead
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 LARGE_ACTIVATION_BYTES = 32 * 2**20  # micro-batch when one image's largest activation exceeds this (fp32)
+COMPILE_MODES = ("auto", "on", "off")
+COMPILE_MIN_SECONDS = 90.0  # "auto" compiles when the eager run is expected to take at least this long
 
 
 def cpu_info() -> dict[str, Any]:
@@ -174,19 +184,32 @@ class Prepared(nn.Module):
     """The optimised module behind the `Encoder.module` interface: float32 NCHW in, float32 `[B, D]` out."""
 
     def __init__(
-        self, module: nn.Module, dtype: torch.dtype, channels_last: bool, micro_batch: int, autocast: bool
+        self,
+        module: nn.Module,
+        dtype: torch.dtype,
+        channels_last: bool,
+        micro_batch: int,
+        autocast: bool,
+        fixed_batch: int = 0,
     ) -> None:
         super().__init__()
         self.module, self.dtype, self.channels_last = module, dtype, channels_last
-        self.micro_batch, self.autocast = micro_batch, autocast
+        self.micro_batch, self.autocast, self.fixed_batch = micro_batch, autocast, fixed_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` in steps of `micro_batch` (else whole); with `fixed_batch`, every step is padded to that size."""
         x = x.to(self.dtype)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        step = self.micro_batch or len(x)
+        step = self.fixed_batch or self.micro_batch or len(x)
+        parts = []
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-            parts = [self.module(x[i : i + step]) for i in range(0, len(x), step)]
+            for i in range(0, len(x), step):
+                part = x[i : i + step]
+                short = step - len(part) if self.fixed_batch else 0
+                if short:  # zero images fill the batch (each image's output depends on itself alone)
+                    part = torch.cat([part, part.new_zeros((short, *part.shape[1:]))])
+                parts.append(self.module(part)[: len(part) - short])
         return (parts[0] if len(parts) == 1 else torch.cat(parts)).float()
 
 
@@ -195,16 +218,26 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def optimise_for_inference(
-    encoder: Encoder, device: str = "cpu", precision: str = "fp32", example: torch.Tensor | None = None
+    encoder: Encoder,
+    device: str = "cpu",
+    precision: str = "fp32",
+    example: torch.Tensor | None = None,
+    *,
+    compile: str = "auto",
+    n_images: int | None = None,
+    batch_size: int = 1,
 ) -> tuple[Encoder, dict[str, Any]]:
     """A copy of `encoder` whose module runs fast on `device` at `precision` ("fp32" or "bf16"), and what ran.
 
     The returned module takes the float32 batches `encoder.transform` makes and returns float32 `[B, dim]`.
     `example` is one preprocessed image `[1, C, H, W]` used to find conv/BN pairs and to check each rewrite
-    (default: random values of the transform's shape).
+    (default: random values of the transform's shape). `compile` ("auto", "on", "off") decides `torch.compile`;
+    "auto" needs `n_images` (how many images the run will embed) and compiles for batches of `batch_size`.
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"parameter 'compile' is {compile!r}; allowed {list(COMPILE_MODES)}")
     info: dict[str, Any] = {"device": device, "precision": precision, "threads": torch.get_num_threads()}
     if not device.startswith("cpu"):
         info["steps"] = ["none (CUDA: autocast and pinned memory in the extraction)"]
@@ -269,6 +302,108 @@ def optimise_for_inference(
             raise RuntimeError(
                 f"{encoder.spec}: bf16 output differs from fp32 (cosine {cos:.4f} < {BF16_MIN_COSINE}); use fp32"
             )
-    info["steps"] = steps
     prepared = Prepared(module, dtype, channels_last, micro_batch, autocast).eval()
+    if compile != "off":
+        min_cosine = FP32_MIN_COSINE if precision == "fp32" else BF16_MIN_COSINE
+        prepared = _compiled(
+            prepared, example, reference, min_cosine, compile, n_images, batch_size, steps, info
+        )
+    info["steps"] = steps
     return dataclasses.replace(encoder, module=prepared), info
+
+
+class _Frozen(nn.Module):
+    """A `torch.compile`d module whose (re)compilations run with inductor's weight freezing on.
+
+    Freezing turns the weights into constants, so inductor can fold them, pre-pack them for oneDNN and fuse
+    conv/linear with the pointwise op after it; `torch.compile(options={"freezing": True})` does not reach that
+    pass, the global config does, so it is switched on around each call (compilation happens inside the call).
+    """
+
+    def __init__(self, compiled: nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch._inductor import config
+
+        with config.patch(freezing=True):
+            return self.compiled(x)
+
+
+def compiler_available() -> bool:
+    """Whether inductor's C++ compiler is on PATH (torch.compile on the CPU builds C++ kernels)."""
+    from torch._inductor import config
+
+    cxx = config.cpp.cxx[0] if isinstance(config.cpp.cxx, tuple) else config.cpp.cxx
+    return bool(shutil.which(cxx or "g++") or shutil.which("g++") or shutil.which("c++"))
+
+
+def _seconds(fn, x: torch.Tensor) -> float:
+    with torch.inference_mode():
+        start = time.perf_counter()
+        fn(x)
+        return time.perf_counter() - start
+
+
+def _compiled(
+    prepared: Prepared,
+    example: torch.Tensor,
+    reference: torch.Tensor,
+    min_cosine: float,
+    mode: str,
+    n_images: int | None,
+    batch_size: int,
+    steps: list[str],
+    info: dict[str, Any],
+) -> Prepared:
+    """`prepared` with its module under `torch.compile` when that pays (see module doc), else `prepared`."""
+    step = prepared.micro_batch or max(1, batch_size)
+    if mode == "auto":
+        _seconds(prepared, example)  # warm-up; one image is enough to decide
+        expected = _seconds(prepared, example) * n_images if n_images else 0.0
+        if expected < COMPILE_MIN_SECONDS:
+            info["compile"] = (
+                f"not compiled: eager run expected {expected:.0f} s < {COMPILE_MIN_SECONDS:.0f} s"
+            )
+            return prepared
+    if not compiler_available():
+        info["compile"] = "not compiled: no C++ compiler on PATH"
+        warnings.warn("torch.compile skipped: no C++ compiler (g++) on PATH", stacklevel=3)
+        return prepared
+    candidate = Prepared(
+        _Frozen(torch.compile(prepared.module, dynamic=False)),
+        prepared.dtype,
+        prepared.channels_last,
+        prepared.micro_batch,
+        prepared.autocast,
+        fixed_batch=step,
+    )
+    batch = example.expand(step, *example.shape[1:]).contiguous()
+    _seconds(prepared, batch)  # warm-up at the batch size that will run
+    eager = _seconds(prepared, batch) / step
+    try:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = candidate(example)
+        compile_seconds = time.perf_counter() - start
+        _seconds(candidate, batch)  # the first calls after compiling still create oneDNN primitives
+        compiled = _seconds(candidate, batch) / step
+    except Exception as err:  # noqa: BLE001 - any compiler failure leaves the eager module running
+        info["compile"] = f"not compiled: torch.compile failed ({type(err).__name__}: {str(err)[:200]})"
+        warnings.warn(f"torch.compile failed, running eagerly: {err}", stacklevel=3)
+        return prepared
+    cos = _cosine(out, reference)
+    info["compile_seconds"] = round(compile_seconds, 2)
+    info["seconds_per_image"] = {"eager": round(eager, 4), "compiled": round(compiled, 4)}
+    if cos < min_cosine:
+        info["compile"] = f"not kept: compiled output differs (min cosine {cos:.6f})"
+        return prepared
+    if compiled >= eager:
+        info["compile"] = f"not kept: compiled {compiled:.3f} s/image >= eager {eager:.3f}"
+        return prepared
+    info["compile"] = "compiled"
+    steps.append(
+        f"torch.compile (inductor, freezing; {compile_seconds:.0f} s; {eager / compiled:.2f}x on the example)"
+    )
+    return candidate

@@ -85,14 +85,18 @@ class ReportConfig(BaseModel):
     batch_size: PositiveInt | None = None
     batch_sizes: dict[str, PositiveInt] = Field(default_factory=dict)
     bf16: StrictBool = False
-    # fp32 | bf16 | fp16 (overrides bf16; bf16 becomes fp16 on GPUs without native bf16)
-    precision: Literal["fp32", "bf16", "fp16"] | None = None
+    # fp32 | bf16 | fp16 | auto (overrides bf16; bf16 becomes fp16 on GPUs without native bf16; auto is bf16 where
+    # the device multiplies bf16 natively, else fp32)
+    precision: Literal["fp32", "bf16", "fp16", "auto"] | None = None
     # DataLoader workers for extraction (default: the machine's cores but one, at most 16)
     workers: Annotated[int, Field(strict=True, ge=0)] | None = None
     # extraction engine: local (this process) or ray (Ray Data; cluster at ray_address, else RAY_ADDRESS, else a
     # local Ray runtime); needs the [ray] extra
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None
+    # torch.compile on the CPU (cbmir.accelerate): auto compiles a model only when its eager extraction is
+    # expected to take 90 s or more and keeps it only if faster and equal to rounding; on | off force it
+    compile: Literal["auto", "on", "off"] = "auto"
     bootstrap: PositiveInt = 1000
     seed: Annotated[int, Field(strict=True)] = 0
     # subsample per (split, label): quick runs

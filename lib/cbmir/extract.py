@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 DEFAULT_BATCH_SIZE = 32  # for specs that are not presets (e.g. an `Encoder` built by hand)
 ENGINES = ("local", "ray")
+COMPILE_MODES = ("auto", "on", "off")  # = cbmir.accelerate.COMPILE_MODES (not imported: keeps torch lazy)
 NON_FINITE = "encoder output is not finite (NaN/inf)"
 OUTSIDE_ROOT = "outside the data root"
 
@@ -155,6 +156,7 @@ def extract_embeddings(
     precision: str | None = None,
     engine: str = "local",
     ray_address: str | None = None,
+    compile: str = "auto",
 ) -> EmbeddingStore:
     """Embed every manifest image into the store at `out_dir` and return it (resumable; see module doc).
 
@@ -170,10 +172,14 @@ def extract_embeddings(
 
     `engine` is "local" or "ray" (`cbmir.extract_ray.run_chunks_on_ray`: connects to `ray_address`, else
     `RAY_ADDRESS`, else starts a local Ray; `device` None then means a GPU actor per GPU of the cluster). Both
-    engines write the same chunks, so a store begun by one can be finished by the other.
+    engines write the same chunks, so a store begun by one can be finished by the other. `compile` ("auto", "on",
+    "off") is `cbmir.accelerate`'s torch.compile choice on the CPU (local engine; "auto" compiles only when the
+    run is long enough to pay for it).
     """
     if engine not in ENGINES:
         raise ValueError(f"parameter 'engine' is {engine!r}; allowed {list(ENGINES)}")
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"parameter 'compile' is {compile!r}; allowed {list(COMPILE_MODES)}")
     spec = encoder if isinstance(encoder, str) else encoder.spec
     if batch_size is None:
         batch_size = preset_batch_size(spec)
@@ -202,7 +208,7 @@ def extract_embeddings(
                 return reused
         return _extract(
             manifest, ids, frames, ids_hash, data_root, encoder, out_dir, spec, checkpoint,
-            batch_size, num_workers, bf16, device, chunk_size, precision, engine, ray_address,
+            batch_size, num_workers, bf16, device, chunk_size, precision, engine, ray_address, compile,
         )  # fmt: skip
 
 
@@ -252,6 +258,7 @@ def _extract(
     precision: str | None = None,
     engine: str = "local",
     ray_address: str | None = None,
+    compile: str = "auto",
 ) -> EmbeddingStore:
     if engine == "ray":
         # the cluster's workers pick their device; the driver only needs the model's metadata and weights
@@ -292,7 +299,10 @@ def _extract(
             data_root, ids, frames, encoder, todo, plan, chunks, batch_size, device, ray_address
         )
     else:
-        runner = PrecisionRunner(encoder, device, bf16, precision)
+        n_todo = sum(min(chunk_size, n_rows - k * chunk_size) for k in todo)
+        runner = PrecisionRunner(
+            encoder, device, bf16, precision, compile=compile, n_images=n_todo, batch_size=batch_size
+        )
         loader: dict[str, Any] = {}
         if todo:
             dataset = ManifestImages(data_root, ids, encoder.transform, frames)

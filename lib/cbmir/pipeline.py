@@ -134,6 +134,7 @@ class Context:
                 wait=self.wait,
                 engine=self.cfg.engine,
                 ray_address=self.cfg.ray_address,
+                compile=self.cfg.compile,
             )
         return self._stores[model]
 

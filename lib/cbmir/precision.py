@@ -35,7 +35,7 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 MAX_DEFAULT_WORKERS = 16
 
 
@@ -45,13 +45,20 @@ class PrecisionError(CbmirError, ValueError):
 
 def resolve_precision(precision: str | None, bf16: bool, device: str) -> str:
     """The precision that will run: `precision` (else "bf16" if `bf16`, else "fp32"), with bf16 turned into fp16
-    on a GPU without native bf16 (pre-Ampere: emulated and slow). fp16 runs on CUDA only."""
+    on a GPU without native bf16 (pre-Ampere: emulated and slow). fp16 runs on CUDA only. "auto" is bf16 where
+    the device multiplies bf16 natively (a GPU with bf16, a CPU with AVX-512 BF16 or AMX), else fp32."""
     import torch
 
     wanted = precision or ("bf16" if bf16 else "fp32")
     if wanted not in PRECISIONS:
         raise PrecisionError(f"parameter 'precision' is {wanted!r}; allowed {list(PRECISIONS)}")
     on_cuda = device.startswith("cuda")
+    if wanted == "auto":
+        if on_cuda:
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+        from cbmir.accelerate import cpu_info
+
+        return "bf16" if cpu_info()["native_bf16"] else "fp32"
     if wanted == "fp16" and not on_cuda:
         raise PrecisionError(f"parameter 'precision' is 'fp16', which runs on CUDA only (device {device!r})")
     if wanted == "bf16" and on_cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
@@ -114,10 +121,21 @@ class PrecisionRunner:
     CUDA at that dtype; fp32 on CUDA allows TF32 matrix products (`tf32`). On the CPU the module is prepared by `cbmir.accelerate.optimise_for_inference`
     (each rewrite kept only if its output matches the original; bf16 weights + autocast where bf16 is asked for);
     if a module then rejects bf16 weights, it falls back to fp32 weights + autocast. The caller's module is never
-    changed: rewrites live in a copy. `precision` and `speed` record what ran.
+    changed: rewrites live in a copy. `precision` and `speed` record what ran. `compile`, `n_images` and
+    `batch_size` go to `optimise_for_inference` (torch.compile when the run is long enough to pay for it).
     """
 
-    def __init__(self, encoder: Encoder, device: str, bf16: bool, precision: str | None = None) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        device: str,
+        bf16: bool,
+        precision: str | None = None,
+        *,
+        compile: str = "auto",
+        n_images: int | None = None,
+        batch_size: int = 1,
+    ) -> None:
         import torch
 
         self.dtype_name = resolve_precision(precision, bf16, device)
@@ -140,7 +158,14 @@ class PrecisionRunner:
         ):  # CPU rewrites (conv+BN fusion, SDPA, NHWC, bf16 weights) in a checked copy
             from cbmir.accelerate import optimise_for_inference
 
-            fast, self.speed = optimise_for_inference(encoder, device, "bf16" if bf16 else "fp32")
+            fast, self.speed = optimise_for_inference(
+                encoder,
+                device,
+                "bf16" if bf16 else "fp32",
+                compile=compile,
+                n_images=n_images,
+                batch_size=batch_size,
+            )
             self.module = fast.module
             if bf16 and any(step.startswith("bf16 weights") for step in self.speed["steps"]):
                 self.precision = "weights+autocast"

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bf16", action="store_true", help="bfloat16 (autocast on GPU, bf16 weights on CPU)")
     p.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
+        choices=["fp32", "bf16", "fp16", "auto"],
         default=None,
         help="overrides --bf16; bf16 becomes fp16 on GPUs without native bf16; fp16 needs CUDA",
     )
@@ -53,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--ray-address",
         default=None,
         help="Ray cluster to use with --engine ray (default: RAY_ADDRESS, else a local Ray runtime)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="torch.compile on the CPU: auto (only when the eager run would take 90 s or more), on, off",
     )
     p.set_defaults(func=cmd_embed)
 
@@ -97,6 +103,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         precision=args.precision,
         engine=args.engine,
         ray_address=args.ray_address,
+        compile=args.compile,
     )
     engine = store.provenance.get("engine", "local")
     print(f"{store.path}: {len(store)} rows x {store.dim} dims, {len(store.failed)} failed ({engine} engine)")

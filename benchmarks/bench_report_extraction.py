@@ -1,0 +1,103 @@
+"""The default report's extraction, as the report runs it, against the plain fp32 eager extraction: seconds per image.
+
+For each model of the config (default `configs/radmini.yaml`), the report's own rows (manifest and row cap) are
+embedded into temporary stores twice in the same run: once as a baseline (fp32, no torch.compile: what every
+run did before `cbmir.accelerate` compiled models) and once with the config's settings (`bf16`/`precision`,
+`compile`). Each pass is timed whole (model load, rewrite checks, compilation, DataLoader start-up, store);
+the table gives seconds per image per model and in total, and the ratio new / baseline. The steps that ran
+(from each store's provenance) are printed beside them.
+
+    python benchmarks/bench_report_extraction.py
+    python benchmarks/bench_report_extraction.py --models litemedsam --no-append
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from results import append_results
+
+
+def timed_extraction(
+    manifest, cfg, name: str, out: Path, bf16: bool, precision, compile: str
+) -> tuple[float, dict]:
+    """(seconds, provenance) of one whole `extract_embeddings` call into a fresh store at `out`."""
+    from cbmir.extract import extract_embeddings
+
+    start = time.perf_counter()
+    store = extract_embeddings(
+        manifest, cfg.data_root, name, out, batch_size=cfg.batch_size_for(name), num_workers=cfg.workers,
+        bf16=bf16, precision=precision, device="cpu", compile=compile, redo=True,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    if len(store.ids) + len(store.failed) != len(manifest):
+        raise RuntimeError(f"{name}: {len(store.ids)} rows + {len(store.failed)} failed != {len(manifest)}")
+    return seconds, store.provenance
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/radmini.yaml")
+    parser.add_argument("--models", default=None, help="comma-separated (default: the config's models)")
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from cbmir.accelerate import cpu_info
+    from cbmir.config import load_config
+    from cbmir.manifest import read_manifest
+    from cbmir.pipeline import subsample_per_class
+
+    cfg = load_config(args.config)
+    manifest = read_manifest(cfg.manifest)
+    if cfg.max_per_class:
+        manifest = subsample_per_class(manifest, cfg.max_per_class, cfg.seed).reset_index(drop=True)
+    models = args.models.split(",") if args.models else list(cfg.models)
+    n = len(manifest)
+    info = cpu_info()
+    wanted = cfg.precision or ("bf16" if cfg.bf16 else "fp32")
+    lines = [
+        f"- CPU: {info['model']}; ISA: {', '.join(info['isa'])}; torch threads {torch.get_num_threads()}",
+        f"- {cfg.name}: {n} images (the report's rows); baseline = fp32, compile off; report = precision "
+        f"{wanted}, compile {cfg.compile} (as {args.config} sets them); whole extract_embeddings calls, "
+        "load average before each pair",
+        "",
+        "| model | baseline s/img | report s/img | report / baseline | load | report steps |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    totals = [0.0, 0.0]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            load = f"{os.getloadavg()[0]:.1f}"
+            base, _ = timed_extraction(manifest, cfg, name, Path(tmp) / f"{name}-base", False, "fp32", "off")
+            new, prov = timed_extraction(
+                manifest, cfg, name, Path(tmp) / f"{name}-new", cfg.bf16, cfg.precision, cfg.compile
+            )
+            totals[0], totals[1] = totals[0] + base, totals[1] + new
+            speed = prov.get("speed", {})
+            steps = "; ".join(speed.get("steps", [])) + (
+                f" [{speed['compile']}]" if "compile" in speed else ""
+            )
+            row = f"| {name} | {base / n:.3f} | {new / n:.3f} | {new / base:.2f} | {load} | {steps} |"
+            print(row, flush=True)
+            lines.append(row)
+    total = f"| **all {len(models)} models** | {totals[0] / n:.3f} | {totals[1] / n:.3f} | {totals[1] / totals[0]:.2f} | | |"
+    print(total)
+    lines.append(total)
+    if not args.no_append:
+        command = "python benchmarks/bench_report_extraction.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]
+        )
+        append_results(
+            "bench_report_extraction: the default report's extraction time per image", command, lines
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

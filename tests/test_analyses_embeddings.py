@@ -67,3 +67,21 @@ def test_sample_images_takes_labels_in_turn():
     ct = rows["CT"]
     assert len(ct) == 4 and sum(r >= 4 for r in ct) == 2  # both b rows, then a rows in turn
     assert rows == sample_images(m, by="modality", per_group=4, seed=1)
+
+
+def test_store_summary_reports_the_precision_that_ran() -> None:
+    from types import SimpleNamespace
+
+    emb = np.eye(3, dtype=np.float32)
+    ran_bf16 = SimpleNamespace(
+        embeddings=emb, failed=[], provenance={"spec": "m", "seconds": 2.0, "dtype": "bf16", "bf16": False}
+    )
+    old = SimpleNamespace(embeddings=emb, failed=[], provenance={"spec": "m", "seconds": 2.0, "bf16": True})
+    assert (
+        embeddings.store_summary(ran_bf16)["precision"].item() == "bf16"
+    )  # precision auto: the flag stays False
+    assert (
+        embeddings.store_summary(old)["precision"].item() == "bf16"
+    )  # stores written before `dtype` existed
+    row = embeddings.store_summary(ran_bf16).iloc[0]
+    assert (row["images"], row["dimension"], row["images/s"]) == (3, 3, 1.5)

@@ -360,8 +360,10 @@ def _compiled(
     """`prepared` with its module under `torch.compile` when that pays (see module doc), else `prepared`."""
     step = prepared.micro_batch or max(1, batch_size)
     if mode == "auto":
-        _seconds(prepared, example)  # warm-up; one image is enough to decide
-        expected = _seconds(prepared, example) * n_images if n_images else 0.0
+        expected = 0.0
+        if n_images:
+            _seconds(prepared, example)  # warm-up; one image is enough to decide
+            expected = _seconds(prepared, example) * n_images
         if expected < COMPILE_MIN_SECONDS:
             info["compile"] = (
                 f"not compiled: eager run expected {expected:.0f} s < {COMPILE_MIN_SECONDS:.0f} s"

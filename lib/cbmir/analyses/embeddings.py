@@ -41,7 +41,7 @@ def store_summary(store) -> pd.DataFrame:
                 "seconds": seconds,
                 "images/s": len(emb) / seconds if seconds else np.nan,
                 "device": prov.get("device"),
-                "bf16": prov.get("bf16"),
+                "precision": prov.get("dtype") or ("bf16" if prov.get("bf16") else "fp32"),  # what ran
             }
         ]
     )

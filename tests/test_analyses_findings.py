@@ -70,6 +70,10 @@ def test_comparison_sentences_agree_with_their_row(seed):
     else:  # the CI contains 0, or the Holm-adjusted p is 0.05 or more
         assert " is not distinguishable from " in text
         assert "higher" not in text and "lower" not in text
+        excludes = row["low"] > 0 or row["high"] < 0
+        assert (
+            "the unadjusted 95 % CI excludes 0, but the Holm-adjusted p does not reach 0.05" in text
+        ) == excludes
     if row[other] == "raw-pixels":
         assert "the raw-pixel baseline" in text
 

@@ -105,7 +105,10 @@ def comparison_sentence(row: Mapping, other: str = "best", measure: str | None =
     if too_few(row["n_cases"]):
         return f"{model} against {ref} in {measure}: difference {signed(row['difference'])} {tail}: {_few(row['n_cases'])}."
     if d == 0:
-        return f"{model} is not distinguishable from {ref} in {measure}: difference {signed(row['difference'])} {tail}."
+        why = ""
+        if holm and direction(row["low"], row["high"]):  # the interval is not adjusted for multiplicity; p is
+            why = " (the unadjusted 95 % CI excludes 0, but the Holm-adjusted p does not reach 0.05)"
+        return f"{model} is not distinguishable from {ref} in {measure}: difference {signed(row['difference'])} {tail}{why}."
     word = "higher" if d > 0 else "lower"
     return f"{model} scores {word} than {ref} in {measure}: difference {signed(row['difference'])} {tail}."
 

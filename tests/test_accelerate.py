@@ -164,7 +164,7 @@ def test_compile_auto_skips_a_short_run_and_reports_why() -> None:
     enc, _ = _gelu_conv_encoder()
     x = torch.randn(1, 3, 16, 16)
     fast, info = optimise_for_inference(enc, "cpu", "fp32", example=x, compile="auto", n_images=3)
-    assert info["compile"].startswith("not compiled: eager run expected")
+    assert info["compile"].startswith("not compiled: the eager run would take about")
     assert fast.module.fixed_batch == 0 and not any("compile" in s for s in info["steps"])
 
 
@@ -202,6 +202,7 @@ def test_compile_is_kept_only_when_faster_and_equal(monkeypatch, compiled_faster
     with torch.inference_mode():
         got, expected = fast.module(x), module(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)  # 5 rows through a batch-4 compile
+    assert info["compile_min_cosine_to_original"] >= 0.99999
     assert isinstance(info["compile_seconds"], float) and set(info["seconds_per_image"]) == {
         "eager",
         "compiled",
@@ -211,3 +212,18 @@ def test_compile_is_kept_only_when_faster_and_equal(monkeypatch, compiled_faster
         assert info["steps"][-1].startswith("torch.compile (inductor, freezing")
     else:
         assert info["compile"].startswith("not kept: compiled") and fast.module.fixed_batch == 0
+
+
+def test_bf16_leaves_a_module_without_weights_in_fp32() -> None:
+    from cbmir.precision import PrecisionRunner
+
+    module = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten()).eval()  # raw pixels: no weights
+    enc = Encoder("pixels", module, lambda im: torch.zeros(3, 8, 8), 48, "pixels")
+    x = torch.rand(3, 3, 8, 8) * 0.37  # values bf16 cannot hold exactly
+    fast, info = optimise_for_inference(enc, "cpu", "bf16", example=x[:1])
+    assert info["precision"] == "fp32" and fast.module.dtype == torch.float32
+    assert not any(s.startswith("bf16") for s in info["steps"])
+    with torch.no_grad():
+        torch.testing.assert_close(fast.module(x), module(x), rtol=0, atol=0)
+    runner = PrecisionRunner(enc, "cpu", bf16=False, precision="bf16")
+    assert (runner.dtype_name, runner.precision) == ("fp32", "fp32")

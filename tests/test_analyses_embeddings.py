@@ -85,3 +85,45 @@ def test_store_summary_reports_the_precision_that_ran() -> None:
     )  # stores written before `dtype` existed
     row = embeddings.store_summary(ran_bf16).iloc[0]
     assert (row["images"], row["dimension"], row["images/s"]) == (3, 3, 1.5)
+
+
+def test_provenance_table_shows_one_precision() -> None:
+    from types import SimpleNamespace
+
+    prov = {
+        "spec": "m",
+        "bf16": False,
+        "dtype": "bf16",
+        "precision": "weights+autocast",
+        "speed": {"compile": "compiled"},
+    }
+    table = embeddings.provenance_table(SimpleNamespace(provenance=prov))
+    fields = dict(zip(table["field"], table["value"], strict=True))
+    assert (
+        "bf16" not in fields and fields["dtype"] == "bf16" and fields["precision mode"] == "weights+autocast"
+    )
+    assert fields["speed.compile"] == "compiled"
+    summary = embeddings.store_summary(
+        SimpleNamespace(embeddings=np.eye(2, dtype=np.float32), failed=[], provenance=prov)
+    )
+    assert bool(summary["torch.compile"].item()) is True
+    old = embeddings.provenance_table(SimpleNamespace(provenance={"spec": "m", "bf16": True}))
+    assert (
+        dict(zip(old["field"], old["value"], strict=True))["bf16"] == "True"
+    )  # older stores: kept as they are
+
+
+def test_precision_sentence_names_what_ran_for_each_model() -> None:
+    prov = {
+        "a": {"dtype": "bf16", "speed": {"compile": "compiled"}},
+        "b": {"dtype": "bf16", "speed": {"compile": "not compiled: the eager run would take about 9 s"}},
+        "pixels": {"dtype": "fp32", "bf16": True},
+        "old": {"bf16": True},
+        "theirs": {"source": "imported from the authors' published embeddings"},
+    }
+    text = embeddings.precision_sentence(prov)
+    assert "computed in bf16 for a, b, old" in text and "computed in fp32 for pixels" in text
+    assert "imported from the authors' published embeddings for theirs" in text
+    assert "torch.compile ran for a (" in text and "bench_precision" in text
+    fp32_only = embeddings.precision_sentence({"x": {"dtype": "fp32"}})
+    assert fp32_only == "Embeddings: computed in fp32 for x; every store holds float32 rows of unit length."

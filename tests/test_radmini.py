@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,12 @@ def test_data_card_matches_the_committed_manifest(tmp_path):
     )
     df = _read(MANIFEST)
     assert f"**{len(df)} images**" in CARD.read_text(encoding="utf-8")
+    placeholder = re.search(
+        r"\{[A-Za-z_][\w.]*[(\[:}]", CARD.read_text(encoding="utf-8")
+    )  # {len(x)}, {n}, {a[0]}
+    assert placeholder is None, (
+        f"an unfilled f-string placeholder in the card: {placeholder and placeholder.group()}"
+    )
 
 
 @pytest.mark.slow

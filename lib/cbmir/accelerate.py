@@ -279,6 +279,12 @@ def optimise_for_inference(
     if micro_batch:
         steps.append(f"micro_batch {micro_batch}")
     dtype, autocast = torch.float32, False
+    if precision == "bf16" and not any(True for _ in module.parameters()):
+        precision = (
+            "fp32"  # no weights, no matrix multiply (e.g. raw pixels): bf16 would only round the input
+        )
+        steps.append("fp32: no weights, so bf16 has nothing to speed up")
+        info["precision"] = "fp32"
     if precision == "bf16":
         dtype = torch.bfloat16
         try:
@@ -366,7 +372,8 @@ def _compiled(
             expected = _seconds(prepared, example) * n_images
         if expected < COMPILE_MIN_SECONDS:
             info["compile"] = (
-                f"not compiled: eager run expected {expected:.0f} s < {COMPILE_MIN_SECONDS:.0f} s"
+                f"not compiled: the eager run would take about {expected:.0f} s, under the "
+                f"{COMPILE_MIN_SECONDS:.0f} s from which compiling pays for itself"
             )
             return prepared
     if not compiler_available():
@@ -396,6 +403,7 @@ def _compiled(
         warnings.warn(f"torch.compile failed, running eagerly: {err}", stacklevel=3)
         return prepared
     cos = _cosine(out, reference)
+    info["compile_min_cosine_to_original"] = round(cos, 6)
     info["compile_seconds"] = round(compile_seconds, 2)
     info["seconds_per_image"] = {"eager": round(eager, 4), "compiled": round(compiled, 4)}
     if cos < min_cosine:

@@ -167,6 +167,8 @@ class PrecisionRunner:
                 batch_size=batch_size,
             )
             self.module = fast.module
+            if bf16 and self.speed.get("precision") == "fp32":  # nothing to run in bf16: record what ran
+                self.dtype_name, self.bf16, self.precision = "fp32", False, "fp32"
             if bf16 and any(step.startswith("bf16 weights") for step in self.speed["steps"]):
                 self.precision = "weights+autocast"
 

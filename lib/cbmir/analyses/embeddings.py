@@ -11,6 +11,8 @@ sample), with a cluster-bootstrap CI over the images' cases.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
@@ -42,14 +44,53 @@ def store_summary(store) -> pd.DataFrame:
                 "images/s": len(emb) / seconds if seconds else np.nan,
                 "device": prov.get("device"),
                 "precision": prov.get("dtype") or ("bf16" if prov.get("bf16") else "fp32"),  # what ran
+                "torch.compile": (prov.get("speed") or {}).get("compile") == "compiled",
             }
         ]
     )
 
 
+def precision_sentence(provenance: Mapping[str, Mapping]) -> str:
+    """How each model's embeddings were computed (a statement of method from the stores' provenance).
+
+    `provenance` maps model -> its store's provenance. Names the dtype that ran per model (or that the store was
+    imported), the models that ran under torch.compile, and where bf16's effect is measured.
+    """
+    groups: dict[str, list[str]] = {}
+    compiled = []
+    for model, prov in provenance.items():
+        if prov.get("source"):  # e.g. imported from the authors' published embeddings
+            groups.setdefault(str(prov["source"]), []).append(model)
+            continue
+        dtype = prov.get("dtype") or ("bf16" if prov.get("bf16") else "fp32")
+        groups.setdefault(f"computed in {dtype}", []).append(model)
+        if (prov.get("speed") or {}).get("compile") == "compiled":
+            compiled.append(model)
+    parts = [f"{how} for {', '.join(models)}" for how, models in groups.items()]
+    text = "Embeddings: " + "; ".join(parts) + "; every store holds float32 rows of unit length."
+    if compiled:
+        text += f" torch.compile ran for {', '.join(compiled)} (kept only where its output matched the eager model's)."
+    if any(how == "computed in bf16" for how in groups):
+        text += (
+            " What bf16 changes against fp32 on these rows is measured outside this report "
+            "(`benchmarks/bench_precision.py`, recorded in `benchmarks/RESULTS.md`)."
+        )
+    return text
+
+
 def provenance_table(store) -> pd.DataFrame:
-    """The store's provenance as `field, value` (nested values flattened to `key.subkey`)."""
-    flat = pd.json_normalize(store.provenance, sep=".").T.reset_index()
+    """The store's provenance as `field, value` (nested values flattened to `key.subkey`).
+
+    Where the store records the dtype that ran, the older `bf16` request flag is left out (with `precision:
+    auto` it stays False while bf16 runs) and `precision` (the mode: fp32, autocast, weights+autocast) is shown
+    as `precision mode`.
+    """
+    prov = dict(store.provenance)
+    if "dtype" in prov:
+        prov.pop("bf16", None)
+        if "precision" in prov:
+            prov["precision mode"] = prov.pop("precision")
+    flat = pd.json_normalize(prov, sep=".").T.reset_index()
     flat.columns = ["field", "value"]
     flat["value"] = flat["value"].astype(str)
     return flat

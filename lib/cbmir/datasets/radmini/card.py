@@ -360,7 +360,7 @@ def report_subset(df: pd.DataFrame) -> str:
         f"{EXTRACTION_BUDGET_S / 60:.0f}-minute extraction budget (sizing by the fp32 speeds of a shared machine; "
         f"measured with the config's settings, `precision: auto` and torch.compile, on a quiet 2-core Xeon with AMX: "
         f"{MEASURED_S_PER_IMAGE['report settings']:.2f} s per image against {MEASURED_S_PER_IMAGE['fp32 eager']:.2f} s "
-        "fp32 eager, `benchmarks/bench_report_extraction.py`). The subset has {len(test)} test images from "
+        f"fp32 eager, `benchmarks/bench_report_extraction.py`). The subset has {len(test)} test images from "
         f"{test['patient_id'].nunique()} test cases ({df.loc[df['split'] == 'test', 'patient_id'].nunique()} in the "
         "full manifest)."
     )

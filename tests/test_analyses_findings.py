@@ -11,6 +11,7 @@ from cbmir.analyses import findings
 
 NUM = r"[+-]?\d+\.\d{3}"
 P = r"p < 0\.001|p < 0\.05|p = \d\.\d{3}"
+ZERO = r"(?:, i\.e\. (it reaches 0|it stops just short of 0 \(at [+-]\d\.\de-\d\d\)))?"  # a bound printing +0.000
 
 
 def r3(x: float) -> str:
@@ -22,16 +23,38 @@ def s3(x: float) -> str:
     return "+0.000" if t in ("-0.000", "+0.000") else t
 
 
+def random_bounds(rng, diff: float) -> tuple[float, float, float]:
+    """(estimate, low, high) around `diff`; in a third of the draws one bound is 0, float noise or rounds to 0
+    (the estimate then moves to the middle of the interval)."""
+    low, high = diff - rng.exponential(0.08), diff + rng.exponential(0.08)
+    if rng.random() < 1 / 3:
+        zero = float(rng.choice([0.0, 1.1e-17, -1.1e-17, 3e-4, -3e-4, 4.9e-4, -4.9e-4]))
+        low, high = (zero, max(high, zero + 0.01)) if rng.random() < 0.5 else (min(low, zero - 0.01), zero)
+        diff = (low + high) / 2
+    return diff, low, high
+
+
+def check_zero_note(low: float, high: float, note: str | None) -> None:
+    """The note after a difference's interval: present exactly when a bound prints as +0.000, and true."""
+    near = [b for b in (low, high) if abs(b) < 5e-4]
+    assert bool(note) == bool(near), (low, high, note)
+    if near:
+        touches = low <= 1e-9 and high >= -1e-9  # the interval contains 0 or ends on it (up to float noise)
+        assert (note == "it reaches 0") == touches
+        if not touches:
+            assert note.startswith("it stops just short of 0") and f"{near[0]:+.1e}" in note
+
+
 def random_comparison(rng, other: str) -> dict:
-    diff = rng.normal(0, 0.1)
+    diff, low, high = random_bounds(rng, rng.normal(0, 0.1))
     return {
         "model": f"m{int(rng.integers(0, 9))}",
         other: str(rng.choice(["raw-pixels", "random-vit", "enc-a"])),
         "average": str(rng.choice(["micro", "macro"])),
         "N": int(rng.choice([1, 3, 5, 10])),
         "difference": diff,
-        "low": diff - rng.exponential(0.08),
-        "high": diff + rng.exponential(0.08),
+        "low": low,
+        "high": high,
         "p_value": float(rng.choice([rng.random(), 1e-4])),
         "p_holm": float(rng.choice([rng.random(), np.nan])),
         "n_cases": int(rng.integers(1, 50)),
@@ -45,32 +68,36 @@ def test_comparison_sentences_agree_with_their_row(seed):
     row = random_comparison(rng, other)
     text = findings.comparison_sentence(row, other)
     m = re.search(
-        rf"difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}); ({P})( \(Holm-adjusted[a-z -]*\))?; (\d+) cases?\)",
+        rf"difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; ({P})( \(Holm-adjusted[a-z -]*\))?; (\d+) cases?\)",
         text,
     )
     assert m, text
     assert m.group(1) == s3(row["difference"])
     assert (m.group(2), m.group(3)) == (s3(row["low"]), s3(row["high"]))
+    check_zero_note(row["low"], row["high"], m.group(4))
+    m = re.search(
+        rf"difference {NUM} \(95 % CI {NUM} to {NUM}{ZERO}; ({P})( \(Holm[a-z -]*\))?; (\d+) cases?\)", text
+    )
     holm = not np.isnan(row["p_holm"])
     p = row["p_holm"] if holm else row["p_value"]
     want = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-    assert m.group(4) == ("p < 0.05" if p < 0.05 and want == "p = 0.050" else want)
-    assert bool(m.group(5)) == holm
-    assert int(m.group(6)) == row["n_cases"]
+    assert m.group(2) == ("p < 0.05" if p < 0.05 and want == "p = 0.050" else want)
+    assert bool(m.group(3)) == holm
+    assert int(m.group(4)) == row["n_cases"]
     assert f"{row['average']} P@{row['N']}" in text
     if row["n_cases"] < findings.MIN_CASES:
         assert text.endswith(
-            f"too few cases ({m.group(6)} case{'s' if row['n_cases'] > 1 else ''}; at least 5 needed) to tell."
+            f"too few cases ({m.group(4)} case{'s' if row['n_cases'] > 1 else ''}; at least 5 needed) to tell."
         )
         assert "higher" not in text and "lower" not in text and "distinguishable" not in text
-    elif row["low"] > 0 and not (holm and row["p_holm"] >= 0.05):
+    elif row["low"] > 1e-9 and not (holm and row["p_holm"] >= 0.05):
         assert " scores higher than " in text and row["difference"] > 0
-    elif row["high"] < 0 and not (holm and row["p_holm"] >= 0.05):
+    elif row["high"] < -1e-9 and not (holm and row["p_holm"] >= 0.05):
         assert " scores lower than " in text and row["difference"] < 0
     else:  # the CI contains 0, or the Holm-adjusted p is 0.05 or more
         assert " is not distinguishable from " in text
         assert "higher" not in text and "lower" not in text
-        excludes = row["low"] > 0 or row["high"] < 0
+        excludes = row["low"] > 1e-9 or row["high"] < -1e-9
         assert (
             "the unadjusted 95 % CI excludes 0, but the Holm-adjusted p does not reach 0.05" in text
         ) == excludes
@@ -93,21 +120,21 @@ def test_chance_and_conditional_sentences_agree_with_their_row(seed):
     assert m.group(5) == want
 
     share, chance = rng.random(), rng.random()
-    d = share - chance
+    d, d_lo, d_hi = random_bounds(rng, share - chance)
     row = {
         "region": str(rng.choice(["all regions", "CT/lung"])),
         "N": 5,
         "share": share,
         "chance": chance,
         "difference": d,
-        "difference_lo": d - rng.exponential(0.1),
-        "difference_hi": d + rng.exponential(0.1),
+        "difference_lo": d_lo,
+        "difference_hi": d_hi,
         "n_queries": int(rng.choice([1, 40])),
         "n_cases": int(rng.choice([1, 12])),
     }
     text = findings.conditional_sentence(row, "m")
     m = re.search(
-        rf"in ({NUM}) against ({NUM}) by chance, difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}); (\d+) quer(?:y|ies), (\d+) cases?\): (.*)\.$",
+        rf"in ({NUM}) against ({NUM}) by chance, difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; (\d+) quer(?:y|ies), (\d+) cases?\): (.*)\.$",
         text,
     )
     assert m, text
@@ -119,13 +146,18 @@ def test_chance_and_conditional_sentences_agree_with_their_row(seed):
         s3(row["difference_hi"]),
     )
     lo, hi = row["difference_lo"], row["difference_hi"]
-    assert int(m.group(6)) == row["n_queries"] and int(m.group(7)) == row["n_cases"]
+    check_zero_note(lo, hi, m.group(6))
+    assert int(m.group(7)) == row["n_queries"] and int(m.group(8)) == row["n_cases"]
     assert (f"{row['n_queries']} query," if row["n_queries"] == 1 else f"{row['n_queries']} queries,") in text
     if row["n_cases"] < findings.MIN_CASES:
-        assert m.group(8).startswith("too few cases (1 case;")
+        assert m.group(9).startswith("too few cases (1 case;")
     else:
-        assert m.group(8) == (
-            "above chance" if lo > 0 else "below chance" if hi < 0 else "not distinguishable from chance"
+        assert m.group(9) == (
+            "above chance"
+            if lo > 1e-9
+            else "below chance"
+            if hi < -1e-9
+            else "not distinguishable from chance"
         )
 
 
@@ -442,7 +474,11 @@ def test_separation_sentence_agrees_with_its_table(seed):
     )  # fmt: skip
     text = findings.separation_sentence(table, "m")
     assert f"is {r3(same)}," in text and f"other cases {r3(diff)};" in text
-    assert f"difference {s3(same - diff)} (95 % CI {s3(lo)} to {s3(hi)}; {3 * n} images, {n} case" in text
+    m = re.search(rf"difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; (\d+) images, (\d+) case", text)
+    assert m, text
+    assert m.group(1, 2, 3) == (s3(same - diff), s3(lo), s3(hi))
+    check_zero_note(lo, hi, m.group(4))
+    assert (int(m.group(5)), int(m.group(6))) == (3 * n, n)
     if n < findings.MIN_CASES:
         assert "too few cases" in text and "closer" not in text
     elif lo > 0:
@@ -571,6 +607,19 @@ def test_knn_k1_sentence_appears_only_when_k_1_ran():
     assert "selected for a)" in one and "a 0.612" in one and "b 0.500" not in one and "P@1" in one
     both = findings.knn_k1_sentence({"a": 1, "b": 1}, wide)
     assert "selected for every model" in both
+
+
+def test_a_bound_printing_as_zero_says_whether_the_interval_reaches_0():
+    row = {"model": "random-vit", "best": "xception-imagenet", "average": "micro", "N": 1, "difference": -0.175,
+           "low": -0.394, "high": 1e-17, "p_value": 0.05, "p_holm": 0.108, "n_cases": 48}  # fmt: skip
+    text = findings.comparison_sentence(row, "best")
+    assert "(95 % CI -0.394 to +0.000, i.e. it reaches 0; p = 0.108" in text
+    assert "not distinguishable" in text  # float noise above 0 does not exclude 0
+    text = findings.comparison_sentence(row | {"high": -3e-4, "p_holm": 0.01}, "best")
+    assert "(95 % CI -0.394 to +0.000, i.e. it stops just short of 0 (at -3.0e-04); p = 0.010" in text
+    assert "scores lower than" in text
+    assert findings.interval(0.1, 0.2, diff=True) == "95 % CI +0.100 to +0.200"
+    assert findings.interval(0.0, 0.2) == "95 % CI 0.000 to 0.200"  # not a difference: no note
 
 
 def test_p_values_never_round_across_the_level():

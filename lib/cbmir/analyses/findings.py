@@ -9,6 +9,8 @@ Rules (so that no sentence claims more than its numbers carry):
 - With fewer than MIN_CASES independent cases, a percentile bootstrap has too few distinct resamples to bound
   anything (one case gives a zero-width interval): no direction is claimed, the sentence says "too few cases".
 - Numbers are quoted rounded to 3 decimals (differences with their sign), p-values to 3 decimals or "< 0.001".
+  Where a bound of a difference's interval rounds to 0, the sentence says whether the interval reaches 0.
+- A bound within ZERO_TOL of the reference (floating-point noise, e.g. 1.1e-17) counts as touching it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pandas as pd
 DIGITS = 3
 ALPHA = 0.05  # level of the Holm-adjusted paired tests
 MIN_CASES = 5  # below this many cases, no sentence claims a direction
+ZERO_TOL = 1e-9  # a bound this close to its reference value is floating-point noise: it touches the reference
 BASELINE_NAMES = {"raw-pixels": "the raw-pixel baseline", "random-vit": "the random-ViT baseline"}
 IMAGE_TEXT_MODELS = ("biomedclip", "medclip", "clip-vit-l14")
 
@@ -45,8 +48,21 @@ def pval(p: float) -> str:
 
 
 def interval(low: float, high: float, diff: bool = False) -> str:
+    """'95 % CI 0.100 to 0.300'; for a difference (`diff`), signed bounds, and where a bound rounds to
+    +0.000 the reader is told whether the interval reaches 0 (`zero_note`)."""
     f = signed if diff else num
-    return f"95 % CI {f(low)} to {f(high)}"
+    return f"95 % CI {f(low)} to {f(high)}" + (zero_note(low, high) if diff else "")
+
+
+def zero_note(low: float, high: float) -> str:
+    """', i.e. it reaches 0' when a bound prints as +0.000 and the interval touches or contains 0; ', i.e. it
+    stops just short of 0 (at -3.0e-04)' when such a bound is not 0 and the interval excludes 0; else ''."""
+    near = [b for b in (low, high) if signed(b) == f"+{0:.{DIGITS}f}"]
+    if not near:
+        return ""
+    if direction(low, high) == 0:
+        return ", i.e. it reaches 0"
+    return f", i.e. it stops just short of 0 (at {near[0]:+.1e})"
 
 
 def cases(n: int) -> str:
@@ -58,8 +74,8 @@ def queries(n: int) -> str:
 
 
 def direction(low: float, high: float, reference: float = 0.0) -> int:
-    """+1 if the interval lies above `reference`, -1 if below, 0 if it contains it."""
-    return 1 if low > reference else -1 if high < reference else 0
+    """+1 if the interval lies above `reference`, -1 if below, 0 if it contains or touches it (within ZERO_TOL)."""
+    return 1 if low > reference + ZERO_TOL else -1 if high < reference - ZERO_TOL else 0
 
 
 def pair_direction(row: Mapping) -> int:

@@ -258,9 +258,12 @@ def test_summary_level_and_index_size_sentences():
         }
     )
     text = findings.level_sentences(levels, "m")
-    assert "region is retrieved more reliably than the finding" in text[-1] and len(text) == 4
-    levels.loc[2, "micro_hi"] = 0.9
-    assert "not distinguishable" in findings.level_sentences(levels, "m")[-1]
+    assert len(text) == 3 and not any(
+        "label-level" in t or "reliably" in t for t in text
+    )  # no unpaired contrast
+    contrast = pd.DataFrame([random_contrast(rng, "m", 1), random_contrast(rng, "other", 1)])
+    text = findings.level_sentences(levels, "m", contrast=contrast)
+    assert len(text) == 4 and text[-1] == findings.contrast_sentence(contrast.iloc[0])
     few = findings.level_sentences(levels.assign(n_cases=2), "m")
     assert all("too few cases" in t for t in few)
 
@@ -294,6 +297,56 @@ def test_paper_claims():
     assert list(paper["testable"]) == [True, False, False, True, True]
 
 
+def random_contrast(rng, model: str, n: int, n_cases: int | None = None) -> dict:
+    """A random row of levels.level_contrast."""
+    region, label = rng.uniform(0.4, 1.0), rng.uniform(0.1, 0.6)
+    rc, lc = rng.uniform(0.1, 0.4), rng.uniform(0.0, 0.15)
+    diff, low, high = random_bounds(rng, (region - rc) - (label - lc))
+    return {"model": model, "N": n, "region": region, "region chance": rc, "region excess": region - rc,
+            "label": label, "label chance": lc, "label excess": label - lc, "difference": diff, "low": low,
+            "high": high, "p_value": rng.random() * 0.1, "p_holm": float(rng.choice([rng.random() * 0.1, np.nan])),
+            "n_queries": int(rng.integers(1, 90)),
+            "n_cases": int(rng.choice([2, 48])) if n_cases is None else n_cases}  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_contrast_sentence_agrees_with_its_row(seed):
+    rng = np.random.default_rng(seed)
+    row = random_contrast(rng, "enc", int(rng.choice([1, 10])))
+    text = findings.contrast_sentence(row)
+    m = re.fullmatch(
+        rf"enc: micro P@(\d+) exceeds its chance value by ({NUM}) at the region level \(({NUM}) against ({NUM})\) "
+        rf"and by ({NUM}) at the label level \(({NUM}) against ({NUM})\); paired difference of the two excesses "
+        rf"({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; ({P})( \(Holm-adjusted over the models\))?; (\d+) "
+        rf"quer(?:y|ies), (\d+) cases?\): (.*)\.",
+        text,
+    )
+    assert m, text
+    assert int(m.group(1)) == row["N"]
+    assert m.group(2, 3, 4) == (s3(row["region excess"]), r3(row["region"]), r3(row["region chance"]))
+    assert m.group(5, 6, 7) == (s3(row["label excess"]), r3(row["label"]), r3(row["label chance"]))
+    assert m.group(8, 9, 10) == (s3(row["difference"]), s3(row["low"]), s3(row["high"]))
+    check_zero_note(row["low"], row["high"], m.group(11))
+    holm = not np.isnan(row["p_holm"])
+    p = row["p_holm"] if holm else row["p_value"]
+    want = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    assert m.group(12) == ("p < 0.05" if p < 0.05 and want == "p = 0.050" else want)
+    assert bool(m.group(13)) == holm
+    assert (int(m.group(14)), int(m.group(15))) == (row["n_queries"], row["n_cases"])
+    significant = not (holm and row["p_holm"] >= 0.05)
+    verdict = m.group(16)
+    if row["n_cases"] < findings.MIN_CASES:
+        assert verdict.startswith("too few cases")
+    elif row["low"] > 1e-9 and significant:
+        assert verdict == "the region is retrieved further above chance than the finding"
+    elif row["high"] < -1e-9 and significant:
+        assert verdict == "the finding is retrieved further above chance than the region"
+    else:
+        assert verdict.startswith("their excesses over chance are not distinguishable")
+        excludes = row["low"] > 1e-9 or row["high"] < -1e-9
+        assert verdict.endswith("does not reach 0.05)") == excludes
+
+
 def random_pairs(rng, models, other, refs, n_cases):
     rows = []
     for m in models:
@@ -325,12 +378,7 @@ def test_claim_verdicts_follow_the_intervals(seed):
     table.attrs["best"] = best_model
     best = random_pairs(rng, models, "best", [best_model], n_cases)
     base = random_pairs(rng, encoders, "baseline", ["raw-pixels", "random-vit"], n_cases)
-    lv = pd.DataFrame(
-        [{"model": m, "level": level, "N": 1, "micro": v, "micro_lo": v - w, "micro_hi": v + w, "n_cases": n_cases,
-          "chance_micro": c}
-         for m in models
-         for level, v, w, c in (("region", rng.random(), 0.05, 0.3 * rng.random()), ("label", rng.random(), 0.05, 0.1))]
-    )  # fmt: skip
+    lv = pd.DataFrame([random_contrast(rng, m, n, n_cases) for m in models for n in (1, 10)])
     size = pd.DataFrame(
         [{"model": m, "metric": metric, "N": 10, "average": "micro", "index_cases": c, "estimate": v,
           "low": v - 0.05, "high": v + 0.05, "chance": ch, "n_cases": n_cases}
@@ -365,30 +413,30 @@ def test_claim_verdicts_follow_the_intervals(seed):
             )  # fmt: skip
             assert verdict == want, got.loc[claim["claim"], "evidence"]
         elif key == "anatomy":
-            pivot = {m: g.set_index("level") for m, g in lv.groupby("model")}
-
-            # each level's excess over its own chance (a label hit is a region hit: raw shares are not compared)
-            def excess(p, level, col):
-                return p.loc[level, col] - p.loc[level, "chance_micro"]
-
-            passed = sum(
-                excess(p, "region", "micro_lo") > excess(p, "label", "micro_hi") for p in pivot.values()
-            )
-            failed = sum(
-                excess(p, "region", "micro_hi") < excess(p, "label", "micro_lo") for p in pivot.values()
-            )
+            # the rule and the numbers of the contrast sentence: paired CI and Holm-adjusted p
+            at1 = lv[lv["N"] == 1]
+            ok = at1["p_holm"].isna() | (at1["p_holm"] < 0.05)
+            higher = at1["model"][(at1["low"] > 1e-9) & ok].tolist()
+            lower = at1["model"][(at1["high"] < -1e-9) & ok].tolist()
             if few:
                 assert verdict == findings.NOT_SHOWN
             else:
                 want = (
-                    findings.HOLDS if passed == len(pivot) else findings.PARTLY if passed
-                    else findings.FAILS if failed else findings.NOT_SHOWN
+                    findings.HOLDS if len(higher) == len(models) else findings.PARTLY if higher
+                    else findings.FAILS if lower else findings.NOT_SHOWN
                 )  # fmt: skip
                 assert verdict == want
+                evidence = got.loc[claim["claim"], "evidence"]
+                named = f" ({', '.join(higher)})" if higher else ""
                 assert (
-                    f"higher at the region level for {passed} of {len(pivot)} models, lower for {failed}"
-                    in got.loc[claim["claim"], "evidence"]
+                    f"higher at the region level for {len(higher)} of {len(models)} models{named}, "
+                    in evidence
                 )
+                assert f"lower for {len(lower)}" + (f" ({', '.join(lower)})" if lower else "") in evidence
+                for _, r in at1.iterrows():  # the sentence of notebook 6 says the same for every model
+                    sentence = findings.contrast_sentence(r)
+                    assert ("region is retrieved further" in sentence) == (r["model"] in higher)
+                    assert ("finding is retrieved further" in sentence) == (r["model"] in lower)
         elif key == "image_text":
             if few:
                 assert verdict == findings.NOT_SHOWN
@@ -607,6 +655,15 @@ def test_knn_k1_sentence_appears_only_when_k_1_ran():
     assert "selected for a)" in one and "a 0.612" in one and "b 0.500" not in one and "P@1" in one
     both = findings.knn_k1_sentence({"a": 1, "b": 1}, wide)
     assert "selected for every model" in both
+
+
+def test_the_anatomy_verdict_needs_the_paired_contrast():
+    claims = findings.paper_claims(["a", "raw-pixels"], "radmini", regions_with_several_labels=2)
+    old = pd.DataFrame({"model": "a", "level": ["region", "label"], "N": 1, "micro": 0.5, "micro_lo": 0.4,
+                        "micro_hi": 0.6, "chance_micro": 0.1, "n_cases": 9})  # fmt: skip
+    table = pd.DataFrame(columns=["model", "average", "N", "estimate", "low", "high", "chance", "n_cases"])
+    with pytest.raises(ValueError, match="levels.level_contrast rows"):
+        findings.claim_verdicts(claims, table, levels=old)
 
 
 def test_a_bound_printing_as_zero_says_whether_the_interval_reaches_0():

@@ -228,9 +228,17 @@ def summary_sentences(
     return out
 
 
-def level_sentences(levels: pd.DataFrame, name: str, n: int = 1, average: str = "micro") -> list[str]:
-    """Anatomy versus pathology (`levels.level_precision` of one model): each level against chance, then the
-    region-versus-label contrast, claimed only when their bands do not overlap."""
+def level_sentences(
+    levels: pd.DataFrame,
+    name: str,
+    n: int = 1,
+    average: str = "micro",
+    contrast: pd.DataFrame | None = None,
+) -> list[str]:
+    """Anatomy versus pathology (`levels.level_precision` of one model): each level against chance, then, from
+    `contrast` (`levels.level_contrast` rows; those of model `name` at N = `n` are used), the paired comparison of
+    the region's and the label's excess over chance (`contrast_sentence`). Without `contrast`, the levels are not
+    compared: a label hit is always a region hit, so their unpaired bands cannot be set against each other."""
     part = levels[levels["N"] == n].set_index("level")
     lo, hi = f"{average}_lo", f"{average}_hi"
     out = [
@@ -245,20 +253,41 @@ def level_sentences(levels: pd.DataFrame, name: str, n: int = 1, average: str = 
         )
         for level, r in part.iterrows()
     ]
-    if {"region", "label"} <= set(part.index):
-        reg, lab = part.loc["region"], part.loc["label"]
-        if too_few(reg["n_cases"]):
-            verdict = _few(reg["n_cases"])
-        elif reg[lo] > lab[hi]:
-            verdict = "the region is retrieved more reliably than the finding (the bands do not overlap)"
-        elif reg[hi] < lab[lo]:
-            verdict = "the finding is retrieved more reliably than the region (the bands do not overlap)"
-        else:
-            verdict = "region and finding are not distinguishable here (the bands overlap)"
-        out.append(
-            f"{name}: region-level {average} P@{n} {num(reg[average])} against label-level {num(lab[average])}: {verdict}."
-        )
+    if contrast is not None:
+        rows = contrast[(contrast["model"] == name) & (contrast["N"] == n)]
+        out += [contrast_sentence(r) for _, r in rows.iterrows()]
     return out
+
+
+LEVEL_WORDS = {
+    "label": "finding"
+}  # what a hit at each level retrieves, where it differs from the level's name
+
+
+def contrast_sentence(row: Mapping, coarse: str = "region", fine: str = "label") -> str:
+    """One row of `levels.level_contrast`: micro P@N's excess over chance at the `coarse` and the `fine` level and
+    the paired difference of the two excesses, judged like `comparison_sentence` (CI and Holm-adjusted p)."""
+    holm = "p_holm" in row and not pd.isna(row["p_holm"])
+    p = pval(row["p_holm"] if holm else row["p_value"]) + (" (Holm-adjusted over the models)" if holm else "")
+    head = (
+        f"{row['model']}: micro P@{int(row['N'])} exceeds its chance value by {signed(row[f'{coarse} excess'])} "
+        f"at the {coarse} level ({num(row[coarse])} against {num(row[f'{coarse} chance'])}) and by "
+        f"{signed(row[f'{fine} excess'])} at the {fine} level ({num(row[fine])} against "
+        f"{num(row[f'{fine} chance'])}); paired difference of the two excesses {signed(row['difference'])} "
+        f"({interval(row['low'], row['high'], diff=True)}; {p}; {queries(row['n_queries'])}, "
+        f"{cases(row['n_cases'])})"
+    )
+    if too_few(row["n_cases"]):
+        return f"{head}: {_few(row['n_cases'])}."
+    d = pair_direction(row)
+    big, small = LEVEL_WORDS.get(coarse, coarse), LEVEL_WORDS.get(fine, fine)
+    if d:
+        first, second = (big, small) if d > 0 else (small, big)
+        return f"{head}: the {first} is retrieved further above chance than the {second}."
+    why = ""
+    if holm and direction(row["low"], row["high"]):
+        why = " (the unadjusted 95 % CI excludes 0, but the Holm-adjusted p does not reach 0.05)"
+    return f"{head}: their excesses over chance are not distinguishable{why}."
 
 
 def conditional_sentence(row: Mapping, name: str) -> str:
@@ -423,34 +452,33 @@ def _best_verdict(best_model: str, best: pd.DataFrame, image_text: Sequence[str]
     return (FAILS if len(rivals) and below == len(rivals) else NOT_SHOWN), evidence
 
 
-def _anatomy_verdict(levels: pd.DataFrame, n: int, average: str) -> tuple[str, str]:
-    part = levels[levels["N"] == n] if "N" in levels else levels
-    lo, hi = f"{average}_lo", f"{average}_hi"
-    passed = failed = total = 0
-    few = False
-    for _, g in part.groupby("model", sort=False):
-        g = g.set_index("level")
-        if not {"region", "label"} <= set(g.index):
-            continue
-        total += 1
-        reg, lab = g.loc["region"], g.loc["label"]
-        if too_few(reg["n_cases"]):
-            few = True
-            continue
-        # a label hit is a region hit by construction, so the raw shares are not compared: each level's
-        # excess over its own chance value is (unpaired bands)
-        chance = f"chance_{average}"
-        reg_c, lab_c = (reg[chance], lab[chance]) if chance in g.columns else (0.0, 0.0)
-        passed += int(reg[lo] - reg_c > lab[hi] - lab_c)
-        failed += int(reg[hi] - reg_c < lab[lo] - lab_c)
-    if few and not passed and not failed:
+def _anatomy_verdict(contrast: pd.DataFrame, n: int) -> tuple[str, str]:
+    """From `levels.level_contrast` rows (micro) at N = `n`: the same rule and numbers as `contrast_sentence`."""
+    if "difference" not in contrast or "region excess" not in contrast:
+        raise ValueError(
+            "parameter 'levels' must hold levels.level_contrast rows (columns 'region excess', 'difference', ...); "
+            f"got columns {list(contrast.columns)}"
+        )
+    part = contrast[contrast["N"] == n]
+    if part.empty:
+        return NOT_SHOWN, f"no region-label contrast at N = {n}"
+    if too_few(part["n_cases"].min()):
         return NOT_SHOWN, _few(part["n_cases"].min())
+    signs = {str(r["model"]): pair_direction(r) for _, r in part.iterrows()}
+    higher = [m for m, d in signs.items() if d > 0]
+    lower = [m for m, d in signs.items() if d < 0]
+
+    def listed(models: list[str]) -> str:
+        return f" ({', '.join(models)})" if models else ""
+
     evidence = (
-        f"{average} P@{n} minus its chance value, region level against label level (a label hit is always a "
-        f"region hit, so the raw shares are not compared; 95 % bands not overlapping, unpaired): higher at the "
-        f"region level for {passed} of {total} models, lower for {failed}"
+        f"micro P@{n}'s excess over its chance value, region level minus label level, paired over the same queries "
+        "(a label hit is always a region hit, and region-level chance is higher, so the raw shares are not "
+        "compared; cluster bootstrap over cases, 95 % CI and Holm-adjusted p < 0.05 over the models): higher at "
+        f"the region level for {len(higher)} of {len(signs)} models{listed(higher)}, lower for {len(lower)}"
+        f"{listed(lower)} (notebook 6)"
     )
-    return _count_verdict(passed, failed, total), evidence
+    return _count_verdict(len(higher), len(lower), len(signs)), evidence
 
 
 def _numbers_verdict(table: pd.DataFrame, model: str = "biomedclip") -> tuple[str, str]:
@@ -509,7 +537,8 @@ def claim_verdicts(
     cannot be tested here) and the evidence, judged at `average` P@`n`.
 
     `table`: `summary.model_table`; `best` / `baselines`: `summary.against_best` / `against_baselines`; `levels`:
-    `levels.level_precision` rows of every model with a `model` column; `index_size`:
+    `levels.level_contrast` rows of every model (judged on micro P@`n` whatever `average`: the paired difference of
+    the region's and the label's excess over chance, as in notebook 6); `index_size`:
     `index_size.index_size_study` rows with a `model` column (judged on micro plain P@10: it holds for a model
     whose bands at the smallest and the full index do not overlap). A claim whose table is missing is "not
     shown".
@@ -526,7 +555,7 @@ def claim_verdicts(
                 str(table.attrs.get("best", "")), _pairs_at(best, n, average), image_text_models
             )
         elif key == "anatomy" and levels is not None:
-            verdict, evidence = _anatomy_verdict(levels, n, average)
+            verdict, evidence = _anatomy_verdict(levels, n)
         elif key == "numbers":
             verdict, evidence = _numbers_verdict(table)
         elif key == "index_size" and index_size is not None:

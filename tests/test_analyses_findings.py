@@ -267,24 +267,74 @@ def test_summary_level_and_index_size_sentences():
     few = findings.level_sentences(levels.assign(n_cases=2), "m")
     assert all("too few cases" in t for t in few)
 
-    size = pd.DataFrame(
-        {
-            "metric": "plain P@N",
-            "N": 10,
-            "average": "micro",
-            "index_images": [20.0, 50.0, 100.0],
-            "index_cases": [4.0, 10.0, 20.0],
-            "n_cases": 13,
-            "estimate": [0.3, 0.5, 0.52],
-            "low": [0.25, 0.45, 0.46],
-            "high": [0.35, 0.55, 0.58],
-        }
-    )
-    text = findings.index_size_sentence(size, "m")
-    assert "rises up to index_cases = 10.0" in text and "flattens" in text and "micro plain P@10" in text
+    size = pd.DataFrame(random_size_curve(rng, "plain P@N", n_cases=13))
     assert "too few cases" in findings.index_size_sentence(size.assign(n_cases=3), "m")
     with pytest.raises(ValueError, match="no rows"):
         findings.index_size_sentence(size, "m", n=3)
+
+
+def random_size_curve(rng, metric: str, n_cases: int | None = None, ceiling: bool = True) -> list[dict]:
+    """Rows of one model's index-size curve at N = 10 (3 sizes; the middle one out of order)."""
+    values = np.sort(rng.uniform(0.1, 0.9, 3))[:: 1 if rng.random() < 0.7 else -1]
+    chances = np.sort(rng.uniform(0.0, 0.3, 3))
+    n_cases = int(rng.choice([3, 40])) if n_cases is None else n_cases
+    rows = []
+    for c, v, ch in zip((10, 4, 20), values[[1, 0, 2]], chances[[1, 0, 2]], strict=True):
+        low, high = v - rng.exponential(0.06), v + rng.exponential(0.06)
+        rows.append({"metric": metric, "N": 10, "average": "micro", "index_cases": c, "estimate": v, "low": low,
+                     "high": high, "chance": ch, "n_cases": n_cases}
+                    | ({"ceiling": rng.uniform(0.5, 1.0)} if ceiling else {}))  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_index_size_sentence_judges_the_excess_it_quotes(seed):
+    rng = np.random.default_rng(seed)
+    metric = "plain P@N" if seed % 2 else "hit@N"
+    part = pd.DataFrame(random_size_curve(rng, metric, ceiling=bool(seed % 3)))
+    text = findings.index_size_sentence(part, "m", metric=metric)
+    a = part[part["index_cases"] == 4].iloc[0]
+    b = part[part["index_cases"] == 20].iloc[0]
+    name = (
+        "plain P@10 \\(hits among the first 10 / 10\\)"
+        if metric == "plain P@N"
+        else ("hit@10 \\(the share of queries with at least one image of their label among the first 10\\)")
+    )
+    m = re.match(
+        rf"m: micro {name} goes from ({NUM}) \(95 % CI ({NUM}) to ({NUM})\) against ({NUM}) by chance at 4 index "
+        rf"cases to ({NUM}) \(95 % CI ({NUM}) to ({NUM})\) against ({NUM}) by chance at 20 index cases; its excess "
+        rf"over chance goes from ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}\) to ({NUM}) \(95 % CI ({NUM}) to "
+        rf"({NUM}){ZERO}\): ([^.]*)\.",
+        text,
+    )
+    assert m, text
+    assert m.group(1, 2, 3, 4) == (r3(a["estimate"]), r3(a["low"]), r3(a["high"]), r3(a["chance"]))
+    assert m.group(5, 6, 7, 8) == (r3(b["estimate"]), r3(b["low"]), r3(b["high"]), r3(b["chance"]))
+    ex = [(r["estimate"] - r["chance"], r["low"] - r["chance"], r["high"] - r["chance"]) for r in (a, b)]
+    assert m.group(9, 10, 11) == tuple(s3(x) for x in ex[0])
+    assert m.group(13, 14, 15) == tuple(s3(x) for x in ex[1])
+    verdict = m.group(17)
+    if a["n_cases"] < findings.MIN_CASES:
+        assert verdict.startswith("too few cases")
+    elif ex[1][1] > ex[0][2]:
+        assert verdict.startswith("it rises (the bands of the excess at the two ends do not overlap")
+    elif ex[1][2] < ex[0][1]:
+        assert verdict.startswith("it falls (the bands of the excess")
+    else:
+        assert verdict.startswith("it is not shown to change")
+    if "ceiling" in part:
+        reach = "min(n_c, 10) / 10" if metric == "plain P@N" else "1 where its class is in the index, else 0"
+        assert text.endswith(
+            f" The highest value it can reach (per query {reach}, averaged) is {r3(a['ceiling'])} at the smallest "
+            f"and {r3(b['ceiling'])} at the full index, so its excess over chance can reach at most "
+            f"{r3(a['ceiling'] - a['chance'])} and {r3(b['ceiling'] - b['chance'])}."
+        )
+    else:
+        assert "highest value" not in text
+    mean = part.assign(index_cases=part["index_cases"] + 0.4)
+    assert "at 4.4 index cases (mean over repeats) to" in findings.index_size_sentence(
+        mean, "m", metric=metric
+    )
 
 
 def test_paper_claims():
@@ -464,7 +514,16 @@ def test_claim_verdicts_follow_the_intervals(seed):
             )  # fmt: skip
             assert verdict == want
             if not few:
-                assert f"for {changed} of {len(models)} models" in got.loc[claim["claim"], "evidence"]
+                evidence = got.loc[claim["claim"], "evidence"]
+                assert f"for {changed} of {len(models)} models" in evidence
+                listed = re.search(r"models(?: \(([^)]*)\))? \(notebook 4\)$", evidence)
+                named = set(listed.group(1).split(", ")) if listed.group(1) else set()
+                assert len(named) == changed
+                for model, g in size.groupby("model"):  # notebook 4's sentence says the same, model by model
+                    moves = any(
+                        w in findings.index_size_sentence(g, model) for w in (": it rises", ": it falls")
+                    )
+                    assert moves == (model in named)
         elif key == "numbers":
             ours = table[table["model"] == "biomedclip"].set_index("N")
             inside = sum(

@@ -6,6 +6,8 @@ Rules (so that no sentence claims more than its numbers carry):
 - A curve "rises" or "falls" between two N (or two index sizes) only when the bands at the two points do not
   overlap; it "flattens" only when it changes that way up to a middle point and not after it. Otherwise it
   "is not shown to change (its 95 % bands at the two ends overlap)". Non-overlap of two bands is a conservative descriptive rule, not a test.
+  Index-size curves are judged the same way on their excess over chance (chance changes with the index), from the
+  smallest to the full index only (`index_size_change`, shared by the sentence and the claim verdict).
 - With fewer than MIN_CASES independent cases, a percentile bootstrap has too few distinct resamples to bound
   anything (one case gives a zero-width interval): no direction is claimed, the sentence says "too few cases".
 - Numbers are quoted rounded to 3 decimals (differences with their sign), p-values to 3 decimals or "< 0.001".
@@ -305,18 +307,71 @@ def conditional_sentence(row: Mapping, name: str) -> str:
     )
 
 
+def _index_count(x: float) -> str:
+    """'23 index cases'; a count that differs between repeats is a mean: '23.4 index cases (mean over repeats)'."""
+    return f"{int(x)} index cases" if float(x).is_integer() else f"{x:.1f} index cases (mean over repeats)"
+
+
+def index_size_change(part: pd.DataFrame) -> tuple[pd.Series, pd.Series, int]:
+    """(smallest-index row, full-index row, change) of one model's curve (`index_size.index_size_study` rows of one
+    metric, N and average). change: +1 / -1 where the 95 % bands of the excess over chance (estimate, low and high
+    minus that size's chance value) at the two ends do not overlap, else 0. Chance rises with the index, so the raw
+    values are not compared. `index_size_sentence` and the claim verdict both use this rule."""
+    t = part.sort_values("index_cases")
+    if t["index_cases"].nunique() < 2:
+        raise ValueError("an index-size curve needs at least two index sizes")
+    r0, r1 = t.iloc[0], t.iloc[-1]
+    lo0, hi0 = r0["low"] - r0["chance"], r0["high"] - r0["chance"]
+    lo1, hi1 = r1["low"] - r1["chance"], r1["high"] - r1["chance"]
+    return r0, r1, 1 if lo1 > hi0 else -1 if hi1 < lo0 else 0
+
+
+METRIC_MEANINGS = {
+    "plain P@N": "hits among the first {n} / {n}",
+    "hit@N": "the share of queries with at least one image of their label among the first {n}",
+}
+
+
 def index_size_sentence(
     table: pd.DataFrame, name: str, metric: str = "plain P@N", n: int = 10, average: str = "micro"
 ) -> str:
     """How `metric` at `n` changes from the smallest to the full index (`index_size.index_size_study` of one model),
-    the index size counted in cases (the unit subsampled)."""
+    the index size counted in cases (the unit subsampled): the values with their chance, the excess over chance
+    that is judged (`index_size_change`), and, where the table has it, the ceiling at both ends."""
     part = table[(table["metric"] == metric) & (table["N"] == n) & (table["average"] == average)]
     if part.empty:
         raise ValueError(f"no rows for metric {metric!r}, N = {n}, average {average!r}")
+    r0, r1, change = index_size_change(part)
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
-    return shape_sentence(
-        part, name, x="index_cases", value="estimate", low="low", high="high", measure=measure
+    meaning = METRIC_MEANINGS.get(metric, "").format(n=n)
+    x0, x1 = r0["estimate"] - r0["chance"], r1["estimate"] - r1["chance"]
+    text = (
+        f"{name}: {measure}{f' ({meaning})' if meaning else ''} goes from {num(r0['estimate'])} "
+        f"({interval(r0['low'], r0['high'])}) against {num(r0['chance'])} by chance at {_index_count(r0['index_cases'])} "
+        f"to {num(r1['estimate'])} ({interval(r1['low'], r1['high'])}) against {num(r1['chance'])} by chance at "
+        f"{_index_count(r1['index_cases'])}; its excess over chance goes from {signed(x0)} "
+        f"({interval(r0['low'] - r0['chance'], r0['high'] - r0['chance'], diff=True)}) to {signed(x1)} "
+        f"({interval(r1['low'] - r1['chance'], r1['high'] - r1['chance'], diff=True)})"
     )
+    if "n_cases" in part and too_few(part["n_cases"].min()):
+        text += f": {_few(part['n_cases'].min())} how it changes."
+    elif change:
+        text += (
+            f": it {'rises' if change > 0 else 'falls'} (the bands of the excess at the two ends do not overlap; "
+            "an unpaired check)."
+        )
+    else:
+        text += ": it is not shown to change (the bands of the excess at the two ends overlap; an unpaired check)."
+    if "ceiling" in part and not pd.isna(r0["ceiling"]):
+        reach = (
+            f"min(n_c, {n}) / {n}" if metric == "plain P@N" else "1 where its class is in the index, else 0"
+        )
+        text += (
+            f" The highest value it can reach (per query {reach}, averaged) is {num(r0['ceiling'])} at the smallest "
+            f"and {num(r1['ceiling'])} at the full index, so its excess over chance can reach at most "
+            f"{num(r0['ceiling'] - r0['chance'])} and {num(r1['ceiling'] - r1['chance'])}."
+        )
+    return text
 
 
 # ---- which of the paper's claims this configuration can test ---------------------------------------------------
@@ -500,26 +555,21 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
         return NOT_SHOWN, f"no {metric} rows at N = {n} in the index-size table"
     if too_few(part["n_cases"].min()):
         return NOT_SHOWN, _few(part["n_cases"].min())
-    changed = total = 0
+    total = 0
     which: list[str] = []
     for model, g in part.groupby("model", sort=False):
-        t = g.sort_values("index_cases")
-        if t["index_cases"].nunique() < 2:
+        if g["index_cases"].nunique() < 2:
             continue
         total += 1
-        # judged above chance: chance itself rises with the index (more images of the query's class)
-        above = t.assign(**{c: t[c] - t["chance"] for c in ("estimate", "low", "high")})
-        first, last = t["index_cases"].iloc[0], t["index_cases"].iloc[-1]
-        moved = _change(above, "index_cases", first, last, "estimate", "low", "high") != 0
-        changed += int(moved)
-        which += [str(model)] if moved else []
+        if index_size_change(g)[2]:  # the rule of notebook 4's sentences, on the same rows
+            which.append(str(model))
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
     evidence = (
         f"the excess of {measure} over its chance value (chance rises with the index too) differs between the "
-        f"smallest and the full index beyond the 95 % bands (unpaired) for {changed} of {total} models"
+        f"smallest and the full index beyond the 95 % bands (unpaired) for {len(which)} of {total} models"
         f"{' (' + ', '.join(which) + ')' if which else ''} (notebook 4)"
     )
-    return _count_verdict(changed, 0, total), evidence
+    return _count_verdict(len(which), 0, total), evidence
 
 
 def claim_verdicts(
@@ -539,8 +589,8 @@ def claim_verdicts(
     `table`: `summary.model_table`; `best` / `baselines`: `summary.against_best` / `against_baselines`; `levels`:
     `levels.level_contrast` rows of every model (judged on micro P@`n` whatever `average`: the paired difference of
     the region's and the label's excess over chance, as in notebook 6); `index_size`:
-    `index_size.index_size_study` rows with a `model` column (judged on micro plain P@10: it holds for a model
-    whose bands at the smallest and the full index do not overlap). A claim whose table is missing is "not
+    `index_size.index_size_study` rows with a `model` column (judged on micro plain P@10 by `index_size_change`: it
+    holds for a model whose bands of the excess over chance at the smallest and the full index do not overlap). A claim whose table is missing is "not
     shown".
     """
     out = []

@@ -11,6 +11,7 @@ from cbmir.analyses import findings
 
 NUM = r"[+-]?\d+\.\d{3}"
 P = r"p < 0\.001|p < 0\.05|p = \d\.\d{3}"
+ZERO = r"(?:, i\.e\. (it reaches 0|it stops just short of 0 \(at [+-]\d\.\de-\d\d\)))?"  # a bound printing +0.000
 
 
 def r3(x: float) -> str:
@@ -22,16 +23,38 @@ def s3(x: float) -> str:
     return "+0.000" if t in ("-0.000", "+0.000") else t
 
 
+def random_bounds(rng, diff: float) -> tuple[float, float, float]:
+    """(estimate, low, high) around `diff`; in a third of the draws one bound is 0, float noise or rounds to 0
+    (the estimate then moves to the middle of the interval)."""
+    low, high = diff - rng.exponential(0.08), diff + rng.exponential(0.08)
+    if rng.random() < 1 / 3:
+        zero = float(rng.choice([0.0, 1.1e-17, -1.1e-17, 3e-4, -3e-4, 4.9e-4, -4.9e-4]))
+        low, high = (zero, max(high, zero + 0.01)) if rng.random() < 0.5 else (min(low, zero - 0.01), zero)
+        diff = (low + high) / 2
+    return diff, low, high
+
+
+def check_zero_note(low: float, high: float, note: str | None) -> None:
+    """The note after a difference's interval: present exactly when a bound prints as +0.000, and true."""
+    near = [b for b in (low, high) if abs(b) < 5e-4]
+    assert bool(note) == bool(near), (low, high, note)
+    if near:
+        touches = low <= 1e-9 and high >= -1e-9  # the interval contains 0 or ends on it (up to float noise)
+        assert (note == "it reaches 0") == touches
+        if not touches:
+            assert note.startswith("it stops just short of 0") and f"{near[0]:+.1e}" in note
+
+
 def random_comparison(rng, other: str) -> dict:
-    diff = rng.normal(0, 0.1)
+    diff, low, high = random_bounds(rng, rng.normal(0, 0.1))
     return {
         "model": f"m{int(rng.integers(0, 9))}",
         other: str(rng.choice(["raw-pixels", "random-vit", "enc-a"])),
         "average": str(rng.choice(["micro", "macro"])),
         "N": int(rng.choice([1, 3, 5, 10])),
         "difference": diff,
-        "low": diff - rng.exponential(0.08),
-        "high": diff + rng.exponential(0.08),
+        "low": low,
+        "high": high,
         "p_value": float(rng.choice([rng.random(), 1e-4])),
         "p_holm": float(rng.choice([rng.random(), np.nan])),
         "n_cases": int(rng.integers(1, 50)),
@@ -45,32 +68,36 @@ def test_comparison_sentences_agree_with_their_row(seed):
     row = random_comparison(rng, other)
     text = findings.comparison_sentence(row, other)
     m = re.search(
-        rf"difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}); ({P})( \(Holm-adjusted[a-z -]*\))?; (\d+) cases?\)",
+        rf"difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; ({P})( \(Holm-adjusted[a-z -]*\))?; (\d+) cases?\)",
         text,
     )
     assert m, text
     assert m.group(1) == s3(row["difference"])
     assert (m.group(2), m.group(3)) == (s3(row["low"]), s3(row["high"]))
+    check_zero_note(row["low"], row["high"], m.group(4))
+    m = re.search(
+        rf"difference {NUM} \(95 % CI {NUM} to {NUM}{ZERO}; ({P})( \(Holm[a-z -]*\))?; (\d+) cases?\)", text
+    )
     holm = not np.isnan(row["p_holm"])
     p = row["p_holm"] if holm else row["p_value"]
     want = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-    assert m.group(4) == ("p < 0.05" if p < 0.05 and want == "p = 0.050" else want)
-    assert bool(m.group(5)) == holm
-    assert int(m.group(6)) == row["n_cases"]
+    assert m.group(2) == ("p < 0.05" if p < 0.05 and want == "p = 0.050" else want)
+    assert bool(m.group(3)) == holm
+    assert int(m.group(4)) == row["n_cases"]
     assert f"{row['average']} P@{row['N']}" in text
     if row["n_cases"] < findings.MIN_CASES:
         assert text.endswith(
-            f"too few cases ({m.group(6)} case{'s' if row['n_cases'] > 1 else ''}; at least 5 needed) to tell."
+            f"too few cases ({m.group(4)} case{'s' if row['n_cases'] > 1 else ''}; at least 5 needed) to tell."
         )
         assert "higher" not in text and "lower" not in text and "distinguishable" not in text
-    elif row["low"] > 0 and not (holm and row["p_holm"] >= 0.05):
+    elif row["low"] > 1e-9 and not (holm and row["p_holm"] >= 0.05):
         assert " scores higher than " in text and row["difference"] > 0
-    elif row["high"] < 0 and not (holm and row["p_holm"] >= 0.05):
+    elif row["high"] < -1e-9 and not (holm and row["p_holm"] >= 0.05):
         assert " scores lower than " in text and row["difference"] < 0
     else:  # the CI contains 0, or the Holm-adjusted p is 0.05 or more
         assert " is not distinguishable from " in text
         assert "higher" not in text and "lower" not in text
-        excludes = row["low"] > 0 or row["high"] < 0
+        excludes = row["low"] > 1e-9 or row["high"] < -1e-9
         assert (
             "the unadjusted 95 % CI excludes 0, but the Holm-adjusted p does not reach 0.05" in text
         ) == excludes
@@ -93,21 +120,21 @@ def test_chance_and_conditional_sentences_agree_with_their_row(seed):
     assert m.group(5) == want
 
     share, chance = rng.random(), rng.random()
-    d = share - chance
+    d, d_lo, d_hi = random_bounds(rng, share - chance)
     row = {
         "region": str(rng.choice(["all regions", "CT/lung"])),
         "N": 5,
         "share": share,
         "chance": chance,
         "difference": d,
-        "difference_lo": d - rng.exponential(0.1),
-        "difference_hi": d + rng.exponential(0.1),
+        "difference_lo": d_lo,
+        "difference_hi": d_hi,
         "n_queries": int(rng.choice([1, 40])),
         "n_cases": int(rng.choice([1, 12])),
     }
     text = findings.conditional_sentence(row, "m")
     m = re.search(
-        rf"in ({NUM}) against ({NUM}) by chance, difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}); (\d+) quer(?:y|ies), (\d+) cases?\): (.*)\.$",
+        rf"in ({NUM}) against ({NUM}) by chance, difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; (\d+) quer(?:y|ies), (\d+) cases?\): (.*)\.$",
         text,
     )
     assert m, text
@@ -119,13 +146,18 @@ def test_chance_and_conditional_sentences_agree_with_their_row(seed):
         s3(row["difference_hi"]),
     )
     lo, hi = row["difference_lo"], row["difference_hi"]
-    assert int(m.group(6)) == row["n_queries"] and int(m.group(7)) == row["n_cases"]
+    check_zero_note(lo, hi, m.group(6))
+    assert int(m.group(7)) == row["n_queries"] and int(m.group(8)) == row["n_cases"]
     assert (f"{row['n_queries']} query," if row["n_queries"] == 1 else f"{row['n_queries']} queries,") in text
     if row["n_cases"] < findings.MIN_CASES:
-        assert m.group(8).startswith("too few cases (1 case;")
+        assert m.group(9).startswith("too few cases (1 case;")
     else:
-        assert m.group(8) == (
-            "above chance" if lo > 0 else "below chance" if hi < 0 else "not distinguishable from chance"
+        assert m.group(9) == (
+            "above chance"
+            if lo > 1e-9
+            else "below chance"
+            if hi < -1e-9
+            else "not distinguishable from chance"
         )
 
 
@@ -226,30 +258,83 @@ def test_summary_level_and_index_size_sentences():
         }
     )
     text = findings.level_sentences(levels, "m")
-    assert "region is retrieved more reliably than the finding" in text[-1] and len(text) == 4
-    levels.loc[2, "micro_hi"] = 0.9
-    assert "not distinguishable" in findings.level_sentences(levels, "m")[-1]
+    assert len(text) == 3 and not any(
+        "label-level" in t or "reliably" in t for t in text
+    )  # no unpaired contrast
+    contrast = pd.DataFrame([random_contrast(rng, "m", 1), random_contrast(rng, "other", 1)])
+    text = findings.level_sentences(levels, "m", contrast=contrast)
+    assert len(text) == 4 and text[-1] == findings.contrast_sentence(contrast.iloc[0])
     few = findings.level_sentences(levels.assign(n_cases=2), "m")
     assert all("too few cases" in t for t in few)
 
-    size = pd.DataFrame(
-        {
-            "metric": "plain P@N",
-            "N": 10,
-            "average": "micro",
-            "index_images": [20.0, 50.0, 100.0],
-            "index_cases": [4.0, 10.0, 20.0],
-            "n_cases": 13,
-            "estimate": [0.3, 0.5, 0.52],
-            "low": [0.25, 0.45, 0.46],
-            "high": [0.35, 0.55, 0.58],
-        }
-    )
-    text = findings.index_size_sentence(size, "m")
-    assert "rises up to index_cases = 10.0" in text and "flattens" in text and "micro plain P@10" in text
+    size = pd.DataFrame(random_size_curve(rng, "plain P@N", n_cases=13))
     assert "too few cases" in findings.index_size_sentence(size.assign(n_cases=3), "m")
     with pytest.raises(ValueError, match="no rows"):
         findings.index_size_sentence(size, "m", n=3)
+
+
+def random_size_curve(rng, metric: str, n_cases: int | None = None, ceiling: bool = True) -> list[dict]:
+    """Rows of one model's index-size curve at N = 10 (3 sizes; the middle one out of order)."""
+    values = np.sort(rng.uniform(0.1, 0.9, 3))[:: 1 if rng.random() < 0.7 else -1]
+    chances = np.sort(rng.uniform(0.0, 0.3, 3))
+    n_cases = int(rng.choice([3, 40])) if n_cases is None else n_cases
+    rows = []
+    for c, v, ch in zip((10, 4, 20), values[[1, 0, 2]], chances[[1, 0, 2]], strict=True):
+        low, high = v - rng.exponential(0.06), v + rng.exponential(0.06)
+        rows.append({"metric": metric, "N": 10, "average": "micro", "index_cases": c, "estimate": v, "low": low,
+                     "high": high, "chance": ch, "n_cases": n_cases}
+                    | ({"ceiling": rng.uniform(0.5, 1.0)} if ceiling else {}))  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_index_size_sentence_judges_the_excess_it_quotes(seed):
+    rng = np.random.default_rng(seed)
+    metric = "plain P@N" if seed % 2 else "hit@N"
+    part = pd.DataFrame(random_size_curve(rng, metric, ceiling=bool(seed % 3)))
+    text = findings.index_size_sentence(part, "m", metric=metric)
+    a = part[part["index_cases"] == 4].iloc[0]
+    b = part[part["index_cases"] == 20].iloc[0]
+    name = (
+        "plain P@10 \\(hits among the first 10 / 10\\)"
+        if metric == "plain P@N"
+        else ("hit@10 \\(the share of queries with at least one image of their label among the first 10\\)")
+    )
+    m = re.match(
+        rf"m: micro {name} goes from ({NUM}) \(95 % CI ({NUM}) to ({NUM})\) against ({NUM}) by chance at 4 index "
+        rf"cases to ({NUM}) \(95 % CI ({NUM}) to ({NUM})\) against ({NUM}) by chance at 20 index cases; its excess "
+        rf"over chance goes from ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}\) to ({NUM}) \(95 % CI ({NUM}) to "
+        rf"({NUM}){ZERO}\): ([^.]*)\.",
+        text,
+    )
+    assert m, text
+    assert m.group(1, 2, 3, 4) == (r3(a["estimate"]), r3(a["low"]), r3(a["high"]), r3(a["chance"]))
+    assert m.group(5, 6, 7, 8) == (r3(b["estimate"]), r3(b["low"]), r3(b["high"]), r3(b["chance"]))
+    ex = [(r["estimate"] - r["chance"], r["low"] - r["chance"], r["high"] - r["chance"]) for r in (a, b)]
+    assert m.group(9, 10, 11) == tuple(s3(x) for x in ex[0])
+    assert m.group(13, 14, 15) == tuple(s3(x) for x in ex[1])
+    verdict = m.group(17)
+    if a["n_cases"] < findings.MIN_CASES:
+        assert verdict.startswith("too few cases")
+    elif ex[1][1] > ex[0][2]:
+        assert verdict.startswith("it rises (the bands of the excess at the two ends do not overlap")
+    elif ex[1][2] < ex[0][1]:
+        assert verdict.startswith("it falls (the bands of the excess")
+    else:
+        assert verdict.startswith("it is not shown to change")
+    if "ceiling" in part:
+        reach = "min(n_c, 10) / 10" if metric == "plain P@N" else "1 where its class is in the index, else 0"
+        assert text.endswith(
+            f" The highest value it can reach (per query {reach}, averaged) is {r3(a['ceiling'])} at the smallest "
+            f"and {r3(b['ceiling'])} at the full index, so its excess over chance can reach at most "
+            f"{r3(a['ceiling'] - a['chance'])} and {r3(b['ceiling'] - b['chance'])}."
+        )
+    else:
+        assert "highest value" not in text
+    mean = part.assign(index_cases=part["index_cases"] + 0.4)
+    assert "at 4.4 index cases (mean over repeats) to" in findings.index_size_sentence(
+        mean, "m", metric=metric
+    )
 
 
 def test_paper_claims():
@@ -260,6 +345,56 @@ def test_paper_claims():
     assert "no image-text model" in offline.loc[0, "why"]
     paper = findings.paper_claims(["biomedclip", "dinov2-b14"], "paper", index_size_ran=True)
     assert list(paper["testable"]) == [True, False, False, True, True]
+
+
+def random_contrast(rng, model: str, n: int, n_cases: int | None = None) -> dict:
+    """A random row of levels.level_contrast."""
+    region, label = rng.uniform(0.4, 1.0), rng.uniform(0.1, 0.6)
+    rc, lc = rng.uniform(0.1, 0.4), rng.uniform(0.0, 0.15)
+    diff, low, high = random_bounds(rng, (region - rc) - (label - lc))
+    return {"model": model, "N": n, "region": region, "region chance": rc, "region excess": region - rc,
+            "label": label, "label chance": lc, "label excess": label - lc, "difference": diff, "low": low,
+            "high": high, "p_value": rng.random() * 0.1, "p_holm": float(rng.choice([rng.random() * 0.1, np.nan])),
+            "n_queries": int(rng.integers(1, 90)),
+            "n_cases": int(rng.choice([2, 48])) if n_cases is None else n_cases}  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_contrast_sentence_agrees_with_its_row(seed):
+    rng = np.random.default_rng(seed)
+    row = random_contrast(rng, "enc", int(rng.choice([1, 10])))
+    text = findings.contrast_sentence(row)
+    m = re.fullmatch(
+        rf"enc: micro P@(\d+) exceeds its chance value by ({NUM}) at the region level \(({NUM}) against ({NUM})\) "
+        rf"and by ({NUM}) at the label level \(({NUM}) against ({NUM})\); paired difference of the two excesses "
+        rf"({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; ({P})( \(Holm-adjusted over the models\))?; (\d+) "
+        rf"quer(?:y|ies), (\d+) cases?\): (.*)\.",
+        text,
+    )
+    assert m, text
+    assert int(m.group(1)) == row["N"]
+    assert m.group(2, 3, 4) == (s3(row["region excess"]), r3(row["region"]), r3(row["region chance"]))
+    assert m.group(5, 6, 7) == (s3(row["label excess"]), r3(row["label"]), r3(row["label chance"]))
+    assert m.group(8, 9, 10) == (s3(row["difference"]), s3(row["low"]), s3(row["high"]))
+    check_zero_note(row["low"], row["high"], m.group(11))
+    holm = not np.isnan(row["p_holm"])
+    p = row["p_holm"] if holm else row["p_value"]
+    want = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    assert m.group(12) == ("p < 0.05" if p < 0.05 and want == "p = 0.050" else want)
+    assert bool(m.group(13)) == holm
+    assert (int(m.group(14)), int(m.group(15))) == (row["n_queries"], row["n_cases"])
+    significant = not (holm and row["p_holm"] >= 0.05)
+    verdict = m.group(16)
+    if row["n_cases"] < findings.MIN_CASES:
+        assert verdict.startswith("too few cases")
+    elif row["low"] > 1e-9 and significant:
+        assert verdict == "the region is retrieved further above chance than the finding"
+    elif row["high"] < -1e-9 and significant:
+        assert verdict == "the finding is retrieved further above chance than the region"
+    else:
+        assert verdict.startswith("their excesses over chance are not distinguishable")
+        excludes = row["low"] > 1e-9 or row["high"] < -1e-9
+        assert verdict.endswith("does not reach 0.05)") == excludes
 
 
 def random_pairs(rng, models, other, refs, n_cases):
@@ -293,12 +428,7 @@ def test_claim_verdicts_follow_the_intervals(seed):
     table.attrs["best"] = best_model
     best = random_pairs(rng, models, "best", [best_model], n_cases)
     base = random_pairs(rng, encoders, "baseline", ["raw-pixels", "random-vit"], n_cases)
-    lv = pd.DataFrame(
-        [{"model": m, "level": level, "N": 1, "micro": v, "micro_lo": v - w, "micro_hi": v + w, "n_cases": n_cases,
-          "chance_micro": c}
-         for m in models
-         for level, v, w, c in (("region", rng.random(), 0.05, 0.3 * rng.random()), ("label", rng.random(), 0.05, 0.1))]
-    )  # fmt: skip
+    lv = pd.DataFrame([random_contrast(rng, m, n, n_cases) for m in models for n in (1, 10)])
     size = pd.DataFrame(
         [{"model": m, "metric": metric, "N": 10, "average": "micro", "index_cases": c, "estimate": v,
           "low": v - 0.05, "high": v + 0.05, "chance": ch, "n_cases": n_cases}
@@ -333,30 +463,30 @@ def test_claim_verdicts_follow_the_intervals(seed):
             )  # fmt: skip
             assert verdict == want, got.loc[claim["claim"], "evidence"]
         elif key == "anatomy":
-            pivot = {m: g.set_index("level") for m, g in lv.groupby("model")}
-
-            # each level's excess over its own chance (a label hit is a region hit: raw shares are not compared)
-            def excess(p, level, col):
-                return p.loc[level, col] - p.loc[level, "chance_micro"]
-
-            passed = sum(
-                excess(p, "region", "micro_lo") > excess(p, "label", "micro_hi") for p in pivot.values()
-            )
-            failed = sum(
-                excess(p, "region", "micro_hi") < excess(p, "label", "micro_lo") for p in pivot.values()
-            )
+            # the rule and the numbers of the contrast sentence: paired CI and Holm-adjusted p
+            at1 = lv[lv["N"] == 1]
+            ok = at1["p_holm"].isna() | (at1["p_holm"] < 0.05)
+            higher = at1["model"][(at1["low"] > 1e-9) & ok].tolist()
+            lower = at1["model"][(at1["high"] < -1e-9) & ok].tolist()
             if few:
                 assert verdict == findings.NOT_SHOWN
             else:
                 want = (
-                    findings.HOLDS if passed == len(pivot) else findings.PARTLY if passed
-                    else findings.FAILS if failed else findings.NOT_SHOWN
+                    findings.HOLDS if len(higher) == len(models) else findings.PARTLY if higher
+                    else findings.FAILS if lower else findings.NOT_SHOWN
                 )  # fmt: skip
                 assert verdict == want
+                evidence = got.loc[claim["claim"], "evidence"]
+                named = f" ({', '.join(higher)})" if higher else ""
                 assert (
-                    f"higher at the region level for {passed} of {len(pivot)} models, lower for {failed}"
-                    in got.loc[claim["claim"], "evidence"]
+                    f"higher at the region level for {len(higher)} of {len(models)} models{named}, "
+                    in evidence
                 )
+                assert f"lower for {len(lower)}" + (f" ({', '.join(lower)})" if lower else "") in evidence
+                for _, r in at1.iterrows():  # the sentence of notebook 6 says the same for every model
+                    sentence = findings.contrast_sentence(r)
+                    assert ("region is retrieved further" in sentence) == (r["model"] in higher)
+                    assert ("finding is retrieved further" in sentence) == (r["model"] in lower)
         elif key == "image_text":
             if few:
                 assert verdict == findings.NOT_SHOWN
@@ -384,7 +514,16 @@ def test_claim_verdicts_follow_the_intervals(seed):
             )  # fmt: skip
             assert verdict == want
             if not few:
-                assert f"for {changed} of {len(models)} models" in got.loc[claim["claim"], "evidence"]
+                evidence = got.loc[claim["claim"], "evidence"]
+                assert f"for {changed} of {len(models)} models" in evidence
+                listed = re.search(r"models(?: \(([^)]*)\))? \(notebook 4\)$", evidence)
+                named = set(listed.group(1).split(", ")) if listed.group(1) else set()
+                assert len(named) == changed
+                for model, g in size.groupby("model"):  # notebook 4's sentence says the same, model by model
+                    moves = any(
+                        w in findings.index_size_sentence(g, model) for w in (": it rises", ": it falls")
+                    )
+                    assert moves == (model in named)
         elif key == "numbers":
             ours = table[table["model"] == "biomedclip"].set_index("N")
             inside = sum(
@@ -442,7 +581,11 @@ def test_separation_sentence_agrees_with_its_table(seed):
     )  # fmt: skip
     text = findings.separation_sentence(table, "m")
     assert f"is {r3(same)}," in text and f"other cases {r3(diff)};" in text
-    assert f"difference {s3(same - diff)} (95 % CI {s3(lo)} to {s3(hi)}; {3 * n} images, {n} case" in text
+    m = re.search(rf"difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; (\d+) images, (\d+) case", text)
+    assert m, text
+    assert m.group(1, 2, 3) == (s3(same - diff), s3(lo), s3(hi))
+    check_zero_note(lo, hi, m.group(4))
+    assert (int(m.group(5)), int(m.group(6))) == (3 * n, n)
     if n < findings.MIN_CASES:
         assert "too few cases" in text and "closer" not in text
     elif lo > 0:
@@ -571,6 +714,28 @@ def test_knn_k1_sentence_appears_only_when_k_1_ran():
     assert "selected for a)" in one and "a 0.612" in one and "b 0.500" not in one and "P@1" in one
     both = findings.knn_k1_sentence({"a": 1, "b": 1}, wide)
     assert "selected for every model" in both
+
+
+def test_the_anatomy_verdict_needs_the_paired_contrast():
+    claims = findings.paper_claims(["a", "raw-pixels"], "radmini", regions_with_several_labels=2)
+    old = pd.DataFrame({"model": "a", "level": ["region", "label"], "N": 1, "micro": 0.5, "micro_lo": 0.4,
+                        "micro_hi": 0.6, "chance_micro": 0.1, "n_cases": 9})  # fmt: skip
+    table = pd.DataFrame(columns=["model", "average", "N", "estimate", "low", "high", "chance", "n_cases"])
+    with pytest.raises(ValueError, match="levels.level_contrast rows"):
+        findings.claim_verdicts(claims, table, levels=old)
+
+
+def test_a_bound_printing_as_zero_says_whether_the_interval_reaches_0():
+    row = {"model": "random-vit", "best": "xception-imagenet", "average": "micro", "N": 1, "difference": -0.175,
+           "low": -0.394, "high": 1e-17, "p_value": 0.05, "p_holm": 0.108, "n_cases": 48}  # fmt: skip
+    text = findings.comparison_sentence(row, "best")
+    assert "(95 % CI -0.394 to +0.000, i.e. it reaches 0; p = 0.108" in text
+    assert "not distinguishable" in text  # float noise above 0 does not exclude 0
+    text = findings.comparison_sentence(row | {"high": -3e-4, "p_holm": 0.01}, "best")
+    assert "(95 % CI -0.394 to +0.000, i.e. it stops just short of 0 (at -3.0e-04); p = 0.010" in text
+    assert "scores lower than" in text
+    assert findings.interval(0.1, 0.2, diff=True) == "95 % CI +0.100 to +0.200"
+    assert findings.interval(0.0, 0.2) == "95 % CI 0.000 to 0.200"  # not a difference: no note
 
 
 def test_p_values_never_round_across_the_level():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import slow_stats as slow
 from cbmir.analyses import index_size
@@ -89,10 +90,10 @@ def test_index_size_study_matches_reference(seed):
     by_fraction = {0.25: calls[:3], 1.0: calls[3:]}
     for fraction, subs in by_fraction.items():
         for average in ("micro", "macro"):
-            per_rep, pooled, chances = [], [], []
+            per_rep, pooled, chances, ceilings = [], [], [], []
             for sub in subs:
                 sims = emb[query_rows] @ emb[sub].T
-                values, expected = [], []
+                values, expected, reachable = [], [], []
                 sub_labels = [labels[r] for r in sub]
                 m = len(sub)
                 for i in valid:
@@ -101,18 +102,24 @@ def test_index_size_study_matches_reference(seed):
                     plain = [sum(x == labels[query_rows[i]] for x in ranked[:n]) / n for n in ns]
                     hit = [float(labels[query_rows[i]] in ranked[:n]) for n in ns]
                     values.append(plain + hit)
+                    reachable.append([min(n_c, n) / n for n in ns] + [float(n_c > 0)] * len(ns))
                     expected.append(
                         [n_c / m] * len(ns) + [1 - math.comb(m - n_c, n) / math.comb(m, n) for n in ns]
                     )
                 per_rep.append(slow.average(values, qlab, average))
                 pooled.append(slow.resamples(values, qlab, qcase, average, 25, seed))
                 chances.append(slow.average(expected, qlab, average))
+                ceilings.append(slow.average(reachable, qlab, average))
             pooled = np.vstack(pooled)
             part = got[(got["fraction"] == fraction) & (got["average"] == average)]
             np.testing.assert_allclose(part["estimate"], np.mean(per_rep, axis=0), atol=1e-12)
             np.testing.assert_allclose(part["low"], np.percentile(pooled, 2.5, axis=0), atol=1e-12)
             np.testing.assert_allclose(part["high"], np.percentile(pooled, 97.5, axis=0), atol=1e-12)
             np.testing.assert_allclose(part["chance"], np.mean(chances, axis=0), atol=1e-12)
+            np.testing.assert_allclose(part["ceiling"], np.mean(ceilings, axis=0), atol=1e-12)
+            n_idx = {len({cases[r] for r in s}) for s in subs}
+            assert len(n_idx) == 1 and (part["index_cases"] == n_idx.pop()).all()
+            assert pd.api.types.is_integer_dtype(part["index_cases"])
             sd = np.std(per_rep, axis=0, ddof=1) if len(subs) > 1 else np.zeros(2 * len(ns))
             np.testing.assert_allclose(part["repeat_sd"], sd, atol=1e-12)
             assert part["metric"].tolist() == ["plain P@N"] * 3 + ["hit@N"] * 3

@@ -81,6 +81,71 @@ def test_level_precision_matches_reference(seed):
         np.testing.assert_allclose(part["chance_micro"], np.mean(chance), atol=1e-12)
 
 
+def slow_holm(p: list[float]) -> list[float]:
+    """Holm step-down: the i-th smallest p times (m - i), made monotone, capped at 1."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_level_contrast_matches_reference(seed):
+    ids_a, ids_b, qr, ir, _, regions, labels, cases = problem(seed)
+    if seed == 2:  # a label absent from the index: its queries are defined at the region level only
+        labels = labels.copy()
+        labels[[r for r in ir if labels[r] == "MR/brain/glioma"]] = "MR/brain/normal"
+        labels[qr[0]] = "MR/brain/glioma"
+        regions = regions.copy()
+        regions[qr[0]] = "MR/brain"
+    got = levels.level_contrast(
+        {"a": ids_a, "b": ids_b}, qr, ir, {"region": regions, "label": labels}, cases, n_boot=40, seed=seed
+    )
+    assert list(got.columns) == [
+        "model", "N", "region", "region chance", "region excess", "label", "label chance", "label excess",
+        "difference", "low", "high", "p_value", "p_holm", "n_queries", "n_cases",
+    ]  # fmt: skip
+    qcase = [cases[r] for r in qr]
+    for model, ids in (("a", ids_a), ("b", ids_b)):
+        per_level = {}
+        for level, lab in (("region", regions), ("label", labels)):
+            index_labels = [lab[r] for r in ir]
+            per_level[level] = [
+                [slow.precision([lab[r] for r in row], lab[q], index_labels.count(lab[q]), n)
+                 - index_labels.count(lab[q]) / len(ir) for n in (1, 3, 5, 10)]
+                for q, row in zip(qr, ids, strict=True)
+            ]  # fmt: skip
+        diff = [
+            [a - b for a, b in zip(ra, rb, strict=True)]
+            for ra, rb in zip(per_level["region"], per_level["label"], strict=True)
+        ]
+        part = got[got["model"] == model]
+        want = slow.interval(diff, [0] * len(diff), qcase, "micro", 40, seed)
+        np.testing.assert_allclose(part["difference"], want["estimate"], atol=1e-12)
+        np.testing.assert_allclose(part["low"], want["low"], atol=1e-12)
+        np.testing.assert_allclose(part["high"], want["high"], atol=1e-12)
+        assert (part["n_queries"] == want["n_queries"]).all() and (part["n_cases"] == want["n_cases"]).all()
+        rows, _ = slow.defined(diff, qcase)
+        in_index = {labels[r] for r in ir}
+        assert len(rows) == sum(labels[q] in in_index for q in qr) < len(qr) + (seed != 2)
+        for level in ("region", "label"):
+            ex = slow.average([per_level[level][i] for i in rows], [0] * len(rows), "micro")
+            np.testing.assert_allclose(part[f"{level} excess"], ex, atol=1e-12)
+            np.testing.assert_allclose(part[level] - part[f"{level} chance"], ex, atol=1e-12)
+        stats = slow.resamples(diff, [0] * len(diff), qcase, "micro", 40, seed)
+        p = [
+            min(1.0, 2 * min((stats[:, j] <= 0).sum() + 1, (stats[:, j] >= 0).sum() + 1) / 41)
+            for j in range(4)
+        ]
+        np.testing.assert_allclose(part["p_value"], p, atol=1e-12)
+    for _, g in got.groupby("N"):
+        np.testing.assert_allclose(g["p_holm"], slow_holm(g["p_value"].tolist()), atol=1e-12)
+    with pytest.raises(KeyError, match="no 'label' level"):
+        levels.level_contrast({"a": ids_a}, qr, ir, {"region": regions}, cases)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_pathology_given_anatomy_matches_reference(seed):
     ids, _, qr, ir, _, regions, labels, cases = problem(seed)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from bs4 import BeautifulSoup
-from cbmir.tables import TableError, show
+from cbmir.tables import TableError, format_ci, show
 
 
 def parse(html: str) -> tuple[list[str], list[list[str]], BeautifulSoup]:
@@ -104,6 +104,15 @@ def test_meaningful_index_becomes_the_first_column_and_range_index_is_dropped():
         [1, 0]
     ]  # not a 0..n-1 index, but unnamed and meaningless after a sort: kept on request
     assert parse(show(shuffled, index=False).html)[1] == [["b", "0.250"], ["a", "0.500"]]
+
+
+def test_interval_cells_are_rounded_never_scientific():
+    assert format_ci(0.062, 1.1e-17, 0.16) == "0.062 [0.000, 0.160]"
+    assert format_ci(-1e-17, -1.1e-17, 2e-4) == "0.000 [0.000, 0.000]"
+    assert format_ci(0.5, -0.0004, 0.6, digits=2) == "0.50 [0.00, 0.60]"
+    assert format_ci(0.5, np.nan, np.nan) == "0.500"
+    rows = parse(show(pd.DataFrame({"d": [0.062], "d_lo": [1.1e-17], "d_hi": [0.16], "p": [2e-5]})).html)[1]
+    assert rows == [["0.062 [0.000, 0.160]", "2.0e-05"]]  # a lone small value keeps its notation
 
 
 def test_text_intervals_and_explicit_ci_columns():

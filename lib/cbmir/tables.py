@@ -91,7 +91,8 @@ def show(
       or `(estimate, interval)` pairs where `interval` holds "[lo, hi]" text or (lo, hi) pairs; `"auto"` finds
       columns named `<estimate> lo`/`<estimate> hi` (also `_lo`/`_hi`, `low`/`high`) or `<estimate> CI`;
       `None` merges nothing. The bound columns are dropped from the display.
-    - `digits`: decimals of floats (non-zero values below 10**-digits are written as 1.2e-05).
+    - `digits`: decimals of floats (non-zero values below 10**-digits are written as 1.2e-05, except in a merged
+      estimate [lo, hi] cell, which is rounded to `digits` throughout).
     - `collapse_after`: tables with more rows are folded into a `<details>` element (every row is still in
       the HTML); `None` never folds.
     - `index`: show the index as the first column(s); by default only when it is not the plain 0..n-1 range.
@@ -145,12 +146,23 @@ def format_value(value: object, digits: int = 3) -> str:
 
 
 def format_ci(estimate: object, lo: object, hi: object, digits: int = 3) -> str:
-    """'0.594 [0.550, 0.630]'; a missing interval leaves the estimate alone."""
-    est = format_value(estimate, digits)
-    lo_s, hi_s = format_value(lo, digits), format_value(hi, digits)
+    """'0.594 [0.550, 0.630]'; a missing interval leaves the estimate alone. All three are rounded to `digits`
+    decimals (never 1.1e-17: a bound beside a rounded estimate is read at the same precision; -0.000 reads 0.000)."""
+    est = _fixed(estimate, digits)
+    lo_s, hi_s = _fixed(lo, digits), _fixed(hi, digits)
     if lo_s == MISSING and hi_s == MISSING:
         return est
     return f"{est} [{lo_s}, {hi_s}]"
+
+
+def _fixed(value: object, digits: int) -> str:
+    """`format_value` without scientific notation for small reals; a rounded negative zero reads as zero."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        x = float(value)
+        if math.isfinite(x):
+            text = f"{x:.{digits}f}"
+            return text[1:] if text.startswith("-") and float(text) == 0 else text
+    return format_value(value, digits)
 
 
 def _with_index(df: pd.DataFrame, index: bool | None) -> pd.DataFrame:

@@ -6,9 +6,13 @@ Rules (so that no sentence claims more than its numbers carry):
 - A curve "rises" or "falls" between two N (or two index sizes) only when the bands at the two points do not
   overlap; it "flattens" only when it changes that way up to a middle point and not after it. Otherwise it
   "is not shown to change (its 95 % bands at the two ends overlap)". Non-overlap of two bands is a conservative descriptive rule, not a test.
+  Index-size curves are judged the same way on their excess over chance (chance changes with the index), from the
+  smallest to the full index only (`index_size_change`, shared by the sentence and the claim verdict).
 - With fewer than MIN_CASES independent cases, a percentile bootstrap has too few distinct resamples to bound
   anything (one case gives a zero-width interval): no direction is claimed, the sentence says "too few cases".
 - Numbers are quoted rounded to 3 decimals (differences with their sign), p-values to 3 decimals or "< 0.001".
+  Where a bound of a difference's interval rounds to 0, the sentence says whether the interval reaches 0.
+- A bound within ZERO_TOL of the reference (floating-point noise, e.g. 1.1e-17) counts as touching it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pandas as pd
 DIGITS = 3
 ALPHA = 0.05  # level of the Holm-adjusted paired tests
 MIN_CASES = 5  # below this many cases, no sentence claims a direction
+ZERO_TOL = 1e-9  # a bound this close to its reference value is floating-point noise: it touches the reference
 BASELINE_NAMES = {"raw-pixels": "the raw-pixel baseline", "random-vit": "the random-ViT baseline"}
 IMAGE_TEXT_MODELS = ("biomedclip", "medclip", "clip-vit-l14")
 
@@ -45,8 +50,21 @@ def pval(p: float) -> str:
 
 
 def interval(low: float, high: float, diff: bool = False) -> str:
+    """'95 % CI 0.100 to 0.300'; for a difference (`diff`), signed bounds, and where a bound rounds to
+    +0.000 the reader is told whether the interval reaches 0 (`zero_note`)."""
     f = signed if diff else num
-    return f"95 % CI {f(low)} to {f(high)}"
+    return f"95 % CI {f(low)} to {f(high)}" + (zero_note(low, high) if diff else "")
+
+
+def zero_note(low: float, high: float) -> str:
+    """', i.e. it reaches 0' when a bound prints as +0.000 and the interval touches or contains 0; ', i.e. it
+    stops just short of 0 (at -3.0e-04)' when such a bound is not 0 and the interval excludes 0; else ''."""
+    near = [b for b in (low, high) if signed(b) == f"+{0:.{DIGITS}f}"]
+    if not near:
+        return ""
+    if direction(low, high) == 0:
+        return ", i.e. it reaches 0"
+    return f", i.e. it stops just short of 0 (at {near[0]:+.1e})"
 
 
 def cases(n: int) -> str:
@@ -58,8 +76,8 @@ def queries(n: int) -> str:
 
 
 def direction(low: float, high: float, reference: float = 0.0) -> int:
-    """+1 if the interval lies above `reference`, -1 if below, 0 if it contains it."""
-    return 1 if low > reference else -1 if high < reference else 0
+    """+1 if the interval lies above `reference`, -1 if below, 0 if it contains or touches it (within ZERO_TOL)."""
+    return 1 if low > reference + ZERO_TOL else -1 if high < reference - ZERO_TOL else 0
 
 
 def pair_direction(row: Mapping) -> int:
@@ -212,9 +230,17 @@ def summary_sentences(
     return out
 
 
-def level_sentences(levels: pd.DataFrame, name: str, n: int = 1, average: str = "micro") -> list[str]:
-    """Anatomy versus pathology (`levels.level_precision` of one model): each level against chance, then the
-    region-versus-label contrast, claimed only when their bands do not overlap."""
+def level_sentences(
+    levels: pd.DataFrame,
+    name: str,
+    n: int = 1,
+    average: str = "micro",
+    contrast: pd.DataFrame | None = None,
+) -> list[str]:
+    """Anatomy versus pathology (`levels.level_precision` of one model): each level against chance, then, from
+    `contrast` (`levels.level_contrast` rows; those of model `name` at N = `n` are used), the paired comparison of
+    the region's and the label's excess over chance (`contrast_sentence`). Without `contrast`, the levels are not
+    compared: a label hit is always a region hit, so their unpaired bands cannot be set against each other."""
     part = levels[levels["N"] == n].set_index("level")
     lo, hi = f"{average}_lo", f"{average}_hi"
     out = [
@@ -229,20 +255,41 @@ def level_sentences(levels: pd.DataFrame, name: str, n: int = 1, average: str = 
         )
         for level, r in part.iterrows()
     ]
-    if {"region", "label"} <= set(part.index):
-        reg, lab = part.loc["region"], part.loc["label"]
-        if too_few(reg["n_cases"]):
-            verdict = _few(reg["n_cases"])
-        elif reg[lo] > lab[hi]:
-            verdict = "the region is retrieved more reliably than the finding (the bands do not overlap)"
-        elif reg[hi] < lab[lo]:
-            verdict = "the finding is retrieved more reliably than the region (the bands do not overlap)"
-        else:
-            verdict = "region and finding are not distinguishable here (the bands overlap)"
-        out.append(
-            f"{name}: region-level {average} P@{n} {num(reg[average])} against label-level {num(lab[average])}: {verdict}."
-        )
+    if contrast is not None:
+        rows = contrast[(contrast["model"] == name) & (contrast["N"] == n)]
+        out += [contrast_sentence(r) for _, r in rows.iterrows()]
     return out
+
+
+LEVEL_WORDS = {
+    "label": "finding"
+}  # what a hit at each level retrieves, where it differs from the level's name
+
+
+def contrast_sentence(row: Mapping, coarse: str = "region", fine: str = "label") -> str:
+    """One row of `levels.level_contrast`: micro P@N's excess over chance at the `coarse` and the `fine` level and
+    the paired difference of the two excesses, judged like `comparison_sentence` (CI and Holm-adjusted p)."""
+    holm = "p_holm" in row and not pd.isna(row["p_holm"])
+    p = pval(row["p_holm"] if holm else row["p_value"]) + (" (Holm-adjusted over the models)" if holm else "")
+    head = (
+        f"{row['model']}: micro P@{int(row['N'])} exceeds its chance value by {signed(row[f'{coarse} excess'])} "
+        f"at the {coarse} level ({num(row[coarse])} against {num(row[f'{coarse} chance'])}) and by "
+        f"{signed(row[f'{fine} excess'])} at the {fine} level ({num(row[fine])} against "
+        f"{num(row[f'{fine} chance'])}); paired difference of the two excesses {signed(row['difference'])} "
+        f"({interval(row['low'], row['high'], diff=True)}; {p}; {queries(row['n_queries'])}, "
+        f"{cases(row['n_cases'])})"
+    )
+    if too_few(row["n_cases"]):
+        return f"{head}: {_few(row['n_cases'])}."
+    d = pair_direction(row)
+    big, small = LEVEL_WORDS.get(coarse, coarse), LEVEL_WORDS.get(fine, fine)
+    if d:
+        first, second = (big, small) if d > 0 else (small, big)
+        return f"{head}: the {first} is retrieved further above chance than the {second}."
+    why = ""
+    if holm and direction(row["low"], row["high"]):
+        why = " (the unadjusted 95 % CI excludes 0, but the Holm-adjusted p does not reach 0.05)"
+    return f"{head}: their excesses over chance are not distinguishable{why}."
 
 
 def conditional_sentence(row: Mapping, name: str) -> str:
@@ -260,18 +307,71 @@ def conditional_sentence(row: Mapping, name: str) -> str:
     )
 
 
+def _index_count(x: float) -> str:
+    """'23 index cases'; a count that differs between repeats is a mean: '23.4 index cases (mean over repeats)'."""
+    return f"{int(x)} index cases" if float(x).is_integer() else f"{x:.1f} index cases (mean over repeats)"
+
+
+def index_size_change(part: pd.DataFrame) -> tuple[pd.Series, pd.Series, int]:
+    """(smallest-index row, full-index row, change) of one model's curve (`index_size.index_size_study` rows of one
+    metric, N and average). change: +1 / -1 where the 95 % bands of the excess over chance (estimate, low and high
+    minus that size's chance value) at the two ends do not overlap, else 0. Chance rises with the index, so the raw
+    values are not compared. `index_size_sentence` and the claim verdict both use this rule."""
+    t = part.sort_values("index_cases")
+    if t["index_cases"].nunique() < 2:
+        raise ValueError("an index-size curve needs at least two index sizes")
+    r0, r1 = t.iloc[0], t.iloc[-1]
+    lo0, hi0 = r0["low"] - r0["chance"], r0["high"] - r0["chance"]
+    lo1, hi1 = r1["low"] - r1["chance"], r1["high"] - r1["chance"]
+    return r0, r1, 1 if lo1 > hi0 else -1 if hi1 < lo0 else 0
+
+
+METRIC_MEANINGS = {
+    "plain P@N": "hits among the first {n} / {n}",
+    "hit@N": "the share of queries with at least one image of their label among the first {n}",
+}
+
+
 def index_size_sentence(
     table: pd.DataFrame, name: str, metric: str = "plain P@N", n: int = 10, average: str = "micro"
 ) -> str:
     """How `metric` at `n` changes from the smallest to the full index (`index_size.index_size_study` of one model),
-    the index size counted in cases (the unit subsampled)."""
+    the index size counted in cases (the unit subsampled): the values with their chance, the excess over chance
+    that is judged (`index_size_change`), and, where the table has it, the ceiling at both ends."""
     part = table[(table["metric"] == metric) & (table["N"] == n) & (table["average"] == average)]
     if part.empty:
         raise ValueError(f"no rows for metric {metric!r}, N = {n}, average {average!r}")
+    r0, r1, change = index_size_change(part)
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
-    return shape_sentence(
-        part, name, x="index_cases", value="estimate", low="low", high="high", measure=measure
+    meaning = METRIC_MEANINGS.get(metric, "").format(n=n)
+    x0, x1 = r0["estimate"] - r0["chance"], r1["estimate"] - r1["chance"]
+    text = (
+        f"{name}: {measure}{f' ({meaning})' if meaning else ''} goes from {num(r0['estimate'])} "
+        f"({interval(r0['low'], r0['high'])}) against {num(r0['chance'])} by chance at {_index_count(r0['index_cases'])} "
+        f"to {num(r1['estimate'])} ({interval(r1['low'], r1['high'])}) against {num(r1['chance'])} by chance at "
+        f"{_index_count(r1['index_cases'])}; its excess over chance goes from {signed(x0)} "
+        f"({interval(r0['low'] - r0['chance'], r0['high'] - r0['chance'], diff=True)}) to {signed(x1)} "
+        f"({interval(r1['low'] - r1['chance'], r1['high'] - r1['chance'], diff=True)})"
     )
+    if "n_cases" in part and too_few(part["n_cases"].min()):
+        text += f": {_few(part['n_cases'].min())} how it changes."
+    elif change:
+        text += (
+            f": it {'rises' if change > 0 else 'falls'} (the bands of the excess at the two ends do not overlap; "
+            "an unpaired check)."
+        )
+    else:
+        text += ": it is not shown to change (the bands of the excess at the two ends overlap; an unpaired check)."
+    if "ceiling" in part and not pd.isna(r0["ceiling"]):
+        reach = (
+            f"min(n_c, {n}) / {n}" if metric == "plain P@N" else "1 where its class is in the index, else 0"
+        )
+        text += (
+            f" The highest value it can reach (per query {reach}, averaged) is {num(r0['ceiling'])} at the smallest "
+            f"and {num(r1['ceiling'])} at the full index, so its excess over chance can reach at most "
+            f"{num(r0['ceiling'] - r0['chance'])} and {num(r1['ceiling'] - r1['chance'])}."
+        )
+    return text
 
 
 # ---- which of the paper's claims this configuration can test ---------------------------------------------------
@@ -407,34 +507,33 @@ def _best_verdict(best_model: str, best: pd.DataFrame, image_text: Sequence[str]
     return (FAILS if len(rivals) and below == len(rivals) else NOT_SHOWN), evidence
 
 
-def _anatomy_verdict(levels: pd.DataFrame, n: int, average: str) -> tuple[str, str]:
-    part = levels[levels["N"] == n] if "N" in levels else levels
-    lo, hi = f"{average}_lo", f"{average}_hi"
-    passed = failed = total = 0
-    few = False
-    for _, g in part.groupby("model", sort=False):
-        g = g.set_index("level")
-        if not {"region", "label"} <= set(g.index):
-            continue
-        total += 1
-        reg, lab = g.loc["region"], g.loc["label"]
-        if too_few(reg["n_cases"]):
-            few = True
-            continue
-        # a label hit is a region hit by construction, so the raw shares are not compared: each level's
-        # excess over its own chance value is (unpaired bands)
-        chance = f"chance_{average}"
-        reg_c, lab_c = (reg[chance], lab[chance]) if chance in g.columns else (0.0, 0.0)
-        passed += int(reg[lo] - reg_c > lab[hi] - lab_c)
-        failed += int(reg[hi] - reg_c < lab[lo] - lab_c)
-    if few and not passed and not failed:
+def _anatomy_verdict(contrast: pd.DataFrame, n: int) -> tuple[str, str]:
+    """From `levels.level_contrast` rows (micro) at N = `n`: the same rule and numbers as `contrast_sentence`."""
+    if "difference" not in contrast or "region excess" not in contrast:
+        raise ValueError(
+            "parameter 'levels' must hold levels.level_contrast rows (columns 'region excess', 'difference', ...); "
+            f"got columns {list(contrast.columns)}"
+        )
+    part = contrast[contrast["N"] == n]
+    if part.empty:
+        return NOT_SHOWN, f"no region-label contrast at N = {n}"
+    if too_few(part["n_cases"].min()):
         return NOT_SHOWN, _few(part["n_cases"].min())
+    signs = {str(r["model"]): pair_direction(r) for _, r in part.iterrows()}
+    higher = [m for m, d in signs.items() if d > 0]
+    lower = [m for m, d in signs.items() if d < 0]
+
+    def listed(models: list[str]) -> str:
+        return f" ({', '.join(models)})" if models else ""
+
     evidence = (
-        f"{average} P@{n} minus its chance value, region level against label level (a label hit is always a "
-        f"region hit, so the raw shares are not compared; 95 % bands not overlapping, unpaired): higher at the "
-        f"region level for {passed} of {total} models, lower for {failed}"
+        f"micro P@{n}'s excess over its chance value, region level minus label level, paired over the same queries "
+        "(a label hit is always a region hit, and region-level chance is higher, so the raw shares are not "
+        "compared; cluster bootstrap over cases, 95 % CI and Holm-adjusted p < 0.05 over the models): higher at "
+        f"the region level for {len(higher)} of {len(signs)} models{listed(higher)}, lower for {len(lower)}"
+        f"{listed(lower)} (notebook 6)"
     )
-    return _count_verdict(passed, failed, total), evidence
+    return _count_verdict(len(higher), len(lower), len(signs)), evidence
 
 
 def _numbers_verdict(table: pd.DataFrame, model: str = "biomedclip") -> tuple[str, str]:
@@ -456,26 +555,21 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
         return NOT_SHOWN, f"no {metric} rows at N = {n} in the index-size table"
     if too_few(part["n_cases"].min()):
         return NOT_SHOWN, _few(part["n_cases"].min())
-    changed = total = 0
+    total = 0
     which: list[str] = []
     for model, g in part.groupby("model", sort=False):
-        t = g.sort_values("index_cases")
-        if t["index_cases"].nunique() < 2:
+        if g["index_cases"].nunique() < 2:
             continue
         total += 1
-        # judged above chance: chance itself rises with the index (more images of the query's class)
-        above = t.assign(**{c: t[c] - t["chance"] for c in ("estimate", "low", "high")})
-        first, last = t["index_cases"].iloc[0], t["index_cases"].iloc[-1]
-        moved = _change(above, "index_cases", first, last, "estimate", "low", "high") != 0
-        changed += int(moved)
-        which += [str(model)] if moved else []
+        if index_size_change(g)[2]:  # the rule of notebook 4's sentences, on the same rows
+            which.append(str(model))
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
     evidence = (
         f"the excess of {measure} over its chance value (chance rises with the index too) differs between the "
-        f"smallest and the full index beyond the 95 % bands (unpaired) for {changed} of {total} models"
+        f"smallest and the full index beyond the 95 % bands (unpaired) for {len(which)} of {total} models"
         f"{' (' + ', '.join(which) + ')' if which else ''} (notebook 4)"
     )
-    return _count_verdict(changed, 0, total), evidence
+    return _count_verdict(len(which), 0, total), evidence
 
 
 def claim_verdicts(
@@ -493,9 +587,10 @@ def claim_verdicts(
     cannot be tested here) and the evidence, judged at `average` P@`n`.
 
     `table`: `summary.model_table`; `best` / `baselines`: `summary.against_best` / `against_baselines`; `levels`:
-    `levels.level_precision` rows of every model with a `model` column; `index_size`:
-    `index_size.index_size_study` rows with a `model` column (judged on micro plain P@10: it holds for a model
-    whose bands at the smallest and the full index do not overlap). A claim whose table is missing is "not
+    `levels.level_contrast` rows of every model (judged on micro P@`n` whatever `average`: the paired difference of
+    the region's and the label's excess over chance, as in notebook 6); `index_size`:
+    `index_size.index_size_study` rows with a `model` column (judged on micro plain P@10 by `index_size_change`: it
+    holds for a model whose bands of the excess over chance at the smallest and the full index do not overlap). A claim whose table is missing is "not
     shown".
     """
     out = []
@@ -510,7 +605,7 @@ def claim_verdicts(
                 str(table.attrs.get("best", "")), _pairs_at(best, n, average), image_text_models
             )
         elif key == "anatomy" and levels is not None:
-            verdict, evidence = _anatomy_verdict(levels, n, average)
+            verdict, evidence = _anatomy_verdict(levels, n)
         elif key == "numbers":
             verdict, evidence = _numbers_verdict(table)
         elif key == "index_size" and index_size is not None:

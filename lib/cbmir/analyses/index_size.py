@@ -7,9 +7,12 @@ images. Each fraction below 1 is drawn `repeats` times.
 
 **Which metrics.** The paper's modified P@N divides by min(N, n_c), which shrinks with the index: at a tenth of the
 index a class of 30 images keeps 3, and P@10 becomes P@3, so the y-axis would change meaning along the x-axis.
-This study reports metrics whose denominator does not depend on the index size: **plain P@N** (hits among the
-first N / N) and **hit@N** (any hit among the first N), at fixed N. Their chance values (n_c / M and
-1 - C(M - n_c, N) / C(M, N) of the subsample) are given at each size. The queries are fixed: every test query
+This study reports **plain P@N** (hits among the first N / N) and **hit@N** (whether any of the first N has the
+query's label), at fixed N: their denominator N stays the same at every size, but what they can reach does not.
+Plain P@N cannot exceed min(n_c, N) / N, and n_c (index images of the query's class) shrinks in a smaller index;
+hit@N cannot exceed 1, or 0 where the class is missing. That mean reachable value is the `ceiling` column. Their
+chance values (n_c / M and 1 - C(M - n_c, N) / C(M, N) of the subsample) change with the size as well, so a change
+is read from the excess over chance (`cbmir.analyses.findings.index_size_sentence`). The queries are fixed: every test query
 whose class has an image in the full index; one whose class is missing from a subsample scores 0 there (as it
 would in a real index that small), with chance 0.
 
@@ -106,9 +109,10 @@ def index_size_study(
 
     `search(rows, k)` returns the manifest rows [Q, k] of the k nearest of `rows` for each of `query_rows` (in
     their order), e.g. `lambda rows, k: cbmir.search.search_rows(emb, rows, query_rows, k=k, ...).ids`.
-    Columns: fraction, index_images, index_cases (means over repeats), metric ("plain P@N" or "hit@N"), N,
-    average, estimate (mean over repeats), low, high (pooled band), chance, repeat_sd, repeats, n_queries,
-    n_cases (query cases).
+    Columns: fraction, index_images (mean over repeats), index_cases (an integer: every repeat keeps the same
+    number of cases per stratum), metric ("plain P@N" or "hit@N"), N, average, estimate (mean over repeats), low,
+    high (pooled band), chance, ceiling (the mean of the highest value each query can reach: min(n_c, N) / N for
+    plain P@N, 1 for hit@N, 0 where the class is missing), repeat_sd, repeats, n_queries, n_cases (query cases).
     """
     from tqdm.auto import tqdm
 
@@ -144,6 +148,10 @@ def index_size_study(
         counts = np.bincount(row_codes[sub], minlength=len(classes))
         values = np.full((len(q), 2 * width), np.nan)
         expected = np.full((len(q), 2 * width), np.nan)
+        reachable = np.full((len(q), 2 * width), np.nan)
+        n_c = counts[q][:, None]
+        reachable[:, : len(use)] = np.minimum(n_c, np.array(use)[None, :]) / np.array(use)[None, :]
+        reachable[:, width : width + len(use)] = (n_c > 0).astype(np.float64)
         values[:, : len(use)], values[:, width : width + len(use)] = _scores(ids[valid], q, row_codes, use)
         expected[:, : len(use)], expected[:, width : width + len(use)] = _chance(q, counts, use)
         per_avg = {
@@ -151,6 +159,7 @@ def index_size_study(
                 bootstrap.point_estimate(values, q_cls, average),
                 bootstrap.resample_stats(values, q_cls, g, average, n_boot, seed),
                 bootstrap.point_estimate(expected, q_cls, average),
+                bootstrap.point_estimate(reachable, q_cls, average),
             )
             for average in bootstrap.AVERAGES
         }
@@ -161,13 +170,17 @@ def index_size_study(
             points = np.stack([r[2][average][0] for r in reps])  # [repeats, 2 * len(ns)]
             pooled = np.vstack([r[2][average][1] for r in reps])  # [repeats * n_boot, 2 * len(ns)]
             chances = np.stack([r[2][average][2] for r in reps])
+            ceilings = np.stack([r[2][average][3] for r in reps])
+            n_index_cases = sorted({r[1] for r in reps})
             low, high = bootstrap.percentile_interval(pooled, ci)
             for j in range(2 * width):
                 rows.append(
                     {
                         "fraction": fraction,
                         "index_images": float(np.mean([r[0] for r in reps])),
-                        "index_cases": float(np.mean([r[1] for r in reps])),
+                        "index_cases": n_index_cases[0]
+                        if len(n_index_cases) == 1
+                        else float(np.mean(n_index_cases)),
                         "metric": ("plain P@N", "hit@N")[j // width],
                         "N": ns[j % width],
                         "average": average,
@@ -175,6 +188,7 @@ def index_size_study(
                         "low": low[j],
                         "high": high[j],
                         "chance": chances[:, j].mean(),
+                        "ceiling": ceilings[:, j].mean(),
                         "repeat_sd": points[:, j].std(ddof=1) if len(reps) > 1 else 0.0,
                         "repeats": len(reps),
                         "n_queries": len(q),

@@ -2,6 +2,9 @@
 
 1. `level_precision`: modified P@N when a hit must match the query's modality, its modality and region, or its
    full label (n_c counted at that level), each with its chance value.
+   `level_contrast` compares two levels (region, label) on the same queries: each query's excess of modified P@N
+   over its chance value at the region level minus that at the label level, by a paired cluster bootstrap over
+   cases. The raw shares are not compared: a label hit is always a region hit, and region-level chance is higher.
 2. `pathology_given_anatomy`: among the first N neighbours that show the query's region, the share that also has
    its label (finding), beside its chance: index images with the query's label / index images of its region
    (`cbmir.metrics.conditional_chance`). The per-query share is defined only when at least one of the first N
@@ -59,6 +62,67 @@ def level_precision(
         expected = chance.expected_precision(enc.queries, enc.counts, enc.k)[:, cols]
         frames.append(pd.DataFrame({"level": level, "N": use, **_row(prec, expected, enc, n_boot, seed, ci)}))
     return _order(pd.concat(frames, ignore_index=True))
+
+
+def level_contrast(
+    ids_by_model: Mapping[str, np.ndarray],
+    query_rows: np.ndarray,
+    index_rows: np.ndarray,
+    level_labels: Mapping[str, Sequence | np.ndarray],
+    cases: Sequence | np.ndarray | None = None,
+    *,
+    coarse: str = "region",
+    fine: str = "label",
+    ns: Sequence[int] = PAPER_NS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """Per model and N: micro modified P@N at the `coarse` and `fine` level, each with its chance value and its
+    excess over chance, and the paired difference of the two excesses (coarse - fine) over the same queries.
+
+    `level_labels` holds one label per manifest row for `coarse` and `fine`. A query counts where it is defined
+    at both levels (its class has an index image at each). `difference`, `low`, `high`, `p_value`: the paired
+    cluster bootstrap over query cases (`bootstrap.paired_bootstrap`, micro, the same case draws for every
+    model); `p_holm`: Holm-adjusted over the models at each N. Columns: model, N, <coarse>, <coarse> chance,
+    <coarse> excess, <fine>, <fine> chance, <fine> excess, difference, low, high, p_value, p_holm, n_queries,
+    n_cases.
+    """
+    for level in (coarse, fine):
+        if level not in level_labels:
+            raise KeyError(f"parameter 'level_labels' has no {level!r} level; it has {sorted(level_labels)}")
+    frames = []
+    for model, ids in ids_by_model.items():
+        excess, shown = {}, {}
+        for level in (coarse, fine):
+            enc = encode(ids, query_rows, index_rows, level_labels[level], cases)
+            use = [n for n in ns if n <= enc.k]
+            cols = np.array(use) - 1
+            prec = retrieval.precision_at_n(enc.neighbours, enc.queries, enc.counts)[:, cols]
+            expected = chance.expected_precision(enc.queries, enc.counts, enc.k)[:, cols]
+            excess[level], shown[level] = prec - expected, (prec, expected)
+        both = ~np.isnan(excess[coarse]) & ~np.isnan(excess[fine])  # [Q, len(use)]
+        if not both.any():
+            raise ValueError(f"{model}: no query is defined at both the {coarse} and the {fine} level")
+        a = np.where(both, excess[coarse], np.nan)
+        b = np.where(both, excess[fine], np.nan)
+        one = np.zeros(len(a), np.int64)  # micro: the class does not matter
+        pair = bootstrap.paired_bootstrap(a, b, one, enc.cases, n_boot=n_boot, seed=seed, ci=ci)
+        row: dict = {"model": model, "N": use}
+        for level in (coarse, fine):
+            prec, expected = shown[level]
+            row[level] = np.nanmean(np.where(both, prec, np.nan), axis=0)
+            row[f"{level} chance"] = np.nanmean(np.where(both, expected, np.nan), axis=0)
+            row[f"{level} excess"] = row[level] - row[f"{level} chance"]
+        row |= {
+            c: pair[c].to_numpy() for c in ("difference", "low", "high", "p_value", "n_queries", "n_cases")
+        }
+        frames.append(pd.DataFrame(row))
+    out = pd.concat(frames, ignore_index=True)
+    out.insert(out.columns.get_loc("p_value") + 1, "p_holm", np.nan)
+    for _, idx in out.groupby("N").groups.items():
+        out.loc[idx, "p_holm"] = bootstrap.holm(out.loc[idx, "p_value"].to_numpy())
+    return out
 
 
 def conditional_shares(

@@ -17,14 +17,15 @@ Inputs are arrays with one entry per image: an embedding matrix, string labels, 
 
 The probe standardises every feature with the mean and standard deviation of the rows it is trained on
 (features with zero spread are only centred). Test neighbours of the kNN never come from the query's own
-case (a no-op when splits are patient-disjoint). Metrics (`cbmir.classification`) are computed on the test
-rows; `classification_ci` gives percentile intervals from a cluster bootstrap over test cases.
+case (a no-op when splits are patient-disjoint). Every kNN search (k selection and test) uses the index
+`index_type` of `cbmir.search` (default: exact search). Metrics (`cbmir.classification`) are computed on the
+test rows; `classification_ci` gives percentile intervals from a cluster bootstrap over test cases.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +33,7 @@ import pandas as pd
 
 from cbmir.classification import ClassificationResult, classification_metrics
 from cbmir.errors import CbmirError
-from cbmir.search import search
+from cbmir.search import check_index_params, search
 
 SELECTIONS = ("val", "grouped-cv", "auto")
 MIN_VAL_CASES = 2
@@ -191,10 +192,13 @@ def grouped_cv_curve(
     k_max: int,
     n_splits: int = 5,
     seed: int = 0,
+    index_type: str = "flat",
+    index_params: Mapping | None = None,
 ) -> tuple[pd.DataFrame, list[np.ndarray]]:
     """Micro- and macro-F1 for k = 1..k_max' of case-grouped cross-validation on (x, y); k_max' fits every fold.
 
     Returns (DataFrame(k, f1_micro, f1_macro) over the pooled out-of-fold predictions, held-out positions per fold).
+    Each fold's search uses the index `index_type` with builder parameters `index_params` (`cbmir.search`).
     """
     folds = grouped_folds(y, cases, n_splits, seed)
     k_top = min(k_max, min(len(y) - len(f) for f in folds))
@@ -202,7 +206,7 @@ def grouped_cv_curve(
     pred = np.empty((len(ks), len(y)), dtype=np.int64)
     for held in folds:
         rest = np.setdiff1d(np.arange(len(y)), held)
-        pos = _neighbours(x[rest], x[held], k_top)
+        pos = _neighbours(x[rest], x[held], k_top, index_type=index_type, index_params=index_params)
         pred[:, held] = knn_predictions(y[rest][pos], n_classes, ks)
     return _f1_curve(y, pred, ks), folds
 
@@ -250,13 +254,21 @@ def knn_classify(
     paper_k_minus_one: bool = False,
     criterion: str = "f1_micro",
     seed: int = 0,
+    index_type: str = "flat",
+    index_params: Mapping | None = None,
 ) -> Outcome:
     """kNN classification of the test rows against the train rows, k chosen by `selection` (module docstring).
+
+    Both searches (k selection: val or every grouped-CV fold against train; test against train) use the index
+    `index_type` with builder parameters `index_params` (`cbmir.search`; "flat" = exact, the default).
 
     Class scores = share of each class among the first k neighbours; `paper_k_minus_one` applies k - 1 on
     test as the authors' code did. `criterion` = "f1_micro" (the paper's) or "f1_macro" (over the classes of
     the selection rows; micro-F1 on few, large cases can favour a k that always votes the majority class).
     """
+    # fail before any work: ValueError naming 'index_type' or the unknown parameter
+    check_index_params(index_type, dict(index_params or {}))
+    index = {"index_type": index_type, "index_params": index_params}
     d = _prepare(embeddings, labels, splits, cases)
     rule, reason = choose_rule(selection, d.classes[d.y], d.splits, d.cases, min_val_cases)
     train, test = d.rows("train"), d.rows("test")
@@ -265,13 +277,15 @@ def knn_classify(
         val = d.rows("val")
         k_top = min(k_max, len(train))
         ks = list(range(1, k_top + 1))
-        pos = _neighbours(d.x[train], d.x[val], k_top, d.cases[train], d.cases[val])
+        pos = _neighbours(d.x[train], d.x[val], k_top, d.cases[train], d.cases[val], **index)
         curve = _f1_curve(d.y[val], knn_predictions(d.y[train][pos], n_classes, ks), ks)
     else:
-        curve, _ = grouped_cv_curve(d.x[train], d.y[train], d.cases[train], n_classes, k_max, n_splits, seed)
+        curve, _ = grouped_cv_curve(
+            d.x[train], d.y[train], d.cases[train], n_classes, k_max, n_splits, seed, **index
+        )
     k = _best_k(curve, criterion)
     k_test = max(1, k - 1) if paper_k_minus_one else k
-    pos = _neighbours(d.x[train], d.x[test], k_test, d.cases[train], d.cases[test])
+    pos = _neighbours(d.x[train], d.x[test], k_test, d.cases[train], d.cases[test], **index)
     scores = np.zeros((len(test), n_classes))
     np.add.at(scores, (np.repeat(np.arange(len(test)), k_test), d.y[train][pos].ravel()), 1.0 / k_test)
     y = d.y[test]
@@ -486,11 +500,29 @@ def outcome_ci(outcome: Outcome, model: str, n_boot: int = 1000, seed: int = 0) 
 
 
 def _neighbours(
-    xb: np.ndarray, xq: np.ndarray, k: int, cb: np.ndarray | None = None, cq: np.ndarray | None = None
+    xb: np.ndarray,
+    xq: np.ndarray,
+    k: int,
+    cb: np.ndarray | None = None,
+    cq: np.ndarray | None = None,
+    index_type: str = "flat",
+    index_params: Mapping | None = None,
 ) -> np.ndarray:
-    """Positions [Q, k] of each query's k nearest index rows outside its own case (exact cosine search)."""
+    """Positions [Q, k] of each query's k nearest index rows outside its own case (cosine search with the
+    `cbmir.search` index `index_type` and its builder parameters `index_params`; "flat" = exact)."""
     cases = {} if cb is None else {"index_cases": cb, "query_cases": cq}
-    return search(xb, xq, k, progress=False, **cases)[1]
+    return search(xb, xq, k, progress=False, index_type=index_type, **cases, **dict(index_params or {}))[1]
+
+
+def index_sentence(index_type: str = "flat", index_params: Mapping | None = None) -> str:
+    """A phrase naming the kNN head's search index (for a notebook's method text)."""
+    check_index_params(index_type, dict(index_params or {}))
+    if index_type == "flat":
+        return "exact cosine search (FAISS inner product on unit vectors, index_type `flat`)"
+    params = (
+        ", ".join(f"{k} = {v}" for k, v in dict(index_params or {}).items()) or "the defaults of cbmir.search"
+    )
+    return f"approximate cosine search (index_type `{index_type}`, parameters: {params})"
 
 
 def wide_ci(long: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:

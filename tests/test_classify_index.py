@@ -1,0 +1,169 @@
+"""kNN classification through the config's search index (`knn_classify(index_type=..., index_params=...)`),
+checked against the default exact run and a slow loop on small seeded data."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from cbmir.analyses import classify
+
+# Indexes that are exact on a few dozen rows: every inverted list probed, or a graph searched with ef >= N,
+# or PQ candidates that cover the whole index re-ranked exactly.
+EXACT_ON_SMALL = [
+    ("ivf", {"nlist": 4, "nprobe": 4}),
+    ("hnsw", {"m": 16, "ef_construction": 200, "ef_search": 512}),
+    ("ivfpq", {"nlist": 2, "nprobe": 2, "k_factor": 64}),
+]
+
+
+def _data(seed=0, n_cases=40, n_classes=3, dim=6):
+    """Cases of 1-4 images each, one class per case, well separated class means; splits by case."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim)) * 2
+    x, labels, cases, splits = [], [], [], []
+    for c in range(n_cases):
+        cls = c % n_classes
+        split = ("train", "train", "val", "test")[c % 4] if c >= n_classes else "train"
+        own = rng.normal(size=dim) * 0.6
+        for _ in range(rng.integers(1, 5)):
+            x.append(centres[cls] + own + rng.normal(size=dim) * 0.5)
+            labels.append(f"class{cls}")
+            cases.append(f"p{c}")
+            splits.append(split)
+    return np.array(x), np.array(labels), np.array(splits), np.array(cases)
+
+
+def _ref_neighbours(xb, xq, k, index_cases, query_cases):
+    """The k most cosine-similar index rows of each query outside its own case, by sorting all of them."""
+    cos = lambda a, b: float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))  # noqa: E731
+    out = []
+    for i, q in enumerate(xq):
+        cand = [j for j in range(len(xb)) if index_cases[j] != query_cases[i]]
+        cand.sort(key=lambda j: -cos(xb[j], q))
+        out.append(cand[:k])
+    return np.array(out)
+
+
+def _ref_vote(codes):
+    counts = Counter(codes)
+    best = max(counts.values())
+    return min(c for c, n in counts.items() if n == best)
+
+
+def _ref_val_outcome(x, labels, splits, cases, k_max):
+    """(k, test scores [Q, C]) of the val rule by a loop: smallest k with the best val accuracy (= micro-F1)."""
+    classes, y = np.unique(labels, return_inverse=True)
+    tr, va, te = (np.flatnonzero(splits == s) for s in ("train", "val", "test"))
+    nb = _ref_neighbours(x[tr], x[va], k_max, cases[tr], cases[va])
+    acc = [
+        np.mean([_ref_vote(list(y[tr][row[:k]])) == y[va][i] for i, row in enumerate(nb)])
+        for k in range(1, k_max + 1)
+    ]
+    k = int(np.argmax(acc)) + 1
+    nb = _ref_neighbours(x[tr], x[te], k, cases[tr], cases[te])
+    return k, np.array([[np.mean(y[tr][row] == c) for c in range(len(classes))] for row in nb])
+
+
+def _same(a: classify.Outcome, b: classify.Outcome) -> None:
+    assert (a.rule, a.reason, a.setting) == (b.rule, b.reason, b.setting)
+    assert a.curve.equals(b.curve)
+    np.testing.assert_array_equal(a.test_scores, b.test_scores)
+    assert a.result.metrics == b.result.metrics
+
+
+@pytest.mark.parametrize("selection", ["val", "grouped-cv"])
+def test_flat_given_explicitly_is_the_default(selection):
+    x, labels, splits, cases = _data(seed=1)
+    default = classify.knn_classify(x, labels, splits, cases, selection=selection, k_max=10, n_splits=3)
+    flat = classify.knn_classify(
+        x,
+        labels,
+        splits,
+        cases,
+        selection=selection,
+        k_max=10,
+        n_splits=3,
+        index_type="flat",
+        index_params={},
+    )
+    _same(flat, default)
+
+
+@pytest.mark.parametrize(("index_type", "params"), EXACT_ON_SMALL)
+def test_an_approximate_index_that_is_exact_here_gives_the_exact_outcome(index_type, params):
+    x, labels, splits, cases = _data(seed=4)
+    cases = cases.copy()
+    cases[np.flatnonzero(splits == "test")[:3]] = cases[
+        np.flatnonzero(splits == "train")[0]
+    ]  # leaked patient
+    k_ref, scores_ref = _ref_val_outcome(x, labels, splits, cases, k_max=12)
+    exact = classify.knn_classify(x, labels, splits, cases, selection="val", k_max=12)
+    approx = classify.knn_classify(
+        x, labels, splits, cases, selection="val", k_max=12, index_type=index_type, index_params=params
+    )
+    assert exact.setting["k"] == k_ref and np.allclose(exact.test_scores, scores_ref)
+    assert approx.setting == exact.setting
+    np.testing.assert_allclose(approx.test_scores, scores_ref)
+    np.testing.assert_allclose(approx.curve[["f1_micro", "f1_macro"]], exact.curve[["f1_micro", "f1_macro"]])
+    grouped = [
+        classify.knn_classify(x, labels, splits, cases, selection="grouped-cv", k_max=12, n_splits=3, **kw)
+        for kw in ({}, {"index_type": index_type, "index_params": params})
+    ]
+    assert grouped[1].setting == grouped[0].setting
+    np.testing.assert_allclose(grouped[1].test_scores, grouped[0].test_scores)
+    np.testing.assert_allclose(
+        grouped[1].curve[["f1_micro", "f1_macro"]], grouped[0].curve[["f1_micro", "f1_macro"]]
+    )
+
+
+@pytest.mark.parametrize(("selection", "n_searches"), [("val", 2), ("grouped-cv", 3 + 1)])
+def test_every_knn_search_gets_the_index_and_the_own_case_exclusion(monkeypatch, selection, n_searches):
+    x, labels, splits, cases = _data(seed=2)
+    calls = []
+    real = classify.search
+
+    def spy(xb, xq, k, **kwargs):
+        calls.append(kwargs)
+        return real(xb, xq, k, **kwargs)
+
+    monkeypatch.setattr(classify, "search", spy)
+    classify.knn_classify(
+        x, labels, splits, cases, selection=selection, k_max=6, n_splits=3,
+        index_type="ivf", index_params={"nlist": 2, "nprobe": 2},
+    )  # fmt: skip
+    assert len(calls) == n_searches
+    assert all(c["index_type"] == "ivf" and c["nlist"] == 2 and c["nprobe"] == 2 for c in calls)
+    # val and test searches drop the query's own case; the grouped folds are case-disjoint by construction
+    with_cases = [c for c in calls if "index_cases" in c]
+    assert len(with_cases) == (2 if selection == "val" else 1)
+
+
+def test_an_inexact_index_changes_the_search_so_the_setting_is_used():
+    # one of 16 lists probed on random data: some test neighbours must differ from the exact ones
+    rng = np.random.default_rng(0)
+    n = 400
+    x = rng.normal(size=(n, 8))
+    labels = np.array([f"c{i % 4}" for i in range(n)])
+    splits = np.array(["train"] * 300 + ["val"] * 50 + ["test"] * 50)
+    exact = classify.knn_classify(x, labels, splits, selection="val", k_max=5)
+    approx = classify.knn_classify(
+        x, labels, splits, selection="val", k_max=5, index_type="ivf", index_params={"nlist": 16, "nprobe": 1}
+    )
+    assert not (approx.curve.equals(exact.curve) and np.array_equal(approx.test_scores, exact.test_scores))
+
+
+def test_bad_index_settings_raise_the_search_error_naming_the_parameter():
+    x, labels, splits, cases = _data()
+    with pytest.raises(ValueError, match="parameter 'index_type' is 'annoy'"):
+        classify.knn_classify(x, labels, splits, cases, index_type="annoy")
+    with pytest.raises(ValueError, match=r"index_type 'ivf' has no parameter\(s\) \['n_probe'\]"):
+        classify.knn_classify(x, labels, splits, cases, index_type="ivf", index_params={"n_probe": 4})
+    with pytest.raises(ValueError, match="parameter 'index_type'"):
+        classify.index_sentence("annoy")
+
+
+def test_index_sentence_names_the_index_and_its_parameters():
+    assert "exact" in classify.index_sentence() and "`flat`" in classify.index_sentence("flat", {})
+    text = classify.index_sentence("ivfpq", {"nprobe": 192})
+    assert "approximate" in text and "`ivfpq`" in text and "nprobe = 192" in text
+    assert "defaults" in classify.index_sentence("hnsw")

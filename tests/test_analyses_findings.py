@@ -462,6 +462,17 @@ def test_claim_verdicts_follow_the_intervals(seed):
                 else findings.NOT_SHOWN
             )  # fmt: skip
             assert verdict == want, got.loc[claim["claim"], "evidence"]
+            if not few:  # the evidence splits the count by baseline
+                evidence = got.loc[claim["claim"], "evidence"]
+                for ref, name in (
+                    ("raw-pixels", "the raw-pixel baseline"),
+                    ("random-vit", "the random-ViT baseline"),
+                ):
+                    mine = (base["baseline"] == ref) & (base["low"] > 0) & significant
+                    assert (
+                        f"against {name} {int(mine.sum())} of {int((base['baseline'] == ref).sum())}"
+                        in evidence
+                    )
         elif key == "anatomy":
             # the rule and the numbers of the contrast sentence: paired CI and Holm-adjusted p
             at1 = lv[lv["N"] == 1]

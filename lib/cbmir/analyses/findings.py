@@ -485,6 +485,15 @@ def _baseline_verdict(base: pd.DataFrame, measure: str) -> tuple[str, str]:
         "Holm-adjusted p < 0.05), "
         f"{below} lower, {len(base) - above - below} not distinguishable"
     )
+    if "baseline" in base:
+        per = [
+            f"against {_other_name(str(ref))} {int((signs[mask] > 0).sum())} of {int(mask.sum())}"
+            for ref in dict.fromkeys(base["baseline"])
+            for mask in [(base["baseline"] == ref).to_numpy()]
+        ]
+        evidence += (
+            f" (higher: {', '.join(per)}); the claim holds when every pair is higher, in part when some are"
+        )
     return _count_verdict(above, below, len(base)), evidence
 
 

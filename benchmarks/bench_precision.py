@@ -42,15 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from cbmir import metrics
-    from cbmir.config import load_config
     from cbmir.extract import extract_embeddings
-    from cbmir.manifest import read_manifest, row_labels
-    from cbmir.pipeline import subsample_per_class
+    from cbmir.manifest import row_labels
+    from cbmir.pipeline import Context
 
-    cfg = load_config(args.config)
-    manifest = read_manifest(cfg.manifest)
-    if cfg.max_per_class:  # the report's own rows
-        manifest = subsample_per_class(manifest, cfg.max_per_class, cfg.seed).reset_index(drop=True)
+    ctx = Context.open(args.config)  # the report's own rows: its manifest and row cap
+    cfg, manifest = ctx.cfg, ctx.manifest.reset_index(drop=True)
     _, codes = metrics.encode_labels(row_labels(manifest))
     split = manifest["split"].to_numpy()
     query, index = np.flatnonzero(split == "test"), np.flatnonzero(split == "train")

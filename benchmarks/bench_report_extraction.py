@@ -49,14 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from cbmir.accelerate import cpu_info
-    from cbmir.config import load_config
-    from cbmir.manifest import read_manifest
-    from cbmir.pipeline import subsample_per_class
+    from cbmir.pipeline import Context
 
-    cfg = load_config(args.config)
-    manifest = read_manifest(cfg.manifest)
-    if cfg.max_per_class:
-        manifest = subsample_per_class(manifest, cfg.max_per_class, cfg.seed).reset_index(drop=True)
+    ctx = Context.open(args.config)  # the report's own rows: its manifest and row cap
+    cfg, manifest = ctx.cfg, ctx.manifest.reset_index(drop=True)
     models = args.models.split(",") if args.models else list(cfg.models)
     n = len(manifest)
     info = cpu_info()

@@ -1,52 +1,15 @@
 """cbmir.analyses.classify against slow, obviously correct loops on small seeded data."""
 
-from collections import Counter
-
 import numpy as np
 import pytest
 from cbmir.analyses import classify
 from cbmir.classification import classification_metrics
 from cbmir.probe import train_linear_probe
-
-
-def _cos(a, b):
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def _ref_neighbours(xb, xq, k, index_cases=None, query_cases=None):
-    out = []
-    for i, q in enumerate(xq):
-        cand = [j for j in range(len(xb)) if index_cases is None or index_cases[j] != query_cases[i]]
-        cand.sort(key=lambda j: -_cos(xb[j], q))
-        out.append(cand[:k])
-    return np.array(out)
-
-
-def _ref_vote(codes):
-    counts = Counter(codes)
-    best = max(counts.values())
-    return min(c for c, n in counts.items() if n == best)
-
-
-def _data(seed=0, n_cases=24, n_classes=3, dim=6):
-    """Cases of 1-4 images each, one class per case, class-dependent means; splits by case."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, dim))
-    x, labels, cases, splits = [], [], [], []
-    for c in range(n_cases):
-        cls = c % n_classes
-        split = ("train", "train", "val", "test")[c % 4] if c >= n_classes else "train"
-        own = rng.normal(size=dim) * 0.6
-        for _ in range(rng.integers(1, 5)):
-            x.append(centres[cls] + own + rng.normal(size=dim) * 0.5)
-            labels.append(f"class{cls}")
-            cases.append(f"p{c}")
-            splits.append(split)
-    return np.array(x), np.array(labels), np.array(splits), np.array(cases)
+from classify_data import cos, knn_data, ref_neighbours, ref_vote
 
 
 def test_grouped_folds_never_split_a_case():
-    x, labels, splits, cases = _data()
+    x, labels, splits, cases = knn_data()
     y = np.unique(labels, return_inverse=True)[1]
     folds = classify.grouped_folds(y, cases, n_splits=4, seed=3)
     held = np.concatenate(folds)
@@ -66,7 +29,7 @@ def test_grouped_folds_with_classes_smaller_than_the_fold_count():
 
 
 def test_grouped_cv_k_matches_a_brute_force_loop():
-    x, labels, splits, cases = _data(seed=2)
+    x, labels, splits, cases = knn_data(seed=2)
     tr = splits == "train"
     xt, yt, ct = x[tr], np.unique(labels, return_inverse=True)[1][tr], cases[tr]
     curve, folds = classify.grouped_cv_curve(xt, yt, ct, 3, k_max=12, n_splits=4, seed=5)
@@ -77,8 +40,8 @@ def test_grouped_cv_k_matches_a_brute_force_loop():
         for fold in folds:
             rest = [j for j in range(len(yt)) if j not in set(fold.tolist())]
             for i in fold:
-                order = sorted(rest, key=lambda j, i=i: -_cos(xt[j], xt[i]))
-                correct += _ref_vote([yt[j] for j in order[:k]]) == yt[i]
+                order = sorted(rest, key=lambda j, i=i: -cos(xt[j], xt[i]))
+                correct += ref_vote([yt[j] for j in order[:k]]) == yt[i]
         assert curve.loc[curve["k"] == k, "f1_micro"].item() == pytest.approx(correct / len(yt))
     out = classify.knn_classify(
         x, labels, splits, cases, selection="grouped-cv", k_max=12, n_splits=4, seed=5
@@ -88,7 +51,7 @@ def test_grouped_cv_k_matches_a_brute_force_loop():
 
 
 def test_val_rule_and_test_scores_match_a_loop_with_same_case_exclusion():
-    x, labels, splits, cases = _data(seed=4)
+    x, labels, splits, cases = knn_data(seed=4)
     cases = cases.copy()
     cases[np.flatnonzero(splits == "test")[:3]] = cases[
         np.flatnonzero(splits == "train")[0]
@@ -98,11 +61,11 @@ def test_val_rule_and_test_scores_match_a_loop_with_same_case_exclusion():
     tr, va, te = (np.flatnonzero(splits == s) for s in ("train", "val", "test"))
     f1 = []
     for k in range(1, 9):
-        nb = _ref_neighbours(x[tr], x[va], k, cases[tr], cases[va])
-        f1.append(np.mean([_ref_vote(list(y[tr][row])) == y[va][i] for i, row in enumerate(nb)]))
+        nb = ref_neighbours(x[tr], x[va], k, cases[tr], cases[va])
+        f1.append(np.mean([ref_vote(list(y[tr][row])) == y[va][i] for i, row in enumerate(nb)]))
     k = int(np.argmax(f1)) + 1
     assert out.setting["k"] == k and np.allclose(out.curve["f1_micro"], f1)
-    nb = _ref_neighbours(x[tr], x[te], k, cases[tr], cases[te])
+    nb = ref_neighbours(x[tr], x[te], k, cases[tr], cases[te])
     ref = np.array([[np.mean(y[tr][row] == c) for c in range(len(classes))] for row in nb])
     assert np.allclose(out.test_scores, ref)
     assert out.result.metrics == classification_metrics(y[te], ref, classes).metrics
@@ -135,7 +98,7 @@ def test_standardiser_matches_a_loop_and_ignores_test_rows():
         assert mean[j] == pytest.approx(m) and scale[j] == pytest.approx(sd if sd > 0 else 1.0)
     assert np.allclose(classify.standardise(x, mean, scale)[:, [0, 1, 3]].std(axis=0), 1, atol=1e-5)
 
-    xs, labels, splits, cases = _data(seed=6)
+    xs, labels, splits, cases = knn_data(seed=6)
     kw = dict(selection="grouped-cv", max_epochs=15, patience=5, progress=False, seed=1)
     base = classify.probe_classify(xs, labels, splits, cases, **kw)
     # extra test rows with wild values change nothing for the original test rows (the scaler sees train only)
@@ -167,7 +130,7 @@ def test_probe_early_stopping_rule_matches_its_history():
         logits = model(torch.as_tensor(xv, dtype=torch.float32))
     assert float((logits.argmax(1).numpy() == yv).mean()) == pytest.approx(hist.loc[best - 1, "val_accuracy"])
     # the outcome's learning curve and chosen epoch
-    x, labels, splits, cases = _data(seed=7)
+    x, labels, splits, cases = knn_data(seed=7)
     out = classify.probe_classify(
         x, labels, splits, cases, selection="val", max_epochs=30, patience=3, progress=False
     )
@@ -350,11 +313,11 @@ def test_outcome_ci_and_wide_table_carry_the_chance_values():
 def test_knn_accuracy_with_k_1_equals_micro_p_at_1_of_the_same_search():
     from slow_stats import precision
 
-    x, labels, splits, cases = _data(seed=4, n_cases=30)
+    x, labels, splits, cases = knn_data(seed=4, n_cases=30)
     out = classify.knn_classify(x, labels, splits, cases, selection="val", k_max=1)
     assert out.setting["k (test)"] == 1
     train, test = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "test")
-    pos = _ref_neighbours(x[train], x[test], 5, cases[train], cases[test])
+    pos = ref_neighbours(x[train], x[test], 5, cases[train], cases[test])
     p_at_1 = [
         precision(list(labels[train][pos[i]]), labels[q], int((labels[train] == labels[q]).sum()), 1)
         for i, q in enumerate(test)

@@ -1,11 +1,10 @@
 """kNN classification through the config's search index (`knn_classify(index_type=..., index_params=...)`),
 checked against the default exact run and a slow loop on small seeded data."""
 
-from collections import Counter
-
 import numpy as np
 import pytest
 from cbmir.analyses import classify
+from classify_data import knn_data, ref_neighbours, ref_vote
 
 # Indexes that are exact on a few dozen rows: every inverted list probed, or a graph searched with ef >= N,
 # or PQ candidates that cover the whole index re-ranked exactly.
@@ -16,51 +15,17 @@ EXACT_ON_SMALL = [
 ]
 
 
-def _data(seed=0, n_cases=40, n_classes=3, dim=6):
-    """Cases of 1-4 images each, one class per case, well separated class means; splits by case."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, dim)) * 2
-    x, labels, cases, splits = [], [], [], []
-    for c in range(n_cases):
-        cls = c % n_classes
-        split = ("train", "train", "val", "test")[c % 4] if c >= n_classes else "train"
-        own = rng.normal(size=dim) * 0.6
-        for _ in range(rng.integers(1, 5)):
-            x.append(centres[cls] + own + rng.normal(size=dim) * 0.5)
-            labels.append(f"class{cls}")
-            cases.append(f"p{c}")
-            splits.append(split)
-    return np.array(x), np.array(labels), np.array(splits), np.array(cases)
-
-
-def _ref_neighbours(xb, xq, k, index_cases, query_cases):
-    """The k most cosine-similar index rows of each query outside its own case, by sorting all of them."""
-    cos = lambda a, b: float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))  # noqa: E731
-    out = []
-    for i, q in enumerate(xq):
-        cand = [j for j in range(len(xb)) if index_cases[j] != query_cases[i]]
-        cand.sort(key=lambda j: -cos(xb[j], q))
-        out.append(cand[:k])
-    return np.array(out)
-
-
-def _ref_vote(codes):
-    counts = Counter(codes)
-    best = max(counts.values())
-    return min(c for c, n in counts.items() if n == best)
-
-
 def _ref_val_outcome(x, labels, splits, cases, k_max):
     """(k, test scores [Q, C]) of the val rule by a loop: smallest k with the best val accuracy (= micro-F1)."""
     classes, y = np.unique(labels, return_inverse=True)
     tr, va, te = (np.flatnonzero(splits == s) for s in ("train", "val", "test"))
-    nb = _ref_neighbours(x[tr], x[va], k_max, cases[tr], cases[va])
+    nb = ref_neighbours(x[tr], x[va], k_max, cases[tr], cases[va])
     acc = [
-        np.mean([_ref_vote(list(y[tr][row[:k]])) == y[va][i] for i, row in enumerate(nb)])
+        np.mean([ref_vote(list(y[tr][row[:k]])) == y[va][i] for i, row in enumerate(nb)])
         for k in range(1, k_max + 1)
     ]
     k = int(np.argmax(acc)) + 1
-    nb = _ref_neighbours(x[tr], x[te], k, cases[tr], cases[te])
+    nb = ref_neighbours(x[tr], x[te], k, cases[tr], cases[te])
     return k, np.array([[np.mean(y[tr][row] == c) for c in range(len(classes))] for row in nb])
 
 
@@ -73,7 +38,7 @@ def _same(a: classify.Outcome, b: classify.Outcome) -> None:
 
 @pytest.mark.parametrize("selection", ["val", "grouped-cv"])
 def test_flat_given_explicitly_is_the_default(selection):
-    x, labels, splits, cases = _data(seed=1)
+    x, labels, splits, cases = knn_data(seed=1, n_cases=40, spread=2.0)
     default = classify.knn_classify(x, labels, splits, cases, selection=selection, k_max=10, n_splits=3)
     flat = classify.knn_classify(
         x,
@@ -91,7 +56,7 @@ def test_flat_given_explicitly_is_the_default(selection):
 
 @pytest.mark.parametrize(("index_type", "params"), EXACT_ON_SMALL)
 def test_an_approximate_index_that_is_exact_here_gives_the_exact_outcome(index_type, params):
-    x, labels, splits, cases = _data(seed=4)
+    x, labels, splits, cases = knn_data(seed=4, n_cases=40, spread=2.0)
     cases = cases.copy()
     cases[np.flatnonzero(splits == "test")[:3]] = cases[
         np.flatnonzero(splits == "train")[0]
@@ -118,7 +83,7 @@ def test_an_approximate_index_that_is_exact_here_gives_the_exact_outcome(index_t
 
 @pytest.mark.parametrize(("selection", "n_searches"), [("val", 2), ("grouped-cv", 3 + 1)])
 def test_every_knn_search_gets_the_index_and_the_own_case_exclusion(monkeypatch, selection, n_searches):
-    x, labels, splits, cases = _data(seed=2)
+    x, labels, splits, cases = knn_data(seed=2, n_cases=40, spread=2.0)
     calls = []
     real = classify.search
 
@@ -153,7 +118,7 @@ def test_an_inexact_index_changes_the_search_so_the_setting_is_used():
 
 
 def test_bad_index_settings_raise_the_search_error_naming_the_parameter():
-    x, labels, splits, cases = _data()
+    x, labels, splits, cases = knn_data(n_cases=40, spread=2.0)
     with pytest.raises(ValueError, match="parameter 'index_type' is 'annoy'"):
         classify.knn_classify(x, labels, splits, cases, index_type="annoy")
     with pytest.raises(ValueError, match=r"index_type 'ivf' has no parameter\(s\) \['n_probe'\]"):

@@ -279,10 +279,9 @@ def optimise_for_inference(
     if micro_batch:
         steps.append(f"micro_batch {micro_batch}")
     dtype, autocast = torch.float32, False
-    if precision == "bf16" and not any(True for _ in module.parameters()):
-        precision = (
-            "fp32"  # no weights, no matrix multiply (e.g. raw pixels): bf16 would only round the input
-        )
+    if precision == "bf16" and next(module.parameters(), None) is None:
+        # no weights, no matrix multiply (e.g. raw pixels): bf16 would only round the input
+        precision = "fp32"
         steps.append("fp32: no weights, so bf16 has nothing to speed up")
         info["precision"] = "fp32"
     if precision == "bf16":

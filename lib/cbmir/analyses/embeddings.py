@@ -25,6 +25,16 @@ class EmbeddingsError(CbmirError, ValueError):
     """Inputs of the embeddings study that disagree."""
 
 
+def _dtype_ran(prov: Mapping) -> str:
+    """The dtype the forward pass ran in: `dtype` where the store records it, else from the older `bf16` flag."""
+    return prov.get("dtype") or ("bf16" if prov.get("bf16") else "fp32")
+
+
+def _compiled(prov: Mapping) -> bool:
+    """Whether the forward pass ran under torch.compile."""
+    return (prov.get("speed") or {}).get("compile") == "compiled"
+
+
 def store_summary(store) -> pd.DataFrame:
     """One row: images, dimension, failed images, the range of row norms, and the extraction speed."""
     emb = np.asarray(store.embeddings)
@@ -43,8 +53,8 @@ def store_summary(store) -> pd.DataFrame:
                 "seconds": seconds,
                 "images/s": len(emb) / seconds if seconds else np.nan,
                 "device": prov.get("device"),
-                "precision": prov.get("dtype") or ("bf16" if prov.get("bf16") else "fp32"),  # what ran
-                "torch.compile": (prov.get("speed") or {}).get("compile") == "compiled",
+                "precision": _dtype_ran(prov),
+                "torch.compile": _compiled(prov),
             }
         ]
     )
@@ -62,9 +72,8 @@ def precision_sentence(provenance: Mapping[str, Mapping]) -> str:
         if prov.get("source"):  # e.g. imported from the authors' published embeddings
             groups.setdefault(str(prov["source"]), []).append(model)
             continue
-        dtype = prov.get("dtype") or ("bf16" if prov.get("bf16") else "fp32")
-        groups.setdefault(f"computed in {dtype}", []).append(model)
-        if (prov.get("speed") or {}).get("compile") == "compiled":
+        groups.setdefault(f"computed in {_dtype_ran(prov)}", []).append(model)
+        if _compiled(prov):
             compiled.append(model)
     parts = [f"{how} for {', '.join(models)}" for how, models in groups.items()]
     text = "Embeddings: " + "; ".join(parts) + "; every store holds float32 rows of unit length."

@@ -108,6 +108,22 @@ HOLM_FAMILIES = {
 }
 
 
+def _p_text(row: Mapping, family: str) -> tuple[bool, str]:
+    """(Holm-adjusted?, "p = ..." text): the row's `p_holm` where present (saying over which family), else its
+    `p_value`."""
+    holm = "p_holm" in row and not pd.isna(row["p_holm"])
+    return holm, pval(row["p_holm"] if holm else row["p_value"]) + (
+        f" (Holm-adjusted{family})" if holm else ""
+    )
+
+
+def _unadjusted_note(row: Mapping, holm: bool) -> str:
+    """The clause for a pair judged not distinguishable whose (unadjusted) 95 % CI still excludes 0."""
+    if holm and direction(row["low"], row["high"]):
+        return " (the unadjusted 95 % CI excludes 0, but the Holm-adjusted p does not reach 0.05)"
+    return ""
+
+
 def comparison_sentence(row: Mapping, other: str = "best", measure: str | None = None) -> str:
     """One paired comparison (a row of `summary.against_best` or `against_baselines`) as a sentence.
 
@@ -115,17 +131,13 @@ def comparison_sentence(row: Mapping, other: str = "best", measure: str | None =
     """
     measure = measure or f"{row['average']} P@{int(row['N'])}"
     model, ref = row["model"], _other_name(str(row[other]))
-    holm = "p_holm" in row and not pd.isna(row["p_holm"])
-    family = HOLM_FAMILIES.get(other, "")
-    p = pval(row["p_holm"] if holm else row["p_value"]) + (f" (Holm-adjusted{family})" if holm else "")
+    holm, p = _p_text(row, HOLM_FAMILIES.get(other, ""))
     tail = f"({interval(row['low'], row['high'], diff=True)}; {p}; {cases(row['n_cases'])})"
     d = pair_direction(row)
     if too_few(row["n_cases"]):
         return f"{model} against {ref} in {measure}: difference {signed(row['difference'])} {tail}: {_few(row['n_cases'])}."
     if d == 0:
-        why = ""
-        if holm and direction(row["low"], row["high"]):  # the interval is not adjusted for multiplicity; p is
-            why = " (the unadjusted 95 % CI excludes 0, but the Holm-adjusted p does not reach 0.05)"
+        why = _unadjusted_note(row, holm)
         return f"{model} is not distinguishable from {ref} in {measure}: difference {signed(row['difference'])} {tail}{why}."
     word = "higher" if d > 0 else "lower"
     return f"{model} scores {word} than {ref} in {measure}: difference {signed(row['difference'])} {tail}."
@@ -145,13 +157,14 @@ def chance_sentence(
     )
 
 
+def _band_change(low_a: float, high_a: float, low_b: float, high_b: float) -> int:
+    """+1 / -1 where band b lies wholly above / below band a, else 0 (the bands overlap)."""
+    return 1 if low_b > high_a else -1 if high_b < low_a else 0
+
+
 def _change(table: pd.DataFrame, x: str, a, b, value: str, low: str, high: str) -> int:
     ra, rb = table.loc[table[x] == a].iloc[0], table.loc[table[x] == b].iloc[0]
-    if rb[low] > ra[high]:
-        return 1
-    if rb[high] < ra[low]:
-        return -1
-    return 0
+    return _band_change(ra[low], ra[high], rb[low], rb[high])
 
 
 def shape_sentence(
@@ -269,8 +282,7 @@ LEVEL_WORDS = {
 def contrast_sentence(row: Mapping, coarse: str = "region", fine: str = "label") -> str:
     """One row of `levels.level_contrast`: micro P@N's excess over chance at the `coarse` and the `fine` level and
     the paired difference of the two excesses, judged like `comparison_sentence` (CI and Holm-adjusted p)."""
-    holm = "p_holm" in row and not pd.isna(row["p_holm"])
-    p = pval(row["p_holm"] if holm else row["p_value"]) + (" (Holm-adjusted over the models)" if holm else "")
+    holm, p = _p_text(row, " over the models")
     head = (
         f"{row['model']}: micro P@{int(row['N'])} exceeds its chance value by {signed(row[f'{coarse} excess'])} "
         f"at the {coarse} level ({num(row[coarse])} against {num(row[f'{coarse} chance'])}) and by "
@@ -286,10 +298,7 @@ def contrast_sentence(row: Mapping, coarse: str = "region", fine: str = "label")
     if d:
         first, second = (big, small) if d > 0 else (small, big)
         return f"{head}: the {first} is retrieved further above chance than the {second}."
-    why = ""
-    if holm and direction(row["low"], row["high"]):
-        why = " (the unadjusted 95 % CI excludes 0, but the Holm-adjusted p does not reach 0.05)"
-    return f"{head}: their excesses over chance are not distinguishable{why}."
+    return f"{head}: their excesses over chance are not distinguishable{_unadjusted_note(row, holm)}."
 
 
 def conditional_sentence(row: Mapping, name: str) -> str:
@@ -321,9 +330,8 @@ def index_size_change(part: pd.DataFrame) -> tuple[pd.Series, pd.Series, int]:
     if t["index_cases"].nunique() < 2:
         raise ValueError("an index-size curve needs at least two index sizes")
     r0, r1 = t.iloc[0], t.iloc[-1]
-    lo0, hi0 = r0["low"] - r0["chance"], r0["high"] - r0["chance"]
-    lo1, hi1 = r1["low"] - r1["chance"], r1["high"] - r1["chance"]
-    return r0, r1, 1 if lo1 > hi0 else -1 if hi1 < lo0 else 0
+    excess = [(r["low"] - r["chance"], r["high"] - r["chance"]) for r in (r0, r1)]
+    return r0, r1, _band_change(*excess[0], *excess[1])
 
 
 METRIC_MEANINGS = {

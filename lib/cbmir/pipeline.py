@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cbmir.config import ReportConfig, load_config, slug
-from cbmir.manifest import case_ids, read_manifest, row_labels, split_rows
+from cbmir.manifest import case_ids, read_manifest_cached, row_labels, split_rows
 from cbmir.search import Neighbours
 from cbmir.store import EmbeddingStore, ManifestVectors, write_json
 
@@ -61,7 +61,7 @@ class Context:
         from cbmir.plots import set_model_order
 
         set_model_order(cfg.models)  # one colour per model in every figure of the run
-        manifest = read_manifest(cfg.manifest)
+        manifest = read_manifest_cached(cfg.manifest, cfg.work_dir / "cache")
         if cfg.max_per_class:
             manifest = subsample_per_class(manifest, cfg.max_per_class, seed=cfg.seed)
         return cls(cfg, manifest)

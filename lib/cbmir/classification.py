@@ -77,3 +77,96 @@ def classification_metrics(
         out["roc_auc_micro"] = out["roc_auc_macro"] = float("nan")
     skipped = [names[c] for c in range(n_classes) if c not in set(present.tolist())]
     return ClassificationResult({k: float(v) for k, v in out.items()}, skipped)
+
+
+# ---- the same metrics on many weightings at once (bootstrap draws) ------------------------------------------
+METRICS = (
+    "accuracy", "precision_micro", "recall_micro", "f1_micro", "precision_macro", "recall_macro", "f1_macro",
+    "roc_auc_micro", "roc_auc_macro",
+)  # fmt: skip  # the keys of `classification_metrics`, in its order
+_CELLS = 1 << 22  # weights x grid cells held at once per array (32 MiB of float64)
+
+
+def _grouped(groups: np.ndarray, column: np.ndarray, n_groups: int, n_columns: int):
+    """Sparse [n_groups, n_columns] counts of the items (group, column) (duplicates summed)."""
+    from scipy import sparse
+
+    ones = np.ones(len(groups))
+    return sparse.csr_matrix((ones, (groups, column)), shape=(n_groups, n_columns))
+
+
+def _auc_parts(
+    pos: np.ndarray, pos_groups: np.ndarray, neg: np.ndarray, neg_groups: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """Sum over (positive, negative) pairs of w_pos w_neg [s_pos > s_neg] (+ 1/2 for ties): [B], for the group
+    weights [B, G]. Divided by (sum w_pos)(sum w_neg) this is the weighted ROC-AUC (the Mann-Whitney form of the
+    trapezoidal area scikit-learn computes)."""
+    grid = np.unique(np.concatenate([pos, neg]))  # ascending distinct scores: the tie groups
+    n_groups = weights.shape[1]
+    a_pos = _grouped(pos_groups, np.searchsorted(grid, pos), n_groups, len(grid)).T.tocsr()
+    a_neg = _grouped(neg_groups, np.searchsorted(grid, neg), n_groups, len(grid)).T.tocsr()
+    out = np.empty(len(weights))
+    step = max(1, _CELLS // len(grid))
+    for lo in range(0, len(weights), step):
+        w = weights[lo : lo + step].T  # [G, b]
+        p, n = (a_pos @ w).T, (a_neg @ w).T  # [b, U]: positive / negative weight at each score
+        below = np.cumsum(n, axis=1) - n
+        out[lo : lo + step] = (p * (below + 0.5 * n)).sum(axis=1)
+    return out
+
+
+def metric_draws(
+    y_true: np.ndarray, scores: np.ndarray, groups: np.ndarray, group_weights: np.ndarray
+) -> np.ndarray:
+    """`classification_metrics` for many weightings at once: [B, len(METRICS)].
+
+    Row b equals `classification_metrics(y_true, scores, sample_weight=group_weights[b][groups])` (up to float
+    rounding): `groups` [N] gives each sample's group 0..G-1 (its case) and `group_weights` [B, G] how often each
+    group was drawn (a cluster bootstrap). Macro metrics and ROC-AUC run over the classes present in draw b, as
+    there. Cost: O(B x N x C) in sparse products and cumulative sums, against B sorts of N x C scores for a loop.
+    """
+    y = np.asarray(y_true, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    g = np.asarray(groups, dtype=np.int64)
+    w = np.asarray(group_weights, dtype=np.float64)
+    n, n_classes = s.shape
+    if y.shape != (n,) or g.shape != (n,) or w.ndim != 2 or (n and g.max() >= w.shape[1]):
+        raise ValueError(
+            f"parameters disagree: y_true {y.shape}, scores {s.shape}, groups {g.shape}, group_weights {w.shape}"
+        )
+    pred = s.argmax(axis=1)
+    n_g = w.shape[1]
+    true_w = w @ _grouped(g, y, n_g, n_classes).toarray()  # [B, C] weight of each true class
+    pred_w = w @ _grouped(g, pred, n_g, n_classes).toarray()
+    hit = y == pred
+    tp = w @ _grouped(g[hit], y[hit], n_g, n_classes).toarray()
+    total = true_w.sum(axis=1)
+    present = true_w > 0
+    n_present = present.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = tp.sum(axis=1) / total
+        precision = np.where(pred_w > 0, tp / np.where(pred_w > 0, pred_w, 1), 0.0)
+        recall = tp / np.where(present, true_w, 1)
+        f1 = 2 * tp / np.where(present, true_w + pred_w, 1)
+    macro = [np.where(present, m, 0).sum(axis=1) / n_present for m in (precision, recall, f1)]
+    # ROC-AUC, one-vs-rest over the present classes: class c's own column (macro), and all positives at their
+    # true class's score against class c's negatives (micro: one ranking of the flattened present columns)
+    own = s[np.arange(n), y]
+    auc_macro = np.zeros(len(w))
+    micro_num, micro_neg = np.zeros(len(w)), np.zeros(len(w))
+    for c in range(n_classes):
+        is_c = y == c
+        if not is_c.any() or is_c.all():  # never present, or never has a negative
+            continue
+        neg = s[~is_c, c]
+        num = _auc_parts(s[is_c, c], g[is_c], neg, g[~is_c], w)
+        neg_w = total - true_w[:, c]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc_macro += np.where(present[:, c], num / (true_w[:, c] * neg_w), 0.0)
+        micro_num += np.where(present[:, c], _auc_parts(own, g, neg, g[~is_c], w), 0.0)
+        micro_neg += np.where(present[:, c], neg_w, 0.0)
+    two = n_present >= 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        roc_micro = np.where(two, micro_num / (total * micro_neg), np.nan)
+        roc_macro = np.where(two, auc_macro / n_present, np.nan)
+    return np.column_stack([accuracy, accuracy, accuracy, accuracy, *macro, roc_micro, roc_macro])

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cbmir.classification import ClassificationResult, classification_metrics
+from cbmir.classification import ClassificationResult, classification_metrics, metric_draws
 from cbmir.errors import CbmirError
 from cbmir.search import check_index_params, search
 
@@ -411,20 +411,39 @@ def bootstrap_draws(
     `rng = np.random.default_rng(seed)`, cases numbered in order of first appearance. A row's weight is how
     often its case was drawn. The same `cases` and `seed` give the same draws, so two statistics are paired.
     """
+    codes, counts = case_draw_counts(cases, n_boot, seed)
+    point = statistic(np.ones(len(codes)))
+    values = np.array([list(statistic(row[codes]).values()) for row in counts])
+    return point, values, counts.shape[1]
+
+
+def case_draw_counts(cases: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(case code of each row [N], how often draw b drew each case [n_boot, cases] as float64): the draws of
+    `bootstrap_draws`."""
     if n_boot < 1:
         raise ClassifyError(f"parameter 'n_boot' = {n_boot} must be >= 1")
     codes = pd.factorize(pd.Series(np.asarray(cases)))[0]
     n_cases = int(codes.max()) + 1
-    point = statistic(np.ones(len(codes)))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_cases, (n_boot, n_cases))
-    values = np.array(
-        [
-            list(statistic(np.bincount(draw, minlength=n_cases)[codes].astype(np.float64)).values())
-            for draw in draws
-        ]
-    )
-    return point, values, n_cases
+    draws = np.random.default_rng(seed).integers(0, n_cases, (n_boot, n_cases))
+    counts = np.stack([np.bincount(draw, minlength=n_cases) for draw in draws]).astype(np.float64)
+    return codes, counts
+
+
+def classification_draws(
+    y_true: np.ndarray, scores: np.ndarray, cases: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> tuple[dict[str, float], np.ndarray, int]:
+    """`bootstrap_draws` of `classification_metrics` (same draws, same values), all draws at once
+    (`cbmir.classification.metric_draws`): at the paper's size a loop of scikit-learn's ROC-AUC takes hours."""
+    codes, counts = case_draw_counts(cases, n_boot, seed)
+    point = classification_metrics(y_true, scores).metrics
+    return point, metric_draws(y_true, scores, codes, counts), counts.shape[1]
+
+
+def _check_ci_params(n_boot: int, level: float) -> None:
+    if n_boot < 1 or not 0 < level < 1:
+        raise ClassifyError(
+            f"parameters 'n_boot' = {n_boot} (>= 1) and 'level' = {level} (0..1) are out of range"
+        )
 
 
 def cluster_bootstrap(
@@ -439,10 +458,7 @@ def cluster_bootstrap(
     Returns DataFrame(metric, value, ci_low, ci_high, cases, rows); NaN draws (e.g. ROC-AUC with one class)
     are left out of the percentiles.
     """
-    if n_boot < 1 or not 0 < level < 1:
-        raise ClassifyError(
-            f"parameters 'n_boot' = {n_boot} (>= 1) and 'level' = {level} (0..1) are out of range"
-        )
+    _check_ci_params(n_boot, level)
     point, values, n_cases = bootstrap_draws(cases, statistic, n_boot, seed)
     return _percentile_frame(point, values, n_cases, len(np.asarray(cases)), level)
 
@@ -482,9 +498,10 @@ def classification_ci(
     y, s = np.asarray(y_true), np.asarray(scores)
     if len(np.asarray(cases)) != len(y):
         raise ClassifyError(f"parameter 'cases' has {len(np.asarray(cases))} entries for {len(y)} queries")
-    return cluster_bootstrap(
-        cases, lambda w: classification_metrics(y, s, classes, sample_weight=w).metrics, n_boot, seed, level
-    )
+    _check_ci_params(n_boot, level)
+    classification_metrics(y, s, classes)  # its errors name the bad input
+    point, values, n_cases = classification_draws(y, s, cases, n_boot, seed)
+    return _percentile_frame(point, values, n_cases, len(y), level)
 
 
 def outcome_ci(outcome: Outcome, model: str, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -618,15 +635,8 @@ def _all_draws(outcome: Outcome, n_boot: int, seed: int) -> tuple[dict[str, floa
     """`bootstrap_draws` of every test metric of the outcome (the draws of `classification_ci`), computed once
     per (n_boot, seed) and kept on the outcome."""
     if (n_boot, seed) not in outcome.draws:
-        outcome.draws[(n_boot, seed)] = bootstrap_draws(
-            outcome.test_cases,
-            lambda w: (
-                classification_metrics(
-                    outcome.test_labels, outcome.test_scores, outcome.classes, sample_weight=w
-                ).metrics
-            ),
-            n_boot,
-            seed,
+        outcome.draws[(n_boot, seed)] = classification_draws(
+            outcome.test_labels, outcome.test_scores, outcome.test_cases, n_boot, seed
         )
     return outcome.draws[(n_boot, seed)]
 

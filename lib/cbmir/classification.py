@@ -84,34 +84,40 @@ METRICS = (
     "accuracy", "precision_micro", "recall_micro", "f1_micro", "precision_macro", "recall_macro", "f1_macro",
     "roc_auc_micro", "roc_auc_macro",
 )  # fmt: skip  # the keys of `classification_metrics`, in its order
-_CELLS = 1 << 22  # weights x grid cells held at once per array (32 MiB of float64)
+_CELLS = 1 << 24  # score bins x draws held at once per array (128 MiB of float64)
 
 
-def _grouped(groups: np.ndarray, column: np.ndarray, n_groups: int, n_columns: int):
-    """Sparse [n_groups, n_columns] counts of the items (group, column) (duplicates summed)."""
+def _grouped(rows: np.ndarray, groups: np.ndarray, n_rows: int, n_groups: int):
+    """Sparse [n_rows, n_groups] counts of the items (row, group) (duplicates summed)."""
     from scipy import sparse
 
-    ones = np.ones(len(groups))
-    return sparse.csr_matrix((ones, (groups, column)), shape=(n_groups, n_columns))
+    return sparse.csr_matrix((np.ones(len(rows)), (rows, groups)), shape=(n_rows, n_groups))
 
 
 def _auc_parts(
-    pos: np.ndarray, pos_groups: np.ndarray, neg: np.ndarray, neg_groups: np.ndarray, weights: np.ndarray
+    pos: np.ndarray, pos_groups: np.ndarray, neg: np.ndarray, neg_groups: np.ndarray, weights_t: np.ndarray
 ) -> np.ndarray:
-    """Sum over (positive, negative) pairs of w_pos w_neg [s_pos > s_neg] (+ 1/2 for ties): [B], for the group
-    weights [B, G]. Divided by (sum w_pos)(sum w_neg) this is the weighted ROC-AUC (the Mann-Whitney form of the
-    trapezoidal area scikit-learn computes)."""
-    grid = np.unique(np.concatenate([pos, neg]))  # ascending distinct scores: the tie groups
-    n_groups = weights.shape[1]
-    a_pos = _grouped(pos_groups, np.searchsorted(grid, pos), n_groups, len(grid)).T.tocsr()
-    a_neg = _grouped(neg_groups, np.searchsorted(grid, neg), n_groups, len(grid)).T.tocsr()
-    out = np.empty(len(weights))
-    step = max(1, _CELLS // len(grid))
-    for lo in range(0, len(weights), step):
-        w = weights[lo : lo + step].T  # [G, b]
-        p, n = (a_pos @ w).T, (a_neg @ w).T  # [b, U]: positive / negative weight at each score
-        below = np.cumsum(n, axis=1) - n
-        out[lo : lo + step] = (p * (below + 0.5 * n)).sum(axis=1)
+    """Sum over (positive, negative) pairs of w_pos w_neg ([s_pos > s_neg] + 1/2 [s_pos = s_neg]): [B], for the
+    group weights `weights_t` [G, B]. Divided by (sum w_pos)(sum w_neg) this is the weighted ROC-AUC (the
+    Mann-Whitney form of the trapezoidal area scikit-learn computes).
+
+    With v_0 < ... < v_{m-1} the distinct positive scores, a negative lies strictly below v_j when
+    #{v <= s_neg} <= j and ties v_j when s_neg = v_j; so only m + 1 bins of negative weight are accumulated."""
+    values, pos_bin = np.unique(pos, return_inverse=True)
+    m, n_groups = len(values), weights_t.shape[0]
+    below = np.searchsorted(values, neg, side="left")  # #{v < s_neg}
+    tied = np.zeros(len(neg), dtype=bool)
+    inside = below < m
+    tied[inside] = values[below[inside]] == neg[inside]
+    a_pos = _grouped(pos_bin, pos_groups, m, n_groups)
+    a_strict = _grouped(below + tied, neg_groups, m + 1, n_groups)  # key <= j: strictly below v_j
+    a_tie = _grouped(below[tied], neg_groups[tied], m, n_groups)
+    out = np.empty(weights_t.shape[1])
+    step = max(1, _CELLS // (m + 1))
+    for lo in range(0, weights_t.shape[1], step):
+        w = weights_t[:, lo : lo + step]
+        strict = np.cumsum(a_strict @ w, axis=0)[:m]  # [m, b]: negative weight strictly below each v_j
+        out[lo : lo + step] = np.einsum("jb,jb->b", a_pos @ w, strict + 0.5 * (a_tie @ w))
     return out
 
 
@@ -136,10 +142,11 @@ def metric_draws(
         )
     pred = s.argmax(axis=1)
     n_g = w.shape[1]
-    true_w = w @ _grouped(g, y, n_g, n_classes).toarray()  # [B, C] weight of each true class
-    pred_w = w @ _grouped(g, pred, n_g, n_classes).toarray()
+    w_t = np.ascontiguousarray(w.T)  # [G, B]
+    true_w = (_grouped(y, g, n_classes, n_g) @ w_t).T  # [B, C] weight of each true class
+    pred_w = (_grouped(pred, g, n_classes, n_g) @ w_t).T
     hit = y == pred
-    tp = w @ _grouped(g[hit], y[hit], n_g, n_classes).toarray()
+    tp = (_grouped(y[hit], g[hit], n_classes, n_g) @ w_t).T
     total = true_w.sum(axis=1)
     present = true_w > 0
     n_present = present.sum(axis=1)
@@ -149,22 +156,29 @@ def metric_draws(
         recall = tp / np.where(present, true_w, 1)
         f1 = 2 * tp / np.where(present, true_w + pred_w, 1)
     macro = [np.where(present, m, 0).sum(axis=1) / n_present for m in (precision, recall, f1)]
-    # ROC-AUC, one-vs-rest over the present classes: class c's own column (macro), and all positives at their
-    # true class's score against class c's negatives (micro: one ranking of the flattened present columns)
+    # ROC-AUC, one-vs-rest over the present classes. Macro: class c's own column. Micro: one ranking of the
+    # flattened present columns, i.e. all positives (each row at its true class's score) against the negatives
+    # of every present column: computed once over the columns of every class seen, then the columns of
+    # classes absent from a draw are taken out of that draw (one cumulative sum over ~N bins instead of C).
     own = s[np.arange(n), y]
+    seen = np.flatnonzero(np.bincount(y, minlength=n_classes))
     auc_macro = np.zeros(len(w))
-    micro_num, micro_neg = np.zeros(len(w)), np.zeros(len(w))
-    for c in range(n_classes):
+    if len(seen) >= 2:
+        rows, cols = np.nonzero(y[:, None] != seen[None, :])
+        micro_num = _auc_parts(own, g, s[rows, seen[cols]], g[rows], w_t)
+    else:
+        micro_num = np.zeros(len(w))
+    neg_w = total[:, None] - true_w
+    micro_neg = np.where(present, neg_w, 0.0).sum(axis=1)
+    for c in seen if len(seen) >= 2 else []:
         is_c = y == c
-        if not is_c.any() or is_c.all():  # never present, or never has a negative
-            continue
-        neg = s[~is_c, c]
-        num = _auc_parts(s[is_c, c], g[is_c], neg, g[~is_c], w)
-        neg_w = total - true_w[:, c]
+        neg, neg_g = s[~is_c, c], g[~is_c]
         with np.errstate(invalid="ignore", divide="ignore"):
-            auc_macro += np.where(present[:, c], num / (true_w[:, c] * neg_w), 0.0)
-        micro_num += np.where(present[:, c], _auc_parts(own, g, neg, g[~is_c], w), 0.0)
-        micro_neg += np.where(present[:, c], neg_w, 0.0)
+            auc = _auc_parts(s[is_c, c], g[is_c], neg, neg_g, w_t) / (true_w[:, c] * neg_w[:, c])
+        auc_macro += np.where(present[:, c], auc, 0.0)
+        absent = np.flatnonzero(~present[:, c])
+        if len(absent):
+            micro_num[absent] -= _auc_parts(own, g, neg, neg_g, w_t[:, absent])
     two = n_present >= 2
     with np.errstate(invalid="ignore", divide="ignore"):
         roc_micro = np.where(two, micro_num / (total * micro_neg), np.nan)

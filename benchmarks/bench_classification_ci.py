@@ -1,0 +1,97 @@
+"""Benchmark: the classification bootstrap (notebook 7's intervals), all draws at once vs a scikit-learn loop.
+
+Synthetic test scores of one head (seeded): `--queries` test queries of `--cases` cases over `--classes`
+classes with skewed class sizes (so small classes drop out of some draws), either kNN-like (shares among k = 10
+neighbours: few distinct values) or probe-like (continuous softmax). The baseline is what notebook 7 ran
+before: `classification_metrics` (scikit-learn) once per draw; it runs `--baseline-draws` draws and its time is
+extrapolated linearly to `--draws` (said so in the output). `metric_draws` runs all draws; both are checked to
+agree on the baseline's draws. Figures are printed and appended to benchmarks/RESULTS.md.
+
+    .venv/bin/python benchmarks/bench_classification_ci.py                     # the 0.1-scale rehearsal's shape
+    .venv/bin/python benchmarks/bench_classification_ci.py --queries 170000 --cases 60000   # the paper's
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+from cbmir.analyses.classify import case_draw_counts
+from cbmir.classification import classification_metrics, metric_draws
+from results import append_results, cpu_name
+
+
+def synthetic(n_queries: int, n_cases: int, n_classes: int, head: str, seed: int = 0):
+    """(labels [Q], scores [Q, C], cases [Q]): cases of one class each, class sizes falling 1000-fold."""
+    rng = np.random.default_rng(seed)
+    sizes = np.exp(-np.linspace(0, np.log(1000), n_classes))
+    case_class = rng.choice(n_classes, size=n_cases, p=sizes / sizes.sum())
+    cases = np.sort(rng.integers(0, n_cases, n_queries))
+    y = case_class[cases]
+    if head == "knn":
+        k = 10
+        votes = rng.choice(n_classes, size=(n_queries, k), p=sizes / sizes.sum())
+        votes = np.where(rng.random((n_queries, k)) < 0.5, y[:, None], votes)
+        scores = np.zeros((n_queries, n_classes))
+        np.add.at(scores, (np.repeat(np.arange(n_queries), k), votes.ravel()), 1.0 / k)
+    else:
+        logits = rng.normal(size=(n_queries, n_classes)) + 2.0 * np.eye(n_classes)[y]
+        scores = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, scores, cases
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--queries", type=int, default=16_000)
+    ap.add_argument("--cases", type=int, default=6_000)
+    ap.add_argument("--classes", type=int, default=161)
+    ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--baseline-draws", type=int, default=5)
+    ap.add_argument("--no-append", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    for head in ("knn", "probe"):
+        y, scores, cases = synthetic(args.queries, args.cases, args.classes, head)
+        codes, counts = case_draw_counts(cases, args.draws, seed=0)
+        t0 = time.perf_counter()
+        base = [
+            list(classification_metrics(y, scores, sample_weight=counts[b][codes]).metrics.values())
+            for b in range(args.baseline_draws)
+        ]
+        loop_s = (time.perf_counter() - t0) / args.baseline_draws * args.draws
+        t0 = time.perf_counter()
+        fast = metric_draws(y, scores, codes, counts)
+        fast_s = time.perf_counter() - t0
+        diff = float(np.nanmax(np.abs(fast[: args.baseline_draws] - np.array(base))))
+        if not diff < 1e-9:
+            raise SystemExit(f"{head}: metric_draws differs from the loop by {diff:.2e}")
+        rows.append(
+            f"| {head} | {args.queries:,} | {len(np.unique(codes)):,} | {args.classes} | {args.draws} | "
+            f"{loop_s:,.0f} (extrapolated from {args.baseline_draws}) | {fast_s:,.1f} | {loop_s / fast_s:,.0f}x | "
+            f"{diff:.1e} |"
+        )
+        print(rows[-1], flush=True)
+    lines = [
+        f"- CPU: {cpu_name()}; one process (scikit-learn and the sparse products run on one thread)",
+        "- baseline = `classification_metrics` (scikit-learn) per draw, as notebook 7 computed its intervals "
+        "before; fast = `cbmir.classification.metric_draws`, every draw at once; same draws (cluster bootstrap "
+        "over cases)",
+        "",
+        "| head | test queries | cases | classes | draws | loop s | all draws at once s | speed-up | max abs diff |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+    print("\n".join(lines))
+    if not args.no_append:
+        append_results(
+            "bench_classification_ci: classification bootstrap, all draws at once vs a loop",
+            " ".join(["python", *sys.argv]),
+            lines,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -191,3 +191,20 @@ def test_count_bars_uses_a_log_axis_when_counts_span_orders_of_magnitude():
     assert plots.count_bars(skewed, x="label").axes[0].get_xscale() == "log"
     assert plots.count_bars(even, x="label").axes[0].get_xscale() == "linear"
     assert plots.count_bars(skewed, x="label", log=False).axes[0].get_xscale() == "linear"
+
+
+def test_intervals_are_drawn_from_their_bounds_even_when_they_exclude_the_estimate():
+    """A percentile interval of a macro average can lie wholly above its estimate (small classes drop out of
+    resamples, as at the paper's 161 classes): both plots draw it as given instead of failing."""
+    table = pd.DataFrame(
+        {"model": ["a", "b"], "level": ["label", "label"], "head": ["kNN", "kNN"], "f1": [0.34, 0.76],
+         "lo": [0.40, 0.70], "hi": [0.48, np.nan], "chance": [0.01, 0.01]}
+    )  # fmt: skip
+    for fig in (
+        plots.bars_with_chance(table, x="model", y="f1", hue="head", low="lo", high="hi", chance="chance"),
+        plots.level_scores(table, "f1", lo="lo", hi="hi", chance="chance"),
+    ):
+        lines = [c for c in fig.axes[0].collections if c.get_segments() and c.get_label() != "chance"]
+        vertical = [seg for c in lines for seg in c.get_segments() if seg[0][0] == seg[1][0]]
+        assert [(seg[0][1], seg[1][1]) for seg in vertical] == [(0.40, 0.48)]  # b's NaN bound: not drawn
+        plt.close(fig)

@@ -279,13 +279,10 @@ def level_scores(
     for i, model in enumerate(models):
         part = table[table["model"] == model].set_index("level").reindex(levels)
         pos = np.arange(len(levels)) + (i - (len(models) - 1) / 2) * width
-        yerr = None
-        if lo and hi:
-            yerr = np.vstack([part[y] - part[lo], part[hi] - part[y]])
         st = styles[model]
-        ax.errorbar(
-            pos, part[y], yerr=yerr, fmt=st["marker"], color=st["color"], capsize=2, label=model, ms=6
-        )
+        ax.plot(pos, part[y], st["marker"], color=st["color"], label=model, ms=6, ls="none")
+        if lo and hi:  # drawn from its bounds: a percentile interval need not contain the estimate
+            _interval_bars(ax, pos, part[lo].to_numpy(float), part[hi].to_numpy(float), width, st["color"])
         if chance:
             ax.hlines(part[chance], pos - width * 0.45, pos + width * 0.45, colors="black", lw=1.6,
                       label="chance" if i == 0 else None)  # fmt: skip
@@ -540,15 +537,10 @@ def bars_with_chance(
         else:  # colour by hue; a baseline's bars keep it and carry their hatch
             colours = [palette[i % len(palette)]] * len(xs)
         hatches = [looks[m]["hatch"] if m in looks else "" for m in model_of]
-        yerr = None
-        if low and high:
-            yerr = np.vstack([part[y] - part[low], part[high] - part[y]])
         bars = ax.bar(
             pos,
             part[y],
             width=width,
-            yerr=yerr,
-            capsize=2,
             color=colours,
             edgecolor="0.15",
             linewidth=0.4,
@@ -556,6 +548,8 @@ def bars_with_chance(
         )
         for bar, hatch in zip(bars, hatches, strict=True):
             bar.set_hatch(hatch)
+        if low and high:  # drawn from its bounds: a percentile interval need not contain the estimate
+            _interval_bars(ax, pos, part[low].to_numpy(float), part[high].to_numpy(float), width)
         if chance and chance in part:
             ax.hlines(
                 part[chance],
@@ -574,6 +568,16 @@ def bars_with_chance(
     _legend_outside(fig, ax)
     fig.tight_layout()
     return fig
+
+
+def _interval_bars(
+    ax, pos: np.ndarray, low: np.ndarray, high: np.ndarray, width: float, colour: str = "0.15"
+) -> None:
+    """Vertical interval lines with caps from `low` to `high` at each `pos` (NaN bounds: nothing drawn)."""
+    ok = np.isfinite(low) & np.isfinite(high)
+    ax.vlines(pos[ok], low[ok], high[ok], colors=colour, lw=1)
+    for bound in (low, high):
+        ax.hlines(bound[ok], pos[ok] - width / 8, pos[ok] + width / 8, colors=colour, lw=1)
 
 
 def index_size_curves(

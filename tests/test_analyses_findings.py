@@ -753,3 +753,11 @@ def test_p_values_never_round_across_the_level():
     assert findings.pval(0.04995) == "p < 0.05"  # would read 0.050 beside a claimed difference
     assert findings.pval(0.0504) == "p = 0.050" and findings.pval(0.05) == "p = 0.050"
     assert findings.pval(0.0083) == "p = 0.008" and findings.pval(0.0004) == "p < 0.001"
+
+
+def test_a_sentence_says_when_its_interval_does_not_contain_the_estimate():
+    outside = findings.chance_sentence("sam-vit-b", "macro P@1", 0.352, 0.410, 0.484, 0.006, 40)
+    assert "95 % CI 0.410 to 0.484, which does not contain the estimate" in outside
+    inside = findings.chance_sentence("sam-vit-b", "macro P@1", 0.45, 0.410, 0.484, 0.006, 40)
+    assert "does not contain" not in inside
+    assert "does not contain" not in findings.interval(0.1, 0.3)  # no estimate given: nothing to judge

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from bs4 import BeautifulSoup
-from cbmir.tables import TableError, format_ci, show
+from cbmir.tables import MISSING, TableError, format_ci, show
 
 
 def parse(html: str) -> tuple[list[str], list[list[str]], BeautifulSoup]:
@@ -147,3 +147,18 @@ def test_caption_and_notebook_display():
     assert "Counts <by> class" in repr(table)
     with pytest.raises(TypeError, match="DataFrame"):
         show([1, 2])
+
+
+def test_an_estimate_outside_its_interval_is_marked_and_explained():
+    df = pd.DataFrame(
+        {"model": ["a", "b", "c"], "f1": [0.345, 0.5, 0.7], "f1 lo": [0.402, 0.45, np.nan], "f1 hi": [0.477, 0.55, 0.8]}
+    )  # fmt: skip
+    table = show(df, caption="macro F1")
+    assert table.frame["f1"].tolist() == [
+        "0.345 [0.402, 0.477] †",
+        "0.500 [0.450, 0.550]",
+        f"0.700 [{MISSING}, 0.800]",
+    ]
+    assert "† (1 cell): the estimate lies outside its percentile bootstrap interval" in table.html
+    inside = show(df.iloc[1:], caption="macro F1")
+    assert "†" not in inside.html

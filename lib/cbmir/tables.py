@@ -119,6 +119,9 @@ def show(
                 numeric.append(col)
     out = pd.DataFrame(shown, columns=list(shown))
     note = f"[lo, hi]: {ci_label}." if pairs else ""
+    outside = sum(cell.endswith(OUTSIDE_MARK) for spec in pairs for cell in shown[spec[0]])
+    if outside:
+        note += OUTSIDE_NOTE.format(n=outside, s="" if outside == 1 else "s")
     html_text = _render(out, caption, note, numeric, collapse_after)
     return Table(frame=out, caption=caption, html=html_text, numeric=tuple(numeric))
 
@@ -220,7 +223,7 @@ def _ci_cells(frame: pd.DataFrame, spec: tuple[str, ...], digits: int) -> list[s
     est = frame[spec[0]].tolist()
     if len(spec) == 3:
         return [
-            format_ci(e, lo, hi, digits)
+            format_ci(e, lo, hi, digits) + (f" {OUTSIDE_MARK}" if outside_interval(e, lo, hi) else "")
             for e, lo, hi in zip(est, frame[spec[1]], frame[spec[2]], strict=True)
         ]
     cells = []
@@ -232,6 +235,22 @@ def _ci_cells(frame: pd.DataFrame, spec: tuple[str, ...], digits: int) -> list[s
         else:
             cells.append(format_ci(e, *bounds, digits))
     return cells
+
+
+OUTSIDE_MARK = "†"
+OUTSIDE_NOTE = (
+    " † ({n} cell{s}): the estimate lies outside its percentile bootstrap interval. Such an interval need not "
+    "contain the estimate; for a macro average this happens when classes with few cases are missing from many "
+    "resamples, which shifts the resampled mean."
+)
+
+
+def outside_interval(estimate: object, lo: object, hi: object) -> bool:
+    """Whether a real estimate lies outside the real bounds [lo, hi] (beyond rounding)."""
+    values = (estimate, lo, hi)
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return False
+    return bool(estimate < lo - 1e-12 or estimate > hi + 1e-12)
 
 
 def _parse_interval(value: object) -> tuple[float, float] | None:

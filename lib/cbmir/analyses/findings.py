@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from cbmir.tables import outside_interval
+
 DIGITS = 3
 ALPHA = 0.05  # level of the Holm-adjusted paired tests
 MIN_CASES = 5  # below this many cases, no sentence claims a direction
@@ -49,11 +51,17 @@ def pval(p: float) -> str:
     return "p < 0.05" if p < ALPHA <= float(text) else f"p = {text}"
 
 
-def interval(low: float, high: float, diff: bool = False) -> str:
+def interval(low: float, high: float, diff: bool = False, estimate: float | None = None) -> str:
     """'95 % CI 0.100 to 0.300'; for a difference (`diff`), signed bounds, and where a bound rounds to
-    +0.000 the reader is told whether the interval reaches 0 (`zero_note`)."""
+    +0.000 the reader is told whether the interval reaches 0 (`zero_note`). Given the `estimate` it belongs to,
+    an interval that does not contain it says so, and why that can happen."""
     f = signed if diff else num
-    return f"95 % CI {f(low)} to {f(high)}" + (zero_note(low, high) if diff else "")
+    text = f"95 % CI {f(low)} to {f(high)}" + (zero_note(low, high) if diff else "")
+    if estimate is not None and outside_interval(estimate, low, high):
+        text += (
+            ", which does not contain the estimate (a percentile bootstrap interval; see the table's note)"
+        )
+    return text
 
 
 def zero_note(low: float, high: float) -> str:
@@ -132,7 +140,7 @@ def comparison_sentence(row: Mapping, other: str = "best", measure: str | None =
     measure = measure or f"{row['average']} P@{int(row['N'])}"
     model, ref = row["model"], _other_name(str(row[other]))
     holm, p = _p_text(row, HOLM_FAMILIES.get(other, ""))
-    tail = f"({interval(row['low'], row['high'], diff=True)}; {p}; {cases(row['n_cases'])})"
+    tail = f"({interval(row['low'], row['high'], diff=True, estimate=row['difference'])}; {p}; {cases(row['n_cases'])})"
     d = pair_direction(row)
     if too_few(row["n_cases"]):
         return f"{model} against {ref} in {measure}: difference {signed(row['difference'])} {tail}: {_few(row['n_cases'])}."
@@ -152,7 +160,7 @@ def chance_sentence(
     if too_few(n_cases):
         verdict = _few(n_cases)
     return (
-        f"{name}: {measure} {num(estimate)} ({interval(low, high)}; {cases(n_cases)}) against {num(chance)} "
+        f"{name}: {measure} {num(estimate)} ({interval(low, high, estimate=estimate)}; {cases(n_cases)}) against {num(chance)} "
         f"by chance: {verdict}."
     )
 
@@ -184,8 +192,8 @@ def shape_sentence(
     first, last = xs[0], xs[-1]
     r0, r1 = t.iloc[0], t.iloc[-1]
     quote = (
-        f"{name}: {measure} goes from {num(r0[value])} ({interval(r0[low], r0[high])}) at {x} = {first} to "
-        f"{num(r1[value])} ({interval(r1[low], r1[high])}) at {x} = {last}"
+        f"{name}: {measure} goes from {num(r0[value])} ({interval(r0[low], r0[high], estimate=r0[value])}) at {x} = {first} to "
+        f"{num(r1[value])} ({interval(r1[low], r1[high], estimate=r1[value])}) at {x} = {last}"
     )
     if "n_cases" in t and too_few(t["n_cases"].min()):
         return f"{quote}: {_few(t['n_cases'].min())} how it changes."
@@ -228,7 +236,7 @@ def summary_sentences(
         top = top.iloc[0]
         out.append(
             f"Highest micro P@{n0} (the ranking rule): {top['model']}, {num(top['estimate'])} "
-            f"({interval(top['low'], top['high'])}; {cases(top['n_cases'])})."
+            f"({interval(top['low'], top['high'], estimate=top['estimate'])}; {cases(top['n_cases'])})."
         )
     for _, row in part.iterrows():
         out.append(
@@ -288,7 +296,7 @@ def contrast_sentence(row: Mapping, coarse: str = "region", fine: str = "label")
         f"at the {coarse} level ({num(row[coarse])} against {num(row[f'{coarse} chance'])}) and by "
         f"{signed(row[f'{fine} excess'])} at the {fine} level ({num(row[fine])} against "
         f"{num(row[f'{fine} chance'])}); paired difference of the two excesses {signed(row['difference'])} "
-        f"({interval(row['low'], row['high'], diff=True)}; {p}; {queries(row['n_queries'])}, "
+        f"({interval(row['low'], row['high'], diff=True, estimate=row['difference'])}; {p}; {queries(row['n_queries'])}, "
         f"{cases(row['n_cases'])})"
     )
     if too_few(row["n_cases"]):
@@ -311,7 +319,7 @@ def conditional_sentence(row: Mapping, name: str) -> str:
     return (
         f"{name}{where}: among anatomy-correct neighbours in the first {int(row['N'])}, the finding matches in "
         f"{num(row['share'])} against {num(row['chance'])} by chance, difference {signed(row['difference'])} "
-        f"({interval(row['difference_lo'], row['difference_hi'], diff=True)}; {queries(row['n_queries'])}, "
+        f"({interval(row['difference_lo'], row['difference_hi'], diff=True, estimate=row['difference'])}; {queries(row['n_queries'])}, "
         f"{cases(row['n_cases'])}): {verdict}."
     )
 
@@ -355,8 +363,8 @@ def index_size_sentence(
     x0, x1 = r0["estimate"] - r0["chance"], r1["estimate"] - r1["chance"]
     text = (
         f"{name}: {measure}{f' ({meaning})' if meaning else ''} goes from {num(r0['estimate'])} "
-        f"({interval(r0['low'], r0['high'])}) against {num(r0['chance'])} by chance at {_index_count(r0['index_cases'])} "
-        f"to {num(r1['estimate'])} ({interval(r1['low'], r1['high'])}) against {num(r1['chance'])} by chance at "
+        f"({interval(r0['low'], r0['high'], estimate=r0['estimate'])}) against {num(r0['chance'])} by chance at {_index_count(r0['index_cases'])} "
+        f"to {num(r1['estimate'])} ({interval(r1['low'], r1['high'], estimate=r1['estimate'])}) against {num(r1['chance'])} by chance at "
         f"{_index_count(r1['index_cases'])}; its excess over chance goes from {signed(x0)} "
         f"({interval(r0['low'] - r0['chance'], r0['high'] - r0['chance'], diff=True)}) to {signed(x1)} "
         f"({interval(r1['low'] - r1['chance'], r1['high'] - r1['chance'], diff=True)})"
@@ -702,7 +710,7 @@ def separation_sentence(table: pd.DataFrame, name: str) -> str:
     head = (
         f"{name}: an image's mean cosine similarity to same-label images of other cases is {num(same['mean'])}, "
         f"to different-label images of other cases {num(diff['mean'])}; difference {signed(d['mean'])} "
-        f"({interval(d['ci_low'], d['ci_high'], diff=True)}; {int(d['images'])} images, {cases(n)})"
+        f"({interval(d['ci_low'], d['ci_high'], diff=True, estimate=d['mean'])}; {int(d['images'])} images, {cases(n)})"
     )
     if too_few(n):
         return f"{head}: {_few(n)}."
@@ -733,7 +741,7 @@ def purity_sentences(table: pd.DataFrame) -> list[str]:
             if too_few(r["cases"]):
                 verdict = _few(r["cases"])
             bits.append(
-                f"{level} {num(r['purity'])} ({interval(r['ci_low'], r['ci_high'])}) against {num(r['chance'])} "
+                f"{level} {num(r['purity'])} ({interval(r['ci_low'], r['ci_high'], estimate=r['purity'])}) against {num(r['chance'])} "
                 f"by chance: {verdict}"
             )
         n = int(p["cases"].min())
@@ -770,13 +778,13 @@ def _ranking(
     overlaps the runner-up's."""
     t = table.sort_values(value, ascending=False)
     best = t.iloc[0]
-    text = f"Highest {what}: {best['model']}, {num(best[value])} ({interval(best[low], best[high])}; {cases(best['cases'])})"
+    text = f"Highest {what}: {best['model']}, {num(best[value])} ({interval(best[low], best[high], estimate=best[value])}; {cases(best['cases'])})"
     if chance and chance in t and not pd.isna(best[chance]):
         text += f" against {num(best[chance])} by chance"
     if len(t) < 2:
         return text + "."
     nxt = t.iloc[1]
-    text += f"; next {nxt['model']}, {num(nxt[value])} ({interval(nxt[low], nxt[high])})"
+    text += f"; next {nxt['model']}, {num(nxt[value])} ({interval(nxt[low], nxt[high], estimate=nxt[value])})"
     if too_few(best["cases"]):
         return f"{text}: {_few(best['cases'])} whether they differ."
     if best[low] > nxt[high]:

@@ -450,8 +450,15 @@ def main() -> int:
             lines.append(f"- authors' P@1..99 vs ours on their knn.csv: {record['precision check']}")
         if record.get("note"):
             lines.append(f"- note: {record['note']}")
+        loads = [x for r in record["stages"].values() for x in (r["load_before"][0], r["load_after"][0])]
+        busy = max(loads, default=0.0) > (os.cpu_count() or 1)  # more runnable work than cores at some point
         lines.append(
-            "- timings measured on a shared 2-core machine (see the load averages): not quiet-machine figures"
+            f"- highest 1-min load average {max(loads, default=0.0):.1f} on {os.cpu_count()} cores: "
+            + (
+                "timings measured on a shared machine, not quiet-machine figures"
+                if busy
+                else "a quiet machine"
+            )
         )
         append_results(
             f"rehearse_paper_scale: published-artefacts route at scale {args.scale:g}",

@@ -1,6 +1,8 @@
 """kNN classification through the config's search index (`knn_classify(index_type=..., index_params=...)`),
 checked against the default exact run and a slow loop on small seeded data."""
 
+import contextlib
+
 import numpy as np
 import pytest
 from cbmir.analyses import classify
@@ -132,3 +134,50 @@ def test_index_sentence_names_the_index_and_its_parameters():
     text = classify.index_sentence("ivfpq", {"nprobe": 192})
     assert "approximate" in text and "`ivfpq`" in text and "nprobe = 192" in text
     assert "defaults" in classify.index_sentence("hnsw")
+
+
+@pytest.mark.parametrize(("selection", "n_builds"), [("val", 1), ("grouped-cv", 3 + 1)])
+def test_the_val_rule_builds_the_train_index_once_and_keeps_the_outcome(monkeypatch, selection, n_builds):
+    """k selection on val and the test search run against the same train rows: one index serves both (the
+    grouped folds each have their own index rows). Reusing it changes nothing in the outcome."""
+    from cbmir import search as search_module
+
+    x, labels, splits, cases = knn_data(seed=2, n_cases=40, spread=2.0)
+    settings = dict(
+        selection=selection, k_max=6, n_splits=3, index_type="ivf", index_params={"nlist": 2, "nprobe": 1}
+    )
+    built = []
+    real = search_module.build_index
+    monkeypatch.setattr(
+        search_module, "build_index", lambda xb, t, **p: built.append(len(xb)) or real(xb, t, **p)
+    )
+    reused = classify.knn_classify(x, labels, splits, cases, **settings)
+    assert len(built) == n_builds
+    assert search_module._REUSE is None  # nothing is kept after the call
+    monkeypatch.setattr(classify, "reuse_index", contextlib.nullcontext)
+    built.clear()
+    fresh = classify.knn_classify(x, labels, splits, cases, **settings)
+    assert len(built) == (2 if selection == "val" else n_builds)
+    _same(reused, fresh)
+
+
+def test_reuse_index_rebuilds_for_other_vectors_or_settings_and_only_inside_the_block(monkeypatch):
+    from cbmir import search as search_module
+
+    rng = np.random.default_rng(0)
+    xb, xq = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(5, 8)).astype(np.float32)
+    built = []
+    real = search_module.build_index
+    monkeypatch.setattr(search_module, "build_index", lambda b, t, **p: built.append(t) or real(b, t, **p))
+    plain = search_module.search(xb, xq, 3, progress=False)
+    with search_module.reuse_index():
+        first = search_module.search(xb, xq, 3, progress=False)
+        again = search_module.search(xb.copy(), xq[:2], 3, progress=False)  # equal content: reused
+        assert built == ["flat", "flat"]
+        search_module.search(xb + 1.0, xq, 3, progress=False)  # other vectors: rebuilt
+        search_module.search(xb, xq, 3, progress=False, index_type="ivf", nlist=2, nprobe=2)  # other settings
+        assert built == ["flat", "flat", "flat", "ivf"]
+    search_module.search(xb, xq, 3, progress=False)
+    assert len(built) == 5 and search_module._REUSE is None
+    np.testing.assert_array_equal(first[1], plain[1])
+    np.testing.assert_array_equal(again[1], plain[1][:2])

@@ -33,7 +33,7 @@ import pandas as pd
 
 from cbmir.classification import ClassificationResult, classification_metrics, metric_draws
 from cbmir.errors import CbmirError
-from cbmir.search import check_index_params, search
+from cbmir.search import check_index_params, reuse_index, search
 
 SELECTIONS = ("val", "grouped-cv", "auto")
 MIN_VAL_CASES = 2
@@ -273,19 +273,20 @@ def knn_classify(
     rule, reason = choose_rule(selection, d.classes[d.y], d.splits, d.cases, min_val_cases)
     train, test = d.rows("train"), d.rows("test")
     n_classes = len(d.classes)
-    if rule == "val":
-        val = d.rows("val")
-        k_top = min(k_max, len(train))
-        ks = list(range(1, k_top + 1))
-        pos = _neighbours(d.x[train], d.x[val], k_top, d.cases[train], d.cases[val], **index)
-        curve = _f1_curve(d.y[val], knn_predictions(d.y[train][pos], n_classes, ks), ks)
-    else:
-        curve, _ = grouped_cv_curve(
-            d.x[train], d.y[train], d.cases[train], n_classes, k_max, n_splits, seed, **index
-        )
-    k = _best_k(curve, criterion)
-    k_test = max(1, k - 1) if paper_k_minus_one else k
-    pos = _neighbours(d.x[train], d.x[test], k_test, d.cases[train], d.cases[test], **index)
+    with reuse_index():  # the val rule's two searches share one index over the train rows
+        if rule == "val":
+            val = d.rows("val")
+            k_top = min(k_max, len(train))
+            ks = list(range(1, k_top + 1))
+            pos = _neighbours(d.x[train], d.x[val], k_top, d.cases[train], d.cases[val], **index)
+            curve = _f1_curve(d.y[val], knn_predictions(d.y[train][pos], n_classes, ks), ks)
+        else:
+            curve, _ = grouped_cv_curve(
+                d.x[train], d.y[train], d.cases[train], n_classes, k_max, n_splits, seed, **index
+            )
+        k = _best_k(curve, criterion)
+        k_test = max(1, k - 1) if paper_k_minus_one else k
+        pos = _neighbours(d.x[train], d.x[test], k_test, d.cases[train], d.cases[test], **index)
     scores = np.zeros((len(test), n_classes))
     np.add.at(scores, (np.repeat(np.arange(len(test)), k_test), d.y[train][pos].ravel()), 1.0 / k_test)
     y = d.y[test]

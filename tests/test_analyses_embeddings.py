@@ -127,3 +127,14 @@ def test_precision_sentence_names_what_ran_for_each_model() -> None:
     assert "torch.compile ran for a (" in text and "bench_precision" in text
     fp32_only = embeddings.precision_sentence({"x": {"dtype": "fp32"}})
     assert fp32_only == "Embeddings: computed in fp32 for x; every store holds float32 rows of unit length."
+
+
+def test_row_norms_in_chunks_match_numpy(monkeypatch):
+    from cbmir.analyses import embeddings
+
+    x = np.random.default_rng(0).normal(size=(23, 5)).astype(np.float32)
+    monkeypatch.setattr(embeddings, "NORM_CHUNK", 4)
+    np.testing.assert_allclose(
+        embeddings.row_norms(x), np.linalg.norm(x.astype(np.float64), axis=1), rtol=1e-12
+    )
+    assert embeddings.row_norms(x[:0]).shape == (0,)

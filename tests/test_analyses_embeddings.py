@@ -130,11 +130,13 @@ def test_precision_sentence_names_what_ran_for_each_model() -> None:
 
 
 def test_row_norms_in_chunks_match_numpy(monkeypatch):
-    from cbmir.analyses import embeddings
+    from cbmir import search
 
     x = np.random.default_rng(0).normal(size=(23, 5)).astype(np.float32)
-    monkeypatch.setattr(embeddings, "NORM_CHUNK", 4)
-    np.testing.assert_allclose(
-        embeddings.row_norms(x), np.linalg.norm(x.astype(np.float64), axis=1), rtol=1e-12
-    )
-    assert embeddings.row_norms(x[:0]).shape == (0,)
+    x[7, 2], x[9, 0] = np.nan, np.inf
+    monkeypatch.setattr(search, "NORM_CHUNK", 4)
+    got = search.row_norms(x)
+    want = np.linalg.norm(x.astype(np.float64), axis=1)
+    np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=1e-12)
+    assert not np.isfinite(got[[7, 9]]).any()
+    assert search.row_norms(x[:0]).shape == (0,)

@@ -19,22 +19,11 @@ import pandas as pd
 from cbmir.analyses.classify import cluster_bootstrap
 from cbmir.analyses.embedding_space import sample_rows
 from cbmir.errors import CbmirError
+from cbmir.search import row_norms
 
 
 class EmbeddingsError(CbmirError, ValueError):
     """Inputs of the embeddings study that disagree."""
-
-
-NORM_CHUNK = 65_536  # rows at a time: a whole-matrix norm makes a squared copy (4.9 GB at 1.6 M x 768)
-
-
-def row_norms(emb: np.ndarray) -> np.ndarray:
-    """The L2 norm of every row, in float64, a chunk of rows at a time (the store is a memmap)."""
-    out = np.empty(len(emb))
-    for lo in range(0, len(emb), NORM_CHUNK):
-        part = np.asarray(emb[lo : lo + NORM_CHUNK], dtype=np.float64)
-        out[lo : lo + len(part)] = np.sqrt(np.einsum("ij,ij->i", part, part))
-    return out
 
 
 def _dtype_ran(prov: Mapping) -> str:

@@ -335,3 +335,17 @@ def test_standardiser_in_chunks_and_on_rows_matches_the_whole_matrix():
     np.testing.assert_allclose(scale, np.where(whole.std(axis=0) > 0, whole.std(axis=0), 1.0), rtol=1e-10)
     expected = ((whole - mean) / scale).astype(np.float32)
     np.testing.assert_array_equal(classify.standardise(x, mean, scale, rows, chunk_rows=4), expected)
+
+
+def test_a_forced_val_rule_says_that_the_automatic_rule_would_not_use_val():
+    labels = np.array(["a"] * 6 + ["b"] * 4)
+    splits = np.array(["train", "val", "val", "test", "train", "train", "train", "val", "test", "train"])
+    cases = np.array([f"p{i}" for i in range(10)])
+    rule, reason = classify.choose_rule("val", labels, splits, cases, min_val_cases=2)
+    assert (
+        rule == "val"
+        and "forced: the automatic rule would not use val, as 1 test class has fewer than 2" in reason
+    )
+    assert classify.choose_rule("auto", labels, splits, cases, min_val_cases=2)[0] == "grouped-cv"
+    rule, reason = classify.choose_rule("val", labels, splits, cases, min_val_cases=1)
+    assert rule == "val" and "forced" not in reason

@@ -100,6 +100,14 @@ def val_support(labels: np.ndarray, splits: np.ndarray, cases: np.ndarray | None
     return out
 
 
+def _thin_val_classes(
+    labels, splits, cases, min_val_cases: int, support: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The rows of `val_support` whose test class has fewer than `min_val_cases` validation cases."""
+    support = val_support(labels, splits, cases) if support is None else support
+    return support[support["val cases"] < min_val_cases]
+
+
 def choose_rule(
     selection: str,
     labels: np.ndarray,
@@ -115,11 +123,18 @@ def choose_rule(
             raise ClassifyError(
                 "selection='val' needs val rows; the data has none (use 'grouped-cv' or 'auto')"
             )
-        return "val", "selection='val' (the paper's rule)"
+        thin = _thin_val_classes(labels, splits, cases, min_val_cases)
+        forced = (
+            f"; forced: the automatic rule would not use val, as {len(thin)} test "
+            f"{'class has' if len(thin) == 1 else 'classes have'} fewer than {min_val_cases} validation cases"
+            if len(thin)
+            else ""
+        )
+        return "val", f"selection='val' (the paper's rule){forced}"
     if selection == "grouped-cv":
         return "grouped-cv", "selection='grouped-cv'"
     support = val_support(labels, splits, cases)
-    thin = support[support["val cases"] < min_val_cases]
+    thin = _thin_val_classes(labels, splits, cases, min_val_cases, support)
     if thin.empty:
         return "val", f"auto: every test class has at least {min_val_cases} validation cases"
     examples = ", ".join(f"{c}: {n}" for c, n in zip(thin["class"][:3], thin["val cases"][:3], strict=True))

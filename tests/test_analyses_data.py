@@ -177,3 +177,10 @@ def test_leakage_audit_without_images_checks_patients_only():
         {"check": "patients in more than one split", "split pair": "any", "count": 1}
     ]
     assert audit.near_duplicates.empty
+
+
+def test_leakage_audit_without_patient_ids_says_its_patient_check_cannot_find_any():
+    m = pd.DataFrame({"filepath": ["a.png", "b.png"], "dataset": "toy", "split": ["train", "test"],
+                      "modality": "CT", "anatomic_region": "lung", "CT/lung/x": 1})  # fmt: skip
+    (row,) = data.leakage_audit(m, "/nonexistent", check_images=False).summary.to_dict("records")
+    assert row["count"] == 0 and "no patient_id column: each image is its own case" in row["check"]

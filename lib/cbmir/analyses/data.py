@@ -242,7 +242,10 @@ def leakage_audit(
     pairs = pairs[
         ["filepath_a", "filepath_b", "split_a", "split_b", "distance", "same_case", "row_a", "row_b"]
     ]
-    summary = [{"check": "patients in more than one split", "split pair": "any", "count": len(shared)}]
+    check = "patients in more than one split"
+    if CASE_COLUMN not in manifest.columns:
+        check += f" (no {CASE_COLUMN} column: each image is its own case, so this check cannot find any)"
+    summary = [{"check": check, "split pair": "any", "count": len(shared)}]
     for a, b in (("train", "test"), ("train", "val"), ("val", "test")) if check_images else ():
         n = int(((pairs["split_a"] == a) & (pairs["split_b"] == b)).sum())
         summary.append(

@@ -85,6 +85,10 @@ def test_store_summary_reports_the_precision_that_ran() -> None:
     )  # stores written before `dtype` existed
     row = embeddings.store_summary(ran_bf16).iloc[0]
     assert (row["images"], row["dimension"], row["images/s"]) == (3, 3, 1.5)
+    imported = SimpleNamespace(
+        embeddings=emb, failed=[], provenance={"spec": "m", "source": "imported from ..."}
+    )
+    assert embeddings.store_summary(imported)["precision"].item() == "imported"  # no forward pass ran here
 
 
 def test_provenance_table_shows_one_precision() -> None:

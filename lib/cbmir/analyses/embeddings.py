@@ -27,7 +27,10 @@ class EmbeddingsError(CbmirError, ValueError):
 
 
 def _dtype_ran(prov: Mapping) -> str:
-    """The dtype the forward pass ran in: `dtype` where the store records it, else from the older `bf16` flag."""
+    """The dtype the forward pass ran in: `dtype` where the store records it, else from the older `bf16` flag;
+    "imported" for a store of published vectors (no forward pass ran here)."""
+    if prov.get("source"):
+        return "imported"
     return prov.get("dtype") or ("bf16" if prov.get("bf16") else "fp32")
 
 

@@ -218,3 +218,17 @@ def test_adopt_matrix_bad_row_changes_nothing(tmp_path: Path) -> None:
         adopt_matrix(tmp_path / "s", npy, [f"f{i}" for i in range(4)], spec="toy", chunk_rows=1)
     np.testing.assert_array_equal(np.load(npy), x)  # the file is untouched
     assert not is_complete(tmp_path / "s")
+
+
+def test_take_of_every_row_in_order_is_the_read_only_matrix_and_else_a_copy() -> None:
+    matrix = np.arange(12, dtype=np.float32).reshape(4, 3)
+    vec = ManifestVectors(matrix, np.array([0, 1, 2, 3]), [])
+    whole = vec.take(np.arange(4))
+    np.testing.assert_array_equal(whole, matrix)
+    assert np.shares_memory(whole, matrix) and not whole.flags.writeable
+    for rows in ([3, 2, 1, 0], [0, 1, 2], [0, 1, 2, 3, 3]):
+        part = vec.take(rows)
+        np.testing.assert_array_equal(part, matrix[rows])
+        assert not np.shares_memory(part, matrix) and part.flags.writeable
+    shuffled = ManifestVectors(matrix, np.array([1, 0, 2, 3]), [])  # manifest order differs from the store's
+    np.testing.assert_array_equal(shuffled.take(np.arange(4)), matrix[[1, 0, 2, 3]])

@@ -441,7 +441,8 @@ def main() -> int:
                     "--no-html",
                 ),  # reports/ and figures/ land beside the config, under --root (work_dir is absolute)
             )
-        stage("site", cbmir("site", "--config", str(config), "--no-check"))  # from every notebook's latest run
+        # the site from every notebook's latest run (also after a run of only some notebooks)
+        stage("site", cbmir("site", "--config", str(config), "--no-check"))
     if not args.no_results:
         lines = [f"- shape: {json.dumps(record.get('shape', {}), default=str)}"]
         for name, r in record["stages"].items():

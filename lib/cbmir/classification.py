@@ -162,25 +162,24 @@ def metric_draws(
     # classes absent from a draw are taken out of that draw (one cumulative sum over ~N bins instead of C).
     own = s[np.arange(n), y]
     seen = np.flatnonzero(np.bincount(y, minlength=n_classes))
-    auc_macro = np.zeros(len(w))
-    if len(seen) >= 2:
-        rows, cols = np.nonzero(y[:, None] != seen[None, :])
-        micro_num = _auc_parts(own, g, s[rows, seen[cols]], g[rows], w_t)
-    else:
-        micro_num = np.zeros(len(w))
     neg_w = total[:, None] - true_w
     micro_neg = np.where(present, neg_w, 0.0).sum(axis=1)
-    for c in seen if len(seen) >= 2 else []:
-        is_c = y == c
-        neg, neg_g = s[~is_c, c], g[~is_c]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            auc = _auc_parts(s[is_c, c], g[is_c], neg, neg_g, w_t) / (true_w[:, c] * neg_w[:, c])
-        auc_macro += np.where(present[:, c], auc, 0.0)
-        absent = np.flatnonzero(~present[:, c])
-        if len(absent):
-            micro_num[absent] -= _auc_parts(own, g, neg, neg_g, w_t[:, absent])
+    auc_macro, micro_num = np.zeros(len(w)), np.zeros(len(w))
+    if len(seen) >= 2:  # else every draw has one class: ROC-AUC is undefined (NaN below)
+        rows, cols = np.nonzero(y[:, None] != seen[None, :])
+        micro_num = _auc_parts(own, g, s[rows, seen[cols]], g[rows], w_t)
+        for c in seen:
+            is_c = y == c
+            neg, neg_g = s[~is_c, c], g[~is_c]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                auc = _auc_parts(s[is_c, c], g[is_c], neg, neg_g, w_t) / (true_w[:, c] * neg_w[:, c])
+            auc_macro += np.where(present[:, c], auc, 0.0)
+            absent = np.flatnonzero(~present[:, c])
+            if len(absent):
+                micro_num[absent] -= _auc_parts(own, g, neg, neg_g, w_t[:, absent])
     two = n_present >= 2
     with np.errstate(invalid="ignore", divide="ignore"):
         roc_micro = np.where(two, micro_num / (total * micro_neg), np.nan)
         roc_macro = np.where(two, auc_macro / n_present, np.nan)
+    # single-label data: micro precision = recall = F1 = accuracy (over all classes)
     return np.column_stack([accuracy, accuracy, accuracy, accuracy, *macro, roc_micro, roc_macro])

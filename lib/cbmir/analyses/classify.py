@@ -100,14 +100,6 @@ def val_support(labels: np.ndarray, splits: np.ndarray, cases: np.ndarray | None
     return out
 
 
-def _thin_val_classes(
-    labels, splits, cases, min_val_cases: int, support: pd.DataFrame | None = None
-) -> pd.DataFrame:
-    """The rows of `val_support` whose test class has fewer than `min_val_cases` validation cases."""
-    support = val_support(labels, splits, cases) if support is None else support
-    return support[support["val cases"] < min_val_cases]
-
-
 def choose_rule(
     selection: str,
     labels: np.ndarray,
@@ -118,12 +110,13 @@ def choose_rule(
     """(rule that runs, a sentence saying why) for `selection` in "val" | "grouped-cv" | "auto"."""
     if selection not in SELECTIONS:
         raise ClassifyError(f"parameter 'selection' is {selection!r}; allowed {list(SELECTIONS)}")
+    if selection == "grouped-cv":
+        return "grouped-cv", "selection='grouped-cv'"
+    if selection == "val" and not (np.asarray(splits).astype(str) == "val").any():
+        raise ClassifyError("selection='val' needs val rows; the data has none (use 'grouped-cv' or 'auto')")
+    support = val_support(labels, splits, cases)
+    thin = support[support["val cases"] < min_val_cases]
     if selection == "val":
-        if not (np.asarray(splits).astype(str) == "val").any():
-            raise ClassifyError(
-                "selection='val' needs val rows; the data has none (use 'grouped-cv' or 'auto')"
-            )
-        thin = _thin_val_classes(labels, splits, cases, min_val_cases)
         forced = (
             f"; forced: the automatic rule would not use val, as {len(thin)} test "
             f"{'class has' if len(thin) == 1 else 'classes have'} fewer than {min_val_cases} validation cases"
@@ -131,10 +124,6 @@ def choose_rule(
             else ""
         )
         return "val", f"selection='val' (the paper's rule){forced}"
-    if selection == "grouped-cv":
-        return "grouped-cv", "selection='grouped-cv'"
-    support = val_support(labels, splits, cases)
-    thin = _thin_val_classes(labels, splits, cases, min_val_cases, support)
     if thin.empty:
         return "val", f"auto: every test class has at least {min_val_cases} validation cases"
     examples = ", ".join(f"{c}: {n}" for c, n in zip(thin["class"][:3], thin["val cases"][:3], strict=True))
@@ -446,12 +435,18 @@ def case_draw_counts(cases: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tu
 
 
 def classification_draws(
-    y_true: np.ndarray, scores: np.ndarray, cases: np.ndarray, n_boot: int = 1000, seed: int = 0
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    cases: np.ndarray,
+    classes: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> tuple[dict[str, float], np.ndarray, int]:
     """`bootstrap_draws` of `classification_metrics` (same draws, same values), all draws at once
-    (`cbmir.classification.metric_draws`): at the paper's size a loop of scikit-learn's ROC-AUC takes hours."""
+    (`cbmir.classification.metric_draws`): at the paper's size a loop of scikit-learn's ROC-AUC takes hours.
+    Bad input raises `classification_metrics`' error before any draw."""
+    point = classification_metrics(y_true, scores, classes).metrics
     codes, counts = case_draw_counts(cases, n_boot, seed)
-    point = classification_metrics(y_true, scores).metrics
     return point, metric_draws(y_true, scores, codes, counts), counts.shape[1]
 
 
@@ -515,8 +510,7 @@ def classification_ci(
     if len(np.asarray(cases)) != len(y):
         raise ClassifyError(f"parameter 'cases' has {len(np.asarray(cases))} entries for {len(y)} queries")
     _check_ci_params(n_boot, level)
-    classification_metrics(y, s, classes)  # its errors name the bad input
-    point, values, n_cases = classification_draws(y, s, cases, n_boot, seed)
+    point, values, n_cases = classification_draws(y, s, cases, classes, n_boot, seed)
     return _percentile_frame(point, values, n_cases, len(y), level)
 
 
@@ -652,7 +646,7 @@ def _all_draws(outcome: Outcome, n_boot: int, seed: int) -> tuple[dict[str, floa
     per (n_boot, seed) and kept on the outcome."""
     if (n_boot, seed) not in outcome.draws:
         outcome.draws[(n_boot, seed)] = classification_draws(
-            outcome.test_labels, outcome.test_scores, outcome.test_cases, n_boot, seed
+            outcome.test_labels, outcome.test_scores, outcome.test_cases, outcome.classes, n_boot, seed
         )
     return outcome.draws[(n_boot, seed)]
 

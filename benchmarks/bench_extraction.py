@@ -1,7 +1,7 @@
 """Feature-extraction throughput against this machine's own matrix-multiply rate, per encoder and precision.
 
 For each encoder and precision (fp32; bf16 where the CPU multiplies bf16 natively):
-- GFLOP/image counted with `torch.utils.flop_counter.FlopCounterMode` on one image;
+- GFLOP/image counted with `torch.utils.flop_counter.FlopCounterMode` on one image (`cbmir.accelerate.gflop_per_image`);
 - bare forward img/s of the encoder as loaded ("orig") and as `cbmir.accelerate.optimise_for_inference`
   prepares it ("fast"), on random pre-batched tensors, and the GFLOP/s that makes;
 - the machine's GEMM rate for the same dtype (square-ish matmuls of transformer shapes), measured in the same
@@ -91,15 +91,6 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def count_gflop(module: torch.nn.Module, x: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        module(x[:1])
-    return counter.get_total_flops() / 1e9
-
-
 def input_shape(encoder) -> tuple[int, ...]:
     return tuple(encoder.transform(Image.new("RGB", (64, 64))).shape)
 
@@ -165,7 +156,7 @@ def load_avg() -> str:
 
 
 def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
-    from cbmir.accelerate import cpu_info, optimise_for_inference
+    from cbmir.accelerate import cpu_info, gflop_per_image, optimise_for_inference
 
     info = cpu_info()
     precisions = ["fp32"] + (["bf16"] if info["native_bf16"] and not args.no_bf16 else [])
@@ -188,7 +179,7 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
             torch.randn(min(args.batch, args.n - i), *shape, generator=gen)
             for i in range(0, args.n, args.batch)
         ]
-        gflop = count_gflop(encoder.module.eval(), batches[0])
+        gflop = gflop_per_image(encoder.module.eval(), batches[0])
         decode = decode_seconds(encoder, root, manifest.iloc[: args.n])
         for precision in precisions:
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32

@@ -164,8 +164,28 @@ def test_compile_auto_skips_a_short_run_and_reports_why() -> None:
     enc, _ = _gelu_conv_encoder()
     x = torch.randn(1, 3, 16, 16)
     fast, info = optimise_for_inference(enc, "cpu", "fp32", example=x, compile="auto", n_images=3)
-    assert info["compile"].startswith("not compiled: the eager run would take about")
+    assert info["compile"].startswith("not compiled: the run needs 0.0 TFLOP")
     assert fast.module.fixed_batch == 0 and not any("compile" in s for s in info["steps"])
+
+
+def test_compile_auto_decides_from_counted_flops_not_timings(monkeypatch) -> None:
+    """A busy machine (every timing 1000x slower) must not change whether `auto` tries to compile."""
+    import cbmir.accelerate as acc
+
+    enc, _ = _gelu_conv_encoder()
+    x = torch.randn(1, 3, 16, 16)
+    gflop = acc.gflop_per_image(enc.module, x)
+    # 2 x multiply-adds: conv 3->16 and 16->16 (3x3, 16x16 outputs), then the 16->8 linear layer
+    assert gflop == pytest.approx(2 * (3 * 16 * 9 * 256 + 16 * 16 * 9 * 256 + 16 * 8) / 1e9, rel=1e-9)
+    monkeypatch.setattr(acc, "_seconds", lambda fn, batch: 1000.0)
+    tried: list[bool] = []
+    monkeypatch.setattr(acc, "compiler_available", lambda: tried.append(True) or False)
+    needed = int(acc.COMPILE_MIN_TFLOP * 1e3 / gflop)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        optimise_for_inference(enc, "cpu", "fp32", example=x, compile="auto", n_images=needed + 1)
+    assert tried == [True]  # enough FLOPs: auto went on to compile (and found no compiler here)
+    _, info = optimise_for_inference(enc, "cpu", "fp32", example=x, compile="auto", n_images=needed - 1)
+    assert tried == [True] and info["compile"].startswith("not compiled: the run needs")
 
 
 def test_compile_without_a_compiler_runs_eagerly(monkeypatch) -> None:

@@ -16,10 +16,10 @@ if the output still matches the original on a random batch (cosine >= `FP32_MIN_
                       image) take the batch a few images at a time, so the working set stays in cache.
 - `torch.compile`   : inductor with weight freezing (conv/linear + GELU fused into one oneDNN call, weights
                       pre-packed, elementwise chains fused). Compiling costs 10-50 s on 2 cores, so with
-                      `compile="auto"` it runs only when the eager run is expected to last `COMPILE_MIN_SECONDS`
-                      or more (eager seconds per image on the example x the images to embed), is kept only if
-                      the compiled module is faster on the example and matches it, and batches are padded to
-                      one fixed size so a short last batch does not compile again.
+                      `compile="auto"` it runs only when the run needs `COMPILE_MIN_TFLOP` or more (FLOPs of one
+                      image, counted, x the images to embed: a count, so the choice does not depend on how busy
+                      the machine is), is kept only if the compiled module is faster on the example and matches
+                      it, and batches are padded to one fixed size so a short last batch does not compile again.
 
 What ran is returned as a JSON-able `info` dict, which the extraction records in the store's provenance. On CUDA
 nothing is changed (autocast and pinned memory are handled by the extraction). Figures: benchmarks/RESULTS.md
@@ -50,7 +50,9 @@ BF16_MIN_COSINE = 0.99  # below this a bf16 model is refused and fp32 runs inste
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 LARGE_ACTIVATION_BYTES = 32 * 2**20  # micro-batch when one image's largest activation exceeds this (fp32)
 COMPILE_MODES = ("auto", "on", "off")
-COMPILE_MIN_SECONDS = 90.0  # "auto" compiles when the eager run is expected to take at least this long
+# "auto" compiles when the run needs at least this many TFLOP (about 30-100 s of eager work on 2 cores, where
+# compiling costs 10-50 s): LiteMedSAM on RadMini (75 GFLOP x 253 images) is compiled, DINOv2-S and Xception are not
+COMPILE_MIN_TFLOP = 10.0
 
 
 def cpu_info() -> dict[str, Any]:
@@ -344,6 +346,17 @@ def compiler_available() -> bool:
     return bool(shutil.which(cxx or "g++") or shutil.which("g++") or shutil.which("c++"))
 
 
+def gflop_per_image(module: nn.Module, example: torch.Tensor) -> float:
+    """GFLOP of one forward pass of one image, counted by `torch.utils.flop_counter` (matmuls, convolutions,
+    attention); the same count on every machine and at any load."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(example[:1])
+    return counter.get_total_flops() / 1e9
+
+
 def _seconds(fn, x: torch.Tensor) -> float:
     with torch.inference_mode():
         start = time.perf_counter()
@@ -365,14 +378,12 @@ def _compiled(
     """`prepared` with its module under `torch.compile` when that pays (see module doc), else `prepared`."""
     step = prepared.micro_batch or max(1, batch_size)
     if mode == "auto":
-        expected = 0.0
-        if n_images:
-            _seconds(prepared, example)  # warm-up; one image is enough to decide
-            expected = _seconds(prepared, example) * n_images
-        if expected < COMPILE_MIN_SECONDS:
+        tflop = gflop_per_image(prepared, example) * (n_images or 0) / 1e3
+        info["run_tflop"] = round(tflop, 3)
+        if tflop < COMPILE_MIN_TFLOP:
             info["compile"] = (
-                f"not compiled: the eager run would take about {expected:.0f} s, under the "
-                f"{COMPILE_MIN_SECONDS:.0f} s from which compiling pays for itself"
+                f"not compiled: the run needs {tflop:.1f} TFLOP, under the {COMPILE_MIN_TFLOP:.0f} TFLOP "
+                "from which compiling pays for itself"
             )
             return prepared
     if not compiler_available():

@@ -94,8 +94,8 @@ class ReportConfig(BaseModel):
     # local Ray runtime); needs the [ray] extra
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None
-    # torch.compile on the CPU (cbmir.accelerate): auto compiles a model only when its eager extraction is
-    # expected to take 90 s or more and keeps it only if faster and equal to rounding; on | off force it
+    # torch.compile on the CPU (cbmir.accelerate): auto compiles a model only when its run needs 10 TFLOP or
+    # more (counted, not timed) and keeps it only if faster and equal to rounding; on | off force it
     compile: Literal["auto", "on", "off"] = "auto"
     bootstrap: PositiveInt = 1000
     seed: Annotated[int, Field(strict=True)] = 0

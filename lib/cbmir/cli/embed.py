@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--compile",
         choices=["auto", "on", "off"],
         default="auto",
-        help="torch.compile on the CPU: auto (only when the eager run would take 90 s or more), on, off",
+        help="torch.compile on the CPU: auto (only when the run needs 10 TFLOP or more, counted), on, off",
     )
     p.set_defaults(func=cmd_embed)
 

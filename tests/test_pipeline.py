@@ -62,6 +62,24 @@ def test_store_is_opened_and_checked_once(ctx: Context, monkeypatch: pytest.Monk
     assert vec.failed_rows.tolist() == [13] and 13 not in ctx.searchable_rows(MODEL, "train")
 
 
+def test_moving_to_another_model_releases_the_previous_models_pages(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cbmir.store import EmbeddingStore
+
+    released: list[str] = []
+    monkeypatch.setattr(EmbeddingStore, "release_pages", lambda self: released.append(self.path.name) or True)
+    first = ctx.vectors(MODEL).take(ctx.searchable_rows(MODEL, "test"))
+    ctx.neighbours(MODEL)  # the same model again: nothing released
+    assert released == []
+    ctx.vectors("tiny-other")
+    assert released == [MODEL]  # the store folder is named by the model's slug
+    ctx.embeddings("tiny-other")
+    assert released == [MODEL]
+    again = ctx.vectors(MODEL).take(ctx.searchable_rows(MODEL, "test"))  # still readable, the same values
+    assert released == [MODEL, "tiny-other"] and np.array_equal(first, again)
+
+
 def _reference(ctx: Context, index_rows: np.ndarray, query_rows: np.ndarray, k: int) -> np.ndarray:
     """Per query: drop index rows of the same patient, rank the rest by cosine."""
     vec, patient = ctx.vectors(MODEL), ctx.manifest["patient_id"].to_numpy()

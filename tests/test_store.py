@@ -232,3 +232,28 @@ def test_take_of_every_row_in_order_is_the_read_only_matrix_and_else_a_copy() ->
         assert not np.shares_memory(part, matrix) and part.flags.writeable
     shuffled = ManifestVectors(matrix, np.array([1, 0, 2, 3]), [])  # manifest order differs from the store's
     np.testing.assert_array_equal(shuffled.take(np.arange(4)), matrix[[1, 0, 2, 3]])
+
+
+def _rss_file_kib() -> int:
+    """This process's resident file-backed pages (Linux /proc), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_release_pages_drops_a_memmaps_resident_pages_and_keeps_its_values(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    store = write_store(
+        tmp_path / "s", rng.normal(size=(16_384, 512)), [f"{i}.png" for i in range(16_384)], spec="toy"
+    )
+    store = EmbeddingStore.open(store.path)  # 32 MiB matrix, memmapped
+    before = float(np.asarray(store.embeddings, dtype=np.float64).sum())  # touches every page
+    resident = _rss_file_kib()
+    assert store.release_pages()
+    assert (
+        resident - _rss_file_kib() >= 0.9 * store.embeddings.nbytes / 1024
+    )  # the matrix's pages left the RSS
+    assert float(np.asarray(store.embeddings, dtype=np.float64).sum()) == before  # read back unchanged
+    assert not S.release_pages(np.zeros((3, 2), np.float32))  # not a memmap: nothing to release

@@ -41,7 +41,10 @@ def _meta_key(meta: Path) -> str | None:
 class Context:
     """One notebook run: the config, the manifest, and each model's store and vectors (opened once, cached).
 
-    `wait`: a store or neighbour table being written by another process is waited for instead of an error.
+    The stores' matrices are memmaps: when a notebook moves on to another model, the previous model's resident
+    pages are released from the process (`EmbeddingStore.release_pages`), so memory grows with the largest model,
+    not with the number of models. `wait`: a store or neighbour table being written by another process is waited
+    for instead of an error.
     """
 
     cfg: ReportConfig
@@ -49,6 +52,7 @@ class Context:
     wait: bool = False
     _stores: dict[str, EmbeddingStore] = field(default_factory=dict, repr=False)
     _vectors: dict[str, ManifestVectors] = field(default_factory=dict, repr=False)
+    _current: str | None = field(default=None, repr=False)
 
     @classmethod
     def open(
@@ -114,6 +118,7 @@ class Context:
         """The model's embedding store over the whole manifest: extracted once, then reused (checked once)."""
         from cbmir import extract
 
+        self._switch_to(model)
         if redo or model not in self._stores:
             self._vectors.pop(model, None)
             imported = imported_store(self.store_dir(model))
@@ -138,8 +143,15 @@ class Context:
             )
         return self._stores[model]
 
+    def _switch_to(self, model: str) -> None:
+        """Release the resident pages of the model used before `model` (they are read back if used again)."""
+        previous, self._current = self._current, model
+        if previous is not None and previous != model and previous in self._stores:
+            self._stores[previous].release_pages()
+
     def vectors(self, model: str) -> ManifestVectors:
         """The model's vectors for the manifest rows (`.store_row` is -1 where an image failed to load)."""
+        self._switch_to(model)
         if model not in self._vectors:
             self._vectors[model] = self.embeddings(model).vectors_for(self.manifest)
         return self._vectors[model]

@@ -141,3 +141,36 @@ def test_search_is_checked():
             n_boot=5,
             progress=False,
         )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_query_case_sample_keeps_whole_cases_and_every_class(seed: int) -> None:
+    _, labels, cases, _, queries = problem(seed, n_rows=400)
+    n_cases = len(set(cases[queries]))
+    every = index_size.sample_query_cases(queries, labels, cases, None)
+    assert np.array_equal(every, np.sort(queries))
+    assert np.array_equal(index_size.sample_query_cases(queries, labels, cases, n_cases), every)
+    got = index_size.sample_query_cases(queries, labels, cases, 4, seed=seed)
+    assert np.array_equal(got, index_size.sample_query_cases(queries, labels, cases, 4, seed=seed))  # seeded
+    drawn = set(cases[got])
+    assert np.array_equal(got, np.sort(queries[np.isin(cases[queries], list(drawn))]))  # all rows of a case
+    main = index_size.case_classes(labels[queries].astype(str), cases[queries])
+    assert {main[c] for c in drawn} == set(main.values())  # every main class keeps a case
+    per_class = pd.Series(main).value_counts()  # one stratum per class: max(1, round(share x its cases))
+    assert len(drawn) == sum(max(1, round(4 / n_cases * m)) for m in per_class)
+    with pytest.raises(ValueError, match="'max_cases' = 0"):
+        index_size.sample_query_cases(queries, labels, cases, 0)
+
+
+def test_query_note_says_which_queries_and_which_search() -> None:
+    cases = np.array(["p1", "p1", "p2", "p3", "p3", "p4"], dtype=object)
+    everything = index_size.query_note(np.arange(6), np.arange(6), cases, "exact (flat) search")
+    assert (
+        everything
+        == "All 6 test queries (4 cases) are used; each index subsample is searched with exact (flat) search."
+    )
+    some = index_size.query_note(np.array([0, 1, 5]), np.arange(6), cases, "the config's search (ivfpq)")
+    assert some.startswith("A seeded sample of 2 of the 4 test-query cases (3 of 6 queries)")
+    assert index_size.query_note(np.array([2, 4]), np.arange(6), None, "x").startswith(
+        "A seeded sample of 2 of the 6"
+    )

@@ -761,3 +761,13 @@ def test_a_sentence_says_when_its_interval_does_not_contain_the_estimate():
     inside = findings.chance_sentence("sam-vit-b", "macro P@1", 0.45, 0.410, 0.484, 0.006, 40)
     assert "does not contain" not in inside
     assert "does not contain" not in findings.interval(0.1, 0.3)  # no estimate given: nothing to judge
+
+
+def test_a_p_value_at_the_bootstrap_floor_reads_as_a_bound():
+    row = {"model": "a", "best": "b", "average": "micro", "N": 1, "difference": -0.2, "low": -0.3, "high": -0.1,
+           "p_value": 2 / 1001, "p_min": 2 / 1001, "p_holm": 4 / 1001, "n_cases": 48}  # fmt: skip
+    assert "; p ≤ 0.004 (Holm-adjusted" in findings.comparison_sentence(row, "best")
+    above = row | {"p_value": 4 / 1001, "p_holm": 8 / 1001}  # one resample crossed 0: an ordinary p-value
+    assert "; p = 0.008 (Holm-adjusted" in findings.comparison_sentence(above, "best")
+    no_floor = {k: v for k, v in row.items() if k != "p_min"}  # tables without p_min read as before
+    assert "; p = 0.004 (Holm-adjusted" in findings.comparison_sentence(no_floor, "best")

@@ -105,8 +105,9 @@ def test_level_contrast_matches_reference(seed):
     )
     assert list(got.columns) == [
         "model", "N", "region", "region chance", "region excess", "label", "label chance", "label excess",
-        "difference", "low", "high", "p_value", "p_holm", "n_queries", "n_cases",
+        "difference", "low", "high", "p_value", "p_holm", "p_min", "n_queries", "n_cases",
     ]  # fmt: skip
+    assert np.allclose(got["p_min"], 2 / 41) and (got["p_value"] >= got["p_min"]).all()
     qcase = [cases[r] for r in qr]
     for model, ids in (("a", ids_a), ("b", ids_b)):
         per_level = {}

@@ -162,3 +162,16 @@ def test_an_estimate_outside_its_interval_is_marked_and_explained():
     assert "† (1 cell): the estimate lies outside its percentile bootstrap interval" in table.html
     inside = show(df.iloc[1:], caption="macro F1")
     assert "†" not in inside.html
+
+
+def test_p_values_at_the_bootstrap_floor_are_marked_and_p_min_is_not_shown():
+    from cbmir.metrics import bootstrap
+
+    df = pd.DataFrame({"model": ["a", "b", "c"], "p_value": [2 / 1001, 0.31, np.nan], "p_holm": [4 / 1001, 0.31, np.nan],
+                       "p_min": bootstrap.p_floor(1000)})  # fmt: skip
+    table = show(df, caption="pairs")
+    assert list(table.frame.columns) == ["model", "p_value", "p_holm"]
+    assert table.frame["p_value"].tolist() == ["≤ 0.002", "0.310", MISSING]
+    assert table.frame["p_holm"].tolist() == ["≤ 0.004", "0.310", MISSING]
+    assert "≤ (1 row): every resampled difference had the same sign" in table.html
+    assert "≤" not in show(df.iloc[1:], caption="pairs").html

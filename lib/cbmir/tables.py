@@ -25,6 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from cbmir.errors import CbmirError
@@ -96,6 +97,8 @@ def show(
     - `collapse_after`: tables with more rows are folded into a `<details>` element (every row is still in
       the HTML); `None` never folds.
     - `index`: show the index as the first column(s); by default only when it is not the plain 0..n-1 range.
+    - A `p_min` column (the bootstrap's floor of `p_value`) is not shown: `p_value` and `p_holm` read "≤ ..." in
+      the rows where `p_value` is at that floor.
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"show() expects a pandas DataFrame, got {type(df).__name__}")
@@ -104,8 +107,9 @@ def show(
     pairs = _ci_columns(frame, ci)
     shown: dict[str, list[str]] = {}
     numeric: list[str] = []
-    dropped = {c for spec in pairs for c in spec[1:]}
+    dropped = {c for spec in pairs for c in spec[1:]} | {P_MIN_COLUMN}
     merged = {spec[0]: spec for spec in pairs}
+    floor = _at_p_floor(frame)
     for col in frame.columns:
         if col in dropped and col not in merged:
             continue
@@ -115,6 +119,10 @@ def show(
         else:
             values = frame[col]
             shown[col] = [format_value(v, digits) for v in values]
+            if col in P_COLUMNS:
+                shown[col] = [
+                    f"≤ {c}" if at and c != MISSING else c for c, at in zip(shown[col], floor, strict=True)
+                ]
             if _is_numeric(values):
                 numeric.append(col)
     out = pd.DataFrame(shown, columns=list(shown))
@@ -122,8 +130,25 @@ def show(
     outside = sum(cell.endswith(OUTSIDE_MARK) for spec in pairs for cell in shown[spec[0]])
     if outside:
         note += OUTSIDE_NOTE.format(n=outside, s="" if outside == 1 else "s")
+    if floor.any() and any(c in shown for c in P_COLUMNS):
+        note += P_FLOOR_NOTE.format(n=int(floor.sum()), s="" if floor.sum() == 1 else "s")
     html_text = _render(out, caption, note, numeric, collapse_after)
     return Table(frame=out, caption=caption, html=html_text, numeric=tuple(numeric))
+
+
+def at_p_floor(p_value: object, p_min: object) -> np.ndarray:
+    """Where a bootstrap p-value is at its floor `p_min` (`cbmir.metrics.bootstrap.p_floor`): every resampled
+    difference had one sign, and the p-value (and a Holm adjustment of it) is an upper bound. NaN: False."""
+    p = pd.to_numeric(pd.Series(np.atleast_1d(p_value)), errors="coerce").to_numpy(dtype=np.float64)
+    floor = pd.to_numeric(pd.Series(np.atleast_1d(p_min)), errors="coerce").to_numpy(dtype=np.float64)
+    return np.nan_to_num(p, nan=np.inf) <= np.nan_to_num(floor, nan=-np.inf) * (1 + 1e-9)
+
+
+def _at_p_floor(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose `p_value` is at its bootstrap floor `p_min` (all False without both columns)."""
+    if P_MIN_COLUMN not in frame.columns or "p_value" not in frame.columns:
+        return np.zeros(len(frame), dtype=bool)
+    return at_p_floor(frame["p_value"].to_numpy(), frame[P_MIN_COLUMN].to_numpy())
 
 
 def format_value(value: object, digits: int = 3) -> str:
@@ -237,6 +262,12 @@ def _ci_cells(frame: pd.DataFrame, spec: tuple[str, ...], digits: int) -> list[s
     return cells
 
 
+P_COLUMNS = ("p_value", "p_holm")
+P_MIN_COLUMN = "p_min"  # the bootstrap's smallest possible p-value per row (cbmir.metrics.bootstrap.p_floor)
+P_FLOOR_NOTE = (
+    " ≤ ({n} row{s}): every resampled difference had the same sign, so the p-value is the smallest the resamples "
+    "can give, 2 / (B + 1), and the true p-value may be smaller."
+)
 OUTSIDE_MARK = "†"
 OUTSIDE_NOTE = (
     " † ({n} cell{s}): the estimate lies outside its percentile bootstrap interval. Such an interval need not "

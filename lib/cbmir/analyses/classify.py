@@ -664,7 +664,7 @@ def _metric_draws(
 
 
 def _paired_rows(a_draws, b_draws, names: Sequence[str], n_queries: int, level: float) -> pd.DataFrame:
-    from cbmir.metrics.bootstrap import p_value
+    from cbmir.metrics.bootstrap import p_floor, p_value
 
     (pa, va, n_cases), (pb, vb, _) = a_draws, b_draws
     alpha = (1 - level) / 2
@@ -672,13 +672,13 @@ def _paired_rows(a_draws, b_draws, names: Sequence[str], n_queries: int, level: 
     for j, name in enumerate(names):
         diffs = va[:, j] - vb[:, j]
         diffs = diffs[~np.isnan(diffs)]
-        low = high = p = np.nan
+        low = high = p = floor = np.nan
         if len(diffs):
             low, high = np.quantile(diffs, [alpha, 1 - alpha])
-            p = float(p_value(diffs[:, None])[0])
+            p, floor = float(p_value(diffs[:, None])[0]), p_floor(len(diffs))
         rows.append(
             {"metric": name, "difference": pa[name] - pb[name], "low": low, "high": high, "p_value": p,
-             "n_cases": n_cases, "n_queries": n_queries}
+             "p_min": floor, "n_cases": n_cases, "n_queries": n_queries}
         )  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -694,9 +694,9 @@ def paired_outcomes(
     """Paired cluster bootstrap of metric(a) - metric(b) on the same test queries (the same case draws for both).
 
     `a` and `b` must hold the same test labels, cases and classes (e.g. two models, one head). Returns
-    DataFrame(metric, difference, low, high, p_value, n_cases, n_queries): percentile interval of the resampled
-    differences and the two-sided bootstrap p-value of `cbmir.metrics.bootstrap.p_value` (resamples where a
-    metric is undefined, e.g. ROC-AUC with one class, are left out).
+    DataFrame(metric, difference, low, high, p_value, p_min, n_cases, n_queries): percentile interval of the
+    resampled differences and the two-sided bootstrap p-value of `cbmir.metrics.bootstrap.p_value`, with its
+    floor `p_min` (resamples where a metric is undefined, e.g. ROC-AUC with one class, are left out).
     """
     _same_queries(a, b)
     if not 0 < level < 1:
@@ -717,13 +717,13 @@ def against_baselines(
     """Each model that is not a baseline minus each baseline that ran, per metric (`paired_outcomes`, one head).
 
     `outcomes`: {model: Outcome of one head}. Holm-adjusted p-values over all (model, baseline) pairs of a
-    metric. Columns: model, baseline, head, metric, difference, low, high, p_value, p_holm, n_queries, n_cases
-    (empty when no baseline or no other model ran).
+    metric. Columns: model, baseline, head, metric, difference, low, high, p_value, p_holm, p_min, n_queries,
+    n_cases (empty when no baseline or no other model ran).
     """
     from cbmir.metrics.bootstrap import holm
 
     columns = ["model", "baseline", "head", "metric", "difference", "low", "high", "p_value", "p_holm",
-               "n_queries", "n_cases"]  # fmt: skip
+               "p_min", "n_queries", "n_cases"]  # fmt: skip
     if not 0 < level < 1:
         raise ClassifyError(f"parameter 'level' = {level} must lie between 0 and 1")
     present = [b for b in baselines if b in outcomes]

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cbmir.tables import outside_interval
+from cbmir.tables import at_p_floor, outside_interval
 
 DIGITS = 3
 ALPHA = 0.05  # level of the Holm-adjusted paired tests
@@ -118,11 +118,12 @@ HOLM_FAMILIES = {
 
 def _p_text(row: Mapping, family: str) -> tuple[bool, str]:
     """(Holm-adjusted?, "p = ..." text): the row's `p_holm` where present (saying over which family), else its
-    `p_value`."""
+    `p_value`; "p ≤ ..." where the p-value is at its bootstrap floor (`cbmir.tables.at_p_floor`)."""
     holm = "p_holm" in row and not pd.isna(row["p_holm"])
-    return holm, pval(row["p_holm"] if holm else row["p_value"]) + (
-        f" (Holm-adjusted{family})" if holm else ""
-    )
+    text = pval(row["p_holm"] if holm else row["p_value"])
+    if at_p_floor(row["p_value"], row.get("p_min", np.nan))[0] and text.startswith("p = "):
+        text = f"p ≤ {text[4:]}"
+    return holm, text + (f" (Holm-adjusted{family})" if holm else "")
 
 
 def _unadjusted_note(row: Mapping, holm: bool) -> str:

@@ -115,7 +115,8 @@ def level_contrast(
             row[f"{level} chance"] = np.nanmean(np.where(both, expected, np.nan), axis=0)
             row[f"{level} excess"] = row[level] - row[f"{level} chance"]
         row |= {
-            c: pair[c].to_numpy() for c in ("difference", "low", "high", "p_value", "n_queries", "n_cases")
+            c: pair[c].to_numpy()
+            for c in ("difference", "low", "high", "p_value", "p_min", "n_queries", "n_cases")
         }
         frames.append(pd.DataFrame(row))
     out = pd.concat(frames, ignore_index=True)

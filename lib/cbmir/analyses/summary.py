@@ -152,6 +152,7 @@ def _compare(s: _Scored, pairs: Sequence[tuple[str, str]], ci: float, other: str
                         "low": low[j],
                         "high": high[j],
                         "p_value": p[j],
+                        "p_min": bootstrap.p_floor(len(diffs)),
                         **s.counts,
                     }
                 )
@@ -166,6 +167,7 @@ def _compare(s: _Scored, pairs: Sequence[tuple[str, str]], ci: float, other: str
             "low",
             "high",
             "p_value",
+            "p_min",
             "n_queries",
             "n_cases",
         ],
@@ -184,6 +186,7 @@ def _compare(s: _Scored, pairs: Sequence[tuple[str, str]], ci: float, other: str
             "high",
             "p_value",
             "p_holm",
+            "p_min",
             "n_queries",
             "n_cases",
         ]

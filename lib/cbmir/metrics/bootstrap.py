@@ -214,6 +214,11 @@ def p_value(diffs: np.ndarray) -> np.ndarray:
     return np.minimum(1.0, 2 * np.minimum(below, above))
 
 
+def p_floor(n_boot: int) -> float:
+    """The smallest p `p_value` can give from `n_boot` resamples, 2 / (B + 1): a p there means "at most this"."""
+    return 2.0 / (n_boot + 1)
+
+
 def paired_bootstrap(
     per_query_a: np.ndarray,
     per_query_b: np.ndarray,
@@ -227,8 +232,8 @@ def paired_bootstrap(
 ) -> pd.DataFrame:
     """Paired cluster bootstrap of (model a - model b) on the same queries, the same case draws for both.
 
-    Returns DataFrame(N, difference, low, high, p_value, n_cases, n_queries) (no N for [Q] input); `p_value` is
-    the two-sided bootstrap p-value of `p_value()`. Queries undefined (NaN) in either model are dropped.
+    Returns DataFrame(N, difference, low, high, p_value, p_min, n_cases, n_queries) (no N for [Q] input);
+    `p_value` is the two-sided bootstrap p-value of `p_value()`, `p_min` its floor (`p_floor`). Queries undefined (NaN) in either model are dropped.
     """
     a, one_d = _as_2d(per_query_a)
     b, _ = _as_2d(per_query_b)
@@ -246,6 +251,7 @@ def paired_bootstrap(
             "low": low,
             "high": high,
             "p_value": p_value(diffs),
+            "p_min": p_floor(n_boot),
             "n_cases": int(g.max()) + 1,
             "n_queries": len(q),
         },

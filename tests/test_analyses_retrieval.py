@@ -167,6 +167,8 @@ def test_breakdown_and_per_class_match_reference(seed):
             continue
         np.testing.assert_allclose(classes.loc[lab, ["P@1_lo", "P@5_lo"]], want["low"], atol=1e-12)
         np.testing.assert_allclose(classes.loc[lab, "chance"], n_index / len(ir))
+    order = classes.reset_index()[["n_cases", "n_queries", "class"]]  # most evidence first
+    assert order.equals(order.sort_values(["n_cases", "n_queries", "class"], ascending=[False, False, True]))
 
 
 @pytest.mark.parametrize(("n_rows", "n"), [(25, 10), (20, 10), (11, 10), (7, 3), (1, 2), (0, 2)])
@@ -225,3 +227,19 @@ def test_single_case_rows_have_no_interval():
     out = retrieval.without_single_case_intervals(table.copy())
     assert out.loc[0, ["P@1_lo", "P@1_hi"]].isna().all() and out.loc[0, "P@1"] == 0.5
     pd.testing.assert_series_equal(out.loc[1], table.loc[1])
+
+
+def test_best_worst_ranks_only_classes_with_enough_cases_and_ties_by_cases():
+    table = pd.DataFrame({"class": ["a", "b", "c", "d", "e", "f"], "P@1": [1.0, 1.0, 0.5, 0.0, 0.0, 0.2],
+                          "n_cases": [1, 6, 5, 1, 7, 9]})  # fmt: skip
+    best, worst = retrieval.best_worst(table, "P@1", n=2)
+    assert best["class"].tolist() == ["b", "a"] and worst["class"].tolist() == [
+        "e",
+        "d",
+    ]  # ties: more cases first
+    best, worst = retrieval.best_worst(table, "P@1", n=2, min_cases=5)
+    assert best["class"].tolist() == ["b", "c"] and worst["class"].tolist() == ["e", "f"]
+    with pytest.raises(ValueError, match="'min_cases' = 0"):
+        retrieval.best_worst(table, "P@1", min_cases=0)
+    with pytest.raises(ValueError, match="needs an 'n_cases' column"):
+        retrieval.best_worst(table.drop(columns="n_cases"), "P@1", min_cases=2)

@@ -263,7 +263,9 @@ def per_class(
     """One row per class present among the queries: class, n_queries, n_cases, n_index, chance (n_c / M), and for
     each N in `ns`: P@N (mean over the class's queries), P@N_lo, P@N_hi (cluster bootstrap within the class).
 
-    A class absent from the index has n_index = 0 and NaN values.
+    Rows are ordered by the evidence behind them: most query cases first, then most queries, then the class name
+    (at 161 classes the reader meets the well-measured classes first). A class absent from the index has
+    n_index = 0 and NaN values.
     """
     enc = encode(ids, query_rows, index_rows, labels, cases)
     ns = [n for n in ns if n <= enc.k]
@@ -289,29 +291,41 @@ def per_class(
             else:
                 row[f"P@{n}"] = row[f"P@{n}_lo"] = row[f"P@{n}_hi"] = np.nan
         rows.append(row)
-    return without_single_case_intervals(pd.DataFrame(rows))
+    table = pd.DataFrame(rows).sort_values(
+        ["n_cases", "n_queries", "class"], ascending=[False, False, True], ignore_index=True
+    )
+    return without_single_case_intervals(table)
 
 
 def best_worst(
-    table: pd.DataFrame, value: str, n: int = 10, label: str = "class"
+    table: pd.DataFrame, value: str, n: int = 10, label: str = "class", min_cases: int = 1
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(best, worst) rows of `table` by `value`, never the same row in both (rows with NaN `value` left out).
 
-    With at least 2n rows: the n highest and the n lowest. With fewer, each row is shown once: the upper half
-    (rounded up) as best, the rest as worst. Best is sorted high to low, worst low to high; ties by `label`.
+    Only rows with at least `min_cases` in `n_cases` are ranked (at 161 classes, most with one test case, the
+    extremes would otherwise be single queries at 0 or 1). With at least 2n rows: the n highest and the n lowest.
+    With fewer, each row is shown once: the upper half (rounded up) as best, the rest as worst. Best is sorted
+    high to low, worst low to high; ties: more cases first (where `n_cases` exists), then by `label`.
     """
     if n < 1:
         raise ValueError(f"parameter 'n' = {n} must be >= 1")
+    if min_cases < 1:
+        raise ValueError(f"parameter 'min_cases' = {min_cases} must be >= 1")
     if value not in table.columns:
         raise ValueError(f"parameter 'value' is {value!r}; the table has {list(table.columns)}")
-    ranked = table[table[value].notna()].sort_values(
-        [value, label], ascending=[False, True], ignore_index=True
-    )
+    keep = table[value].notna()
+    if "n_cases" in table.columns:
+        keep &= table["n_cases"] >= min_cases
+    elif min_cases > 1:
+        raise ValueError("parameter 'min_cases' needs an 'n_cases' column in the table")
+    keys = [value, *(["n_cases"] if "n_cases" in table.columns else []), label]
+    more_cases = [False] * (len(keys) - 2)
+    ranked = table[keep].sort_values(keys, ascending=[False, *more_cases, True], ignore_index=True)
     n_best = n if len(ranked) >= 2 * n else (len(ranked) + 1) // 2
     n_worst = n if len(ranked) >= 2 * n else len(ranked) - n_best
     best = ranked.iloc[:n_best]
-    worst = ranked.iloc[len(ranked) - n_worst :].iloc[::-1].reset_index(drop=True)
-    return best, worst
+    rest = ranked.iloc[n_best:].sort_values(keys, ascending=[True, *more_cases, True], ignore_index=True)
+    return best, rest.iloc[:n_worst]
 
 
 def gallery_queries(

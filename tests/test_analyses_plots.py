@@ -208,3 +208,35 @@ def test_intervals_are_drawn_from_their_bounds_even_when_they_exclude_the_estima
         vertical = [seg for c in lines for seg in c.get_segments() if seg[0][0] == seg[1][0]]
         assert [(seg[0][1], seg[1][1]) for seg in vertical] == [(0.40, 0.48)]  # b's NaN bound: not drawn
         plt.close(fig)
+
+
+def test_count_bars_draws_many_labels_as_ranked_counts_of_readable_size():
+    rng = np.random.default_rng(0)
+    names = [f"M/r{i // 10}/c{i}" for i in range(161)]
+    sizes = np.round(np.geomspace(226_000, 13, 161)).astype(int)
+    counts = pd.concat(
+        [
+            pd.DataFrame(
+                {"label": names, "split": s, "images": (sizes * f).astype(int) + rng.integers(0, 2, 161)}
+            )
+            for s, f in (("train", 0.8), ("test", 0.2))
+        ]  # fmt: skip
+    ).assign(cases=lambda d: d["images"] // 3)
+    fig = plots.count_bars(
+        counts,
+        x="label",
+        hue="split",
+        values=("images", "cases"),
+        hue_order=["train", "test"],
+        title="Images per label",
+    )
+    height_px = fig.get_size_inches()[1] * fig.dpi
+    assert height_px < 600 and len(fig.axes) == 2  # not 161 bars: 0.28 in per bar would be 4,500 px
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and len(ax.get_lines()) == 2
+    largest = ax.get_lines()[0].get_ydata()  # train counts in rank order of the total
+    assert largest[0] == counts[(counts.split == "train")]["images"].max()
+    assert {t.get_text() for t in ax.texts} >= {names[0], names[-1]}  # the extremes are named
+    assert "161 labels, ranked" in fig._suptitle.get_text()
+    few = plots.count_bars(counts[counts.label.isin(names[:12])], x="label", hue="split")
+    assert len(few.axes[0].patches) >= 12  # few labels: still bars

@@ -41,6 +41,14 @@ def save_figure(fig: plt.Figure, stem: Path, images: bool = False) -> Path:
 
 
 LOG_COUNT_SPAN = 100  # count_bars switches to a log axis when counts span more than this factor
+MAX_BARS = (
+    40  # count_bars draws more categories than this as ranked counts (161 labels would be 4,500 px tall)
+)
+
+
+def _log_axis(values: pd.Series, log: bool | None) -> bool:
+    positive = values[values > 0]
+    return bool(log or (log is None and len(positive) and positive.max() > LOG_COUNT_SPAN * positive.min()))
 
 
 def count_bars(
@@ -54,8 +62,11 @@ def count_bars(
 ) -> plt.Figure:
     """Horizontal bars of counts, one panel per column of `values` (`counts` has columns x, [hue], *values);
     the key sits right of the last panel. `log` (default: when the positive counts span more than 100x, as
-    13 to 226,000 images per class do) draws the count axis on a log scale so small classes stay visible."""
+    13 to 226,000 images per class do) draws the count axis on a log scale so small classes stay visible.
+    More than `MAX_BARS` categories are drawn as ranked counts instead (`count_ranks`)."""
     n = counts[x].nunique()
+    if n > MAX_BARS:
+        return count_ranks(counts, x, hue, title, values, hue_order, log)
     fig, axes = plt.subplots(
         1, len(values), figsize=(7 * len(values), max(2.0, 0.28 * n + 1)), squeeze=False, sharey=True
     )
@@ -71,8 +82,7 @@ def count_bars(
             orient="h",
             legend=bool(last and hue),
         )
-        positive = counts[value][counts[value] > 0]
-        if log or (log is None and len(positive) and positive.max() > LOG_COUNT_SPAN * positive.min()):
+        if _log_axis(counts[value], log):
             ax.set_xscale("log")
             value = f"{value} (log scale)"
         ax.set_xlabel(value)
@@ -81,6 +91,49 @@ def count_bars(
             sns.move_legend(ax, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def count_ranks(
+    counts: pd.DataFrame,
+    x: str,
+    hue: str | None = None,
+    title: str = "",
+    values: Sequence[str] = ("images",),
+    hue_order: Sequence[str] | None = None,
+    log: bool | None = None,
+) -> plt.Figure:
+    """Counts of many categories (e.g. 161 labels) as one line per `hue` value against the category's rank by
+    its total (1 = largest), one panel per column of `values`; the largest and smallest categories are named.
+    The per-category numbers belong in a table beside it. A zero count (a label missing from a split) is drawn
+    at the bottom of a log axis and counted in the key."""
+    totals = counts.groupby(x)[values[0]].sum().sort_values(ascending=False, kind="stable")
+    rank = pd.Series(np.arange(1, len(totals) + 1), index=totals.index)
+    groups = [(None, counts)] if hue is None else [
+        (h, counts[counts[hue] == h]) for h in (hue_order or sorted(counts[hue].unique()))
+    ]  # fmt: skip
+    fig, axes = plt.subplots(1, len(values), figsize=(6 * len(values) + 1.5, 4.2), squeeze=False)
+    for i, (ax, value) in enumerate(zip(axes[0], values, strict=True)):
+        use_log = _log_axis(counts[value], log)
+        for name, part in groups:
+            per = part.groupby(x)[value].sum().reindex(totals.index, fill_value=0)
+            zeros = int((per == 0).sum())
+            shown = per.where(per > 0, 0.8) if use_log else per  # zeros at the foot of a log axis
+            label = None if name is None else f"{name}" + (f" ({zeros} with none)" if zeros else "")
+            ax.plot(rank.to_numpy(), shown.to_numpy(), marker=".", markersize=3, linewidth=1, label=label)
+        if use_log:
+            ax.set_yscale("log")
+        ax.set_ylabel(f"{value}" + (" (log scale)" if use_log else ""))
+        ax.set_xlabel(f"{x} ranked by total {values[0]} (1 = largest of {len(totals)})")
+        top = counts.groupby(x)[value].max()  # the highest line at a category
+        for name, side in ((totals.index[0], "left"), (totals.index[-1], "right")):
+            ax.annotate(str(name), (rank[name], max(float(top[name]), 1.0)), fontsize=7, ha=side,
+                        xytext=(0, 5), textcoords="offset points")  # fmt: skip
+        if i == len(values) - 1 and hue is not None:
+            ax.legend(title=hue, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    if title:
+        fig.suptitle(f"{title} ({len(totals)} {x}s, ranked; numbers per {x} in the table)")
     fig.tight_layout()
     return fig
 

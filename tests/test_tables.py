@@ -175,3 +175,10 @@ def test_p_values_at_the_bootstrap_floor_are_marked_and_p_min_is_not_shown():
     assert table.frame["p_holm"].tolist() == ["≤ 0.004", "0.310", MISSING]
     assert "≤ (1 row): every resampled difference had the same sign" in table.html
     assert "≤" not in show(df.iloc[1:], caption="pairs").html
+
+
+def test_whole_columns_are_rounded_to_whole_numbers_for_reading():
+    df = pd.DataFrame({"index_images": [12345.6667, 9.4, np.nan], "share": [0.12345, 0.5, 0.25]})
+    table = show(df, whole=["index_images"])
+    assert table.frame["index_images"].tolist() == ["12,346", "9", MISSING]
+    assert table.frame["share"].tolist() == ["0.123", "0.500", "0.250"]

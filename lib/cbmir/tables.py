@@ -84,6 +84,7 @@ def show(
     collapse_after: int | None = 25,
     ci_label: str = "95 % confidence interval",
     index: bool | None = None,
+    whole: Sequence[str] = (),
 ) -> Table:
     """Format `df` for reading; display the returned `Table` in a notebook (it renders as HTML).
 
@@ -97,6 +98,7 @@ def show(
     - `collapse_after`: tables with more rows are folded into a `<details>` element (every row is still in
       the HTML); `None` never folds.
     - `index`: show the index as the first column(s); by default only when it is not the plain 0..n-1 range.
+    - `whole`: columns shown rounded to whole numbers with thousands separators (e.g. a mean count of images).
     - A `p_min` column (the bootstrap's floor of `p_value`) is not shown: `p_value` and `p_holm` read "≤ ..." in
       the rows where `p_value` is at that floor.
     """
@@ -118,7 +120,7 @@ def show(
             numeric.append(col)
         else:
             values = frame[col]
-            shown[col] = [format_value(v, digits) for v in values]
+            shown[col] = [format_whole(v) if col in whole else format_value(v, digits) for v in values]
             if col in P_COLUMNS:
                 shown[col] = [
                     f"≤ {c}" if at and c != MISSING else c for c, at in zip(shown[col], floor, strict=True)
@@ -149,6 +151,13 @@ def _at_p_floor(frame: pd.DataFrame) -> np.ndarray:
     if P_MIN_COLUMN not in frame.columns or "p_value" not in frame.columns:
         return np.zeros(len(frame), dtype=bool)
     return at_p_floor(frame["p_value"].to_numpy(), frame[P_MIN_COLUMN].to_numpy())
+
+
+def format_whole(value: object) -> str:
+    """A number rounded to a whole one, with thousands separators ('12,346'); missing values as in `format_value`."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value)):
+        return f"{round(float(value)):,}"
+    return format_value(value)
 
 
 def format_value(value: object, digits: int = 3) -> str:

@@ -351,9 +351,11 @@ def random_contrast(rng, model: str, n: int, n_cases: int | None = None) -> dict
     """A random row of levels.level_contrast."""
     region, label = rng.uniform(0.4, 1.0), rng.uniform(0.1, 0.6)
     rc, lc = rng.uniform(0.1, 0.4), rng.uniform(0.0, 0.15)
-    diff, low, high = random_bounds(rng, (region - rc) - (label - lc))
+    rk, lk = (region - rc) / (1 - rc), (label - lc) / (1 - lc)
+    diff, low, high = random_bounds(rng, rk - lk)
     return {"model": model, "N": n, "region": region, "region chance": rc, "region excess": region - rc,
-            "label": label, "label chance": lc, "label excess": label - lc, "difference": diff, "low": low,
+            "region corrected": rk, "label": label, "label chance": lc, "label excess": label - lc,
+            "label corrected": lk, "difference": diff, "low": low,
             "high": high, "p_value": rng.random() * 0.1, "p_holm": float(rng.choice([rng.random() * 0.1, np.nan])),
             "n_queries": int(rng.integers(1, 90)),
             "n_cases": int(rng.choice([2, 48])) if n_cases is None else n_cases}  # fmt: skip
@@ -365,16 +367,18 @@ def test_contrast_sentence_agrees_with_its_row(seed):
     row = random_contrast(rng, "enc", int(rng.choice([1, 10])))
     text = findings.contrast_sentence(row)
     m = re.fullmatch(
-        rf"enc: micro P@(\d+) exceeds its chance value by ({NUM}) at the region level \(({NUM}) against ({NUM})\) "
-        rf"and by ({NUM}) at the label level \(({NUM}) against ({NUM})\); paired difference of the two excesses "
-        rf"({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; ({P})( \(Holm-adjusted over the models\))?; (\d+) "
+        rf"enc: micro P@(\d+) is ({NUM}) against ({NUM}) by chance at the region level and ({NUM}) against ({NUM}) "
+        rf"at the label level; chance-corrected \(\(P - chance\) / \(1 - chance\) per query, 1 = perfect, 0 = "
+        rf"chance\) ({NUM}) and ({NUM}); paired difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; ({P})( \(Holm-adjusted over the models\))?; (\d+) "
         rf"quer(?:y|ies), (\d+) cases?\): (.*)\.",
         text,
     )
     assert m, text
     assert int(m.group(1)) == row["N"]
-    assert m.group(2, 3, 4) == (s3(row["region excess"]), r3(row["region"]), r3(row["region chance"]))
-    assert m.group(5, 6, 7) == (s3(row["label excess"]), r3(row["label"]), r3(row["label chance"]))
+    assert m.group(2, 3, 4, 5) == tuple(
+        r3(row[c]) for c in ("region", "region chance", "label", "label chance")
+    )
+    assert m.group(6, 7) == (r3(row["region corrected"]), r3(row["label corrected"]))
     assert m.group(8, 9, 10) == (s3(row["difference"]), s3(row["low"]), s3(row["high"]))
     check_zero_note(row["low"], row["high"], m.group(11))
     holm = not np.isnan(row["p_holm"])
@@ -388,11 +392,11 @@ def test_contrast_sentence_agrees_with_its_row(seed):
     if row["n_cases"] < findings.MIN_CASES:
         assert verdict.startswith("too few cases")
     elif row["low"] > 1e-9 and significant:
-        assert verdict == "the region is retrieved further above chance than the finding"
+        assert verdict == "the region is retrieved closer to perfect, relative to chance, than the finding"
     elif row["high"] < -1e-9 and significant:
-        assert verdict == "the finding is retrieved further above chance than the region"
+        assert verdict == "the finding is retrieved closer to perfect, relative to chance, than the region"
     else:
-        assert verdict.startswith("their excesses over chance are not distinguishable")
+        assert verdict.startswith("their chance-corrected values are not distinguishable")
         excludes = row["low"] > 1e-9 or row["high"] < -1e-9
         assert verdict.endswith("does not reach 0.05)") == excludes
 
@@ -496,8 +500,8 @@ def test_claim_verdicts_follow_the_intervals(seed):
                 assert f"lower for {len(lower)}" + (f" ({', '.join(lower)})" if lower else "") in evidence
                 for _, r in at1.iterrows():  # the sentence of notebook 6 says the same for every model
                     sentence = findings.contrast_sentence(r)
-                    assert ("region is retrieved further" in sentence) == (r["model"] in higher)
-                    assert ("finding is retrieved further" in sentence) == (r["model"] in lower)
+                    assert ("region is retrieved closer to perfect" in sentence) == (r["model"] in higher)
+                    assert ("finding is retrieved closer to perfect" in sentence) == (r["model"] in lower)
         elif key == "image_text":
             if few:
                 assert verdict == findings.NOT_SHOWN

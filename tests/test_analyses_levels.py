@@ -104,8 +104,8 @@ def test_level_contrast_matches_reference(seed):
         {"a": ids_a, "b": ids_b}, qr, ir, {"region": regions, "label": labels}, cases, n_boot=40, seed=seed
     )
     assert list(got.columns) == [
-        "model", "N", "region", "region chance", "region excess", "label", "label chance", "label excess",
-        "difference", "low", "high", "p_value", "p_holm", "p_min", "n_queries", "n_cases",
+        "model", "N", "region", "region chance", "region excess", "region corrected", "label", "label chance",
+        "label excess", "label corrected", "difference", "low", "high", "p_value", "p_holm", "p_min", "n_queries", "n_cases",
     ]  # fmt: skip
     assert np.allclose(got["p_min"], 2 / 41) and (got["p_value"] >= got["p_min"]).all()
     qcase = [cases[r] for r in qr]
@@ -113,9 +113,10 @@ def test_level_contrast_matches_reference(seed):
         per_level = {}
         for level, lab in (("region", regions), ("label", labels)):
             index_labels = [lab[r] for r in ir]
-            per_level[level] = [
-                [slow.precision([lab[r] for r in row], lab[q], index_labels.count(lab[q]), n)
-                 - index_labels.count(lab[q]) / len(ir) for n in (1, 3, 5, 10)]
+            per_level[level] = [  # (P - chance) / (1 - chance), chance = n_c / M
+                [(slow.precision([lab[r] for r in row], lab[q], index_labels.count(lab[q]), n)
+                  - index_labels.count(lab[q]) / len(ir)) / (1 - index_labels.count(lab[q]) / len(ir))
+                 for n in (1, 3, 5, 10)]
                 for q, row in zip(qr, ids, strict=True)
             ]  # fmt: skip
         diff = [
@@ -132,9 +133,11 @@ def test_level_contrast_matches_reference(seed):
         in_index = {labels[r] for r in ir}
         assert len(rows) == sum(labels[q] in in_index for q in qr) < len(qr) + (seed != 2)
         for level in ("region", "label"):
-            ex = slow.average([per_level[level][i] for i in rows], [0] * len(rows), "micro")
-            np.testing.assert_allclose(part[f"{level} excess"], ex, atol=1e-12)
-            np.testing.assert_allclose(part[level] - part[f"{level} chance"], ex, atol=1e-12)
+            kappa = slow.average([per_level[level][i] for i in rows], [0] * len(rows), "micro")
+            np.testing.assert_allclose(part[f"{level} corrected"], kappa, atol=1e-12)
+            np.testing.assert_allclose(
+                part[level] - part[f"{level} chance"], part[f"{level} excess"], atol=1e-12
+            )
         stats = slow.resamples(diff, [0] * len(diff), qcase, "micro", 40, seed)
         p = [
             min(1.0, 2 * min((stats[:, j] <= 0).sum() + 1, (stats[:, j] >= 0).sum() + 1) / 41)
@@ -269,3 +272,14 @@ def test_n_at_or_above_the_region_index_size_is_left_out():
         {"a": ids, "b": ids_b}, qr, ir, regions, labels, cases, ns=ns, n_boot=10, by_region=True
     )
     assert both[(both["region"] == small) & (both["N"] >= sizes[small])].empty
+
+
+def test_chance_corrected_scores_reach_1_at_every_level():
+    from cbmir.metrics import chance
+
+    got = chance.corrected(np.array([1.0, 0.4, 0.1, 0.5, np.nan]), np.array([0.4, 0.4, 0.55, 1.0, 0.2]))
+    np.testing.assert_allclose(got, [1.0, 0.0, (0.1 - 0.55) / 0.45, np.nan, np.nan])
+    # a perfect model at both levels: the plain excesses differ by the chance values, the corrected ones do not
+    region_chance, label_chance = 0.4, 0.05
+    assert (1 - label_chance) - (1 - region_chance) > 0.3
+    assert chance.corrected(1.0, region_chance) == chance.corrected(1.0, label_chance) == 1.0

@@ -261,7 +261,7 @@ def level_sentences(
 ) -> list[str]:
     """Anatomy versus pathology (`levels.level_precision` of one model): each level against chance, then, from
     `contrast` (`levels.level_contrast` rows; those of model `name` at N = `n` are used), the paired comparison of
-    the region's and the label's excess over chance (`contrast_sentence`). Without `contrast`, the levels are not
+    the region's and the label's chance-corrected P@N (`contrast_sentence`). Without `contrast`, the levels are not
     compared: a label hit is always a region hit, so their unpaired bands cannot be set against each other."""
     part = levels[levels["N"] == n].set_index("level")
     lo, hi = f"{average}_lo", f"{average}_hi"
@@ -289,14 +289,16 @@ LEVEL_WORDS = {
 
 
 def contrast_sentence(row: Mapping, coarse: str = "region", fine: str = "label") -> str:
-    """One row of `levels.level_contrast`: micro P@N's excess over chance at the `coarse` and the `fine` level and
-    the paired difference of the two excesses, judged like `comparison_sentence` (CI and Holm-adjusted p)."""
+    """One row of `levels.level_contrast`: micro P@N against chance at the `coarse` and the `fine` level, its
+    chance-corrected value (P - chance) / (1 - chance) at each, and the paired difference of the two corrected
+    values, judged like `comparison_sentence` (CI and Holm-adjusted p)."""
     holm, p = _p_text(row, " over the models")
     head = (
-        f"{row['model']}: micro P@{int(row['N'])} exceeds its chance value by {signed(row[f'{coarse} excess'])} "
-        f"at the {coarse} level ({num(row[coarse])} against {num(row[f'{coarse} chance'])}) and by "
-        f"{signed(row[f'{fine} excess'])} at the {fine} level ({num(row[fine])} against "
-        f"{num(row[f'{fine} chance'])}); paired difference of the two excesses {signed(row['difference'])} "
+        f"{row['model']}: micro P@{int(row['N'])} is {num(row[coarse])} against {num(row[f'{coarse} chance'])} by "
+        f"chance at the {coarse} level and {num(row[fine])} against {num(row[f'{fine} chance'])} at the {fine} "
+        f"level; chance-corrected ((P - chance) / (1 - chance) per query, 1 = perfect, 0 = chance) "
+        f"{num(row[f'{coarse} corrected'])} and {num(row[f'{fine} corrected'])}; paired difference "
+        f"{signed(row['difference'])} "
         f"({interval(row['low'], row['high'], diff=True, estimate=row['difference'])}; {p}; {queries(row['n_queries'])}, "
         f"{cases(row['n_cases'])})"
     )
@@ -306,8 +308,8 @@ def contrast_sentence(row: Mapping, coarse: str = "region", fine: str = "label")
     big, small = LEVEL_WORDS.get(coarse, coarse), LEVEL_WORDS.get(fine, fine)
     if d:
         first, second = (big, small) if d > 0 else (small, big)
-        return f"{head}: the {first} is retrieved further above chance than the {second}."
-    return f"{head}: their excesses over chance are not distinguishable{_unadjusted_note(row, holm)}."
+        return f"{head}: the {first} is retrieved closer to perfect, relative to chance, than the {second}."
+    return f"{head}: their chance-corrected values are not distinguishable{_unadjusted_note(row, holm)}."
 
 
 def conditional_sentence(row: Mapping, name: str) -> str:
@@ -535,9 +537,9 @@ def _best_verdict(best_model: str, best: pd.DataFrame, image_text: Sequence[str]
 
 def _anatomy_verdict(contrast: pd.DataFrame, n: int) -> tuple[str, str]:
     """From `levels.level_contrast` rows (micro) at N = `n`: the same rule and numbers as `contrast_sentence`."""
-    if "difference" not in contrast or "region excess" not in contrast:
+    if "difference" not in contrast or "region corrected" not in contrast:
         raise ValueError(
-            "parameter 'levels' must hold levels.level_contrast rows (columns 'region excess', 'difference', ...); "
+            "parameter 'levels' must hold levels.level_contrast rows (columns 'region corrected', 'difference', ...); "
             f"got columns {list(contrast.columns)}"
         )
     part = contrast[contrast["N"] == n]
@@ -553,9 +555,10 @@ def _anatomy_verdict(contrast: pd.DataFrame, n: int) -> tuple[str, str]:
         return f" ({', '.join(models)})" if models else ""
 
     evidence = (
-        f"micro P@{n}'s excess over its chance value, region level minus label level, paired over the same queries "
-        "(a label hit is always a region hit, and region-level chance is higher, so the raw shares are not "
-        "compared; cluster bootstrap over cases, 95 % CI and Holm-adjusted p < 0.05 over the models): higher at "
+        f"micro P@{n} chance-corrected ((P - chance) / (1 - chance) per query), region level minus label level, "
+        "paired over the same queries (a label hit is always a region hit and region-level chance is higher, so "
+        "neither the raw shares nor their plain excesses over chance, whose ceilings differ, are compared; cluster "
+        "bootstrap over cases, 95 % CI and Holm-adjusted p < 0.05 over the models): higher at "
         f"the region level for {len(higher)} of {len(signs)} models{listed(higher)}, lower for {len(lower)}"
         f"{listed(lower)} (notebook 6)"
     )
@@ -614,7 +617,7 @@ def claim_verdicts(
 
     `table`: `summary.model_table`; `best` / `baselines`: `summary.against_best` / `against_baselines`; `levels`:
     `levels.level_contrast` rows of every model (judged on micro P@`n` whatever `average`: the paired difference of
-    the region's and the label's excess over chance, as in notebook 6); `index_size`:
+    the region's and the label's chance-corrected P@N, as in notebook 6); `index_size`:
     `index_size.index_size_study` rows with a `model` column (judged on micro plain P@10 by `index_size_change`: it
     holds for a model whose bands of the excess over chance at the smallest and the full index do not overlap). A claim whose table is missing is "not
     shown".

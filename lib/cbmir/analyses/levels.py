@@ -2,9 +2,12 @@
 
 1. `level_precision`: modified P@N when a hit must match the query's modality, its modality and region, or its
    full label (n_c counted at that level), each with its chance value.
-   `level_contrast` compares two levels (region, label) on the same queries: each query's excess of modified P@N
-   over its chance value at the region level minus that at the label level, by a paired cluster bootstrap over
-   cases. The raw shares are not compared: a label hit is always a region hit, and region-level chance is higher.
+   `level_contrast` compares two levels (region, label) on the same queries: each query's chance-corrected
+   modified P@N, (P - chance) / (1 - chance) (`chance.corrected`), at the region level minus that at the label
+   level, by a paired cluster bootstrap over cases. The raw shares are not compared (a label hit is always a region
+   hit, and region-level chance is higher), nor the plain excesses P - chance: a perfect model's excess is
+   1 - chance, which is smaller at the region level, so near the ceiling the finding would seem "further above
+   chance" only because its chance is lower. The chance-corrected score reaches 1 at both levels.
 2. `pathology_given_anatomy`: among the first N neighbours that show the query's region, the share that also has
    its label (finding), beside its chance: index images with the query's label / index images of its region
    (`cbmir.metrics.conditional_chance`). The per-query share is defined only when at least one of the first N
@@ -78,34 +81,35 @@ def level_contrast(
     seed: int = 0,
     ci: float = 0.95,
 ) -> pd.DataFrame:
-    """Per model and N: micro modified P@N at the `coarse` and `fine` level, each with its chance value and its
-    excess over chance, and the paired difference of the two excesses (coarse - fine) over the same queries.
+    """Per model and N: micro modified P@N at the `coarse` and `fine` level, each with its chance value, its
+    excess over chance and its chance-corrected value (the mean over queries of (P - chance) / (1 - chance)), and
+    the paired difference of the two chance-corrected values (coarse - fine) over the same queries.
 
     `level_labels` holds one label per manifest row for `coarse` and `fine`. A query counts where it is defined
-    at both levels (its class has an index image at each). `difference`, `low`, `high`, `p_value`: the paired
-    cluster bootstrap over query cases (`bootstrap.paired_bootstrap`, micro, the same case draws for every
-    model); `p_holm`: Holm-adjusted over the models at each N. Columns: model, N, <coarse>, <coarse> chance,
-    <coarse> excess, <fine>, <fine> chance, <fine> excess, difference, low, high, p_value, p_holm, n_queries,
-    n_cases.
+    at both levels (its class has an index image at each, and chance is below 1). `difference`, `low`, `high`,
+    `p_value`: the paired cluster bootstrap over query cases (`bootstrap.paired_bootstrap`, micro, the same case
+    draws for every model); `p_holm`: Holm-adjusted over the models at each N. Columns: model, N, <coarse>,
+    <coarse> chance, <coarse> excess, <coarse> corrected, <fine>, <fine> chance, <fine> excess, <fine> corrected,
+    difference, low, high, p_value, p_holm, p_min, n_queries, n_cases.
     """
     for level in (coarse, fine):
         if level not in level_labels:
             raise KeyError(f"parameter 'level_labels' has no {level!r} level; it has {sorted(level_labels)}")
     frames = []
     for model, ids in ids_by_model.items():
-        excess, shown = {}, {}
+        score, shown = {}, {}
         for level in (coarse, fine):
             enc = encode(ids, query_rows, index_rows, level_labels[level], cases)
             use = [n for n in ns if n <= enc.k]
             cols = np.array(use) - 1
             prec = retrieval.precision_at_n(enc.neighbours, enc.queries, enc.counts)[:, cols]
             expected = chance.expected_precision(enc.queries, enc.counts, enc.k)[:, cols]
-            excess[level], shown[level] = prec - expected, (prec, expected)
-        both = ~np.isnan(excess[coarse]) & ~np.isnan(excess[fine])  # [Q, len(use)]
+            score[level], shown[level] = chance.corrected(prec, expected), (prec, expected)
+        both = ~np.isnan(score[coarse]) & ~np.isnan(score[fine])  # [Q, len(use)]
         if not both.any():
             raise ValueError(f"{model}: no query is defined at both the {coarse} and the {fine} level")
-        a = np.where(both, excess[coarse], np.nan)
-        b = np.where(both, excess[fine], np.nan)
+        a = np.where(both, score[coarse], np.nan)
+        b = np.where(both, score[fine], np.nan)
         one = np.zeros(len(a), np.int64)  # micro: the class does not matter
         pair = bootstrap.paired_bootstrap(a, b, one, enc.cases, n_boot=n_boot, seed=seed, ci=ci)
         row: dict = {"model": model, "N": use}
@@ -114,6 +118,7 @@ def level_contrast(
             row[level] = np.nanmean(np.where(both, prec, np.nan), axis=0)
             row[f"{level} chance"] = np.nanmean(np.where(both, expected, np.nan), axis=0)
             row[f"{level} excess"] = row[level] - row[f"{level} chance"]
+            row[f"{level} corrected"] = np.nanmean(np.where(both, score[level], np.nan), axis=0)
         row |= {
             c: pair[c].to_numpy()
             for c in ("difference", "low", "high", "p_value", "p_min", "n_queries", "n_cases")

@@ -27,6 +27,17 @@ from cbmir.metrics.retrieval import micro_macro
 METRICS = ("precision", "plain_precision", "hit", "average_precision", "r_precision", "map_at_r")
 
 
+def corrected(value: np.ndarray, expected_value: np.ndarray) -> np.ndarray:
+    """Chance-corrected score (value - chance) / (1 - chance), elementwise, for a metric whose best value is 1:
+    the share of the room above chance that was reached (1 = perfect, 0 = chance, below 0 = worse than chance),
+    as in Cohen's kappa. NaN where chance is 1 (no room) or either input is NaN. Unlike the plain excess
+    (value - chance), whose ceiling 1 - chance differs between label levels, it reaches 1 at every level."""
+    value, expected_value = np.asarray(value, dtype=np.float64), np.asarray(expected_value, dtype=np.float64)
+    room = 1.0 - expected_value
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(room > 0, (value - expected_value) / room, np.nan)
+
+
 def _setup(query_labels: np.ndarray, index_class_counts: np.ndarray, k: int) -> tuple[np.ndarray, int]:
     counts = np.asarray(index_class_counts, dtype=np.int64)
     q = np.asarray(query_labels)

@@ -133,7 +133,7 @@ def test_figures_keep_a_key_on_every_panel_and_group_rare_classes():
     for ax in fig.axes:
         texts = [t.get_text() for t in ax.get_legend().get_texts()]
         if ax.get_title().endswith("label"):
-            assert len(texts) == 7 and f"other ({n_classes - 6} classes)" in texts
+            assert len(texts) == 7 and f"other: {n_classes - 6} less frequent" in texts
         else:
             assert sorted(texts) == ["CT", "MR"]
     table = pd.DataFrame(

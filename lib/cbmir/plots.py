@@ -269,7 +269,7 @@ def umap_grid(
     """Small multiples of 2-D layouts: one row per model, one column per level, a key beside every panel.
 
     `frame` has columns `model, x, y` and one column per level (e.g. from `analyses.embedding_space.umap_frame`).
-    Each level shows its `top` most frequent classes in colour and the rest in grey as "other (n classes)", with
+    Each level shows its `top` most frequent classes in colour and the rest in grey as "other: n less frequent", with
     the same colours in every row; keys sit outside the axes so they hide no point.
     """
     models = list(dict.fromkeys(frame["model"]))
@@ -290,7 +290,7 @@ def umap_grid(
             if n_other:
                 o = lab == "other"
                 ax.scatter(
-                    xy[o, 0], xy[o, 1], s=5, color="0.75", label=f"other ({n_other} classes)", alpha=0.6
+                    xy[o, 0], xy[o, 1], s=5, color="0.75", label=f"other: {n_other} less frequent", alpha=0.6
                 )
             for cls in keep:
                 c = lab == cls

@@ -94,7 +94,11 @@ def test_context_reads_the_manifest_through_the_work_dirs_cache(tmp_path, monkey
         "Cfg", (), {"manifest": csv, "work_dir": tmp_path / "work", "max_per_class": None, "models": []}
     )
     monkeypatch.setattr(pipeline, "load_config", lambda *a, **kw: cfg)
+    import cbmir.search
+
+    monkeypatch.setattr(cbmir.search, "_CACHE_DIR", None)  # restored after the test
     first = pipeline.Context.open("any.yaml").manifest
     assert len(list((tmp_path / "work" / "cache").glob("manifest-*.parquet"))) == 1
+    assert cbmir.search._CACHE_DIR == tmp_path / "work" / "indexes"  # built IVF-PQ indexes are kept there
     _no_parsing(monkeypatch)
     pd.testing.assert_frame_equal(pipeline.Context.open("any.yaml").manifest, first)

@@ -293,3 +293,38 @@ def test_truncated_neighbour_table_is_refused_naming_the_file(tmp_path, data):
     path.write_bytes(b"")
     with pytest.raises(NeighbourTableError, match="nb.npz"):
         Neighbours.load(path)
+
+
+def test_an_ivfpq_index_kept_on_disk_is_loaded_instead_of_built(tmp_path, monkeypatch):
+    """The loaded index (PQ part from the file, re-ranking vectors added back) gives the built one's results;
+    other vectors or settings get their own file; a damaged file is reported and rebuilt."""
+    import cbmir.search as S
+
+    rng = np.random.default_rng(0)
+    xb, xq = rng.normal(size=(600, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
+    settings = {"index_type": "ivfpq", "nlist": 8, "nprobe": 3, "k_factor": 2}
+    fresh = S.search(xb, xq, 10, progress=False, **settings)
+    builds = []
+    real = S.build_index
+    monkeypatch.setattr(S, "build_index", lambda *a, **kw: builds.append(1) or real(*a, **kw))
+    S.cache_indexes_in(tmp_path / "indexes")
+    try:
+        first = S.search(xb, xq, 10, progress=False, **settings)
+        (kept,) = (tmp_path / "indexes").glob("ivfpq-*.faiss")
+        again = S.search(xb, xq, 10, progress=False, **settings)
+        assert len(builds) == 1  # the second search loaded the index
+        for got in (first, again):
+            np.testing.assert_array_equal(got[1], fresh[1])
+            np.testing.assert_allclose(got[0], fresh[0], rtol=1e-6)
+        S.search(xb, xq, 10, progress=False, **(settings | {"nprobe": 8}))  # other settings: another file
+        S.search(xb[:500], xq, 10, progress=False, **settings)  # other vectors: another file
+        assert len(builds) == 3 and len(list((tmp_path / "indexes").glob("*.faiss"))) == 3
+        kept.write_bytes(kept.read_bytes()[:100])  # truncated
+        with pytest.warns(UserWarning, match="rebuilding a damaged cached index"):
+            damaged = S.search(xb, xq, 10, progress=False, **settings)
+        np.testing.assert_array_equal(damaged[1], fresh[1])
+        assert len(builds) == 4 and kept.stat().st_size > 100  # rebuilt and kept again
+        S.search(xb, xq, 10, progress=False, index_type="flat")  # exact search is never kept
+        assert len(list((tmp_path / "indexes").glob("*.faiss"))) == 3
+    finally:
+        S.cache_indexes_in(None)

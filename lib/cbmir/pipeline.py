@@ -41,6 +41,7 @@ def _meta_key(meta: Path) -> str | None:
 class Context:
     """One notebook run: the config, the manifest, and each model's store and vectors (opened once, cached).
 
+    `open` also keeps every IVF-PQ index it builds under `<work_dir>/indexes` (`cbmir.search.cache_indexes_in`).
     The stores' matrices are memmaps: when a notebook moves on to another model, the previous model's resident
     pages are released from the process (`EmbeddingStore.release_pages`), so memory grows with the largest model,
     not with the number of models. `wait`: a store or neighbour table being written by another process is waited
@@ -63,8 +64,12 @@ class Context:
     ) -> Context:
         cfg = load_config(config, quick=quick, out_root=out_root)
         from cbmir.plots import set_model_order
+        from cbmir.search import cache_indexes_in
 
         set_model_order(cfg.models)  # one colour per model in every figure of the run
+        cache_indexes_in(
+            cfg.work_dir / "indexes"
+        )  # an IVF-PQ index built by one notebook is loaded by the next
         manifest = read_manifest_cached(cfg.manifest, cfg.work_dir / "cache")
         if cfg.max_per_class:
             manifest = subsample_per_class(manifest, cfg.max_per_class, seed=cfg.seed)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import json
 import os
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -239,12 +241,9 @@ def build_ivfpq(
     else:
         nbits = int(min(8, max(1, np.floor(np.log2(max(2, len(x) / 39))))))  # >= 39 points/centroid
         base = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, nbits, faiss.METRIC_INNER_PRODUCT)
-    base.nprobe = min(nprobe or default_nprobe(nlist), nlist)
-    index = faiss.IndexRefineFlat(base)
-    index.k_factor = k_factor
-    index.train(train_sample(x, nlist))
-    index.add(x)
-    return index
+    base.train(train_sample(x, nlist))
+    base.add(x)
+    return _refined(base, x, {"nprobe": nprobe, "k_factor": k_factor})
 
 
 BUILDERS = {"flat": build_flat, "hnsw": build_hnsw, "ivf": build_ivf, "ivfpq": build_ivfpq}
@@ -267,6 +266,82 @@ def build_index(x: np.ndarray, index_type: str = "flat", **params: Any) -> Any:
 
 
 _REUSE: dict[str, Any] | None = None  # the last built index, while a `reuse_index()` block is open
+_CACHE_DIR: Path | None = None  # where built IVF-PQ indexes are kept between processes (`cache_indexes_in`)
+CACHED_TYPES = ("ivfpq",)  # the index types worth keeping on disk: costly to build, small without the vectors
+
+
+def cache_indexes_in(folder: str | os.PathLike | None) -> None:
+    """Keep every IVF-PQ index this process builds in `folder` (None: stop), keyed by a hash of the index vectors
+    and the settings, and load it from there instead of building it again: notebooks 3 and 7 search the same
+    train vectors of each model, and at 1.4 M x 768 a build takes about 3 min, a load seconds. Only the PQ part is
+    written (about d/4 bytes per vector at 4 bits); the exact re-ranking vectors are the index vectors themselves
+    and are added back on load. A damaged file is reported and rebuilt. `Context.open` sets it to
+    `<work_dir>/indexes`."""
+    global _CACHE_DIR
+    _CACHE_DIR = None if folder is None else Path(folder)
+
+
+def _cache_key(xb: np.ndarray, index_type: str, params: dict[str, Any]) -> tuple:
+    """(content hash of the index vectors, shape, index type, settings as JSON, faiss version)."""
+    import faiss
+
+    digest = hashlib.sha256(np.ascontiguousarray(xb).data).hexdigest()
+    return digest, xb.shape, index_type, json.dumps(params, sort_keys=True, default=str), faiss.__version__
+
+
+def _cached_file(key: tuple) -> Path:
+    assert _CACHE_DIR is not None
+    name = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+    return _CACHE_DIR / f"{key[2]}-{name}.faiss"
+
+
+def _load_cached(xb: np.ndarray, key: tuple) -> Any | None:
+    """The cached index for `key` with `xb` added back as its re-ranking vectors; None if absent or damaged."""
+    import faiss
+
+    path = _cached_file(key)
+    if not path.is_file():
+        return None
+    try:
+        base = faiss.read_index(str(path))
+        if base.ntotal != len(xb) or base.d != xb.shape[1]:
+            raise ValueError(f"holds {base.ntotal} x {base.d}, expected {xb.shape[0]} x {xb.shape[1]}")
+    except (RuntimeError, ValueError) as err:  # faiss raises RuntimeError for a truncated or foreign file
+        warnings.warn(f"rebuilding a damaged cached index {path}: {err}", stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
+    return _refined(base, xb, json.loads(key[3]))
+
+
+def _refined(base: Any, xb: np.ndarray, params: dict[str, Any]) -> Any:
+    """`base` (a trained and filled IVF-PQ index) re-ranked exactly against `xb`, as `build_ivfpq` returns it."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(base)
+    ivf.nprobe = min(params.get("nprobe") or default_nprobe(ivf.nlist), ivf.nlist)
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    index = faiss.IndexRefineFlat(base, faiss.swig_ptr(xb))  # copies xb as the exact re-ranking vectors
+    index.k_factor = params.get("k_factor") or _default(build_ivfpq, "k_factor")
+    return index
+
+
+def _default(fn, name: str) -> Any:
+    return inspect.signature(fn).parameters[name].default
+
+
+def _save_cached(index: Any, key: tuple) -> None:
+    """Write the PQ part of a built IVF-PQ index (atomically) to its cache file; a failure only warns."""
+    import faiss
+
+    path = _cached_file(key)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(faiss.downcast_index(index).base_index, str(tmp))
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # a full disk costs a rebuild next time, nothing else
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not keep the built index in {path}: {err}", stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -285,19 +360,23 @@ def reuse_index():
 
 
 def _index_for(xb: np.ndarray, index_type: str, params: dict[str, Any]) -> Any:
-    """`build_index`, or inside `reuse_index()` the index built last for equal vectors and settings."""
-    if _REUSE is None:
+    """`build_index`; inside `reuse_index()` the index built last for equal vectors and settings; with
+    `cache_indexes_in` an IVF-PQ index kept on disk by an earlier build (of this or another process)."""
+    on_disk = _CACHE_DIR is not None and index_type in CACHED_TYPES
+    if _REUSE is None and not on_disk:
         return build_index(xb, index_type, **params)
-    key = (
-        hashlib.sha256(np.ascontiguousarray(xb).data).hexdigest(),
-        xb.shape,
-        index_type,
-        repr(sorted(params.items())),
-    )
-    if _REUSE.get("key") != key:
+    key = _cache_key(xb, index_type, params)
+    if _REUSE is not None and _REUSE.get("key") == key:
+        return _REUSE["index"]
+    index = _load_cached(xb, key) if on_disk else None
+    if index is None:
+        index = build_index(xb, index_type, **params)
+        if on_disk:
+            _save_cached(index, key)
+    if _REUSE is not None:
         _REUSE.clear()  # one index at a time: at the paper's size each holds gigabytes
-        _REUSE.update(key=key, index=build_index(xb, index_type, **params))
-    return _REUSE["index"]
+        _REUSE.update(key=key, index=index)
+    return index
 
 
 def table_lock(path: str | os.PathLike, wait: bool = False) -> contextlib.AbstractContextManager[None]:

@@ -257,3 +257,23 @@ def test_release_pages_drops_a_memmaps_resident_pages_and_keeps_its_values(tmp_p
     )  # the matrix's pages left the RSS
     assert float(np.asarray(store.embeddings, dtype=np.float64).sum()) == before  # read back unchanged
     assert not S.release_pages(np.zeros((3, 2), np.float32))  # not a memmap: nothing to release
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_large_take_releases_the_memmap_pages_it_copied(tmp_path: Path, monkeypatch) -> None:
+    rng = np.random.default_rng(1)
+    ids = [f"{i}.png" for i in range(16_384)]
+    store = EmbeddingStore.open(
+        write_store(tmp_path / "s", rng.normal(size=(16_384, 512)), ids, spec="toy").path
+    )
+    vectors = store.vectors_for(ids)
+    rows = np.arange(0, 16_384, 2)[::-1]  # every other row, reversed: a copy that touches every page
+    monkeypatch.setattr(S, "RELEASE_AFTER_BYTES", 10**12)  # below the threshold: the pages stay
+    before = _rss_file_kib()
+    kept = vectors.take(rows)
+    assert _rss_file_kib() - before >= 0.9 * store.embeddings.nbytes / 1024
+    monkeypatch.setattr(S, "RELEASE_AFTER_BYTES", 1)
+    again = vectors.take(rows)
+    assert _rss_file_kib() - before < 0.1 * store.embeddings.nbytes / 1024  # released after the copy
+    np.testing.assert_array_equal(again, kept)
+    np.testing.assert_array_equal(again, np.asarray(store.embeddings)[rows])

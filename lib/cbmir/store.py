@@ -154,6 +154,11 @@ def release_pages(matrix: np.ndarray) -> bool:
     return True
 
 
+RELEASE_AFTER_BYTES = (
+    256 * 2**20
+)  # `ManifestVectors.take` releases the memmap's pages after a copy this large
+
+
 @dataclass
 class ManifestVectors:
     """One model's vectors for the rows of one manifest.
@@ -209,7 +214,8 @@ class ManifestVectors:
     def take(self, rows: np.ndarray | Sequence[int], name: str = "rows") -> np.ndarray:
         """Vectors of these manifest rows, `[len(rows), D]` float32; every row must have one. A copy, except
         when the rows are the whole matrix in its order: then the (read-only) matrix itself, since a copy of it
-        is 4.9 GB at 1.6 M x 768."""
+        is 4.9 GB at 1.6 M x 768. After a copy of `RELEASE_AFTER_BYTES` or more, the memmap's pages are released
+        (`release_pages`): the copy holds the data, and the mapping would otherwise count a second time."""
         rows = self._check(rows, name)
         at = self.store_row[rows]
         missing = at < 0
@@ -222,7 +228,10 @@ class ManifestVectors:
             whole = self.matrix.view()
             whole.flags.writeable = False
             return whole
-        return np.asarray(self.matrix[at])
+        out = np.asarray(self.matrix[at])
+        if out.nbytes >= RELEASE_AFTER_BYTES:
+            release_pages(self.matrix)
+        return out
 
     def _check(self, rows: np.ndarray | Sequence[int], name: str) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)

@@ -240,3 +240,12 @@ def test_count_bars_draws_many_labels_as_ranked_counts_of_readable_size():
     assert "161 labels, ranked" in fig._suptitle.get_text()
     few = plots.count_bars(counts[counts.label.isin(names[:12])], x="label", hue="split")
     assert len(few.axes[0].patches) >= 12  # few labels: still bars
+
+
+def test_best_worst_bars_draw_an_interval_that_misses_its_estimate_as_it_is():
+    part = pd.DataFrame({"class": ["a", "b"], "P@1": [0.3, 0.6], "P@1_lo": [0.4, 0.5], "P@1_hi": [0.5, 0.7],
+                         "n_queries": 3, "n_cases": 3})  # fmt: skip
+    fig = plots.best_worst_bars(part.iloc[[1]], part.iloc[[0]], "P@1")  # an error bar would be negative here
+    spans = [seg for c in fig.axes[1].collections for seg in c.get_segments() if seg[0][1] == seg[1][1]]
+    assert any(np.allclose([seg[0][0], seg[1][0]], [0.4, 0.5]) for seg in spans)
+    plt.close("all")

@@ -624,13 +624,23 @@ def bars_with_chance(
 
 
 def _interval_bars(
-    ax, pos: np.ndarray, low: np.ndarray, high: np.ndarray, width: float, colour: str = "0.15"
+    ax,
+    pos: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    width: float,
+    colour: str = "0.15",
+    horizontal: bool = False,
 ) -> None:
-    """Vertical interval lines with caps from `low` to `high` at each `pos` (NaN bounds: nothing drawn)."""
+    """Interval lines with caps from `low` to `high` at each `pos` (vertical; `horizontal` for horizontal bars),
+    drawn from the bounds themselves, so an interval that does not contain its estimate is drawn as it is (NaN
+    bounds: nothing drawn)."""
+    low, high, pos = (np.asarray(a, dtype=np.float64) for a in (low, high, pos))
     ok = np.isfinite(low) & np.isfinite(high)
-    ax.vlines(pos[ok], low[ok], high[ok], colors=colour, lw=1)
+    span, cap = (ax.hlines, ax.vlines) if horizontal else (ax.vlines, ax.hlines)
+    span(pos[ok], low[ok], high[ok], colors=colour, lw=1)
     for bound in (low, high):
-        ax.hlines(bound[ok], pos[ok] - width / 8, pos[ok] + width / 8, colors=colour, lw=1)
+        cap(bound[ok], pos[ok] - width / 8, pos[ok] + width / 8, colors=colour, lw=1)
 
 
 def index_size_curves(
@@ -696,10 +706,9 @@ def best_worst_bars(
         if part.empty:
             continue
         pos = np.arange(len(part))
-        xerr = None
+        ax.barh(pos, part[value], color=colour)
         if f"{value}_lo" in part:
-            xerr = np.vstack([part[value] - part[f"{value}_lo"], part[f"{value}_hi"] - part[value]])
-        ax.barh(pos, part[value], xerr=xerr, color=colour, capsize=2)
+            _interval_bars(ax, pos, part[f"{value}_lo"], part[f"{value}_hi"], 0.8, horizontal=True)
         if "chance" in part:
             ax.vlines(part["chance"], pos - 0.4, pos + 0.4, colors="black", lw=2, label="chance")
         ax.set_yticks(pos, part[label].astype(str), fontsize=8)

@@ -249,3 +249,14 @@ def test_best_worst_bars_draw_an_interval_that_misses_its_estimate_as_it_is():
     spans = [seg for c in fig.axes[1].collections for seg in c.get_segments() if seg[0][1] == seg[1][1]]
     assert any(np.allclose([seg[0][0], seg[1][0]], [0.4, 0.5]) for seg in spans)
     plt.close("all")
+
+
+def test_a_scatter_of_many_points_is_rasterised_inside_its_svg(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 20_000
+    frame = pd.DataFrame({"model": "m", "x": rng.normal(size=n), "y": rng.normal(size=n),
+                          "modality": rng.choice(list("ABCDEFGHIJKLMN"), n)})  # fmt: skip
+    plots.save_figure(plots.umap_grid(frame, levels=("modality",)), tmp_path / "umap")
+    svg = (tmp_path / "umap.svg").read_text()
+    assert "<image" in svg and svg.count("<use") < 100  # the points are one image, not 20,000 markers
+    assert (tmp_path / "umap.svg").stat().st_size < 400_000

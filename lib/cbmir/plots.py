@@ -236,7 +236,13 @@ def scatter_2d(
         for i, cls in enumerate(classes):
             m = labels == cls
             ax.scatter(
-                coords[m, 0], coords[m, 1], s=9, color=palette[i % len(palette)], label=cls, alpha=0.85
+                coords[m, 0],
+                coords[m, 1],
+                s=9,
+                color=palette[i % len(palette)],
+                label=cls,
+                alpha=0.85,
+                rasterized=True,  # thousands of points: pixels inside the SVG, axes and text stay vector
             )
         ax.set_title(f"coloured by {name}")
         ax.set_xticks([])
@@ -290,12 +296,20 @@ def umap_grid(
             if n_other:
                 o = lab == "other"
                 ax.scatter(
-                    xy[o, 0], xy[o, 1], s=5, color="0.75", label=f"other: {n_other} less frequent", alpha=0.6
+                    xy[o, 0],
+                    xy[o, 1],
+                    s=5,
+                    color="0.75",
+                    label=f"other: {n_other} less frequent",
+                    alpha=0.6,
+                    rasterized=True,
                 )
             for cls in keep:
                 c = lab == cls
                 if c.any():
-                    ax.scatter(xy[c, 0], xy[c, 1], s=7, color=palette[cls], label=cls, alpha=0.85)
+                    ax.scatter(
+                        xy[c, 0], xy[c, 1], s=7, color=palette[cls], label=cls, alpha=0.85, rasterized=True
+                    )
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{model}: {level}", fontsize=12)

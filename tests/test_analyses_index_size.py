@@ -174,3 +174,21 @@ def test_query_note_says_which_queries_and_which_search() -> None:
     assert index_size.query_note(np.array([2, 4]), np.arange(6), None, "x").startswith(
         "A seeded sample of 2 of the 6"
     )
+
+
+@pytest.mark.parametrize(("seed", "k_full"), [(0, 300), (1, 12), (2, 3)])
+def test_exact_search_answers_every_subsample_from_one_search(seed: int, k_full: int) -> None:
+    """Against a search of each subsample itself; a small k_full makes many queries fall back to that search."""
+    from cbmir.search import search_rows
+
+    emb, labels, cases, index, queries = problem(seed, n_rows=300)
+    emb = emb + np.random.default_rng(seed).normal(scale=0.3, size=emb.shape)  # no exact ties
+    search = index_size.exact_search(emb.astype(np.float32), queries, index, cases, k_full=k_full)
+    rng = np.random.default_rng(seed)
+    for fraction in (0.1, 0.25, 0.5, 1.0):
+        sub = index_size.stratified_case_subsample(index, labels, cases, fraction, rng)
+        k = min(10, len(sub) - 8)  # room for the largest own-case count
+        want = search_rows(
+            emb.astype(np.float32), sub, queries, k=k, cases=cases, index_type="flat", progress=False
+        )
+        np.testing.assert_array_equal(search(sub, k), want.ids)

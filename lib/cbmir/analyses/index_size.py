@@ -121,6 +121,48 @@ def query_note(
     return f"{which}; each index subsample is searched with {search}."
 
 
+def exact_search(
+    vectors,
+    query_rows: np.ndarray,
+    index_rows: np.ndarray,
+    cases: Sequence | np.ndarray | None = None,
+    k_full: int = 300,
+) -> SearchFn:
+    """A `search(rows, k)` for `index_size_study` that is exact (flat) and answers every subsample of
+    `index_rows` from ONE search of the whole index: the first k of a subsample's rows in the full ranking are its
+    k nearest, so only queries with fewer than k of them among their `k_full` nearest are searched again, against
+    the subsample. At 1.6 M images this replaces ten exact searches per model by about one. `vectors`: a
+    `ManifestVectors` (or an array with a row per manifest row); `cases`: one id per manifest row, for the
+    same-case exclusion of `cbmir.search.search_rows`. The same neighbours as a search of each subsample, up to
+    the order of exactly tied scores."""
+    from cbmir.search import max_k, search_rows
+
+    query_rows = np.asarray(query_rows, dtype=np.int64)
+    index_rows = np.asarray(index_rows, dtype=np.int64)
+    case_arr = None if cases is None else np.asarray(cases)
+
+    def direct(rows: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+        return search_rows(vectors, rows, queries, k=k, cases=case_arr, index_type="flat", progress=False).ids
+
+    limit = max_k(
+        len(index_rows), *(() if case_arr is None else (case_arr[index_rows], case_arr[query_rows]))
+    )
+    full = direct(index_rows, query_rows, min(k_full, limit))
+
+    def search(rows: np.ndarray, k: int) -> np.ndarray:
+        if k > full.shape[1]:
+            return direct(np.asarray(rows, dtype=np.int64), query_rows, k)
+        inside = np.isin(full, rows)
+        order = np.argsort(~inside, axis=1, kind="stable")[:, :k]  # a subsample's rows, in full-ranking order
+        ids = np.take_along_axis(full, order, axis=1)
+        short = inside.sum(axis=1) < k
+        if short.any():
+            ids[short] = direct(np.asarray(rows, dtype=np.int64), query_rows[short], k)
+        return ids
+
+    return search
+
+
 def _scores(
     ids: np.ndarray, q_codes: np.ndarray, row_codes: np.ndarray, ns: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -93,7 +93,9 @@ def test_curves_levels_index_size_and_classes_render(tmp_path):
     assert len(shown) == len(set(shown)) == len(classes.dropna(subset=["P@1"]))
     notes = [t.get_text() for t in fig.axes[0].texts]
     first = best.iloc[0]
-    assert notes[0] == f"{first['n_queries']} quer{'y' if first['n_queries'] == 1 else 'ies'}, " + (
+    assert notes[
+        0
+    ] == f"{first['P@1']:.3f}; {first['n_queries']} quer{'y' if first['n_queries'] == 1 else 'ies'}, " + (
         f"{first['n_cases']} case{'' if first['n_cases'] == 1 else 's'}"
     )
     plots.save_figure(fig, tmp_path / "classes")

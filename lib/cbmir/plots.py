@@ -708,7 +708,8 @@ def best_worst_bars(
     best: pd.DataFrame, worst: pd.DataFrame, value: str, label: str = "class", title: str = ""
 ) -> plt.Figure:
     """`analyses.retrieval.best_worst` panels: bars with CI (`<value>_lo/_hi` if present), chance ticks
-    (`chance`), and each class's numbers of queries and cases written beside its bar."""
+    (`chance`), and each class's value and numbers of queries and cases written beside its bar (a bar at 0 has
+    no length)."""
     rows = max(len(best), len(worst), 1)
     fig, axes = plt.subplots(1, 2, figsize=(12, max(2.5, 0.32 * rows + 1.2)), sharex=True)
     for ax, part, name, colour in zip(
@@ -729,7 +730,7 @@ def best_worst_bars(
         for p, (_, r) in zip(pos, part.iterrows(), strict=True):
             if "n_queries" in r and "n_cases" in r:
                 n_q, n_c = int(r["n_queries"]), int(r["n_cases"])
-                text = f"{n_q} quer{'y' if n_q == 1 else 'ies'}, {n_c} case{'' if n_c == 1 else 's'}"
+                text = f"{r[value]:.3f}; {n_q} quer{'y' if n_q == 1 else 'ies'}, {n_c} case{'' if n_c == 1 else 's'}"
                 ax.text(1.05, p, text, va="center", fontsize=7)
         ax.invert_yaxis()
     if "chance" in best or "chance" in worst:

@@ -288,10 +288,12 @@ def random_size_curve(rng, metric: str, n_cases: int | None = None, ceiling: boo
 
 
 @pytest.mark.parametrize("seed", range(100))
-def test_index_size_sentence_judges_the_excess_it_quotes(seed):
+def test_index_size_sentence_judges_the_share_it_quotes(seed):
     rng = np.random.default_rng(seed)
     metric = "plain P@N" if seed % 2 else "hit@N"
     part = pd.DataFrame(random_size_curve(rng, metric, ceiling=bool(seed % 3)))
+    if seed % 5 == 0:
+        part["index_images"] = part["index_cases"] * 3.5
     text = findings.index_size_sentence(part, "m", metric=metric)
     a = part[part["index_cases"] == 4].iloc[0]
     b = part[part["index_cases"] == 20].iloc[0]
@@ -300,40 +302,66 @@ def test_index_size_sentence_judges_the_excess_it_quotes(seed):
         if metric == "plain P@N"
         else ("hit@10 \\(the share of queries with at least one image of their label among the first 10\\)")
     )
+    images = ("(?: \\(14 images, 20 % of the full index's\\))?", "(?: \\(70 images\\))?")
     m = re.match(
         rf"m: micro {name} goes from ({NUM}) \(95 % CI ({NUM}) to ({NUM})\) against ({NUM}) by chance at 4 index "
-        rf"cases to ({NUM}) \(95 % CI ({NUM}) to ({NUM})\) against ({NUM}) by chance at 20 index cases; its excess "
-        rf"over chance goes from ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}\) to ({NUM}) \(95 % CI ({NUM}) to "
-        rf"({NUM}){ZERO}\): ([^.]*)\.",
+        rf"cases{images[0]} to ({NUM}) \(95 % CI ({NUM}) to ({NUM})\) against ({NUM}) by chance at 20 index "
+        rf"cases{images[1]}(.*): ([^.]*)\.$",
         text,
     )
     assert m, text
     assert m.group(1, 2, 3, 4) == (r3(a["estimate"]), r3(a["low"]), r3(a["high"]), r3(a["chance"]))
     assert m.group(5, 6, 7, 8) == (r3(b["estimate"]), r3(b["low"]), r3(b["high"]), r3(b["chance"]))
-    ex = [(r["estimate"] - r["chance"], r["low"] - r["chance"], r["high"] - r["chance"]) for r in (a, b)]
-    assert m.group(9, 10, 11) == tuple(s3(x) for x in ex[0])
-    assert m.group(13, 14, 15) == tuple(s3(x) for x in ex[1])
-    verdict = m.group(17)
+    assert ("images" in text) == ("index_images" in part)
+    room = "ceiling" in part and (a["ceiling"] > a["chance"]) and (b["ceiling"] > b["chance"])
+    scale = [(r["ceiling"] - r["chance"]) if room else 1.0 for r in (a, b)]
+    judged = [
+        tuple((r[c] - r["chance"]) / sc for c in ("estimate", "low", "high"))
+        for r, sc in zip((a, b), scale, strict=True)
+    ]
+    middle, verdict = m.group(9), m.group(10)
+    if room:
+        reach = "min(n_c, 10) / 10" if metric == "plain P@N" else "1 where its class is in the index, else 0"
+        assert middle == (
+            f". The highest value it can reach (per query {reach}, averaged) is {r3(a['ceiling'])} at the smallest "
+            f"and {r3(b['ceiling'])} at the full index; as a share of the room between chance and that ceiling, "
+            f"(P - chance) / (ceiling - chance), it goes from {r3(judged[0][0])} (95 % CI {r3(judged[0][1])} to "
+            f"{r3(judged[0][2])}) to {r3(judged[1][0])} (95 % CI {r3(judged[1][1])} to {r3(judged[1][2])})"
+        ), middle
+        what = "that share"
+    else:
+        assert middle.startswith(
+            f"; its excess over chance goes from {s3(judged[0][0])} (95 % CI {s3(judged[0][1])}"
+        )
+        assert "highest value" not in text
+        what = "the excess"
     if a["n_cases"] < findings.MIN_CASES:
         assert verdict.startswith("too few cases")
-    elif ex[1][1] > ex[0][2]:
-        assert verdict.startswith("it rises (the bands of the excess at the two ends do not overlap")
-    elif ex[1][2] < ex[0][1]:
-        assert verdict.startswith("it falls (the bands of the excess")
+    elif judged[1][1] > judged[0][2]:
+        assert verdict.startswith(f"it rises (the bands of {what} at the two ends do not overlap")
+    elif judged[1][2] < judged[0][1]:
+        assert verdict.startswith(f"it falls (the bands of {what}")
     else:
         assert verdict.startswith("it is not shown to change")
-    if "ceiling" in part:
-        reach = "min(n_c, 10) / 10" if metric == "plain P@N" else "1 where its class is in the index, else 0"
-        assert text.endswith(
-            f" The highest value it can reach (per query {reach}, averaged) is {r3(a['ceiling'])} at the smallest "
-            f"and {r3(b['ceiling'])} at the full index, so its excess over chance can reach at most "
-            f"{r3(a['ceiling'] - a['chance'])} and {r3(b['ceiling'] - b['chance'])}."
-        )
-    else:
-        assert "highest value" not in text
-    mean = part.assign(index_cases=part["index_cases"] + 0.4)
+    mean = part.drop(columns="index_images", errors="ignore").assign(index_cases=part["index_cases"] + 0.4)
     assert "at 4.4 index cases (mean over repeats) to" in findings.index_size_sentence(
         mean, "m", metric=metric
+    )
+
+
+def test_an_index_size_rise_that_is_only_the_ceiling_rising_is_not_a_rise():
+    """The excess over chance doubles, but so does the room above chance: the share of it stays at one half."""
+    rows = [{"metric": "plain P@N", "N": 10, "average": "micro", "index_cases": c, "index_images": c * 3,
+             "estimate": e, "low": e - 0.02, "high": e + 0.02, "chance": 0.05, "ceiling": ceil, "n_cases": 40}
+            for c, e, ceil in ((10, 0.25, 0.45), (40, 0.45, 0.85))]  # fmt: skip
+    part = pd.DataFrame(rows)
+    assert findings.index_size_change(part.drop(columns="ceiling"))[2] == 1  # on the excess alone: a "rise"
+    assert findings.index_size_change(part)[2] == 0
+    text = findings.index_size_sentence(part, "m")
+    assert "at 10 index cases (30 images, 25 % of the full index's)" in text
+    assert "it goes from 0.500 (95 % CI 0.450 to 0.550) to 0.500 (95 % CI 0.475 to 0.525)" in text
+    assert text.endswith(
+        "it is not shown to change (the bands of that share at the two ends overlap; an unpaired check)."
     )
 
 

@@ -6,8 +6,9 @@ Rules (so that no sentence claims more than its numbers carry):
 - A curve "rises" or "falls" between two N (or two index sizes) only when the bands at the two points do not
   overlap; it "flattens" only when it changes that way up to a middle point and not after it. Otherwise it
   "is not shown to change (its 95 % bands at the two ends overlap)". Non-overlap of two bands is a conservative descriptive rule, not a test.
-  Index-size curves are judged the same way on their excess over chance (chance changes with the index), from the
-  smallest to the full index only (`index_size_change`, shared by the sentence and the claim verdict).
+  Index-size curves are judged the same way on the share of the room between chance and the highest reachable
+  value, (P - chance) / (ceiling - chance) (both change with the index), from the smallest to the full index only
+  (`index_size_change`, shared by the sentence and the claim verdict).
 - With fewer than MIN_CASES independent cases, a percentile bootstrap has too few distinct resamples to bound
   anything (one case gives a zero-width interval): no direction is claimed, the sentence says "too few cases".
 - Numbers are quoted rounded to 3 decimals (differences with their sign), p-values to 3 decimals or "< 0.001".
@@ -332,17 +333,32 @@ def _index_count(x: float) -> str:
     return f"{int(x)} index cases" if float(x).is_integer() else f"{x:.1f} index cases (mean over repeats)"
 
 
+def _has_room(part: pd.DataFrame) -> bool:
+    """Whether every row of an index-size curve has a ceiling above its chance value."""
+    return "ceiling" in part and bool((part["ceiling"] - part["chance"] > ZERO_TOL).all())
+
+
+def _judged(r: pd.Series, room: bool) -> tuple[float, float, float]:
+    """(estimate, low, high) of an index-size row on the scale its change is judged on: the share of the room
+    between chance and the ceiling, (P - chance) / (ceiling - chance), where `room`; else the excess P - chance."""
+    scale = (r["ceiling"] - r["chance"]) if room else 1.0
+    return tuple((r[c] - r["chance"]) / scale for c in ("estimate", "low", "high"))  # type: ignore[return-value]
+
+
 def index_size_change(part: pd.DataFrame) -> tuple[pd.Series, pd.Series, int]:
     """(smallest-index row, full-index row, change) of one model's curve (`index_size.index_size_study` rows of one
-    metric, N and average). change: +1 / -1 where the 95 % bands of the excess over chance (estimate, low and high
-    minus that size's chance value) at the two ends do not overlap, else 0. Chance rises with the index, so the raw
-    values are not compared. `index_size_sentence` and the claim verdict both use this rule."""
+    metric, N and average). change: +1 / -1 where the 95 % bands at the two ends do not overlap, else 0, judged on
+    the share of the room between chance and the ceiling, (P - chance) / (ceiling - chance) (bounds mapped the
+    same way): chance and the highest reachable value both change with the index (n_c shrinks in a subsample), so
+    neither the raw values nor their excess over chance are compared. Without a `ceiling` column, the excess over
+    chance. `index_size_sentence` and the claim verdict both use this rule."""
     t = part.sort_values("index_cases")
     if t["index_cases"].nunique() < 2:
         raise ValueError("an index-size curve needs at least two index sizes")
     r0, r1 = t.iloc[0], t.iloc[-1]
-    excess = [(r["low"] - r["chance"], r["high"] - r["chance"]) for r in (r0, r1)]
-    return r0, r1, _band_change(*excess[0], *excess[1])
+    room = _has_room(t.iloc[[0, -1]])
+    (_, lo0, hi0), (_, lo1, hi1) = _judged(r0, room), _judged(r1, room)
+    return r0, r1, _band_change(lo0, hi0, lo1, hi1)
 
 
 METRIC_MEANINGS = {
@@ -351,46 +367,67 @@ METRIC_MEANINGS = {
 }
 
 
+def _index_size_at(r: pd.Series, full: pd.Series | None = None) -> str:
+    """'23 index cases (77 images, 63 % of the full index's)': the share only for the smaller end."""
+    text = _index_count(r["index_cases"])
+    if "index_images" in r and not pd.isna(r["index_images"]):
+        share = (
+            f", {100 * r['index_images'] / full['index_images']:.0f} % of the full index's"
+            if full is not None
+            else ""
+        )
+        text += f" ({r['index_images']:,.0f} images{share})"
+    return text
+
+
 def index_size_sentence(
     table: pd.DataFrame, name: str, metric: str = "plain P@N", n: int = 10, average: str = "micro"
 ) -> str:
     """How `metric` at `n` changes from the smallest to the full index (`index_size.index_size_study` of one model),
-    the index size counted in cases (the unit subsampled): the values with their chance, the excess over chance
-    that is judged (`index_size_change`), and, where the table has it, the ceiling at both ends."""
+    the index size counted in cases (the unit subsampled) and images: the values with their chance and their
+    ceiling, and the share of the room between them that is judged (`index_size_change`)."""
     part = table[(table["metric"] == metric) & (table["N"] == n) & (table["average"] == average)]
     if part.empty:
         raise ValueError(f"no rows for metric {metric!r}, N = {n}, average {average!r}")
     r0, r1, change = index_size_change(part)
+    room = _has_room(part.sort_values("index_cases").iloc[[0, -1]])
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
     meaning = METRIC_MEANINGS.get(metric, "").format(n=n)
-    x0, x1 = r0["estimate"] - r0["chance"], r1["estimate"] - r1["chance"]
     text = (
         f"{name}: {measure}{f' ({meaning})' if meaning else ''} goes from {num(r0['estimate'])} "
-        f"({interval(r0['low'], r0['high'], estimate=r0['estimate'])}) against {num(r0['chance'])} by chance at {_index_count(r0['index_cases'])} "
-        f"to {num(r1['estimate'])} ({interval(r1['low'], r1['high'], estimate=r1['estimate'])}) against {num(r1['chance'])} by chance at "
-        f"{_index_count(r1['index_cases'])}; its excess over chance goes from {signed(x0)} "
-        f"({interval(r0['low'] - r0['chance'], r0['high'] - r0['chance'], diff=True)}) to {signed(x1)} "
-        f"({interval(r1['low'] - r1['chance'], r1['high'] - r1['chance'], diff=True)})"
+        f"({interval(r0['low'], r0['high'], estimate=r0['estimate'])}) against {num(r0['chance'])} by chance at "
+        f"{_index_size_at(r0, r1)} to {num(r1['estimate'])} ({interval(r1['low'], r1['high'], estimate=r1['estimate'])}) "
+        f"against {num(r1['chance'])} by chance at {_index_size_at(r1)}"
     )
-    if "n_cases" in part and too_few(part["n_cases"].min()):
-        text += f": {_few(part['n_cases'].min())} how it changes."
-    elif change:
-        text += (
-            f": it {'rises' if change > 0 else 'falls'} (the bands of the excess at the two ends do not overlap; "
-            "an unpaired check)."
-        )
-    else:
-        text += ": it is not shown to change (the bands of the excess at the two ends overlap; an unpaired check)."
-    if "ceiling" in part and not pd.isna(r0["ceiling"]):
+    (x0, lo0, hi0), (x1, lo1, hi1) = _judged(r0, room), _judged(r1, room)
+    if room:
         reach = (
             f"min(n_c, {n}) / {n}" if metric == "plain P@N" else "1 where its class is in the index, else 0"
         )
+        what = "that share"
         text += (
-            f" The highest value it can reach (per query {reach}, averaged) is {num(r0['ceiling'])} at the smallest "
-            f"and {num(r1['ceiling'])} at the full index, so its excess over chance can reach at most "
-            f"{num(r0['ceiling'] - r0['chance'])} and {num(r1['ceiling'] - r1['chance'])}."
+            f". The highest value it can reach (per query {reach}, averaged) is {num(r0['ceiling'])} at the smallest "
+            f"and {num(r1['ceiling'])} at the full index; as a share of the room between chance and that ceiling, "
+            f"(P - chance) / (ceiling - chance), it goes from {num(x0)} ({interval(lo0, hi0)}) to {num(x1)} "
+            f"({interval(lo1, hi1)})"
         )
-    return text
+    else:
+        what = "the excess"
+        text += (
+            f"; its excess over chance goes from {signed(x0)} ({interval(lo0, hi0, diff=True)}) to {signed(x1)} "
+            f"({interval(lo1, hi1, diff=True)})"
+        )
+    if "n_cases" in part and too_few(part["n_cases"].min()):
+        return text + f": {_few(part['n_cases'].min())} how it changes."
+    if change:
+        return text + (
+            f": it {'rises' if change > 0 else 'falls'} (the bands of {what} at the two ends do not overlap; "
+            "an unpaired check)."
+        )
+    return (
+        text
+        + f": it is not shown to change (the bands of {what} at the two ends overlap; an unpaired check)."
+    )
 
 
 # ---- which of the paper's claims this configuration can test ---------------------------------------------------
@@ -594,8 +631,9 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
             which.append(str(model))
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
     evidence = (
-        f"the excess of {measure} over its chance value (chance rises with the index too) differs between the "
-        f"smallest and the full index beyond the 95 % bands (unpaired) for {len(which)} of {total} models"
+        f"{measure} as a share of the room between its chance value and the highest value it can reach, "
+        "(P - chance) / (ceiling - chance) (both change with the index), differs between the smallest and the "
+        f"full index beyond the 95 % bands (unpaired) for {len(which)} of {total} models"
         f"{' (' + ', '.join(which) + ')' if which else ''} (notebook 4)"
     )
     return _count_verdict(len(which), 0, total), evidence

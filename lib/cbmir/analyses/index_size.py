@@ -12,7 +12,8 @@ query's label), at fixed N: their denominator N stays the same at every size, bu
 Plain P@N cannot exceed min(n_c, N) / N, and n_c (index images of the query's class) shrinks in a smaller index;
 hit@N cannot exceed 1, or 0 where the class is missing. That mean reachable value is the `ceiling` column. Their
 chance values (n_c / M and 1 - C(M - n_c, N) / C(M, N) of the subsample) change with the size as well, so a change
-is read from the excess over chance (`cbmir.analyses.findings.index_size_sentence`). The queries are fixed: every test query
+is read from the share of the room between chance and the ceiling, (P - chance) / (ceiling - chance)
+(`cbmir.analyses.findings.index_size_sentence`). The queries are fixed: every test query
 whose class has an image in the full index; one whose class is missing from a subsample scores 0 there (as it
 would in a real index that small), with chance 0.
 

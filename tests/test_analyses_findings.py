@@ -420,9 +420,9 @@ def test_contrast_sentence_agrees_with_its_row(seed):
     if row["n_cases"] < findings.MIN_CASES:
         assert verdict.startswith("too few cases")
     elif row["low"] > 1e-9 and significant:
-        assert verdict == "the region is retrieved closer to perfect, relative to chance, than the finding"
+        assert verdict == "the region is retrieved closer to perfect, relative to chance, than the full label (finding)"
     elif row["high"] < -1e-9 and significant:
-        assert verdict == "the finding is retrieved closer to perfect, relative to chance, than the region"
+        assert verdict == "the full label (finding) is retrieved closer to perfect, relative to chance, than the region"
     else:
         assert verdict.startswith("their chance-corrected values are not distinguishable")
         excludes = row["low"] > 1e-9 or row["high"] < -1e-9
@@ -529,7 +529,7 @@ def test_claim_verdicts_follow_the_intervals(seed):
                 for _, r in at1.iterrows():  # the sentence of notebook 6 says the same for every model
                     sentence = findings.contrast_sentence(r)
                     assert ("region is retrieved closer to perfect" in sentence) == (r["model"] in higher)
-                    assert ("finding is retrieved closer to perfect" in sentence) == (r["model"] in lower)
+                    assert ("(finding) is retrieved closer to perfect" in sentence) == (r["model"] in lower)
         elif key == "image_text":
             if few:
                 assert verdict == findings.NOT_SHOWN
@@ -803,3 +803,11 @@ def test_a_p_value_at_the_bootstrap_floor_reads_as_a_bound():
     assert "; p = 0.008 (Holm-adjusted" in findings.comparison_sentence(above, "best")
     no_floor = {k: v for k, v in row.items() if k != "p_min"}  # tables without p_min read as before
     assert "; p = 0.004 (Holm-adjusted" in findings.comparison_sentence(no_floor, "best")
+
+
+def test_a_list_quoting_a_p_value_at_its_floor_explains_it():
+    assert findings.as_markdown(["a: p = 0.030.", "b."]) == "- a: p = 0.030.\n- b."
+    text = findings.as_markdown(["a: p ≤ 0.004 (Holm-adjusted).", "b."])
+    assert text.startswith("- a: p ≤ 0.004 (Holm-adjusted).\n- b.\n\n") and text.endswith(
+        findings.P_FLOOR_SENTENCE
+    )

@@ -84,6 +84,8 @@ def test_curves_levels_index_size_and_classes_render(tmp_path):
     part = part[part["average"] == "micro"].sort_values("index_cases")
     np.testing.assert_allclose(lines["enc"].get_xdata(), part["index_cases"])
     np.testing.assert_allclose(lines["chance"].get_ydata(), part["chance"])
+    np.testing.assert_allclose(lines["ceiling"].get_ydata(), part["ceiling"])  # the same queries: drawn once
+    assert not any(label.startswith("ceiling (") for label in lines)
     plots.save_figure(fig, tmp_path / "size")
 
     classes = retrieval.per_class(ids["enc"], qr, ir, labels, cases, n_boot=10)

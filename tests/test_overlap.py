@@ -140,7 +140,7 @@ def test_overlap_table_sentence_and_summary_marker():
     assert marked.set_index("model")[summary.OVERLAP_COLUMN].to_dict() == {
         "rad-dino": "yes: MIMIC-CXR, CheXpert, NIH ChestX-ray14",
         "medclip": "yes: MIMIC-CXR, CheXpert",
-        "biomedclip": "no",
+        "biomedclip": "none recorded",
         "dinov2-s14-imgfocus": "unknown",
     }
     with pytest.raises(ValueError, match="raw-pixels"):

@@ -174,6 +174,7 @@ def test_p_values_at_the_bootstrap_floor_are_marked_and_p_min_is_not_shown():
     assert table.frame["p_value"].tolist() == ["≤ 0.002", "0.310", MISSING]
     assert table.frame["p_holm"].tolist() == ["≤ 0.004", "0.310", MISSING]
     assert "≤ (1 row): every resampled difference had the same sign" in table.html
+    assert "the smallest the B = 1,000 resamples can give" in table.html
     assert "≤" not in show(df.iloc[1:], caption="pairs").html
 
 

@@ -450,6 +450,7 @@ def query_panel(
 # ---- figures of cbmir.analyses (chance references, case-level bands, baselines drawn distinctly) ----------
 _PLAIN_TICKS = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
 CHANCE_STYLE = {"color": "black", "linestyle": ":", "lw": 1.2}
+CEILING_STYLE = {"color": "0.45", "linestyle": "--", "lw": 1.0}
 
 
 BASELINE_SPECS = ("raw-pixels", "random-vit")  # the floor baselines: greys, each its own dash and marker
@@ -667,28 +668,27 @@ def index_size_curves(
 ) -> plt.Figure:
     """`analyses.index_size.index_size_study` rows (with a `model` column): one panel per N, the estimate against
     the index size `x` (cases, the unit subsampled; or `index_images`), log axis, with its pooled band per model,
-    and the chance curve."""
+    the chance curve and (where the table has it) the ceiling, the highest value the queries can reach at that
+    size: both change with the index."""
     part = table[(table["metric"] == metric) & (table["average"] == average)]
     ns = sorted(set(part["N"]))
     models = list(dict.fromkeys(part["model"]))
     styles = _model_styles(models, baselines)
     fig, axes = plt.subplots(1, len(ns), figsize=(4.2 * len(ns) + 1.5, 3.6), sharey=True, squeeze=False)
     for ax, n in zip(axes.flat, ns, strict=True):
-        drawn: list[np.ndarray] = []
+        drawn: dict[str, list[np.ndarray]] = {"chance": [], "ceiling": []}
         for model in models:
             g = part[(part["model"] == model) & (part["N"] == n)].sort_values(x)
             st = styles[model]
             ax.plot(g[x], g["estimate"], ms=4, lw=1.5, label=model, **st)
             ax.fill_between(g[x], g["low"], g["high"], color=st["color"], alpha=0.15, lw=0)
-            ch = g["chance"].to_numpy()
-            if not any(len(d) == len(ch) and np.allclose(d, ch) for d in drawn):
-                ax.plot(
-                    g[x],
-                    ch,
-                    label="chance" if not drawn else f"chance ({model})",
-                    **CHANCE_STYLE,
-                )
-                drawn.append(ch)
+            for ref, style in (("chance", CHANCE_STYLE), ("ceiling", CEILING_STYLE)):
+                if ref not in g:
+                    continue
+                v = g[ref].to_numpy()
+                if not any(len(d) == len(v) and np.allclose(d, v) for d in drawn[ref]):
+                    ax.plot(g[x], v, label=ref if not drawn[ref] else f"{ref} ({model})", **style)
+                    drawn[ref].append(v)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(_PLAIN_TICKS)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -713,9 +713,13 @@ def best_worst_bars(
     rows = max(len(best), len(worst), 1)
     fig, axes = plt.subplots(1, 2, figsize=(12, max(2.5, 0.32 * rows + 1.2)), sharex=True)
     for ax, part, name, colour in zip(
-        axes, (best, worst), ("best", "worst"), (sns.color_palette()[0], sns.color_palette()[3]), strict=True
+        axes,
+        (best, worst),
+        ("highest", "lowest"),
+        (sns.color_palette()[0], sns.color_palette()[3]),
+        strict=True,
     ):
-        ax.set_title(f"{name} {len(part)} classes")
+        ax.set_title(f"{name} {value}: {len(part)} class{'' if len(part) == 1 else 'es'}")
         ax.set_xlabel(value)
         ax.set_xlim(0, 1.4)
         if part.empty:

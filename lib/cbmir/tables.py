@@ -133,7 +133,9 @@ def show(
     if outside:
         note += OUTSIDE_NOTE.format(n=outside, s="" if outside == 1 else "s")
     if floor.any() and any(c in shown for c in P_COLUMNS):
-        note += P_FLOOR_NOTE.format(n=int(floor.sum()), s="" if floor.sum() == 1 else "s")
+        resamples = sorted({round(2 / p - 1) for p in frame.loc[floor, P_MIN_COLUMN]})
+        b = "B = " + " or ".join(f"{r:,}" for r in resamples)
+        note += P_FLOOR_NOTE.format(n=int(floor.sum()), s="" if floor.sum() == 1 else "s", b=b)
     html_text = _render(out, caption, note, numeric, collapse_after)
     return Table(frame=out, caption=caption, html=html_text, numeric=tuple(numeric))
 
@@ -274,8 +276,8 @@ def _ci_cells(frame: pd.DataFrame, spec: tuple[str, ...], digits: int) -> list[s
 P_COLUMNS = ("p_value", "p_holm")
 P_MIN_COLUMN = "p_min"  # the bootstrap's smallest possible p-value per row (cbmir.metrics.bootstrap.p_floor)
 P_FLOOR_NOTE = (
-    " ≤ ({n} row{s}): every resampled difference had the same sign, so the p-value is the smallest the resamples "
-    "can give, 2 / (B + 1), and the true p-value may be smaller."
+    " ≤ ({n} row{s}): every resampled difference had the same sign, so the p-value is the smallest the {b} "
+    "resamples can give, 2 / (B + 1), and the true p-value may be smaller (a Holm-adjusted one is scaled with it)."
 )
 OUTSIDE_MARK = "†"
 OUTSIDE_NOTE = (

@@ -285,7 +285,7 @@ def level_sentences(
 
 
 LEVEL_WORDS = {
-    "label": "finding"
+    "label": "full label (finding)"
 }  # what a hit at each level retrieves, where it differs from the level's name
 
 
@@ -498,9 +498,17 @@ def paper_claims(
     )
 
 
+P_FLOOR_SENTENCE = (
+    "p ≤ x: every resampled difference had the same sign, so x is the smallest p-value the bootstrap's B resamples "
+    "can give, 2 / (B + 1) (scaled by Holm's factor where Holm-adjusted); the true p-value may be smaller."
+)
+
+
 def as_markdown(sentences: Sequence[str]) -> str:
-    """Sentences as a markdown bullet list (for `display(Markdown(...))` in a notebook)."""
-    return "\n".join(f"- {s}" for s in sentences)
+    """Sentences as a markdown bullet list (for `display(Markdown(...))` in a notebook); where one quotes a
+    p-value at the bootstrap's floor ("p ≤"), a line below the list says what that means."""
+    text = "\n".join(f"- {s}" for s in sentences)
+    return text + (f"\n\n{P_FLOOR_SENTENCE}" if any("p ≤" in s for s in sentences) else "")
 
 
 # ---- what the tables say about each testable claim ---------------------------------------------------------------
@@ -597,7 +605,8 @@ def _anatomy_verdict(contrast: pd.DataFrame, n: int) -> tuple[str, str]:
         "neither the raw shares nor their plain excesses over chance, whose ceilings differ, are compared; cluster "
         "bootstrap over cases, 95 % CI and Holm-adjusted p < 0.05 over the models): higher at "
         f"the region level for {len(higher)} of {len(signs)} models{listed(higher)}, lower for {len(lower)}"
-        f"{listed(lower)} (notebook 6)"
+        f"{listed(lower)}; paired differences {signed(part['difference'].min())} to {signed(part['difference'].max())} "
+        "(notebook 6)"
     )
     return _count_verdict(len(higher), len(lower), len(signs)), evidence
 

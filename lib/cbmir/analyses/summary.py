@@ -297,9 +297,10 @@ OVERLAP_COLUMN = "pretrained on test sets"
 
 def with_overlap(display: pd.DataFrame, overlap: pd.DataFrame) -> pd.DataFrame:
     """`display_table` with a column marking the models whose pretraining data hold the benchmark's test sets
-    (`cbmir.models.overlap.overlap_table`): "yes: MIMIC-CXR, CheXpert", "no" or "unknown"."""
+    (`cbmir.models.overlap.overlap_table`): "yes: MIMIC-CXR, CheXpert", "none recorded" (no test set in the
+    recorded pretraining lists; not a proof of absence) or "unknown"."""
     marks = {
-        m: f"yes: {hits}" if status == "yes" else status
+        m: f"yes: {hits}" if status == "yes" else "none recorded" if status == "no" else status
         for m, status, hits in zip(overlap["model"], overlap["overlap"], overlap["overlapping"], strict=True)
     }
     missing = sorted(set(display["model"]) - set(marks))

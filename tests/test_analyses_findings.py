@@ -420,9 +420,15 @@ def test_contrast_sentence_agrees_with_its_row(seed):
     if row["n_cases"] < findings.MIN_CASES:
         assert verdict.startswith("too few cases")
     elif row["low"] > 1e-9 and significant:
-        assert verdict == "the region is retrieved closer to perfect, relative to chance, than the full label (finding)"
+        assert (
+            verdict
+            == "the region is retrieved closer to perfect, relative to chance, than the full label (finding)"
+        )
     elif row["high"] < -1e-9 and significant:
-        assert verdict == "the full label (finding) is retrieved closer to perfect, relative to chance, than the region"
+        assert (
+            verdict
+            == "the full label (finding) is retrieved closer to perfect, relative to chance, than the region"
+        )
     else:
         assert verdict.startswith("their chance-corrected values are not distinguishable")
         excludes = row["low"] > 1e-9 or row["high"] < -1e-9

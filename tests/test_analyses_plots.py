@@ -264,3 +264,17 @@ def test_a_scatter_of_many_points_is_rasterised_inside_its_svg(tmp_path):
     svg = (tmp_path / "umap.svg").read_text()
     assert "<image" in svg and svg.count("<use") < 100  # the points are one image, not 20,000 markers
     assert (tmp_path / "umap.svg").stat().st_size < 400_000
+
+
+def test_a_head_key_shows_its_colour_and_the_baseline_hatch_has_its_own_entry():
+    df = pd.DataFrame({"model": ["raw-pixels", "raw-pixels", "litemedsam", "litemedsam"], "head": ["kNN", "probe"] * 2,
+                       "f1": [0.3, 0.2, 0.5, 0.5], "chance": 0.06})  # fmt: skip
+    fig = plots.bars_with_chance(df, x="model", y="f1", hue="head", baselines=["raw-pixels"])
+    key = {
+        t.get_text(): h
+        for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles, strict=True)
+    }
+    assert not key["kNN"].get_hatch() and not key["probe"].get_hatch()
+    assert key["baseline (hatched)"].get_hatch() == "//" and "chance" in key
+    assert fig.axes[0].patches[0].get_hatch()  # the raw-pixels bars themselves are hatched
+    plt.close(fig)

@@ -605,6 +605,7 @@ def bars_with_chance(
         else:  # colour by hue; a baseline's bars keep it and carry their hatch
             colours = [palette[i % len(palette)]] * len(xs)
         hatches = [looks[m]["hatch"] if m in looks else "" for m in model_of]
+        keyed = h is not None and by_model  # a model's key entry is its bars' look, hatch included
         bars = ax.bar(
             pos,
             part[y],
@@ -612,10 +613,12 @@ def bars_with_chance(
             color=colours,
             edgecolor="0.15",
             linewidth=0.4,
-            label=None if h is None else str(h),
+            label=str(h) if keyed else None,
         )
         for bar, hatch in zip(bars, hatches, strict=True):
             bar.set_hatch(hatch)
+        if h is not None and not keyed:  # another hue's key shows its colour alone: a hatch marks a baseline
+            ax.bar([np.nan], [np.nan], color=colours[0], edgecolor="0.15", linewidth=0.4, label=str(h))
         if low and high:  # drawn from its bounds: a percentile interval need not contain the estimate
             _interval_bars(ax, pos, part[low].to_numpy(float), part[high].to_numpy(float), width)
         if chance and chance in part:
@@ -628,6 +631,16 @@ def bars_with_chance(
                 label=None if chance_labelled else "chance",
             )
             chance_labelled = True
+    if not by_model and any(looks.get(m, {}).get("hatch") for m in xs):
+        ax.bar(
+            [np.nan],
+            [np.nan],
+            color="white",
+            edgecolor="0.15",
+            linewidth=0.4,
+            hatch="//",
+            label="baseline (hatched)",
+        )
     ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs], rotation=20, ha="right")
     ax.set_ylabel(ylabel or y)
     ax.set_ylim(0, 1.02)

@@ -450,7 +450,7 @@ def query_panel(
 # ---- figures of cbmir.analyses (chance references, case-level bands, baselines drawn distinctly) ----------
 _PLAIN_TICKS = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
 CHANCE_STYLE = {"color": "black", "linestyle": ":", "lw": 1.2}
-CEILING_STYLE = {"color": "0.45", "linestyle": "--", "lw": 1.0}
+CEILING_STYLE = {"color": "firebrick", "linestyle": (0, (8, 3)), "lw": 0.9}  # apart from every model's look
 
 
 BASELINE_SPECS = ("raw-pixels", "random-vit")  # the floor baselines: greys, each its own dash and marker
@@ -508,9 +508,9 @@ def _model_styles(models: Sequence[str], baselines: Sequence[str]) -> dict[str, 
 
 
 def _legend_outside(fig: plt.Figure, ax: plt.Axes) -> None:
-    """The axes' key outside it, on the right; chance entries after the models."""
+    """The axes' key outside it, on the right; reference lines (chance, ceiling) after the models."""
     handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("chance"))  # stable
+    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith(("chance", "ceiling")))  # stable
     handles, labels = [handles[i] for i in order], [labels[i] for i in order]
     if handles:
         fig.legend(

@@ -192,3 +192,38 @@ def test_exact_search_answers_every_subsample_from_one_search(seed: int, k_full:
             emb.astype(np.float32), sub, queries, k=k, cases=cases, index_type="flat", progress=False
         )
         np.testing.assert_array_equal(search(sub, k), want.ids)
+
+
+def _slow_subsample(index_rows, labels, cases, fraction, rng):
+    """The plain loops: each case's main label (ties: first in sorted order), strata in label order, cases sorted."""
+    from cbmir.metrics import bootstrap
+
+    case_of = bootstrap.case_codes(np.asarray(cases, dtype=object), len(labels))
+    counts: dict = {}
+    for r in index_rows:
+        counts.setdefault(case_of[r], {}).setdefault(str(labels[r]), 0)
+        counts[case_of[r]][str(labels[r])] += 1
+    main = {c: sorted(n.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for c, n in counts.items()}
+    keep: list[int] = []
+    for label in sorted(set(main.values())):
+        stratum = np.array(sorted(c for c, lab in main.items() if lab == label))
+        keep.extend(
+            rng.choice(stratum, size=max(1, int(round(fraction * len(stratum)))), replace=False).tolist()
+        )
+    return np.sort(np.asarray(index_rows)[np.isin(case_of[index_rows], keep)])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_subsample_draws_what_the_plain_loops_draw(seed):
+    """The same cases from the same random stream: results of earlier runs do not move."""
+    _, labels, cases, index_rows, _ = problem(seed, n_rows=500)
+    for fraction in (0.1, 0.25, 0.5):
+        got = index_size.stratified_case_subsample(
+            index_rows, labels, cases, fraction, np.random.default_rng(seed)
+        )
+        want = _slow_subsample(index_rows, labels, cases, fraction, np.random.default_rng(seed))
+        np.testing.assert_array_equal(got, want)
+    ties = index_size.case_classes(
+        np.array(["b", "a", "a", "b", "c"]), np.array(["p2", "p2", "p1", "p1", "p3"])
+    )
+    assert ties == {"p1": "a", "p2": "a", "p3": "c"}

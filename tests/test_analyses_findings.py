@@ -817,3 +817,8 @@ def test_a_list_quoting_a_p_value_at_its_floor_explains_it():
     assert text.startswith("- a: p ≤ 0.004 (Holm-adjusted).\n- b.\n\n") and text.endswith(
         findings.P_FLOOR_SENTENCE
     )
+
+
+def test_large_index_counts_are_written_with_separators():
+    assert findings._index_count(1359988) == "1,359,988 index cases"
+    assert findings._index_count(12345.25) == "12,345.2 index cases (mean over repeats)"

@@ -330,7 +330,7 @@ def conditional_sentence(row: Mapping, name: str) -> str:
 
 def _index_count(x: float) -> str:
     """'23 index cases'; a count that differs between repeats is a mean: '23.4 index cases (mean over repeats)'."""
-    return f"{int(x)} index cases" if float(x).is_integer() else f"{x:.1f} index cases (mean over repeats)"
+    return f"{int(x):,} index cases" if float(x).is_integer() else f"{x:,.1f} index cases (mean over repeats)"
 
 
 def _has_room(part: pd.DataFrame) -> bool:

@@ -151,8 +151,9 @@ class Context:
     def _switch_to(self, model: str) -> None:
         """Release the resident pages of the model used before `model` (they are read back if used again)."""
         previous, self._current = self._current, model
-        if previous is not None and previous != model and previous in self._stores:
-            self._stores[previous].release_pages()
+        store = self._stores.get(previous) if previous != model else None
+        if isinstance(store, EmbeddingStore):
+            store.release_pages()
 
     def vectors(self, model: str) -> ManifestVectors:
         """The model's vectors for the manifest rows (`.store_row` is -1 where an image failed to load)."""

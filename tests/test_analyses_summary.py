@@ -121,3 +121,5 @@ def test_display_table_quotes_the_model_table():
         cell = shown.loc[r["model"], f"{r['average']} P@{r['N']}"]
         assert cell == f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
         assert shown.loc[r["model"], "cases"] == r["n_cases"]
+        assert shown.loc[r["model"], f"chance {r['average']}"] == round(r["chance"], 3)  # the same at every N
+    assert not any("chance micro P@" in c for c in shown.columns)

@@ -277,7 +277,8 @@ def paper_comparison(
 
 def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """`model_table` as one row per model for reading: rank, model, "<average> P@N" = "estimate [low, high]" for
-    each average and N, chance at each N, and the numbers of queries and cases."""
+    each average and N, the chance value of each average ("chance <average>", one column when it is the same at
+    every N, as for modified P@N, else one per N), and the numbers of queries and cases."""
     rows = []
     for model, part in table.groupby("model", sort=False):
         row = {"rank": int(part["rank"].iloc[0]), "model": model}
@@ -285,8 +286,15 @@ def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             row[f"{r['average']} P@{int(r['N'])}"] = (
                 f"{r['estimate']:.{digits}f} [{r['low']:.{digits}f}, {r['high']:.{digits}f}]"
             )
-        for _, r in part[part["average"] == "micro"].iterrows():
-            row[f"chance micro P@{int(r['N'])}"] = round(float(r["chance"]), digits)
+        for average, by_n in part.groupby("average", sort=False):
+            values = by_n["chance"].to_numpy(dtype=float)
+            if np.allclose(values, values[0]):
+                row[f"chance {average}"] = round(float(values[0]), digits)
+            else:
+                row |= {
+                    f"chance {average} P@{int(n)}": round(float(v), digits)
+                    for n, v in zip(by_n["N"], values, strict=True)
+                }
         row["queries"], row["cases"] = int(part["n_queries"].iloc[0]), int(part["n_cases"].iloc[0])
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["rank", "model"], ignore_index=True)

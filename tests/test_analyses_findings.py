@@ -396,8 +396,8 @@ def test_contrast_sentence_agrees_with_its_row(seed):
     text = findings.contrast_sentence(row)
     m = re.fullmatch(
         rf"enc: micro P@(\d+) is ({NUM}) against ({NUM}) by chance at the region level and ({NUM}) against ({NUM}) "
-        rf"at the label level; chance-corrected \(\(P - chance\) / \(1 - chance\) per query, 1 = perfect, 0 = "
-        rf"chance\) ({NUM}) and ({NUM}); paired difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; ({P})( \(Holm-adjusted over the models\))?; (\d+) "
+        rf"at the label level; chance-corrected \(the mean over queries of each query's \(P - chance\) / \(1 - chance\), "
+        rf"1 = perfect, 0 = chance\) ({NUM}) and ({NUM}); paired difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; ({P})( \(Holm-adjusted over the models\))?; (\d+) "
         rf"quer(?:y|ies), (\d+) cases?\): (.*)\.",
         text,
     )

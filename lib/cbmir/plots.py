@@ -631,16 +631,17 @@ def bars_with_chance(
                 label=None if chance_labelled else "chance",
             )
             chance_labelled = True
-    if not by_model and any(looks.get(m, {}).get("hatch") for m in xs):
-        ax.bar(
-            [np.nan],
-            [np.nan],
-            color="white",
-            edgecolor="0.15",
-            linewidth=0.4,
-            hatch="//",
-            label="baseline (hatched)",
-        )
+    for m in xs if not by_model else ():  # one key entry per hatched baseline, with its own hatch
+        if looks.get(m, {}).get("hatch"):
+            ax.bar(
+                [np.nan],
+                [np.nan],
+                color="white",
+                edgecolor="0.15",
+                linewidth=0.4,
+                hatch=looks[m]["hatch"],
+                label=m,
+            )
     ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs], rotation=20, ha="right")
     ax.set_ylabel(ylabel or y)
     ax.set_ylim(0, 1.02)
@@ -700,14 +701,15 @@ def index_size_curves(
                     continue
                 v = g[ref].to_numpy()
                 if not any(len(d) == len(v) and np.allclose(d, v) for d in drawn[ref]):
-                    ax.plot(g[x], v, label=ref if not drawn[ref] else f"{ref} ({model})", **style)
+                    name = "ceiling (highest reachable)" if ref == "ceiling" else ref
+                    ax.plot(g[x], v, label=name if not drawn[ref] else f"{name} ({model})", **style)
                     drawn[ref].append(v)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(_PLAIN_TICKS)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(sorted(set(part[x])))
         ax.set_title(f"N = {n}")
-        ax.set_xlabel(x.replace("_", " "))
+        ax.set_xlabel(f"{x.replace('_', ' ')} (log scale)")
         ax.set_ylim(0, 1.02)
     axes.flat[0].set_ylabel(f"{average} {metric}")
     _legend_outside(fig, axes.flat[-1])

@@ -297,7 +297,8 @@ def contrast_sentence(row: Mapping, coarse: str = "region", fine: str = "label")
     head = (
         f"{row['model']}: micro P@{int(row['N'])} is {num(row[coarse])} against {num(row[f'{coarse} chance'])} by "
         f"chance at the {coarse} level and {num(row[fine])} against {num(row[f'{fine} chance'])} at the {fine} "
-        f"level; chance-corrected ((P - chance) / (1 - chance) per query, 1 = perfect, 0 = chance) "
+        f"level; chance-corrected (the mean over queries of each query's (P - chance) / (1 - chance), 1 = perfect, "
+        "0 = chance) "
         f"{num(row[f'{coarse} corrected'])} and {num(row[f'{fine} corrected'])}; paired difference "
         f"{signed(row['difference'])} "
         f"({interval(row['low'], row['high'], diff=True, estimate=row['difference'])}; {p}; {queries(row['n_queries'])}, "
@@ -341,8 +342,12 @@ def _has_room(part: pd.DataFrame) -> bool:
 def _judged(r: pd.Series, room: bool) -> tuple[float, float, float]:
     """(estimate, low, high) of an index-size row on the scale its change is judged on: the share of the room
     between chance and the ceiling, (P - chance) / (ceiling - chance), where `room`; else the excess P - chance."""
-    scale = (r["ceiling"] - r["chance"]) if room else 1.0
-    return tuple((r[c] - r["chance"]) / scale for c in ("estimate", "low", "high"))  # type: ignore[return-value]
+    from cbmir.analyses.index_size import room_share
+
+    values = [r[c] for c in ("estimate", "low", "high")]
+    if room:
+        return tuple(float(room_share(v, r["chance"], r["ceiling"])) for v in values)  # type: ignore[return-value]
+    return tuple(v - r["chance"] for v in values)  # type: ignore[return-value]
 
 
 def index_size_change(part: pd.DataFrame) -> tuple[pd.Series, pd.Series, int]:
@@ -632,18 +637,28 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
         return NOT_SHOWN, _few(part["n_cases"].min())
     total = 0
     which: list[str] = []
+    shares: list[float] = []
     for model, g in part.groupby("model", sort=False):
         if g["index_cases"].nunique() < 2:
             continue
         total += 1
-        if index_size_change(g)[2]:  # the rule of notebook 4's sentences, on the same rows
+        r0, r1, change = index_size_change(g)  # the rule of notebook 4's sentences, on the same rows
+        if "index_images" in g:
+            shares.append(r0["index_images"] / r1["index_images"])
+        if change:
             which.append(str(model))
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
     evidence = (
         f"{measure} as a share of the room between its chance value and the highest value it can reach, "
         "(P - chance) / (ceiling - chance) (both change with the index), differs between the smallest and the "
         f"full index beyond the 95 % bands (unpaired) for {len(which)} of {total} models"
-        f"{' (' + ', '.join(which) + ')' if which else ''} (notebook 4)"
+        f"{' (' + ', '.join(which) + ')' if which else ''}"
+        + (
+            f"; the smallest index holds {100 * min(shares):.0f} % of the full index's images"
+            if shares
+            else ""
+        )
+        + " (notebook 4)"
     )
     return _count_verdict(len(which), 0, total), evidence
 

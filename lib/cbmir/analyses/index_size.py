@@ -168,6 +168,15 @@ def exact_search(
     return search
 
 
+def room_share(value, chance, ceiling):
+    """(value - chance) / (ceiling - chance): the share of the room between chance and the highest reachable value
+    that a curve point reaches (1 = the ceiling, 0 = chance); NaN where the ceiling is not above chance."""
+    value, chance, ceiling = (np.asarray(a, dtype=np.float64) for a in (value, chance, ceiling))
+    room = ceiling - chance
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(room > 1e-9, (value - chance) / room, np.nan)
+
+
 def _scores(
     ids: np.ndarray, q_codes: np.ndarray, row_codes: np.ndarray, ns: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +216,10 @@ def index_size_study(
     Columns: fraction, index_images (mean over repeats), index_cases (an integer: every repeat keeps the same
     number of cases per stratum), metric ("plain P@N" or "hit@N"), N, average, estimate (mean over repeats), low,
     high (pooled band), chance, ceiling (the mean of the highest value each query can reach: min(n_c, N) / N for
-    plain P@N, 1 for hit@N, 0 where the class is missing), repeat_sd, repeats, n_queries, n_cases (query cases).
+    plain P@N, 1 for hit@N, 0 where the class is missing), repeat_sd, repeats, n_queries, n_cases (query cases),
+    share, share_low, share_high (estimate and band as a share of the room between chance and ceiling, `room_share`:
+    what a change is judged on). `fraction` is the target share of each stratum's cases: with at least one case
+    kept per stratum, a small index keeps more than that (compare `index_images` with the full index's).
     """
     from tqdm.auto import tqdm
 
@@ -290,4 +302,7 @@ def index_size_study(
                         "n_cases": int(g.max()) + 1,
                     }
                 )
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    for col, src in (("share", "estimate"), ("share_low", "low"), ("share_high", "high")):
+        out[col] = room_share(out[src], out["chance"], out["ceiling"])
+    return out

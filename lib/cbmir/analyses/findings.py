@@ -216,7 +216,10 @@ def shape_sentence(
         return (
             f"{quote}: it is not shown to change (its 95 % bands at the two ends overlap; an unpaired check)."
         )
-    return f"{quote}: it {'rises' if overall > 0 else 'falls'} (the bands at the two ends do not overlap)."
+    return (
+        f"{quote}: it {'rises' if overall > 0 else 'falls'} (the bands at the two ends do not overlap; an unpaired "
+        "check)."
+    )
 
 
 def summary_sentences(

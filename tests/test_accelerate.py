@@ -247,3 +247,17 @@ def test_bf16_leaves_a_module_without_weights_in_fp32() -> None:
         torch.testing.assert_close(fast.module(x), module(x), rtol=0, atol=0)
     runner = PrecisionRunner(enc, "cpu", bf16=False, precision="bf16")
     assert (runner.dtype_name, runner.precision) == ("fp32", "fp32")
+
+
+def test_flop_count_includes_the_cpus_fused_attention() -> None:
+    """torch's counter knows the CUDA attention kernels, not the CPU's: without the registration this counts 0."""
+    import torch.nn.functional as F
+    from cbmir.accelerate import gflop_per_image
+
+    class Attention(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.scaled_dot_product_attention(x, x, x)
+
+    x = torch.randn(1, 6, 257, 64)  # 6 heads, 257 tokens, 64 dims: QK^T and AV, 2 flops per multiply-add each
+    assert gflop_per_image(Attention(), x) == pytest.approx(2 * 2 * 6 * 257 * 257 * 64 / 1e9, rel=1e-12)
+    assert gflop_per_image(Attention(), x) == gflop_per_image(Attention(), x)  # registered once

@@ -72,3 +72,14 @@ def test_gpu_section_is_skipped_with_a_line_without_cuda(monkeypatch, capsys):
     )
     assert bench_extraction.gpu_section(args) == []
     assert "GPU section skipped" in capsys.readouterr().out
+
+
+def test_gemm_shapes_records_every_linear_call_and_rates_them():
+    import bench_gemm_shapes
+
+    block = torch.nn.Sequential(
+        torch.nn.Linear(16, 48), torch.nn.GELU(), torch.nn.Linear(48, 16), torch.nn.Linear(16, 48)
+    )
+    shapes = bench_gemm_shapes.linear_shapes(block, torch.randn(2, 10, 16))  # 2 images x 10 tokens
+    assert shapes == {(20, 16, 48): 2, (20, 48, 16): 1}
+    assert bench_gemm_shapes.shape_rate(shapes, torch.float32, repeats=1) > 0

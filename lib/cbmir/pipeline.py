@@ -67,9 +67,8 @@ class Context:
         from cbmir.search import cache_indexes_in
 
         set_model_order(cfg.models)  # one colour per model in every figure of the run
-        cache_indexes_in(
-            cfg.work_dir / "indexes"
-        )  # an IVF-PQ index built by one notebook is loaded by the next
+        # an IVF-PQ index built by one notebook is loaded by the next
+        cache_indexes_in(cfg.work_dir / "indexes")
         manifest = read_manifest_cached(cfg.manifest, cfg.work_dir / "cache")
         if cfg.max_per_class:
             manifest = subsample_per_class(manifest, cfg.max_per_class, seed=cfg.seed)

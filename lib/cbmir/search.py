@@ -205,13 +205,16 @@ def default_pq_m(d: int, pq_nbits: int = 4) -> int:
     return max(m for m in range(1, max(1, d // per) + 1) if d % m == 0)
 
 
+IVFPQ_K_FACTOR = 4  # IVF-PQ candidates per result re-ranked exactly (benchmarks/RESULTS.md)
+
+
 def build_ivfpq(
     x: np.ndarray,
     nlist: int | None = None,
     nprobe: int | None = None,
     pq_m: int | None = None,
     pq_nbits: int = 4,
-    k_factor: int = 4,
+    k_factor: int = IVFPQ_K_FACTOR,
 ) -> Any:
     """IVF-PQ candidates re-ranked exactly against the stored vectors (`k_factor` x k candidates).
 
@@ -321,12 +324,8 @@ def _refined(base: Any, xb: np.ndarray, params: dict[str, Any]) -> Any:
     ivf.nprobe = min(params.get("nprobe") or default_nprobe(ivf.nlist), ivf.nlist)
     xb = np.ascontiguousarray(xb, dtype=np.float32)
     index = faiss.IndexRefineFlat(base, faiss.swig_ptr(xb))  # copies xb as the exact re-ranking vectors
-    index.k_factor = params.get("k_factor") or _default(build_ivfpq, "k_factor")
+    index.k_factor = params.get("k_factor") or IVFPQ_K_FACTOR
     return index
-
-
-def _default(fn, name: str) -> Any:
-    return inspect.signature(fn).parameters[name].default
 
 
 def _save_cached(index: Any, key: tuple) -> None:

@@ -154,9 +154,8 @@ def release_pages(matrix: np.ndarray) -> bool:
     return True
 
 
-RELEASE_AFTER_BYTES = (
-    256 * 2**20
-)  # `ManifestVectors.take` releases the memmap's pages after a copy this large
+# `ManifestVectors.take` releases the memmap's pages after a copy this large
+RELEASE_AFTER_BYTES = 256 * 2**20
 
 
 @dataclass

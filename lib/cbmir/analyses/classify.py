@@ -280,9 +280,8 @@ def knn_classify(
     n_classes = len(d.classes)
     val = d.rows("val")
     x_train, x_val, x_test = d.x[train], d.x[val] if rule == "val" else None, d.x[test]  # one copy each
-    release_pages(
-        embeddings
-    )  # a memmapped input's pages: the copies hold what is needed (1.6 M x 768: 4.9 GB)
+    # a memmapped input's pages: the copies hold what is needed (1.6 M x 768: 4.9 GB)
+    release_pages(embeddings)
     with reuse_index():  # the val rule's two searches share one index over the train rows
         if rule == "val":
             k_top = min(k_max, len(train))

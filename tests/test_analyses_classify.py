@@ -349,3 +349,64 @@ def test_a_forced_val_rule_says_that_the_automatic_rule_would_not_use_val():
     assert classify.choose_rule("auto", labels, splits, cases, min_val_cases=2)[0] == "grouped-cv"
     rule, reason = classify.choose_rule("val", labels, splits, cases, min_val_cases=1)
     assert rule == "val" and "forced" not in reason
+
+
+def test_knn_reads_stored_neighbour_tables_and_searches_what_they_lack():
+    from cbmir.search import Neighbours, search_rows
+
+    x, labels, splits, cases = knn_data(seed=4)
+    classes, y = np.unique(labels, return_inverse=True)
+    row_ids = np.arange(len(x)) * 3 + 7  # the inputs are some rows of a larger manifest
+    train, test = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "test")
+    asked: list[str] = []
+
+    def table(split, drop_one=False, index_rows=train):
+        query = np.flatnonzero(splits == split)[int(drop_one) :]
+        nb = search_rows(x, train, query, k=10, cases=cases)  # ids here: positions of the inputs
+        return Neighbours(row_ids[nb.query_rows], row_ids[nb.ids], nb.scores, row_ids[index_rows])
+
+    def stored(split):
+        asked.append(split)
+        return table(split)
+
+    searched = classify.knn_classify(x, labels, splits, cases, selection="val", k_max=8)
+    read = classify.knn_classify(
+        x, labels, splits, cases, selection="val", k_max=8, neighbour_table=stored, row_ids=row_ids
+    )
+    assert asked == ["val", "test"]
+    assert read.setting == searched.setting
+    np.testing.assert_array_equal(read.curve["f1_micro"], searched.curve["f1_micro"])
+    np.testing.assert_array_equal(read.test_scores, searched.test_scores)
+
+    # the votes come from the table: every test query given the same first train rows votes their classes
+    def fixed(split):
+        t = table(split)
+        if split == "test":
+            t.ids[:] = row_ids[train[:10]]
+        return t
+
+    voted = classify.knn_classify(
+        x, labels, splits, cases, selection="val", k_max=8, neighbour_table=fixed, row_ids=row_ids
+    )
+    k = voted.setting["k (test)"]
+    share = np.bincount(y[train[:k]], minlength=len(classes)) / k
+    np.testing.assert_allclose(voted.test_scores, np.tile(share, (len(test), 1)))
+
+    # a table that lacks a query row (or has too few neighbours) is not used: the search runs instead
+    def partial(split):
+        return table(split, drop_one=True)
+
+    seen = classify.knn_classify(
+        x, labels, splits, cases, selection="val", k_max=8, neighbour_table=partial, row_ids=row_ids
+    )
+    np.testing.assert_array_equal(seen.test_scores, searched.test_scores)
+    assert classify._from_table(table("test"), row_ids, test, train, 11) is None
+
+    # a table over another index is an error, not a silent mismatch
+    def other_index(split):
+        return table(split, index_rows=train[1:])
+
+    with pytest.raises(classify.ClassifyError, match="train rows"):
+        classify.knn_classify(
+            x, labels, splits, cases, selection="val", k_max=8, neighbour_table=other_index, row_ids=row_ids
+        )

@@ -75,6 +75,42 @@ def test_probe_learns_separable_data_and_is_deterministic():
         assert (a == b).all()
 
 
+def reference_probe(x, y, n_classes, epochs, batch_size, seed, lr=1e-2, weight_decay=0.01):
+    """The probe's training loop written the plain way: nn.Linear, nn.CrossEntropyLoss, autograd, AdamW."""
+    import torch
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    model = torch.nn.Linear(x.shape[1], n_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(xt), generator=gen)
+        total = 0.0
+        for start in range(0, len(xt), batch_size):
+            idx = order[start : start + batch_size]
+            opt.zero_grad()
+            loss = torch.nn.CrossEntropyLoss()(model(xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / len(xt))
+    return model, losses
+
+
+def test_probe_training_matches_autograd_and_plain_adamw():
+    x, y = separable(4, n=230)  # 230 rows at batch 64: the last batch is short (38 rows)
+    model, history, _ = train_linear_probe(
+        x, y, None, None, 3, max_epochs=6, batch_size=64, lr=1e-2, seed=3, progress=False
+    )
+    ref, losses = reference_probe(x, y, 3, epochs=6, batch_size=64, seed=3)
+    np.testing.assert_allclose(history["train_loss"], losses, rtol=1e-5)
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-4, atol=1e-6)
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0] / 2  # it trained
+
+
 def test_linear_probe_on_manifest_rows():
     x, y = separable(2)
     labels = np.array(["CT/a/x", "CT/b/y", "MR/c/z"], dtype=object)[y]

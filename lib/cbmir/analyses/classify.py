@@ -33,7 +33,7 @@ import pandas as pd
 
 from cbmir.classification import ClassificationResult, classification_metrics, metric_draws
 from cbmir.errors import CbmirError
-from cbmir.search import check_index_params, reuse_index, search
+from cbmir.search import Neighbours, check_index_params, reuse_index, search
 from cbmir.store import release_pages
 
 SELECTIONS = ("val", "grouped-cv", "auto")
@@ -261,11 +261,18 @@ def knn_classify(
     seed: int = 0,
     index_type: str = "flat",
     index_params: Mapping | None = None,
+    neighbour_table: Callable[[str], Neighbours | None] | None = None,
+    row_ids: np.ndarray | None = None,
 ) -> Outcome:
     """kNN classification of the test rows against the train rows, k chosen by `selection` (module docstring).
 
     Both searches (k selection: val or every grouped-CV fold against train; test against train) use the index
     `index_type` with builder parameters `index_params` (`cbmir.search`; "flat" = exact, the default).
+
+    `neighbour_table(split)` ("val" or "test"), when given, returns a stored table of that split's rows against
+    the train rows from the same search (same index, same-case neighbours excluded), with ids in the row numbers
+    `row_ids` of the inputs (e.g. manifest rows): the pipeline's `Context.neighbours`. A table that holds every
+    query row of its split with at least the k needed replaces that search; otherwise the search runs.
 
     Class scores = share of each class among the first k neighbours; `paper_k_minus_one` applies k - 1 on
     test as the authors' code did. `criterion` = "f1_micro" (the paper's) or "f1_macro" (over the classes of
@@ -279,22 +286,39 @@ def knn_classify(
     train, test = d.rows("train"), d.rows("test")
     n_classes = len(d.classes)
     val = d.rows("val")
-    x_train, x_val, x_test = d.x[train], d.x[val] if rule == "val" else None, d.x[test]  # one copy each
-    # a memmapped input's pages: the copies hold what is needed (1.6 M x 768: 4.9 GB)
-    release_pages(embeddings)
+    k_top = min(k_max, len(train))
+    ids = np.arange(len(d.y)) if row_ids is None else np.asarray(row_ids, dtype=np.int64)
+    if len(ids) != len(d.y):
+        raise ClassifyError(f"parameter 'row_ids' has {len(ids)} entries for {len(d.y)} rows")
+    tables = {
+        split: neighbour_table(split)
+        for split in ("val", "test")
+        if neighbour_table is not None and (split == "test" or rule == "val")
+    }
+    copies: dict[str, np.ndarray] = {}
+
+    def x_train() -> np.ndarray:  # one copy (1.6 M x 768: 4.3 GB), made only for a search
+        if "train" not in copies:
+            copies["train"] = d.x[train]
+            release_pages(embeddings)  # a memmapped input's pages: the copy holds what is needed
+        return copies["train"]
+
     with reuse_index():  # the val rule's two searches share one index over the train rows
         if rule == "val":
-            k_top = min(k_max, len(train))
             ks = list(range(1, k_top + 1))
-            pos = _neighbours(x_train, x_val, k_top, d.cases[train], d.cases[val], **index)
+            pos = _from_table(tables.get("val"), ids, val, train, k_top)
+            if pos is None:
+                pos = _neighbours(x_train(), d.x[val], k_top, d.cases[train], d.cases[val], **index)
             curve = _f1_curve(d.y[val], knn_predictions(d.y[train][pos], n_classes, ks), ks)
         else:
             curve, _ = grouped_cv_curve(
-                x_train, d.y[train], d.cases[train], n_classes, k_max, n_splits, seed, **index
+                x_train(), d.y[train], d.cases[train], n_classes, k_max, n_splits, seed, **index
             )
         k = _best_k(curve, criterion)
         k_test = max(1, k - 1) if paper_k_minus_one else k
-        pos = _neighbours(x_train, x_test, k_test, d.cases[train], d.cases[test], **index)
+        pos = _from_table(tables.get("test"), ids, test, train, k_test)
+        if pos is None:
+            pos = _neighbours(x_train(), d.x[test], k_test, d.cases[train], d.cases[test], **index)
     scores = np.zeros((len(test), n_classes))
     np.add.at(scores, (np.repeat(np.arange(len(test)), k_test), d.y[train][pos].ravel()), 1.0 / k_test)
     y = d.y[test]
@@ -533,6 +557,34 @@ def outcome_ci(outcome: Outcome, model: str, n_boot: int = 1000, seed: int = 0) 
     table.insert(0, "head", outcome.head)
     table.insert(0, "model", model)
     return table
+
+
+def _from_table(
+    table: Neighbours | None, ids: np.ndarray, query: np.ndarray, train: np.ndarray, k: int
+) -> np.ndarray | None:
+    """Positions in `train` [len(query), k] of the first k neighbours of the `query` rows, read from a stored
+    table (ids in `row_ids` numbering); None when there is no table, or it lacks a query row or k neighbours."""
+    if table is None or table.ids.shape[1] < k:
+        return None
+    if table.index_rows is not None and not np.array_equal(np.sort(table.index_rows), np.sort(ids[train])):
+        raise ClassifyError(
+            f"the stored neighbour table's index holds {len(table.index_rows)} rows, not the {len(train)} train rows"
+        )
+    size = int(max(ids.max(initial=-1), table.query_rows.max(initial=-1), table.ids.max(initial=-1))) + 1
+    at = np.full(size, -1, dtype=np.int64)
+    at[table.query_rows] = np.arange(len(table.query_rows))
+    found = at[ids[query]]
+    if (found < 0).any():
+        return None  # e.g. queries left out of the stored table: search them all instead
+    neighbours = table.ids[found, :k]
+    if (neighbours < 0).any():
+        return None
+    at[:] = -1
+    at[ids[train]] = np.arange(len(train))
+    pos = at[neighbours]
+    if (pos < 0).any():
+        raise ClassifyError("the stored neighbour table names a neighbour that is not a train row")
+    return pos
 
 
 def _neighbours(

@@ -391,7 +391,15 @@ def main() -> int:
                 break
         save()
     if "import" in stages and not args.drop_h5:
-        stage("import", cbmir("import-authors", str(artefacts), "--out", str(root / "work"), "--no-progress"))
+        jobs = str(
+            min(2, os.cpu_count() or 1)
+        )  # one model per core: reading the HDF5 files is single-threaded
+        stage(
+            "import",
+            cbmir(
+                "import-authors", str(artefacts), "--out", str(root / "work"), "--no-progress", "--jobs", jobs
+            ),
+        )
     elif "import" in stages:
         # one model at a time, the others parked outside the tree, and each model's HDF5 files deleted once
         # its store is written: the disk never holds every model's HDF5 files and every store at once

@@ -15,7 +15,7 @@ from cbmir.errors import CbmirError
 from cbmir.manifest import row_labels
 from cbmir.metrics.retrieval import label_matrices, micro_macro, precision_at_n
 from cbmir.search import Neighbours
-from cbmir.store import EmbeddingStore
+from cbmir.store import EmbeddingStore, is_complete
 
 LABELS = ["XR/chest/Normal", "XR/chest/Pneumonia", "CT/abdomen/Liver", "MR/knee/ACL"]
 DATASETS = ("nih14", "radiology_ai")
@@ -254,6 +254,33 @@ def test_truncated_hdf5_names_the_file(published, tmp_path):
     with pytest.raises(AuthorsImportError, match=r"nih14\.h5.*(truncated|damaged)") as err:
         import_authors(published["root"], tmp_path / "work", progress=False)
     assert isinstance(err.value, CbmirError) and "SAMViTB" in str(err.value)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_damaged_model_does_not_stop_the_others(published, tmp_path, jobs):
+    path = published["root"] / "embeddings" / "SAMViTB" / "nih14.h5"  # sorted first: imported before ViTMAEB
+    path.write_bytes(path.read_bytes()[:100])
+    out = tmp_path / "work"
+    with pytest.raises(AuthorsImportError, match=r"SAMViTB.*nih14\.h5"):
+        import_authors(published["root"], out, progress=False, jobs=jobs)
+    assert is_complete(out / "embeddings" / "vit-mae-b-paper")  # the other model was finished
+    assert not (out / "embeddings" / "sam-vit-b").exists()
+
+
+def test_parallel_import_writes_what_the_serial_one_does(published, tmp_path):
+    serial = import_authors(published["root"], tmp_path / "one", progress=False)
+    parallel = import_authors(published["root"], tmp_path / "two", progress=False, jobs=2)
+    assert list(parallel) == list(serial)
+    for preset in serial:
+        a, b = (EmbeddingStore.open(tmp_path / w / "embeddings" / preset) for w in ("one", "two"))
+        assert list(a.ids) == list(b.ids)
+        np.testing.assert_array_equal(np.asarray(a.embeddings), np.asarray(b.embeddings))
+        assert a.failed.equals(b.failed)
+    one = Neighbours.load(tmp_path / "one" / "neighbours" / "sam-vit-b--authors-knn.npz")
+    two = Neighbours.load(tmp_path / "two" / "neighbours" / "sam-vit-b--authors-knn.npz")
+    np.testing.assert_array_equal(one.ids, two.ids)
+    with pytest.raises(ValueError, match="jobs"):
+        import_authors(published["root"], tmp_path / "three", progress=False, jobs=0)
 
 
 def test_dimension_mismatch_across_files_names_file_and_key(published, tmp_path):

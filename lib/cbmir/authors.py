@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import shutil
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -361,8 +363,50 @@ def _filepaths_sha(manifest_file: Path) -> str:
     return hashlib.sha256("\n".join(paths).encode()).hexdigest()
 
 
-def import_authors(root: str | Path, out: str | Path, progress: bool = True) -> dict[str, dict]:
-    """Import everything under `root` into `out`; returns per preset what was written or skipped."""
+def _import_model(
+    art: ModelArtefacts, manifest: pd.DataFrame, out: Path, manifest_sha: str, progress: bool
+) -> dict:
+    """One model's store, neighbour table and reference table; returns what was written."""
+    filepaths = manifest["filepath"].to_numpy(dtype=object)
+    entry: dict = {"model_class": art.model_class}
+    store = import_embeddings(art, manifest, out, manifest_sha, progress)
+    if store is not None:
+        entry.update(store=str(store.path), rows=len(store), failed=len(store.failed))
+    if art.knn is not None:
+        target = out / "neighbours" / f"{slug(art.preset)}--authors-knn.npz"
+        meta = target.with_suffix(".json")
+        key = {"source": str(art.knn), "sha256": sha256(art.knn), "manifest_sha256": manifest_sha}
+        if not (target.is_file() and meta.is_file() and json.loads(meta.read_text()) == key):
+            meta.unlink(missing_ok=True)  # the key lands only after its table
+            read_knn(art.knn, filepaths, split_rows(manifest, "train")).save(target)
+            write_json(meta, key)
+        entry["neighbours"] = str(target)
+    if art.references:
+        target = out / "reference" / f"{slug(art.preset)}.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(target, reference_table(art.references))
+        entry["reference"] = str(target)
+    return entry
+
+
+def _import_model_in_worker(
+    art: ModelArtefacts, split_csvs: list[Path], out: Path, manifest_sha: str
+) -> dict:
+    """`_import_model` in a worker process: the manifest is read again there (cheaper than sending it)."""
+    return _import_model(art, read_manifest(split_csvs), out, manifest_sha, progress=False)
+
+
+def import_authors(
+    root: str | Path, out: str | Path, progress: bool = True, jobs: int = 1
+) -> dict[str, dict]:
+    """Import everything under `root` into `out`; returns per preset what was written or skipped.
+
+    `jobs` > 1 imports that many models at once, each in its own process (reading one model's HDF5 files is
+    single-threaded Python; each job holds one model's vectors). A model that fails does not stop the others:
+    every other model is finished, then the first error is raised.
+    """
+    if jobs < 1:
+        raise ValueError(f"parameter 'jobs' = {jobs} must be >= 1")
     out = Path(out)
     split_csvs, models = find_artefacts(root)
     manifest = read_manifest(split_csvs)
@@ -371,27 +415,32 @@ def import_authors(root: str | Path, out: str | Path, progress: bool = True) -> 
     manifest_file = out / "manifest.csv"
     if not manifest_file.is_file() or _filepaths_sha(manifest_file) != manifest_sha:
         write_csv(manifest_file, manifest)
-    filepaths = manifest["filepath"].to_numpy(dtype=object)
-    train_rows = split_rows(manifest, "train")
+    arts = [art for _, art in sorted(models.items())]
+    bar = tqdm(total=len(arts), desc="models", disable=hide_progress(progress))
     report: dict[str, dict] = {}
-    for model_class, art in tqdm(sorted(models.items()), desc="models", disable=hide_progress(progress)):
-        entry: dict = {"model_class": model_class}
-        store = import_embeddings(art, manifest, out, manifest_sha, progress)
-        if store is not None:
-            entry.update(store=str(store.path), rows=len(store), failed=len(store.failed))
-        if art.knn is not None:
-            target = out / "neighbours" / f"{slug(art.preset)}--authors-knn.npz"
-            meta = target.with_suffix(".json")
-            key = {"source": str(art.knn), "sha256": sha256(art.knn), "manifest_sha256": manifest_sha}
-            if not (target.is_file() and meta.is_file() and json.loads(meta.read_text()) == key):
-                meta.unlink(missing_ok=True)  # the key lands only after its table
-                read_knn(art.knn, filepaths, train_rows).save(target)
-                write_json(meta, key)
-            entry["neighbours"] = str(target)
-        if art.references:
-            target = out / "reference" / f"{slug(art.preset)}.csv"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_csv(target, reference_table(art.references))
-            entry["reference"] = str(target)
-        report[art.preset] = entry
+    errors: list[Exception] = []
+    if jobs == 1 or len(arts) < 2:
+        for art in arts:
+            try:
+                report[art.preset] = _import_model(art, manifest, out, manifest_sha, progress)
+            except AuthorsImportError as err:  # the other models finish first; re-raised below
+                errors.append(err)
+            bar.update()
+    else:
+        del manifest  # each worker reads its own
+        context = multiprocessing.get_context("spawn")  # no fork of a process that may hold BLAS threads
+        with ProcessPoolExecutor(max_workers=min(jobs, len(arts)), mp_context=context) as pool:
+            futures = {
+                pool.submit(_import_model_in_worker, art, split_csvs, out, manifest_sha): art for art in arts
+            }
+            for future in as_completed(futures):
+                try:
+                    report[futures[future].preset] = future.result()
+                except AuthorsImportError as err:  # the other models finish first; re-raised below
+                    errors.append(err)
+                bar.update()
+        report = {art.preset: report[art.preset] for art in arts if art.preset in report}
+    bar.close()
+    if errors:
+        raise errors[0]
     return report

@@ -308,14 +308,16 @@ def test_index_size_sentence_judges_the_share_it_quotes(seed):
     )
     images = ("(?: \\(14 images, 20 % of the full index's\\))?", "(?: \\(70 images\\))?")
     m = re.match(
-        rf"m: micro {name} goes from ({NUM}) \(95 % CI ({NUM}) to ({NUM})\) against ({NUM}) by chance at 4 index "
+        rf"m: micro {name}, over ([\d,]+(?: to [\d,]+)?) test-query cases, goes from ({NUM}) \(95 % CI ({NUM}) to ({NUM})\) against ({NUM}) by chance at 4 index "
         rf"cases{images[0]} to ({NUM}) \(95 % CI ({NUM}) to ({NUM})\) against ({NUM}) by chance at 20 index "
         rf"cases{images[1]}(.*): ([^.]*)\.$",
         text,
     )
     assert m, text
-    assert m.group(1, 2, 3, 4) == (r3(a["estimate"]), r3(a["low"]), r3(a["high"]), r3(a["chance"]))
-    assert m.group(5, 6, 7, 8) == (r3(b["estimate"]), r3(b["low"]), r3(b["high"]), r3(b["chance"]))
+    lo, hi = int(part["n_cases"].min()), int(part["n_cases"].max())
+    assert m.group(1) == (f"{lo:,}" if lo == hi else f"{lo:,} to {hi:,}")
+    assert m.group(2, 3, 4, 5) == (r3(a["estimate"]), r3(a["low"]), r3(a["high"]), r3(a["chance"]))
+    assert m.group(6, 7, 8, 9) == (r3(b["estimate"]), r3(b["low"]), r3(b["high"]), r3(b["chance"]))
     assert ("images" in text) == ("index_images" in part)
     room = "ceiling" in part and (a["ceiling"] > a["chance"]) and (b["ceiling"] > b["chance"])
     scale = [(r["ceiling"] - r["chance"]) if room else 1.0 for r in (a, b)]
@@ -323,7 +325,7 @@ def test_index_size_sentence_judges_the_share_it_quotes(seed):
         tuple((r[c] - r["chance"]) / sc for c in ("estimate", "low", "high"))
         for r, sc in zip((a, b), scale, strict=True)
     ]
-    middle, verdict = m.group(9), m.group(10)
+    middle, verdict = m.group(10), m.group(11)
     if room:
         reach = "min(n_c, 10) / 10" if metric == "plain P@N" else "1 where its class is in the index, else 0"
         assert middle == (

@@ -401,8 +401,14 @@ def index_size_sentence(
     room = _has_room(part.sort_values("index_cases").iloc[[0, -1]])
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
     meaning = METRIC_MEANINGS.get(metric, "").format(n=n)
+    queries = ""
+    if "n_cases" in part:
+        lo, hi = int(part["n_cases"].min()), int(part["n_cases"].max())
+        queries = (
+            f", over {lo:,} test-query cases," if lo == hi else f", over {lo:,} to {hi:,} test-query cases,"
+        )
     text = (
-        f"{name}: {measure}{f' ({meaning})' if meaning else ''} goes from {num(r0['estimate'])} "
+        f"{name}: {measure}{f' ({meaning})' if meaning else ''}{queries} goes from {num(r0['estimate'])} "
         f"({interval(r0['low'], r0['high'], estimate=r0['estimate'])}) against {num(r0['chance'])} by chance at "
         f"{_index_size_at(r0, r1)} to {num(r1['estimate'])} ({interval(r1['low'], r1['high'], estimate=r1['estimate'])}) "
         f"against {num(r1['chance'])} by chance at {_index_size_at(r1)}"

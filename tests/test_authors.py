@@ -309,6 +309,29 @@ def test_knn_naming_an_unknown_image_names_file_row_and_value(published, tmp_pat
     assert EmbeddingStore.open(out / "embeddings" / "sam-vit-b").failed.empty
 
 
+def test_knn_read_in_small_blocks_names_the_right_row(published, tmp_path, monkeypatch):
+    path = published["root"] / "experiments" / "chexpert_mimic_nih14_radimagenet" / "SAMViTB" / "knn.csv"
+    manifest = published["manifest"]
+    train = np.flatnonzero(manifest["split"] == "train")
+    monkeypatch.setattr(authors, "KNN_BLOCK_BYTES", 2048)  # a few rows per block
+    whole = authors.read_knn(path, manifest["filepath"].to_numpy(), train)
+    lookup = {p: r for r, p in enumerate(manifest["filepath"])}
+    knn = published["knn"]
+    assert len(knn) > 20 and list(whole.query_rows) == [lookup[p] for p in knn["query"]]
+    assert [list(r) for r in whole.ids] == [
+        [lookup[p] for p in row[1:]] for row in knn.itertuples(index=False)
+    ]
+    bad = knn.copy()
+    bad.loc[len(knn) - 2, "2"] = "nih14/images/late.png"
+    bad.to_csv(path, index=False)
+    with pytest.raises(AuthorsImportError, match=rf"row {len(knn) - 1}, column '2': 'nih14/images/late.png'"):
+        authors.read_knn(path, manifest["filepath"].to_numpy(), train)
+    knn.to_csv(path, index=False)
+    path.write_text(path.read_text() + "only,three,fields\n")
+    with pytest.raises(AuthorsImportError, match=r"knn\.csv: not a readable knn\.csv"):
+        authors.read_knn(path, manifest["filepath"].to_numpy(), train)
+
+
 def test_missing_split_csvs_are_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(AuthorsImportError, match="train.csv"):

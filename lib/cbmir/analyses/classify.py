@@ -319,6 +319,7 @@ def knn_classify(
         pos = _from_table(tables.get("test"), ids, test, train, k_test)
         if pos is None:
             pos = _neighbours(x_train(), d.x[test], k_test, d.cases[train], d.cases[test], **index)
+    release_pages(embeddings)  # the val and test rows were read from a memmapped input after the copy
     scores = np.zeros((len(test), n_classes))
     np.add.at(scores, (np.repeat(np.arange(len(test)), k_test), d.y[train][pos].ravel()), 1.0 / k_test)
     y = d.y[test]

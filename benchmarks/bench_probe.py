@@ -7,7 +7,7 @@ on the same synthetic matrix:
 
 - `autograd`: the loop written the plain way (`model(x[idx])`, `nn.CrossEntropyLoss`, `loss.backward()`, AdamW
   with its default kernel); cbmir's probe was this loop until the written-out step replaced it;
-- `cbmir`: `cbmir.probe.sgd_step` (the cross-entropy gradient written out, fused AdamW, one reused gather buffer).
+- `cbmir`: `cbmir.probe.train_step` (the cross-entropy gradient written out, fused AdamW, one reused gather buffer).
 
 Each variant runs `--steps` optimiser steps, best of `--repeats` (variants interleaved); the figures are ms per step,
 the implied seconds per epoch (ceil(n / batch) steps) and the ratio against `autograd`. Printed, and appended to
@@ -49,15 +49,15 @@ def autograd_steps(xt, yt, order, steps, batch):
 
 
 def cbmir_steps(xt, yt, order, steps, batch):
-    """cbmir.probe's loop: `sgd_step` with the fused AdamW of `adamw` and one reused gather buffer."""
-    from cbmir.probe import adamw, sgd_step
+    """cbmir.probe's loop: `train_step` with the fused AdamW of `adamw` and one reused gather buffer."""
+    from cbmir.probe import adamw, train_step
 
     model = torch.nn.Linear(xt.shape[1], CLASSES)
     opt = adamw(model, 1e-3, 0.01)
     buffer = torch.empty(batch, xt.shape[1])
     for s in range(steps):
         idx = order[s * batch : (s + 1) * batch]
-        float(sgd_step(model, opt, torch.index_select(xt, 0, idx, out=buffer), yt[idx]))
+        float(train_step(model, opt, torch.index_select(xt, 0, idx, out=buffer), yt[idx]))
 
 
 VARIANTS = {"autograd": autograd_steps, "cbmir": cbmir_steps}

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cbmir.blas import cpu_flags
+
 if TYPE_CHECKING:
     from cbmir.models.base import Encoder
 
@@ -57,13 +59,12 @@ COMPILE_MIN_TFLOP = 10.0
 
 def cpu_info() -> dict[str, Any]:
     """CPU model, core count and the ISA flags that matter for matrix multiplies (from /proc/cpuinfo)."""
-    name, flags = "unknown CPU", set()
+    name, flags = "unknown CPU", cpu_flags()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name == "unknown CPU":
+            if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+                break
     except OSError:
         pass
     present = [f for f in ISA_FLAGS if f in flags]

@@ -324,7 +324,7 @@ def read_knn(path: Path, filepaths: np.ndarray, train_rows: np.ndarray) -> Neigh
             convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
         )
         for batch in reader:
-            flat = pa.concat_arrays([column.cast(pa.string()) for column in batch.columns])
+            flat = pa.concat_arrays(batch.columns)  # every column read as strings
             found = pc.index_in(flat, value_set=known).fill_null(-1).to_numpy(zero_copy_only=False)
             codes = found.astype(np.int64).reshape(batch.num_columns, batch.num_rows).T
             bad = np.argwhere(codes < 0)

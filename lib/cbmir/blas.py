@@ -51,7 +51,7 @@ def prefer_fast_kernels(flags: set[str] | None = None) -> str | None:
     """
     if CORETYPE_VARIABLE in os.environ or "faiss" in sys.modules:
         return os.environ.get(CORETYPE_VARIABLE)
-    if not sys.platform.startswith("linux") or os.uname().machine not in ("x86_64", "AMD64"):
+    if not sys.platform.startswith("linux") or os.uname().machine != "x86_64":
         return None
     choice = coretype_for(cpu_flags() if flags is None else flags)
     if choice is not None:

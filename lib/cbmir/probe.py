@@ -116,7 +116,7 @@ def _train(
         for start in range(0, len(xt), batch_size):
             idx = order[start : start + batch_size]
             xb = torch.index_select(xt, 0, idx, out=batch[: len(idx)])
-            total += sgd_step(model, opt, xb, yt[idx]) * len(idx)
+            total += train_step(model, opt, xb, yt[idx]) * len(idx)
         total = float(total)
         model.eval()
         if fixed:
@@ -153,7 +153,7 @@ def adamw(model, lr: float, weight_decay: float):
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
-def sgd_step(model, opt, xb, yb):
+def train_step(model, opt, xb, yb):
     """One optimiser step of mean cross-entropy on the batch (xb, yb); returns the batch's loss (0-d tensor).
 
     The gradient of a linear layer under softmax cross-entropy is written out, (softmax - one-hot) / B times the

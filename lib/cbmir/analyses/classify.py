@@ -24,6 +24,7 @@ test rows; `classification_ci` gives percentile intervals from a cluster bootstr
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -295,13 +296,12 @@ def knn_classify(
         for split in ("val", "test")
         if neighbour_table is not None and (split == "test" or rule == "val")
     }
-    copies: dict[str, np.ndarray] = {}
 
+    @functools.cache
     def x_train() -> np.ndarray:  # one copy (1.6 M x 768: 4.3 GB), made only for a search
-        if "train" not in copies:
-            copies["train"] = d.x[train]
-            release_pages(embeddings)  # a memmapped input's pages: the copy holds what is needed
-        return copies["train"]
+        copy = d.x[train]
+        release_pages(embeddings)  # a memmapped input's pages: the copy holds what is needed
+        return copy
 
     with reuse_index():  # the val rule's two searches share one index over the train rows
         if rule == "val":

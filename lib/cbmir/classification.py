@@ -8,8 +8,11 @@ ROC-AUC is one-vs-rest on the scores; it is NaN when fewer than two classes are 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -84,7 +87,8 @@ METRICS = (
     "accuracy", "precision_micro", "recall_micro", "f1_micro", "precision_macro", "recall_macro", "f1_macro",
     "roc_auc_micro", "roc_auc_macro",
 )  # fmt: skip  # the keys of `classification_metrics`, in its order
-_CELLS = 1 << 24  # score bins x draws held at once per array (128 MiB of float64)
+_DRAWS_PER_PASS = 16  # draws per pass over the scores: a pass's [groups x draws] weights stay in cache
+_THREADS = 8  # passes at once, each with its own [bins x draws] buffers
 
 
 def _grouped(rows: np.ndarray, groups: np.ndarray, n_rows: int, n_groups: int):
@@ -94,30 +98,68 @@ def _grouped(rows: np.ndarray, groups: np.ndarray, n_rows: int, n_groups: int):
     return sparse.csr_matrix((np.ones(len(rows)), (rows, groups)), shape=(n_rows, n_groups))
 
 
-def _auc_parts(
-    pos: np.ndarray, pos_groups: np.ndarray, neg: np.ndarray, neg_groups: np.ndarray, weights_t: np.ndarray
-) -> np.ndarray:
-    """Sum over (positive, negative) pairs of w_pos w_neg ([s_pos > s_neg] + 1/2 [s_pos = s_neg]): [B], for the
-    group weights `weights_t` [G, B]. Divided by (sum w_pos)(sum w_neg) this is the weighted ROC-AUC (the
-    Mann-Whitney form of the trapezoidal area scikit-learn computes).
+@dataclass
+class _Ranking:
+    """Positive and negative scores of one ROC curve, binned at the m distinct positive scores
+    v_0 < ... < v_{m-1}: a negative lies strictly below v_j when #{v <= s_neg} <= j and ties v_j when
+    s_neg = v_j, so only m + 1 bins of negative weight are needed (the Mann-Whitney form of the trapezoidal
+    area scikit-learn computes)."""
 
-    With v_0 < ... < v_{m-1} the distinct positive scores, a negative lies strictly below v_j when
-    #{v <= s_neg} <= j and ties v_j when s_neg = v_j; so only m + 1 bins of negative weight are accumulated."""
-    values, pos_bin = np.unique(pos, return_inverse=True)
-    m, n_groups = len(values), weights_t.shape[0]
-    below = np.searchsorted(values, neg, side="left")  # #{v < s_neg}
-    tied = np.zeros(len(neg), dtype=bool)
-    inside = below < m
-    tied[inside] = values[below[inside]] == neg[inside]
-    a_pos = _grouped(pos_bin, pos_groups, m, n_groups)
-    a_strict = _grouped(below + tied, neg_groups, m + 1, n_groups)  # key <= j: strictly below v_j
-    a_tie = _grouped(below[tied], neg_groups[tied], m, n_groups)
-    out = np.empty(weights_t.shape[1])
-    step = max(1, _CELLS // (m + 1))
-    for lo in range(0, weights_t.shape[1], step):
-        w = weights_t[:, lo : lo + step]
-        strict = np.cumsum(a_strict @ w, axis=0)[:m]  # [m, b]: negative weight strictly below each v_j
-        out[lo : lo + step] = np.einsum("jb,jb->b", a_pos @ w, strict + 0.5 * (a_tie @ w))
+    pos: Any  # [m, G] sparse counts of positives per (bin, group)
+    strict: Any  # [m + 1, G] negatives per (#{v <= s_neg}, group)
+    tie: Any  # [m, G] negatives tied with v_j
+
+    @classmethod
+    def of(
+        cls, pos: np.ndarray, pos_groups: np.ndarray, neg: np.ndarray, neg_groups: np.ndarray, n_groups: int
+    ):
+        values, pos_bin = np.unique(pos, return_inverse=True)
+        below, tied = _bins(values, neg)
+        m = len(values)
+        return cls(
+            _grouped(pos_bin, pos_groups, m, n_groups),
+            _grouped(below + tied, neg_groups, m + 1, n_groups),
+            _grouped(below[tied], neg_groups[tied], m, n_groups),
+        )
+
+    def pairs(self, w: np.ndarray, pos_w: np.ndarray | None = None) -> np.ndarray:
+        """Sum over (positive, negative) pairs of w_pos w_neg ([s_pos > s_neg] + 1/2 [s_pos = s_neg]): [b],
+        for the group weights `w` [G, b] (`pos_w` = self.pos @ w when already known)."""
+        pos_w = self.pos @ w if pos_w is None else pos_w
+        strict = np.cumsum(self.strict @ w, axis=0)[:-1]  # [m, b]: negative weight strictly below each v_j
+        return np.einsum("jb,jb->b", pos_w, strict + 0.5 * (self.tie @ w))
+
+
+def _bins(values: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(#{v < x}, x in values) for sorted distinct `values`."""
+    below = np.searchsorted(values, x, side="left")
+    tied = np.zeros(len(x), dtype=bool)
+    inside = below < len(values)
+    tied[inside] = values[below[inside]] == x[inside]
+    return below, tied
+
+
+@dataclass
+class _Column:
+    """One class's column as negatives of the micro ranking (all positives at their true class's score): what
+    the micro numerator over every seen class must lose in the draws where the class is absent. Keys for every
+    row: the class's own rows weigh 0 in those draws."""
+
+    key: np.ndarray  # [N] #{v <= s}: the bins of positive values at or below each row's score
+    tied_rows: np.ndarray  # rows whose score ties a positive value
+    tied_bin: np.ndarray  # that value's bin
+
+
+def _column_pairs(
+    col: _Column, row_w: np.ndarray, row_total: np.ndarray, le: np.ndarray, pos_w: np.ndarray
+) -> np.ndarray:
+    """`_Ranking.pairs` of the micro positives against one column's rows, for draws where none of the class's
+    own rows is drawn: `row_w` [N, b] the rows' weights (summing to `row_total` [b]), `le` [m + 1, b] the
+    positive weight in the bins before each key, `pos_w` [m, b] per bin. Pairs = sum_j w_j (positive weight
+    above s_j + 1/2 tied with s_j)."""
+    out = le[-1] * row_total - np.einsum("jb,jb->b", row_w, np.take(le, col.key, axis=0))
+    if len(col.tied_rows):
+        out += 0.5 * np.einsum("jb,jb->b", row_w[col.tied_rows], pos_w[col.tied_bin])
     return out
 
 
@@ -160,26 +202,70 @@ def metric_draws(
     # flattened present columns, i.e. all positives (each row at its true class's score) against the negatives
     # of every present column: computed once over the columns of every class seen, then the columns of
     # classes absent from a draw are taken out of that draw (one cumulative sum over ~N bins instead of C).
-    own = s[np.arange(n), y]
     seen = np.flatnonzero(np.bincount(y, minlength=n_classes))
     neg_w = total[:, None] - true_w
     micro_neg = np.where(present, neg_w, 0.0).sum(axis=1)
     auc_macro, micro_num = np.zeros(len(w)), np.zeros(len(w))
     if len(seen) >= 2:  # else every draw has one class: ROC-AUC is undefined (NaN below)
-        rows, cols = np.nonzero(y[:, None] != seen[None, :])
-        micro_num = _auc_parts(own, g, s[rows, seen[cols]], g[rows], w_t)
-        for c in seen:
-            is_c = y == c
-            neg, neg_g = s[~is_c, c], g[~is_c]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                auc = _auc_parts(s[is_c, c], g[is_c], neg, neg_g, w_t) / (true_w[:, c] * neg_w[:, c])
-            auc_macro += np.where(present[:, c], auc, 0.0)
-            absent = np.flatnonzero(~present[:, c])
-            if len(absent):
-                micro_num[absent] -= _auc_parts(own, g, neg, neg_g, w_t[:, absent])
+        auc_macro, micro_num = _roc_numerators(y, s, g, w_t, seen, present, true_w, neg_w)
     two = n_present >= 2
     with np.errstate(invalid="ignore", divide="ignore"):
         roc_micro = np.where(two, micro_num / (total * micro_neg), np.nan)
         roc_macro = np.where(two, auc_macro / n_present, np.nan)
     # single-label data: micro precision = recall = F1 = accuracy (over all classes)
     return np.column_stack([accuracy, accuracy, accuracy, accuracy, *macro, roc_micro, roc_macro])
+
+
+def _roc_numerators(
+    y: np.ndarray,
+    s: np.ndarray,
+    g: np.ndarray,
+    w_t: np.ndarray,
+    seen: np.ndarray,
+    present: np.ndarray,
+    true_w: np.ndarray,
+    neg_w: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of the present classes' ROC-AUCs [B], micro ROC-AUC numerator [B]) of `metric_draws`.
+
+    The rankings are binned once; then the draws are taken `_DRAWS_PER_PASS` at a time, so each pass's weights
+    stay in cache, on up to `_THREADS` threads (the sparse products and reductions release the GIL)."""
+    n, n_groups = len(y), w_t.shape[0]
+    own = s[np.arange(n), y]
+    rows, cols = np.nonzero(y[:, None] != seen[None, :])
+    micro = _Ranking.of(own, g, s[rows, seen[cols]], g[rows], n_groups)
+    del rows, cols
+    values = np.unique(own)
+    macro, columns = {}, {}
+    for c in seen:
+        is_c = y == c
+        macro[c] = _Ranking.of(s[is_c, c], g[is_c], s[~is_c, c], g[~is_c], n_groups)
+        if not present[:, c].all():
+            below, tied = _bins(values, s[:, c])
+            tied_rows = np.flatnonzero(tied)
+            columns[c] = _Column(below + tied, tied_rows, below[tied_rows])
+
+    def one_pass(lo: int) -> tuple[np.ndarray, np.ndarray]:
+        hi = min(lo + _DRAWS_PER_PASS, w_t.shape[1])
+        w = np.ascontiguousarray(w_t[:, lo:hi])
+        pos_w = micro.pos @ w
+        micro_num = micro.pairs(w, pos_w)
+        auc_sum = np.zeros(hi - lo)
+        row_w = row_total = le = None
+        for c in seen:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                auc = macro[c].pairs(w) / (true_w[lo:hi, c] * neg_w[lo:hi, c])
+            here = present[lo:hi, c]
+            auc_sum += np.where(here, auc, 0.0)
+            if not here.all():
+                if row_w is None:
+                    row_w = np.take(w, g, axis=0)
+                    row_total = row_w.sum(axis=0)
+                    le = np.vstack([np.zeros((1, hi - lo)), np.cumsum(pos_w, axis=0)])
+                micro_num[~here] -= _column_pairs(columns[c], row_w, row_total, le, pos_w)[~here]
+        return auc_sum, micro_num
+
+    starts = range(0, w_t.shape[1], _DRAWS_PER_PASS)
+    with ThreadPoolExecutor(max_workers=min(_THREADS, os.cpu_count() or 1)) as pool:
+        parts = list(pool.map(one_pass, starts))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -68,6 +68,7 @@ def metric_draws_at(ref: str):
     path.write_text(text)
     spec = importlib.util.spec_from_file_location("classification_at_ref", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module.metric_draws
 
@@ -118,7 +119,7 @@ def main() -> int:
         )
         print(rows[-1], flush=True)
     lines = [
-        f"- CPU: {cpu_name()}; one process (scikit-learn and the sparse products run on one thread)",
+        f"- CPU: {cpu_name()}; one process (scikit-learn runs on one thread; metric_draws on up to 8 threads)",
         "- baseline = `classification_metrics` (scikit-learn) per draw, as notebook 7 computed its intervals "
         "before; fast = `cbmir.classification.metric_draws`, every draw at once; same draws (cluster bootstrap "
         "over cases)"

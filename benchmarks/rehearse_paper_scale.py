@@ -4,15 +4,18 @@ Stages (each a child process, its wall time and peak RSS of the whole process tr
 
 1. `generate`: seeded synthetic artefacts in the authors' layout and formats (Zenodo 11196400): split CSVs
    with one-hot label columns, `datasets/<dataset>.csv`, `embeddings/<ModelClass>/<dataset>.h5` (one HDF5
-   dataset per image named by its filepath, so nested groups), and for one model `knn.csv` (test then val
-   queries, 100 neighbour filepaths among train), `retrieval.csv` (P@1..99 by the paper's definition, computed
-   here per query), plus `knn_classification.csv` / `linear_probing.csv` / `config.json` / `metadata.json` for
-   every model. Not written: `faiss.index` (the importer does not read it; it would add the train matrix again
+   dataset per image named by its filepath, so nested groups), and for every model (as in the authors' record)
+   `knn.csv` (test then val queries, 100 neighbour filepaths among train), `retrieval.csv` (P@1..99 by the
+   paper's definition, computed here per query), `metadata.json`, `knn_classification.csv`,
+   `linear_probing.csv` and `config.json`. Not written: `faiss.index` (the importer does not read it; it would add the train matrix again
    to the disk) and `knn_validation_val.csv` (its layout is not known). Shape at `--scale 1`: about 1.6 M rows,
    161 classes of 13 to ~226,000 images (modality -> region -> class), four datasets, three models (256, 512,
    768 dims).
 2. `import`: `cbmir import-authors`.
-3. `check`: the authors' P@1..99 (their retrieval.csv) against our metric on the imported knn.csv.
+3. `check`: the authors' P@1..99 (their retrieval.csv) against our metric on each imported knn.csv.
+
+`knn` (not in the default stages) rewrites only every model's knn.csv and retrieval.csv, for artefacts written
+by an older version of this script.
 4. `report`: every notebook of `configs/paper-published.yaml` through `cbmir report --only NOTEBOOK`, one child
    per notebook (per-model notebooks: one child for all models).
 
@@ -58,7 +61,6 @@ REGIONS = {
 CHEST_DATASETS = (("nih14", 0.16), ("CheXpert", 0.28), ("mimic", 0.56))
 # (authors' model class, dim, noise scale): noise relative to the class centre sets how separable classes are
 MODELS = (("SAMViTB", 256, 2.2), ("BiomedCLIPVitB16_224", 512, 1.6), ("ViTB16", 768, 1.9))
-KNN_MODEL = "ViTB16"
 K = 100
 PROBE_COLUMNS = (
     "micro_roc_auc", "micro_f1", "macro_roc_auc", "macro_f1", "macro_precision", "macro_recall", "macro_accuracy",
@@ -167,6 +169,38 @@ def paper_retrieval(
     return pd.DataFrame(rows, columns=cols)
 
 
+def write_knn(folder: Path, frame: pd.DataFrame, seed: int, model: str) -> int:
+    """One model's `knn.csv` (test then val queries, K neighbour filepaths among train; neighbour j is a
+    same-class train image with a probability falling with j), `metadata.json` (the index's filepaths) and
+    `retrieval.csv` (P@1..K-1 of those neighbours by the paper's definition); returns the number of queries.
+    Seeded per model, so the files can be rewritten without the HDF5 files (`--stages knn`)."""
+    rng = np.random.default_rng([seed, [m for m, _, _ in MODELS].index(model)])
+    label, filepaths = frame["label"].to_numpy(), frame["filepath"].to_numpy()
+    train = np.flatnonzero(frame["split"].to_numpy() == "train")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metadata.json").write_text(json.dumps(list(filepaths[train])))
+    queries = np.concatenate([np.flatnonzero(frame["split"].to_numpy() == s) for s in ("test", "val")])
+    by_class = pd.Series(train).groupby(label[train]).apply(lambda s: s.to_numpy())
+    counts = np.bincount(label[train], minlength=N_CLASSES)
+    q_lab = label[queries]
+    same = rng.random((len(queries), K)) < np.linspace(0.85, 0.35, K)[None, :]
+    nb = train[rng.integers(0, len(train), size=(len(queries), K))]
+    for c in np.unique(q_lab):
+        members = by_class[c]
+        mask = same & (q_lab == c)[:, None]
+        nb[mask] = members[rng.integers(0, len(members), size=int(mask.sum()))]
+    with open(folder / "knn.csv", "w") as fh:
+        fh.write(",".join(["query", *map(str, range(1, K + 1))]) + "\n")
+        for lo in range(0, len(queries), 20_000):
+            block = np.concatenate([queries[lo : lo + 20_000, None], nb[lo : lo + 20_000]], axis=1)
+            fh.writelines(",".join(filepaths[r]) + "\n" for r in block)
+    n_test = int((frame["split"] == "test").sum())
+    retrieval = paper_retrieval(label[nb[:n_test]], q_lab[:n_test], counts, K - 1)
+    retrieval.to_csv(folder / "retrieval.csv")  # with the index column, as the authors write it
+    print(f"{model}/knn.csv: {len(queries)} queries", flush=True)
+    return len(queries)
+
+
 def generate(root: Path, scale: float, seed: int) -> dict:
     """Write the synthetic artefacts under `root`; returns a summary of their shape."""
     import h5py
@@ -214,28 +248,8 @@ def generate(root: Path, scale: float, seed: int) -> dict:
         for table in ("knn_classification", "linear_probing"):
             values = np.clip(base + rng.normal(scale=0.03, size=len(PROBE_COLUMNS)), 0, 1)
             pd.DataFrame([dict(zip(PROBE_COLUMNS, values, strict=True))]).to_csv(mdir / f"{table}.csv")
-    train = np.flatnonzero(frame["split"].to_numpy() == "train")
-    (exp / KNN_MODEL / "metadata.json").write_text(json.dumps(list(filepaths[train])))
-    # knn.csv: test then val queries; neighbour j is a same-class train image with probability falling with j
-    queries = np.concatenate([np.flatnonzero(frame["split"].to_numpy() == s) for s in ("test", "val")])
-    by_class = pd.Series(train).groupby(label[train]).apply(lambda s: s.to_numpy())
-    counts = np.bincount(label[train], minlength=N_CLASSES)
-    q_lab = label[queries]
-    same = rng.random((len(queries), K)) < np.linspace(0.85, 0.35, K)[None, :]
-    nb = train[rng.integers(0, len(train), size=(len(queries), K))]
-    for c in np.unique(q_lab):
-        members = by_class[c]
-        mask = same & (q_lab == c)[:, None]
-        nb[mask] = members[rng.integers(0, len(members), size=int(mask.sum()))]
-    knn_path = exp / KNN_MODEL / "knn.csv"
-    with open(knn_path, "w") as fh:
-        fh.write(",".join(["query", *map(str, range(1, K + 1))]) + "\n")
-        for lo in range(0, len(queries), 20_000):
-            block = np.concatenate([queries[lo : lo + 20_000, None], nb[lo : lo + 20_000]], axis=1)
-            fh.writelines(",".join(filepaths[r]) + "\n" for r in block)
-    n_test = int((frame["split"] == "test").sum())
-    retrieval = paper_retrieval(label[nb[:n_test]], q_lab[:n_test], counts, K - 1)
-    retrieval.to_csv(exp / KNN_MODEL / "retrieval.csv")  # with the index column, as the authors write it
+    for model, _, _ in MODELS:
+        n_queries = write_knn(exp / model, frame, seed, model)
     return {
         "rows": len(frame),
         "classes": N_CLASSES,
@@ -243,7 +257,8 @@ def generate(root: Path, scale: float, seed: int) -> dict:
         "splits": frame["split"].value_counts().to_dict(),
         "datasets": frame["dataset"].value_counts().to_dict(),
         "models": {m: d for m, d, _ in MODELS},
-        "knn.csv queries": len(queries),
+        "knn.csv queries": n_queries,
+        "knn.csv models": [m for m, _, _ in MODELS],
         "artefact bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()),
     }
 
@@ -299,7 +314,8 @@ def write_config(root: Path, models: list[str]) -> Path:
         f"SYNTHETIC REHEARSAL, not data: seeded Gaussian-cluster embeddings in the authors' file formats at the "
         f"paper's class structure (161 labels; written by benchmarks/rehearse_paper_scale.py), imported as if "
         f"published, for {len(models)} models. It measures run time and memory of the published-artefacts route; "
-        f"its numbers say nothing about any model. Search: index_type {cfg.get('index_type', 'flat')}."
+        f"its numbers say nothing about any model. Neighbours: {cfg.get('neighbours', 'search')} (search index "
+        f"where needed: index_type {cfg.get('index_type', 'flat')})."
     )
     cfg["manifest"] = str(root / "work" / "manifest.csv")
     cfg["work_dir"] = str(root / "work")
@@ -312,7 +328,8 @@ def write_config(root: Path, models: list[str]) -> Path:
 
 
 def check_precision(root: Path) -> dict:
-    """Our modified P@1..99 on the imported knn.csv table against the authors' retrieval.csv (max |diff|)."""
+    """Our modified P@1..99 on each imported knn.csv table against the authors' retrieval.csv (max |diff| over
+    the models)."""
     from cbmir.authors import MODEL_PRESETS, read_reference
     from cbmir.config import slug
     from cbmir.manifest import read_manifest, row_labels
@@ -320,20 +337,30 @@ def check_precision(root: Path) -> dict:
     from cbmir.search import Neighbours
 
     t0 = time.time()
-    preset = slug(MODEL_PRESETS[KNN_MODEL])
     manifest = read_manifest(root / "work" / "manifest.csv")
-    nb = Neighbours.load(root / "work" / "neighbours" / f"{preset}--authors-knn.npz")
-    test = manifest["split"].to_numpy()[nb.query_rows] == "test"
-    nb = Neighbours(nb.query_rows[test], nb.ids[test], nb.scores[test], nb.index_rows)
-    labels, q, counts, _ = label_matrices(nb, row_labels(manifest, "label"), max_n=K - 1)
-    micro, macro = micro_macro(precision_at_n(labels, q, counts), q)
-    theirs = read_reference(root / "work" / "reference" / f"{preset}.csv", "retrieval")
-    return {
-        "queries": int(test.sum()),
-        "max |micro diff| P@1..99": float(np.abs(micro - theirs["micro_precision_mean"].to_numpy()).max()),
-        "max |macro diff| P@1..99": float(np.abs(macro - theirs["macro_precision_mean"].to_numpy()).max()),
-        "seconds": round(time.time() - t0, 1),
-    }
+    labels_of_rows = row_labels(manifest, "label")
+    out = {"models": [], "queries": 0, "max |micro diff| P@1..99": 0.0, "max |macro diff| P@1..99": 0.0}
+    for model, _, _ in MODELS:
+        preset = slug(MODEL_PRESETS[model])
+        path = root / "work" / "neighbours" / f"{preset}--authors-knn.npz"
+        if not path.is_file():
+            continue
+        nb = Neighbours.load(path)
+        test = manifest["split"].to_numpy()[nb.query_rows] == "test"
+        nb = Neighbours(nb.query_rows[test], nb.ids[test], nb.scores[test], nb.index_rows)
+        labels, q, counts, _ = label_matrices(nb, labels_of_rows, max_n=K - 1)
+        micro, macro = micro_macro(precision_at_n(labels, q, counts), q)
+        theirs = read_reference(root / "work" / "reference" / f"{preset}.csv", "retrieval")
+        out["models"].append(preset)
+        out["queries"] = int(test.sum())
+        for key, ours, col in (
+            ("micro", micro, "micro_precision_mean"),
+            ("macro", macro, "macro_precision_mean"),
+        ):
+            diff = float(np.abs(ours - theirs[col].to_numpy()).max())
+            out[f"max |{key} diff| P@1..99"] = max(out[f"max |{key} diff| P@1..99"], diff)
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
 
 
 def main() -> int:
@@ -389,6 +416,17 @@ def main() -> int:
             if line.startswith("SUMMARY "):
                 record["shape"] = json.loads(line[len("SUMMARY ") :])
                 break
+        save()
+    if "knn" in stages:  # rewrite every model's knn.csv and retrieval.csv (artefacts of an older generator)
+        code = (
+            "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; "
+            "from rehearse_paper_scale import MODELS, build_manifest, write_knn; "
+            f"frame, _ = build_manifest({args.scale}, {args.seed}); "
+            f"[write_knn(Path({str(artefacts)!r}) / 'experiments' / 'chexpert_mimic_nih14_radimagenet' / m, "
+            f"frame, {args.seed}, m) for m, _, _ in MODELS]"
+        )
+        stage("knn", [PYTHON, "-c", code])
+        record.setdefault("shape", {})["knn.csv models"] = [m for m, _, _ in MODELS]
         save()
     if "import" in stages and not args.drop_h5:
         jobs = str(

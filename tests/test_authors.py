@@ -354,14 +354,69 @@ def test_every_authors_class_maps_to_a_real_preset():
 
 
 # ---------------------------------------------------------------- the published-artefacts route (issue 17, part 2)
-def _published_context(out, tmp_path):
+def _published_context(out, tmp_path, neighbours="search", k=K):
     from types import SimpleNamespace
 
     from cbmir.pipeline import Context
 
-    cfg = SimpleNamespace(work_dir=out, data_root=tmp_path / "no-images", seed=0, k=K, index_type="flat",
-                          index_params={}, checkpoints={})  # fmt: skip
+    cfg = SimpleNamespace(work_dir=out, data_root=tmp_path / "no-images", seed=0, k=k, index_type="flat",
+                          index_params={}, checkpoints={}, neighbours=neighbours, exclude_pretraining_images=False,
+                          models=["sam-vit-b", "vit-mae-b-paper"])  # fmt: skip
     return Context(cfg, pd.read_csv(out / "manifest.csv"))
+
+
+def test_context_takes_the_authors_neighbours_where_imported(published, tmp_path, monkeypatch):
+    import cbmir.search
+
+    out = tmp_path / "work"
+    import_authors(published["root"], out, progress=False)
+    ctx = _published_context(out, tmp_path, neighbours="authors")
+    searched = []
+    real_search_rows = cbmir.search.search_rows
+    monkeypatch.setattr(
+        cbmir.search, "search_rows", lambda *a, **kw: searched.append(1) or real_search_rows(*a, **kw)
+    )
+    knn, paths = published["knn"].set_index("query"), ctx.manifest["filepath"].to_numpy()
+    for split in ("test", "val"):
+        nb = ctx.neighbours("sam-vit-b", split)
+        assert sorted(paths[nb.query_rows]) == sorted(
+            ctx.manifest["filepath"][ctx.manifest["split"] == split]
+        )
+        for q, ids in zip(nb.query_rows, nb.ids, strict=True):  # row by row: their knn.csv, in their order
+            assert list(paths[ids]) == list(knn.loc[paths[q], [str(j) for j in range(1, K + 1)]])
+        assert np.isnan(nb.scores).all()  # knn.csv holds no similarities
+        np.testing.assert_array_equal(
+            np.sort(nb.index_rows), np.flatnonzero(ctx.manifest["split"] == "train")
+        )
+    assert not searched
+    assert ctx.search_sentence(["sam-vit-b"]).startswith("the authors' published neighbour lists")
+    ctx.neighbours("vit-mae-b-paper")  # no knn.csv for this model: searched with the config's index
+    assert searched
+    sentence = ctx.search_sentence()
+    assert (
+        "for sam-vit-b;" in sentence
+        and "exact cosine search (FAISS" in sentence
+        and "for vit-mae-b-paper" in sentence
+    )
+
+
+def test_context_searches_when_the_authors_neighbours_cannot_stand_in(published, tmp_path):
+    out = tmp_path / "work"
+    import_authors(published["root"], out, progress=False)
+    with pytest.warns(UserWarning, match=f"has {K} neighbours per query, the config asks for k = {K + 1}"):
+        nb = _published_context(out, tmp_path, neighbours="authors", k=K + 1).neighbours("sam-vit-b")
+    assert nb.k == K + 1 and np.isfinite(nb.scores).all()
+    table = Neighbours.load(out / "neighbours" / "sam-vit-b--authors-knn.npz")
+    Neighbours(table.query_rows[1:], table.ids[1:], table.scores[1:], table.index_rows).save(
+        out / "neighbours" / "sam-vit-b--authors-knn.npz"
+    )
+    ctx = _published_context(out, tmp_path, neighbours="authors")
+    with pytest.warns(UserWarning, match="1 query rows are not in it"):
+        nb = ctx.neighbours("sam-vit-b")
+    assert np.isfinite(nb.scores).all() and ctx.neighbour_sources["sam-vit-b", "test"] == "search"
+    assert ctx.search_sentence().startswith("exact cosine search")
+    ctx = _published_context(out, tmp_path, neighbours="search")  # the default never reads them
+    assert np.isfinite(ctx.neighbours("sam-vit-b").scores).all()
 
 
 def test_context_reads_imported_stores_and_extracts_nothing(published, tmp_path, monkeypatch):
@@ -444,3 +499,5 @@ def test_known_reasons_name_masking_and_logits():
     mae, resnet = authors_compare.sentences(table, {}, "ivfpq")
     assert "masking" in mae and "approximate (ivfpq)" in mae and "our own extraction" in mae
     assert "logits" in resnet and "differs by design" in resnet
+    mae, _ = authors_compare.sentences(table, {}, "ivfpq", their_lists=["vit-mae-b"])
+    assert "their own neighbour lists" in mae and "approximate" not in mae

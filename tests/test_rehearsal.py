@@ -54,4 +54,10 @@ def test_tiny_rehearsal_imports_and_reproduces_their_precision(tmp_path):
     report = import_authors(tmp_path / "artefacts", tmp_path / "work", progress=False)
     assert {e["rows"] for e in report.values()} == {shape["rows"]}
     check = R.check_precision(tmp_path)
+    assert check["models"] == ["sam-vit-b", "biomedclip", "vit-b16-in21k"]  # a knn.csv for every model
     assert check["max |micro diff| P@1..99"] < 1e-9 and check["max |macro diff| P@1..99"] < 1e-9
+    knn = tmp_path / "artefacts" / "experiments" / "chexpert_mimic_nih14_radimagenet" / "SAMViTB" / "knn.csv"
+    before = knn.read_bytes()
+    frame, _ = R.build_manifest(0.001, 0)
+    R.write_knn(knn.parent, frame, 0, "SAMViTB")  # the `knn` stage: the same file again, without the HDF5
+    assert knn.read_bytes() == before

@@ -81,6 +81,9 @@ class ReportConfig(BaseModel):
     index_type: str = "flat"
     # builder parameters of index_type (cbmir.search), e.g. {nprobe: 192}
     index_params: dict[str, Any] = Field(default_factory=dict)
+    # where test and val queries' neighbours among train come from: search (the index above) or authors (the
+    # authors' published lists, their exact search, where import-authors wrote them; search for the rest)
+    neighbours: Literal["search", "authors"] = "search"
     # images per forward pass: per model spec, else `batch_size` for every model, else the preset's own
     batch_size: PositiveInt | None = None
     batch_sizes: dict[str, PositiveInt] = Field(default_factory=dict)

@@ -53,6 +53,8 @@ class Context:
     wait: bool = False
     _stores: dict[str, EmbeddingStore] = field(default_factory=dict, repr=False)
     _vectors: dict[str, ManifestVectors] = field(default_factory=dict, repr=False)
+    # (model, query split) -> "authors" | "search": where `neighbours` took them from in this session
+    neighbour_sources: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
     _current: str | None = field(default=None, repr=False)
 
     @classmethod
@@ -195,6 +197,11 @@ class Context:
             len(index_rows), *(None, None) if cases is None else (cases[index_rows], cases[query_rows])
         )
         k = min(self.cfg.k, limit)
+        if self.cfg.neighbours == "authors" and index_split == "train" and query_split in ("test", "val"):
+            nb = self._authors_neighbours(model, query_rows, index_rows, k)
+            self.neighbour_sources[model, query_split] = "authors" if nb is not None else "search"
+            if nb is not None:
+                return nb
         key = self._neighbours_key(model, index_rows, query_rows)
         meta = path.with_suffix(".json")
         with table_lock(path, wait=self.wait):
@@ -211,6 +218,59 @@ class Context:
                 meta, {"key": key, "k": k, "same_case_excluded": cases is not None, **self.search_settings}
             )
         return nb
+
+    def authors_neighbours_path(self, model: str) -> Path:
+        """The authors' neighbour lists of `model` as `cbmir import-authors` writes them (test and val queries)."""
+        return self.cfg.work_dir / "neighbours" / f"{slug(model)}--authors-knn.npz"
+
+    def _authors_neighbours(
+        self, model: str, query_rows: np.ndarray, index_rows: np.ndarray, k: int
+    ) -> Neighbours | None:
+        """The first `k` of the authors' neighbours of `query_rows` (config `neighbours: authors`), or None with
+        a warning saying why they cannot stand in for a search: no imported table, another index, a query
+        missing, fewer than k neighbours, or a neighbour from the query's own case. Their knn.csv holds no
+        similarities: `scores` are NaN."""
+        path = self.authors_neighbours_path(model)
+        if not path.is_file():
+            return None
+        table = Neighbours.load(path)
+        pos = pd.Index(table.query_rows).get_indexer(query_rows)
+        cases = self.cases
+        if table.index_rows is None or not np.array_equal(np.sort(table.index_rows), np.sort(index_rows)):
+            why = "their index is not this config's train rows with an embedding"
+        elif (pos < 0).any():
+            why = f"{int((pos < 0).sum())} query rows are not in it"
+        elif table.k < k:
+            why = f"it has {table.k} neighbours per query, the config asks for k = {k}"
+        else:
+            ids = table.ids[pos, :k]
+            same = int((cases[ids] == cases[query_rows][:, None]).sum())
+            if not same:
+                return Neighbours(query_rows, ids, np.full(ids.shape, np.nan, np.float32), table.index_rows)
+            why = f"{same} neighbours share the query's case"
+        warnings.warn(
+            f"{model}: searching instead of using the authors' neighbours {path}: {why}", stacklevel=3
+        )
+        return None
+
+    def search_sentence(self, models: list[str] | None = None) -> str:
+        """Where the neighbours of `models` came from (a phrase for the method text): the authors' lists for
+        a model whose every `neighbours` call this session used them, else the config's search index."""
+        from cbmir.analyses.classify import index_sentence
+
+        models = list(models or self.cfg.models)
+        searched = index_sentence(self.cfg.index_type, self.cfg.index_params)
+        used = {}
+        for (m, _), source in self.neighbour_sources.items():
+            used.setdefault(m, set()).add(source)
+        authors = [m for m in models if used.get(m) == {"authors"}]
+        if not authors:
+            return searched
+        own = "the authors' published neighbour lists (their exact cosine search; knn.csv)"
+        rest = [m for m in models if m not in authors]
+        if not rest:
+            return own
+        return f"{own} for {', '.join(authors)}; {searched} for {', '.join(rest)}"
 
     def query(self, image: str | Path, model: str, k: int = 10, index_split: str = "train") -> pd.DataFrame:
         """Query by example: the top-k `index_split` images for one image file (PNG, JPEG or DICOM).

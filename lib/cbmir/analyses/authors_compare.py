@@ -7,7 +7,7 @@ tables (test queries in the train index), and notebook 7's kNN and linear-probe 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +92,16 @@ def compare(
     return out
 
 
-def _reasons(model: str, table: str, imported: bool, index_type: str) -> list[str]:
-    """The known reasons why our figure can differ from theirs for this model and table."""
+def _reasons(model: str, table: str, imported: bool, index_type: str, their_lists: bool = False) -> list[str]:
+    """The known reasons why our figure can differ from theirs for this model and table (`their_lists`: our
+    P@N was computed on their own neighbour lists)."""
     why = []
     if table == "retrieval":
-        if index_type != "flat":
+        if their_lists:
+            why.append(
+                "ours are computed on their own neighbour lists (knn.csv), so only the metric can differ"
+            )
+        elif index_type != "flat":
             why.append(f"our search is approximate ({index_type}) where theirs is exact (IndexFlatIP)")
         why.append(
             "our P@N leaves out neighbours of the query's own patient where the manifest records patients"
@@ -131,9 +136,13 @@ def _reasons(model: str, table: str, imported: bool, index_type: str) -> list[st
 
 
 def sentences(
-    table: pd.DataFrame, imported: Mapping[str, bool] | None = None, index_type: str = "flat"
+    table: pd.DataFrame,
+    imported: Mapping[str, bool] | None = None,
+    index_type: str = "flat",
+    their_lists: Collection[str] = (),
 ) -> list[str]:
-    """Where ours and theirs agree or differ, per model and table, with the known reasons for a difference."""
+    """Where ours and theirs agree or differ, per model and table, with the known reasons for a difference
+    (`their_lists`: the models whose neighbours were the authors' own lists rather than our search)."""
     imported = imported or {}
     out = []
     for (model, name), part in table.groupby(["model", "table"], sort=False):
@@ -148,7 +157,9 @@ def sentences(
             )
             continue
         differing = int((both["difference"].abs() > SAME).sum())
-        reasons = "; ".join(_reasons(str(model), str(name), imported.get(str(model), False), index_type))
+        reasons = "; ".join(
+            _reasons(str(model), str(name), imported.get(str(model), False), index_type, model in their_lists)
+        )
         out.append(
             f"{model}, {name}: {differing} of {len(both)} shared metrics differ; the largest is {worst['metric']} "
             f"(theirs {worst['theirs']:.4f}, ours {worst['ours']:.4f}, difference {worst['difference']:+.4f}). "

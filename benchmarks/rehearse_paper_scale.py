@@ -25,6 +25,7 @@ repository.
 
     python benchmarks/rehearse_paper_scale.py --scale 0.01
     python benchmarks/rehearse_paper_scale.py --scale 1 --drop-h5   # the full size; ~25 GB of disk
+    python benchmarks/rehearse_paper_scale.py --scale 1 --models 9 --drop-h5   # the nine models; ~60 GB at the peak
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ REGIONS = {
 CHEST_DATASETS = (("nih14", 0.16), ("CheXpert", 0.28), ("mimic", 0.56))
 # (authors' model class, dim, noise scale): noise relative to the class centre sets how separable classes are
 MODELS = (("SAMViTB", 256, 2.2), ("BiomedCLIPVitB16_224", 512, 1.6), ("ViTB16", 768, 1.9))
+# `--models 9`: the authors' nine model classes at their dimensions (the first three as above)
+NINE_MODELS = (
+    *MODELS, ("ViTMAEB", 768, 2.4), ("DINOv2ViTB14", 768, 1.5), ("MedSAMViTB", 256, 2.0), ("MedCLIP", 512, 2.0),
+    ("ResNet50", 1000, 2.6), ("CLIPOpenAIViTL14", 768, 1.7),
+)  # fmt: skip
 K = 100
 PROBE_COLUMNS = (
     "micro_roc_auc", "micro_f1", "macro_roc_auc", "macro_f1", "macro_precision", "macro_recall", "macro_accuracy",
@@ -169,12 +175,12 @@ def paper_retrieval(
     return pd.DataFrame(rows, columns=cols)
 
 
-def write_knn(folder: Path, frame: pd.DataFrame, seed: int, model: str) -> int:
+def write_knn(folder: Path, frame: pd.DataFrame, seed: int, model: str, models=MODELS) -> int:
     """One model's `knn.csv` (test then val queries, K neighbour filepaths among train; neighbour j is a
     same-class train image with a probability falling with j), `metadata.json` (the index's filepaths) and
     `retrieval.csv` (P@1..K-1 of those neighbours by the paper's definition); returns the number of queries.
     Seeded per model, so the files can be rewritten without the HDF5 files (`--stages knn`)."""
-    rng = np.random.default_rng([seed, [m for m, _, _ in MODELS].index(model)])
+    rng = np.random.default_rng([seed, [m for m, _, _ in models].index(model)])
     label, filepaths = frame["label"].to_numpy(), frame["filepath"].to_numpy()
     train = np.flatnonzero(frame["split"].to_numpy() == "train")
     folder.mkdir(parents=True, exist_ok=True)
@@ -201,8 +207,8 @@ def write_knn(folder: Path, frame: pd.DataFrame, seed: int, model: str) -> int:
     return len(queries)
 
 
-def generate(root: Path, scale: float, seed: int) -> dict:
-    """Write the synthetic artefacts under `root`; returns a summary of their shape."""
+def generate(root: Path, scale: float, seed: int, models=MODELS) -> dict:
+    """Write the synthetic artefacts of `models` ((class, dim, noise) ...) under `root`; returns their shape."""
     import h5py
 
     rng = np.random.default_rng(seed)
@@ -218,7 +224,7 @@ def generate(root: Path, scale: float, seed: int) -> dict:
     print(f"manifest: {len(frame)} rows, {N_CLASSES} classes", flush=True)
     label = frame["label"].to_numpy()
     filepaths = frame["filepath"].to_numpy()
-    for model, dim, noise in MODELS:
+    for model, dim, noise in models:
         centres = rng.normal(size=(N_CLASSES, dim)).astype(np.float32) / np.sqrt(dim)
         folder = root / "embeddings" / model
         folder.mkdir(parents=True, exist_ok=True)
@@ -244,21 +250,21 @@ def generate(root: Path, scale: float, seed: int) -> dict:
         (mdir / "config.json").write_text(
             json.dumps({"model": model, "embeddings": f"embeddings/{model}", "k": K})
         )
-        base = {"SAMViTB": 0.80, "BiomedCLIPVitB16_224": 0.86, "ViTB16": 0.84}[model]
+        base = {"SAMViTB": 0.80, "BiomedCLIPVitB16_224": 0.86, "ViTB16": 0.84}.get(model, 0.82)
         for table in ("knn_classification", "linear_probing"):
             values = np.clip(base + rng.normal(scale=0.03, size=len(PROBE_COLUMNS)), 0, 1)
             pd.DataFrame([dict(zip(PROBE_COLUMNS, values, strict=True))]).to_csv(mdir / f"{table}.csv")
-    for model, _, _ in MODELS:
-        n_queries = write_knn(exp / model, frame, seed, model)
+    for model, _, _ in models:
+        n_queries = write_knn(exp / model, frame, seed, model, models)
     return {
         "rows": len(frame),
         "classes": N_CLASSES,
         "class sizes": f"{int(np.bincount(label).min())}..{int(np.bincount(label).max())}",
         "splits": frame["split"].value_counts().to_dict(),
         "datasets": frame["dataset"].value_counts().to_dict(),
-        "models": {m: d for m, d, _ in MODELS},
+        "models": {m: d for m, d, _ in models},
         "knn.csv queries": n_queries,
-        "knn.csv models": [m for m, _, _ in MODELS],
+        "knn.csv models": [m for m, _, _ in models],
         "artefact bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()),
     }
 
@@ -327,7 +333,7 @@ def write_config(root: Path, models: list[str]) -> Path:
     return path
 
 
-def check_precision(root: Path) -> dict:
+def check_precision(root: Path, models=MODELS) -> dict:
     """Our modified P@1..99 on each imported knn.csv table against the authors' retrieval.csv (max |diff| over
     the models)."""
     from cbmir.authors import MODEL_PRESETS, read_reference
@@ -340,7 +346,7 @@ def check_precision(root: Path) -> dict:
     manifest = read_manifest(root / "work" / "manifest.csv")
     labels_of_rows = row_labels(manifest, "label")
     out = {"models": [], "queries": 0, "max |micro diff| P@1..99": 0.0, "max |macro diff| P@1..99": 0.0}
-    for model, _, _ in MODELS:
+    for model, _, _ in models:
         preset = slug(MODEL_PRESETS[model])
         path = root / "work" / "neighbours" / f"{preset}--authors-knn.npz"
         if not path.is_file():
@@ -371,6 +377,9 @@ def main() -> int:
         help="where everything is written (default: cbmir-rehearsal-<scale> in the system temp folder)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--models", type=int, choices=(3, 9), default=3, help="3 (dims 256, 512, 768) or the authors' nine"
+    )
     ap.add_argument(
         "--stages",
         default="generate,import,check,report",
@@ -403,13 +412,15 @@ def main() -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {result}", flush=True)
         return result
 
+    models_name = "MODELS" if args.models == 3 else "NINE_MODELS"
+    models = MODELS if args.models == 3 else NINE_MODELS
     artefacts = root / "artefacts"
     if "generate" in stages:
         shutil.rmtree(artefacts, ignore_errors=True)
         code = (
-            "import json, sys; sys.path.insert(0, 'benchmarks'); from rehearse_paper_scale import generate; "
+            "import json, sys; sys.path.insert(0, 'benchmarks'); from rehearse_paper_scale import *; "
             f"print('SUMMARY', json.dumps(generate(__import__('pathlib').Path({str(artefacts)!r}), "
-            f"{args.scale}, {args.seed}), default=str))"
+            f"{args.scale}, {args.seed}, {models_name}), default=str))"
         )
         stage("generate", [PYTHON, "-c", code])
         for line in log.read_text().splitlines()[::-1]:
@@ -420,13 +431,13 @@ def main() -> int:
     if "knn" in stages:  # rewrite every model's knn.csv and retrieval.csv (artefacts of an older generator)
         code = (
             "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; "
-            "from rehearse_paper_scale import MODELS, build_manifest, write_knn; "
+            "from rehearse_paper_scale import *; "
             f"frame, _ = build_manifest({args.scale}, {args.seed}); "
             f"[write_knn(Path({str(artefacts)!r}) / 'experiments' / 'chexpert_mimic_nih14_radimagenet' / m, "
-            f"frame, {args.seed}, m) for m, _, _ in MODELS]"
+            f"frame, {args.seed}, m, {models_name}) for m, _, _ in {models_name}]"
         )
         stage("knn", [PYTHON, "-c", code])
-        record.setdefault("shape", {})["knn.csv models"] = [m for m, _, _ in MODELS]
+        record.setdefault("shape", {})["knn.csv models"] = [m for m, _, _ in models]
         save()
     if "import" in stages and not args.drop_h5:
         jobs = str(
@@ -443,8 +454,8 @@ def main() -> int:
         # its store is written: the disk never holds every model's HDF5 files and every store at once
         parked = root / "parked"
         exp = artefacts / "experiments" / "chexpert_mimic_nih14_radimagenet"
-        for model, _, _ in MODELS:
-            others = [m for m, _, _ in MODELS if m != model]
+        for model, _, _ in models:
+            others = [m for m, _, _ in models if m != model]
             moves = [
                 (base / m, parked / base.name / m) for m in others for base in (artefacts / "embeddings", exp)
             ]
@@ -465,15 +476,15 @@ def main() -> int:
                     if dst.exists():
                         dst.rename(src)
     if "check" in stages:
-        record["precision check"] = check_precision(root)
+        record["precision check"] = check_precision(root, models)
         save()
         print(record["precision check"], flush=True)
     if "report" in stages:
         from cbmir.authors import MODEL_PRESETS
         from cbmir.config import load_config
 
-        models = [MODEL_PRESETS[m] for m, _, _ in MODELS]
-        config = write_config(root, models)
+        presets = [MODEL_PRESETS[m] for m, _, _ in models]
+        config = write_config(root, presets)
         notebooks = args.notebooks or [n.name for n in load_config(config).notebooks]
         for name in notebooks:
             stage(

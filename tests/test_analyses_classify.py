@@ -68,7 +68,11 @@ def test_val_rule_and_test_scores_match_a_loop_with_same_case_exclusion():
     nb = ref_neighbours(x[tr], x[te], k, cases[tr], cases[te])
     ref = np.array([[np.mean(y[tr][row] == c) for c in range(len(classes))] for row in nb])
     assert np.allclose(out.test_scores, ref)
-    assert out.result.metrics == classification_metrics(y[te], ref, classes).metrics
+    expected = classification_metrics(y[te], ref, classes).metrics
+    assert list(out.result.metrics) == list(expected)
+    np.testing.assert_allclose(
+        list(out.result.metrics.values()), list(expected.values()), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_auto_rule_needs_two_val_cases_per_test_class():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cbmir.classification import METRICS, classification_metrics, metric_draws
+from cbmir.classification import METRICS, classification_metrics, fast_classification_metrics, metric_draws
 
 
 def _problem(seed: int, discrete: bool, n: int = 60, n_classes: int = 5, n_groups: int = 18):
@@ -55,3 +55,20 @@ def test_disagreeing_shapes_are_named():
     y, scores, groups, weights = _problem(0, True)
     with pytest.raises(ValueError, match="group_weights"):
         metric_draws(y, scores, groups, weights[:, :3])
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_fast_classification_metrics_equal_scikit_learns(discrete):
+    y, scores, _, _ = _problem(4, discrete)
+    names = [f"c{c}" for c in range(scores.shape[1] + 1)]
+    scores = np.column_stack([scores, np.zeros(len(y))])  # a class no test sample has: skipped, as there
+    ref, fast = classification_metrics(y, scores, names), fast_classification_metrics(y, scores, names)
+    assert list(fast.metrics) == list(ref.metrics) and fast.skipped_classes == ref.skipped_classes
+    assert "c5" in fast.skipped_classes
+    np.testing.assert_allclose(
+        list(fast.metrics.values()), list(ref.metrics.values()), rtol=1e-12, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="'classes' has 2 names for 6 score columns"):
+        fast_classification_metrics(y, scores, names[:2])
+    with pytest.raises(ValueError, match="non-finite"):
+        fast_classification_metrics(y, np.where(scores > 0.5, np.nan, scores))

@@ -61,3 +61,12 @@ def test_tiny_rehearsal_imports_and_reproduces_their_precision(tmp_path):
     frame, _ = R.build_manifest(0.001, 0)
     R.write_knn(knn.parent, frame, 0, "SAMViTB")  # the `knn` stage: the same file again, without the HDF5
     assert knn.read_bytes() == before
+
+
+def test_nine_models_are_the_authors_classes_at_their_dimensions():
+    from cbmir.authors import MODEL_PRESETS
+
+    dims = {m: d for m, d, _ in R.NINE_MODELS}
+    assert set(dims) == set(MODEL_PRESETS) and R.NINE_MODELS[:3] == R.MODELS
+    assert dims == {"ViTB16": 768, "ViTMAEB": 768, "DINOv2ViTB14": 768, "SAMViTB": 256, "MedSAMViTB": 256,
+                    "BiomedCLIPVitB16_224": 512, "MedCLIP": 512, "ResNet50": 1000, "CLIPOpenAIViTL14": 768}  # fmt: skip

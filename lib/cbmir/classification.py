@@ -43,17 +43,8 @@ def classification_metrics(
     """
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
-    y = np.asarray(y_true, dtype=np.int64)
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim != 2 or y.shape != (s.shape[0],) or len(y) == 0:
-        raise ValueError(
-            f"parameters 'y_true' [N] and 'scores' [N, C] disagree or are empty: {y.shape}, {s.shape}"
-        )
+    y, s = _checked(y_true, scores)
     n_classes = s.shape[1]
-    if y.min() < 0 or y.max() >= n_classes:
-        raise ValueError(f"parameter 'y_true' has class ids outside 0..{n_classes - 1}")
-    if not np.isfinite(s).all():
-        raise ValueError("parameter 'scores' has non-finite values")
     w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     if w is not None:
         if w.shape != y.shape or (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
@@ -61,9 +52,7 @@ def classification_metrics(
                 "parameter 'sample_weight' must hold one finite weight >= 0 per sample, not all 0"
             )
         y, s, w = y[w > 0], s[w > 0], w[w > 0]
-    names = list(classes) if classes is not None else [str(c) for c in range(n_classes)]
-    if len(names) != n_classes:
-        raise ValueError(f"parameter 'classes' has {len(names)} names for {n_classes} score columns")
+    names = _names(classes, n_classes)
     present = np.unique(y)
     pred = s.argmax(axis=1)
     out = {"accuracy": accuracy_score(y, pred, sample_weight=w)}
@@ -80,6 +69,43 @@ def classification_metrics(
         out["roc_auc_micro"] = out["roc_auc_macro"] = float("nan")
     skipped = [names[c] for c in range(n_classes) if c not in set(present.tolist())]
     return ClassificationResult({k: float(v) for k, v in out.items()}, skipped)
+
+
+def _checked(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64 [N], scores float64 [N, C]), or ValueError naming what is wrong."""
+    y = np.asarray(y_true, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or y.shape != (s.shape[0],) or len(y) == 0:
+        raise ValueError(
+            f"parameters 'y_true' [N] and 'scores' [N, C] disagree or are empty: {y.shape}, {s.shape}"
+        )
+    n_classes = s.shape[1]
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"parameter 'y_true' has class ids outside 0..{n_classes - 1}")
+    if not np.isfinite(s).all():
+        raise ValueError("parameter 'scores' has non-finite values")
+    return y, s
+
+
+def _names(classes: Sequence[str] | None, n_classes: int) -> list[str]:
+    names = list(classes) if classes is not None else [str(c) for c in range(n_classes)]
+    if len(names) != n_classes:
+        raise ValueError(f"parameter 'classes' has {len(names)} names for {n_classes} score columns")
+    return names
+
+
+def fast_classification_metrics(
+    y_true: np.ndarray, scores: np.ndarray, classes: Sequence[str] | None = None
+) -> ClassificationResult:
+    """`classification_metrics` (unweighted) computed by `metric_draws` with one weighting of ones: the same
+    values to float rounding (tests/test_metric_draws.py), without scikit-learn's sort of all N x C scores (at
+    the paper's size about 7 s instead of 40 s)."""
+    y, s = _checked(y_true, scores)
+    names = _names(classes, s.shape[1])
+    values = metric_draws(y, s, np.zeros(len(y), dtype=np.int64), np.ones((1, 1)))[0]
+    present = set(np.unique(y).tolist())
+    skipped = [names[c] for c in range(s.shape[1]) if c not in present]
+    return ClassificationResult({k: float(v) for k, v in zip(METRICS, values, strict=True)}, skipped)
 
 
 # ---- the same metrics on many weightings at once (bootstrap draws) ------------------------------------------

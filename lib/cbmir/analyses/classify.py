@@ -32,7 +32,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cbmir.classification import ClassificationResult, classification_metrics, metric_draws
+from cbmir.classification import (
+    ClassificationResult,
+    fast_classification_metrics,
+    metric_draws,
+)
 from cbmir.errors import CbmirError
 from cbmir.search import Neighbours, check_index_params, reuse_index, search
 from cbmir.store import release_pages
@@ -325,7 +329,7 @@ def knn_classify(
     y = d.y[test]
     return Outcome(
         "kNN", rule, reason, {"k": k, "k (test)": k_test, "criterion": criterion}, curve, d.classes, y, scores, d.cases[test],
-        classification_metrics(y, scores, d.classes), absent_classes(d.classes[d.y], d.splits),
+        fast_classification_metrics(y, scores, d.classes), absent_classes(d.classes[d.y], d.splits),
         np.bincount(d.y[train], minlength=n_classes),
     )  # fmt: skip
 
@@ -435,7 +439,7 @@ def probe_classify(
                "standardised": standardise_features, "selection rows": len(stop_rows)}  # fmt: skip
     return Outcome(
         "linear probe", rule, reason, setting, curve, d.classes, y, scores, d.cases[test],
-        classification_metrics(y, scores, d.classes), absent_classes(d.classes[d.y], d.splits),
+        fast_classification_metrics(y, scores, d.classes), absent_classes(d.classes[d.y], d.splits),
         np.bincount(d.y[train], minlength=n_classes),
     )  # fmt: skip
 
@@ -475,11 +479,13 @@ def classification_draws(
     classes: Sequence[str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    point: dict[str, float] | None = None,
 ) -> tuple[dict[str, float], np.ndarray, int]:
     """`bootstrap_draws` of `classification_metrics` (same draws, same values), all draws at once
     (`cbmir.classification.metric_draws`): at the paper's size a loop of scikit-learn's ROC-AUC takes hours.
-    Bad input raises `classification_metrics`' error before any draw."""
-    point = classification_metrics(y_true, scores, classes).metrics
+    `point`: the metrics on all rows when already computed. Bad input raises `classification_metrics`' error
+    before any draw."""
+    point = point if point is not None else fast_classification_metrics(y_true, scores, classes).metrics
     codes, counts = case_draw_counts(cases, n_boot, seed)
     return point, metric_draws(y_true, scores, codes, counts), counts.shape[1]
 
@@ -708,8 +714,9 @@ def _all_draws(outcome: Outcome, n_boot: int, seed: int) -> tuple[dict[str, floa
     per (n_boot, seed) and kept on the outcome."""
     if (n_boot, seed) not in outcome.draws:
         outcome.draws[(n_boot, seed)] = classification_draws(
-            outcome.test_labels, outcome.test_scores, outcome.test_cases, outcome.classes, n_boot, seed
-        )
+            outcome.test_labels, outcome.test_scores, outcome.test_cases, outcome.classes, n_boot, seed,
+            point=outcome.result.metrics,
+        )  # fmt: skip
     return outcome.draws[(n_boot, seed)]
 
 

@@ -115,7 +115,9 @@ def published(tmp_path):
     return {"root": root, "manifest": ordered, "vectors": vectors, "knn": knn, "retrieval": retrieval}
 
 
-def test_import_row_by_row(published, tmp_path):
+@pytest.mark.parametrize("block", [authors.PUT_BLOCK, 4])  # 4: many blocks and a short last one per file
+def test_import_row_by_row(published, tmp_path, monkeypatch, block):
+    monkeypatch.setattr(authors, "PUT_BLOCK", block)
     out = tmp_path / "work"
     report = import_authors(published["root"], out, progress=False)
     assert set(report) == {"sam-vit-b", "vit-mae-b-paper"}
@@ -245,6 +247,26 @@ def test_killed_import_resumes_from_the_last_finished_file(published, tmp_path, 
             sam.embeddings[sam.rows_for([path])[0]], published["vectors"]["SAMViTB"][i], atol=1e-6
         )
     assert not (out / ".import" / "sam-vit-b").exists()
+
+
+def test_zero_and_non_finite_vectors_are_listed_and_the_rest_imported(published, tmp_path, monkeypatch):
+    monkeypatch.setattr(authors, "PUT_BLOCK", 3)
+    manifest = published["manifest"]
+    nih = np.flatnonzero(manifest["dataset"] == "nih14")
+    bad = {manifest["filepath"][nih[1]]: np.zeros(8), manifest["filepath"][nih[4]]: np.full(8, np.nan)}
+    with h5py.File(published["root"] / "embeddings" / "SAMViTB" / "nih14.h5", "a") as handle:
+        for key, vec in bad.items():
+            handle[key][...] = vec
+    out = tmp_path / "work"
+    import_authors(published["root"], out, progress=False)
+    sam = EmbeddingStore.open(out / "embeddings" / "sam-vit-b")
+    assert sorted(sam.failed["filepath"]) == sorted(bad)
+    assert set(sam.failed["error"]) == {"vector in nih14.h5 is not finite or all zeros"}
+    for i, path in enumerate(manifest["filepath"]):
+        if path not in bad:
+            np.testing.assert_allclose(
+                sam.embeddings[sam.rows_for([path])[0]], published["vectors"]["SAMViTB"][i], atol=1e-6
+            )
 
 
 def test_truncated_hdf5_names_the_file(published, tmp_path):

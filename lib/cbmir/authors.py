@@ -133,25 +133,28 @@ def sha256(path: Path) -> str:
 
 
 # -------------------------------------------------------------------------------------------- embeddings
+MAX_OPEN_GROUPS = 1024  # parent groups kept open per HDF5 file by `_read_vector`
+
+
 def _read_vector(handle, path: Path, key: str, groups: dict | None = None) -> np.ndarray | None:
     """The vector stored under `key` as float32, or None when the file has no such dataset.
 
     h5py's low-level calls (open, read into a float32 buffer) are used: about three times faster per dataset
-    than `handle[key][()]`, which matters at one dataset per image. `groups` caches the open parent groups
-    (key's folder -> group id), so each dataset is opened by its name inside its group instead of by its whole
-    path from the root (about half the time per open).
+    than `handle[key][()]`, which matters at one dataset per image. `groups` caches up to `MAX_OPEN_GROUPS`
+    open parent groups (key's folder -> group id), so a dataset of a class folder is opened by its name inside
+    its group instead of by its whole path from the root (about half the time per open).
     """
     import h5py
 
     parent, _, name = key.rpartition("/")
     try:
         try:
-            if groups is None or not parent:
-                node = h5py.h5d.open(handle.id, key.encode())
-            else:
-                if parent not in groups:
-                    groups[parent] = h5py.h5g.open(handle.id, parent.encode())
+            if groups is not None and parent and parent not in groups and len(groups) < MAX_OPEN_GROUPS:
+                groups[parent] = h5py.h5g.open(handle.id, parent.encode())
+            if groups is not None and parent in groups:
                 node = h5py.h5d.open(groups[parent], name.encode())
+            else:  # a folder per image (MIMIC, CheXpert): nothing to reuse
+                node = h5py.h5d.open(handle.id, key.encode())
         except KeyError:
             if key not in handle:
                 return None

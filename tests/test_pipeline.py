@@ -173,3 +173,14 @@ def test_findings_are_written_where_the_site_reads_them(ctx: Context, tmp_path: 
     ctx.save_findings("- two\n")
     assert path.read_text(encoding="utf-8") == "- two\n"
     assert [p.name for p in path.parent.iterdir()] == [FINDINGS]
+
+
+def test_no_image_found_stops_at_once_naming_data_root(ctx: Context, tmp_path: Path) -> None:
+    from cbmir.errors import CbmirError
+
+    ctx.cfg.data_root = tmp_path / "nowhere"  # e.g. a clone whose images were never built
+    with pytest.raises(
+        CbmirError,
+        match=r"none of the manifest's 40 images could be embedded .*img_00.png: file not found.*nowhere",
+    ):
+        ctx.embeddings(MODEL)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cbmir.config import ReportConfig, load_config, slug
+from cbmir.errors import CbmirError
 from cbmir.manifest import case_ids, read_manifest_cached, row_labels, split_rows
 from cbmir.search import Neighbours
 from cbmir.store import EmbeddingStore, ManifestVectors, write_json
@@ -147,6 +148,13 @@ class Context:
                 ray_address=self.cfg.ray_address,
                 compile=self.cfg.compile,
             )
+            store = self._stores[model]
+            if isinstance(store, EmbeddingStore) and len(store) == 0 and len(store.failed):
+                first = store.failed.iloc[0]
+                raise CbmirError(
+                    f"{model}: none of the manifest's {len(store.failed)} images could be embedded (the first, "
+                    f"{first['filepath']}: {first['error']}); are the images under data_root = {self.cfg.data_root}?"
+                )
         return self._stores[model]
 
     def _switch_to(self, model: str) -> None:

@@ -136,7 +136,7 @@ def sha256(path: Path) -> str:
 MAX_OPEN_GROUPS = 1024  # parent groups kept open per HDF5 file by `_read_vector`
 
 
-def _read_vector(handle, path: Path, key: str, groups: dict | None = None) -> np.ndarray | None:
+def _read_vector(handle, path: Path, key: str, groups: dict) -> np.ndarray | None:
     """The vector stored under `key` as float32, or None when the file has no such dataset.
 
     h5py's low-level calls (open, read into a float32 buffer) are used: about three times faster per dataset
@@ -149,9 +149,9 @@ def _read_vector(handle, path: Path, key: str, groups: dict | None = None) -> np
     parent, _, name = key.rpartition("/")
     try:
         try:
-            if groups is not None and parent and parent not in groups and len(groups) < MAX_OPEN_GROUPS:
+            if parent and parent not in groups and len(groups) < MAX_OPEN_GROUPS:
                 groups[parent] = h5py.h5g.open(handle.id, parent.encode())
-            if groups is not None and parent in groups:
+            if parent in groups:
                 node = h5py.h5d.open(groups[parent], name.encode())
             else:  # a folder per image (MIMIC, CheXpert): nothing to reuse
                 node = h5py.h5d.open(handle.id, key.encode())

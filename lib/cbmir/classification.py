@@ -131,6 +131,7 @@ class _Ranking:
     s_neg = v_j, so only m + 1 bins of negative weight are needed (the Mann-Whitney form of the trapezoidal
     area scikit-learn computes)."""
 
+    values: np.ndarray  # [m] the distinct positive scores, ascending
     pos: Any  # [m, G] sparse counts of positives per (bin, group)
     strict: Any  # [m + 1, G] negatives per (#{v <= s_neg}, group)
     tie: Any  # [m, G] negatives tied with v_j
@@ -143,6 +144,7 @@ class _Ranking:
         below, tied = _bins(values, neg)
         m = len(values)
         return cls(
+            values,
             _grouped(pos_bin, pos_groups, m, n_groups),
             _grouped(below + tied, neg_groups, m + 1, n_groups),
             _grouped(below[tied], neg_groups[tied], m, n_groups),
@@ -261,13 +263,12 @@ def _roc_numerators(
     rows, cols = np.nonzero(y[:, None] != seen[None, :])
     micro = _Ranking.of(own, g, s[rows, seen[cols]], g[rows], n_groups)
     del rows, cols
-    values = np.unique(own)
     macro, columns = {}, {}
     for c in seen:
         is_c = y == c
         macro[c] = _Ranking.of(s[is_c, c], g[is_c], s[~is_c, c], g[~is_c], n_groups)
         if not present[:, c].all():
-            below, tied = _bins(values, s[:, c])
+            below, tied = _bins(micro.values, s[:, c])
             tied_rows = np.flatnonzero(tied)
             columns[c] = _Column(below + tied, tied_rows, below[tied_rows])
 

@@ -11,7 +11,9 @@ Stages (each a child process, its wall time and peak RSS of the whole process tr
    to the disk) and `knn_validation_val.csv` (its layout is not known). Shape at `--scale 1`: about 1.6 M rows,
    161 classes of 13 to ~226,000 images (modality -> region -> class), four datasets, three models (256, 512,
    768 dims).
-2. `import`: `cbmir import-authors`.
+2. `import`: `cbmir import-authors`. With `--drop-h5`, one model at a time, each model's HDF5 files deleted
+   after its import; with `--drop-h5` and both stages, each model is written, imported and its HDF5 files
+   deleted before the next is written, so the disk holds one model's HDF5 files at most.
 3. `check`: the authors' P@1..99 (their retrieval.csv) against our metric on each imported knn.csv.
 
 `knn` (not in the default stages) rewrites only every model's knn.csv and retrieval.csv, for artefacts written
@@ -25,7 +27,7 @@ repository.
 
     python benchmarks/rehearse_paper_scale.py --scale 0.01
     python benchmarks/rehearse_paper_scale.py --scale 1 --drop-h5   # the full size; ~25 GB of disk
-    python benchmarks/rehearse_paper_scale.py --scale 1 --models 9 --drop-h5   # the nine models; ~60 GB at the peak
+    python benchmarks/rehearse_paper_scale.py --scale 1 --models 9 --drop-h5   # nine models; ~60 GB at the peak
 """
 
 from __future__ import annotations
@@ -207,11 +209,8 @@ def write_knn(folder: Path, frame: pd.DataFrame, seed: int, model: str, models=M
     return len(queries)
 
 
-def generate(root: Path, scale: float, seed: int, models=MODELS) -> dict:
-    """Write the synthetic artefacts of `models` ((class, dim, noise) ...) under `root`; returns their shape."""
-    import h5py
-
-    rng = np.random.default_rng(seed)
+def write_tables(root: Path, scale: float, seed: int) -> tuple[pd.DataFrame, list[str]]:
+    """The split CSVs and the four `datasets/<dataset>.csv` files every model shares."""
     frame, names = build_manifest(scale, seed)
     exp = root / "experiments" / "chexpert_mimic_nih14_radimagenet"
     exp.mkdir(parents=True, exist_ok=True)
@@ -222,40 +221,56 @@ def generate(root: Path, scale: float, seed: int, models=MODELS) -> dict:
                           ("CheXpert", "CheXpert")):  # fmt: skip
         write_schema_csv(root / "datasets" / f"{file}.csv", frame[frame["dataset"] == dataset], names)
     print(f"manifest: {len(frame)} rows, {N_CLASSES} classes", flush=True)
+    return frame, names
+
+
+def write_model(root: Path, frame: pd.DataFrame, seed: int, model: str, models=MODELS) -> int:
+    """One model's HDF5 files (one 1-D float32 dataset per image, named by its filepath, so nested groups),
+    its experiment folder and its knn.csv; seeded per model, so models can be written one at a time (and
+    imported, and their HDF5 files deleted, before the next: `--drop-h5`). Returns the knn.csv queries."""
+    import h5py
+
+    index = [m for m, _, _ in models].index(model)
+    _, dim, noise = models[index]
+    rng = np.random.default_rng([seed, 1_000 + index])
+    exp = root / "experiments" / "chexpert_mimic_nih14_radimagenet"
     label = frame["label"].to_numpy()
     filepaths = frame["filepath"].to_numpy()
-    for model, dim, noise in models:
-        centres = rng.normal(size=(N_CLASSES, dim)).astype(np.float32) / np.sqrt(dim)
-        folder = root / "embeddings" / model
-        folder.mkdir(parents=True, exist_ok=True)
-        for dataset in ("nih14", "mimic", "radiology_ai", "CheXpert"):
-            rows = np.flatnonzero(frame["dataset"].to_numpy() == dataset)
-            t0 = time.time()
-            with h5py.File(folder / f"{dataset}.h5", "w") as handle:
-                # h5py's low-level calls: the same file as `create_dataset(filepath, data=vector)` (nested
-                # groups, one 1-D float32 dataset per image), four times faster to write
-                lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
-                lcpl.set_create_intermediate_group(True)
-                space, dtype = h5py.h5s.create_simple((dim,)), h5py.h5t.IEEE_F32LE
-                for lo in range(0, len(rows), 50_000):
-                    part = rows[lo : lo + 50_000]
-                    x = centres[label[part]] + rng.normal(scale=noise / np.sqrt(dim), size=(len(part), dim))
-                    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-                    for r, vec in zip(part, x, strict=True):
-                        node = h5py.h5d.create(handle.id, filepaths[r].encode(), dtype, space, lcpl=lcpl)
-                        node.write(h5py.h5s.ALL, h5py.h5s.ALL, vec)
-            print(f"{model}/{dataset}.h5: {len(rows)} vectors in {time.time() - t0:.0f} s", flush=True)
-        mdir = exp / model
-        mdir.mkdir(exist_ok=True)
-        (mdir / "config.json").write_text(
-            json.dumps({"model": model, "embeddings": f"embeddings/{model}", "k": K})
-        )
-        base = {"SAMViTB": 0.80, "BiomedCLIPVitB16_224": 0.86, "ViTB16": 0.84}.get(model, 0.82)
-        for table in ("knn_classification", "linear_probing"):
-            values = np.clip(base + rng.normal(scale=0.03, size=len(PROBE_COLUMNS)), 0, 1)
-            pd.DataFrame([dict(zip(PROBE_COLUMNS, values, strict=True))]).to_csv(mdir / f"{table}.csv")
-    for model, _, _ in models:
-        n_queries = write_knn(exp / model, frame, seed, model, models)
+    centres = rng.normal(size=(N_CLASSES, dim)).astype(np.float32) / np.sqrt(dim)
+    folder = root / "embeddings" / model
+    folder.mkdir(parents=True, exist_ok=True)
+    for dataset in ("nih14", "mimic", "radiology_ai", "CheXpert"):
+        rows = np.flatnonzero(frame["dataset"].to_numpy() == dataset)
+        t0 = time.time()
+        with h5py.File(folder / f"{dataset}.h5", "w") as handle:
+            # h5py's low-level calls: the same file as `create_dataset(filepath, data=vector)` (nested
+            # groups, one 1-D float32 dataset per image), four times faster to write
+            lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+            lcpl.set_create_intermediate_group(True)
+            space, dtype = h5py.h5s.create_simple((dim,)), h5py.h5t.IEEE_F32LE
+            for lo in range(0, len(rows), 50_000):
+                part = rows[lo : lo + 50_000]
+                x = centres[label[part]] + rng.normal(scale=noise / np.sqrt(dim), size=(len(part), dim))
+                x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+                for r, vec in zip(part, x, strict=True):
+                    node = h5py.h5d.create(handle.id, filepaths[r].encode(), dtype, space, lcpl=lcpl)
+                    node.write(h5py.h5s.ALL, h5py.h5s.ALL, vec)
+        print(f"{model}/{dataset}.h5: {len(rows)} vectors in {time.time() - t0:.0f} s", flush=True)
+    mdir = exp / model
+    mdir.mkdir(exist_ok=True)
+    (mdir / "config.json").write_text(
+        json.dumps({"model": model, "embeddings": f"embeddings/{model}", "k": K})
+    )
+    base = {"SAMViTB": 0.80, "BiomedCLIPVitB16_224": 0.86, "ViTB16": 0.84}.get(model, 0.82)
+    for table in ("knn_classification", "linear_probing"):
+        values = np.clip(base + rng.normal(scale=0.03, size=len(PROBE_COLUMNS)), 0, 1)
+        pd.DataFrame([dict(zip(PROBE_COLUMNS, values, strict=True))]).to_csv(mdir / f"{table}.csv")
+    return write_knn(mdir, frame, seed, model, models)
+
+
+def shape(root: Path, frame: pd.DataFrame, models, n_queries: int) -> dict:
+    """What was generated (recorded with the timings)."""
+    label = frame["label"].to_numpy()
     return {
         "rows": len(frame),
         "classes": N_CLASSES,
@@ -267,6 +282,15 @@ def generate(root: Path, scale: float, seed: int, models=MODELS) -> dict:
         "knn.csv models": [m for m, _, _ in models],
         "artefact bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()),
     }
+
+
+def generate(root: Path, scale: float, seed: int, models=MODELS) -> dict:
+    """Write the synthetic artefacts of `models` ((class, dim, noise) ...) under `root`; returns their shape."""
+    frame, _ = write_tables(root, scale, seed)
+    n_queries = 0
+    for model, _, _ in models:
+        n_queries = write_model(root, frame, seed, model, models)
+    return shape(root, frame, models, n_queries)
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -297,6 +321,7 @@ def measured(cmd: list[str], log: Path, env: dict | None = None, interval: float
             time.sleep(interval)
     return {
         "command": " ".join(cmd),
+        "commit": commit(),
         "rc": proc.returncode,
         "wall_s": round(time.time() - t0, 1),
         "peak_rss_tree_gib": round(peak / 2**30, 2),
@@ -304,6 +329,14 @@ def measured(cmd: list[str], log: Path, env: dict | None = None, interval: float
         "load_before": [round(x, 2) for x in load0],
         "load_after": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def commit() -> str:
+    """The repository's commit (with '+changes' when the working tree differs), recorded with each stage."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "lib", "notebooks", "configs"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return head.stdout.strip() + ("+changes" if dirty else "")
 
 
 def cbmir(*args: str) -> list[str]:
@@ -415,6 +448,61 @@ def main() -> int:
     models_name = "MODELS" if args.models == 3 else "NINE_MODELS"
     models = MODELS if args.models == 3 else NINE_MODELS
     artefacts = root / "artefacts"
+    exp = artefacts / "experiments" / "chexpert_mimic_nih14_radimagenet"
+
+    def import_one(model: str) -> None:
+        """Import one model, the others parked outside the tree; its HDF5 files deleted after a good import."""
+        parked = root / "parked"
+        others = [m for m, _, _ in models if m != model]
+        moves = [
+            (base / m, parked / base.name / m) for m in others for base in (artefacts / "embeddings", exp)
+        ]
+        for src, dst in moves:
+            if src.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                src.rename(dst)
+        try:
+            result = stage(
+                f"import {model}",
+                cbmir("import-authors", str(artefacts), "--out", str(root / "work"), "--no-progress"),
+            )
+            if result["rc"] == 0:
+                for path in (artefacts / "embeddings" / model).glob("*.h5"):
+                    path.unlink()
+        finally:
+            for src, dst in moves:
+                if dst.exists():
+                    dst.rename(src)
+
+    if "generate" in stages and "import" in stages and args.drop_h5:
+        # the disk never holds more than one model's HDF5 files: write one model, import it, delete its HDF5
+        # files, then the next (at the paper's size the nine models' HDF5 files alone are ~46 GB)
+        shutil.rmtree(artefacts, ignore_errors=True)
+        frame_file = root / "frame.parquet"
+        code = (
+            "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; "
+            "from rehearse_paper_scale import *; "
+            f"frame, _ = write_tables(Path({str(artefacts)!r}), {args.scale}, {args.seed}); "
+            f"frame.to_parquet({str(frame_file)!r})"
+        )
+        stage("generate tables", [PYTHON, "-c", code])
+        for model, _, _ in models:
+            code = (
+                "import json, sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; "
+                "import pandas as pd; from rehearse_paper_scale import *; "
+                f"frame = pd.read_parquet({str(frame_file)!r}); "
+                f"n = write_model(Path({str(artefacts)!r}), frame, {args.seed}, {model!r}, {models_name}); "
+                f"print('SUMMARY', json.dumps(shape(Path({str(artefacts)!r}), frame, {models_name}, n), "
+                "default=str))"
+            )
+            stage(f"generate {model}", [PYTHON, "-c", code])
+            import_one(model)
+        for line in log.read_text().splitlines()[::-1]:
+            if line.startswith("SUMMARY "):
+                record["shape"] = json.loads(line[len("SUMMARY ") :])
+                break
+        save()
+        stages = [s for s in stages if s not in ("generate", "import")]
     if "generate" in stages:
         shutil.rmtree(artefacts, ignore_errors=True)
         code = (
@@ -450,31 +538,8 @@ def main() -> int:
             ),
         )
     elif "import" in stages:
-        # one model at a time, the others parked outside the tree, and each model's HDF5 files deleted once
-        # its store is written: the disk never holds every model's HDF5 files and every store at once
-        parked = root / "parked"
-        exp = artefacts / "experiments" / "chexpert_mimic_nih14_radimagenet"
-        for model, _, _ in models:
-            others = [m for m, _, _ in models if m != model]
-            moves = [
-                (base / m, parked / base.name / m) for m in others for base in (artefacts / "embeddings", exp)
-            ]
-            for src, dst in moves:
-                if src.exists():
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    src.rename(dst)
-            try:
-                result = stage(
-                    f"import {model}",
-                    cbmir("import-authors", str(artefacts), "--out", str(root / "work"), "--no-progress"),
-                )
-                if result["rc"] == 0:
-                    for path in (artefacts / "embeddings" / model).glob("*.h5"):
-                        path.unlink()
-            finally:
-                for src, dst in moves:
-                    if dst.exists():
-                        dst.rename(src)
+        for model, _, _ in models:  # one model at a time, so the disk never holds every HDF5 file and store
+            import_one(model)
     if "check" in stages:
         record["precision check"] = check_precision(root, models)
         save()
@@ -508,6 +573,7 @@ def main() -> int:
                 f"- {name}: {status}, {r['wall_s']:.0f} s wall, peak RSS {r['peak_rss_tree_gib']} GiB "
                 f"(process tree; largest process {r['peak_rss_one_process_gib']} GiB), load average "
                 f"{r['load_before'][0]} before / {r['load_after'][0]} after"
+                + (f", at {r['commit']}" if r.get("commit") else "")
             )
         if "precision check" in record:
             lines.append(f"- authors' P@1..99 vs ours on their knn.csv: {record['precision check']}")

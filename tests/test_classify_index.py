@@ -171,18 +171,21 @@ def test_reuse_index_rebuilds_for_other_vectors_or_settings_and_only_inside_the_
     built = []
     real = search_module.build_index
     monkeypatch.setattr(search_module, "build_index", lambda b, t, **p: built.append(t) or real(b, t, **p))
-    plain = search_module.search(xb, xq, 3, progress=False)
+    ivf = {"index_type": "ivf", "nlist": 2, "nprobe": 2}
+    plain = search_module.search(xb, xq, 3, progress=False, **ivf)
     with search_module.reuse_index():
-        first = search_module.search(xb, xq, 3, progress=False)
-        again = search_module.search(xb.copy(), xq[:2], 3, progress=False)  # equal content: reused
-        assert built == ["flat", "flat"]
-        search_module.search(xb + 1.0, xq, 3, progress=False)  # other vectors: rebuilt
-        search_module.search(xb, xq, 3, progress=False, index_type="ivf", nlist=2, nprobe=2)  # other settings
-        assert built == ["flat", "flat", "flat", "ivf"]
-    search_module.search(xb, xq, 3, progress=False)
+        first = search_module.search(xb, xq, 3, progress=False, **ivf)
+        again = search_module.search(xb.copy(), xq[:2], 3, progress=False, **ivf)  # equal content: reused
+        assert built == ["ivf", "ivf"]
+        search_module.search(xb + 1.0, xq, 3, progress=False, **ivf)  # other vectors: rebuilt
+        search_module.search(xb, xq, 3, progress=False, index_type="ivf", nlist=3, nprobe=3)  # other settings
+        assert built == ["ivf", "ivf", "ivf", "ivf"]
+    search_module.search(xb, xq, 3, progress=False, **ivf)
     assert len(built) == 5 and search_module._REUSE is None
     np.testing.assert_array_equal(first[1], plain[1])
     np.testing.assert_array_equal(again[1], plain[1][:2])
+    search_module.search(xb, xq, 3, progress=False)  # flat: scanned in blocks, no index built
+    assert len(built) == 5
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
@@ -213,3 +216,30 @@ def test_both_heads_release_a_memmapped_inputs_pages(tmp_path) -> None:
     assert rss_file_kib() - before < 0.1 * store.embeddings.nbytes / 1024
     classify.probe_classify(store.embeddings, labels, splits, selection="val", max_epochs=1, progress=False)
     assert rss_file_kib() - before < 0.1 * store.embeddings.nbytes / 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_standardising_a_memmap_in_chunks_keeps_few_of_its_pages(tmp_path) -> None:
+    """The probe's standardiser passes over 1.6 M x 1000 mapped vectors (6.4 GB): with `release`, at most about
+    one chunk stays resident; without it, all of them (the check can fail)."""
+    from cbmir.store import EmbeddingStore, write_store
+
+    n, dim, chunk = 32_768, 256, 1024
+    x = np.random.default_rng(1).normal(size=(n, dim))
+    mm = EmbeddingStore.open(write_store(tmp_path / "s", x, [f"{i}.png" for i in range(n)], spec="toy").path)
+    matrix = mm.embeddings
+
+    def rss_file_kib() -> int:
+        line = next(s for s in Path("/proc/self/status").read_text().splitlines() if s.startswith("RssFile:"))
+        return int(line.split()[1])
+
+    classify.release_pages(matrix)
+    before = rss_file_kib()
+    mean, scale = classify.fit_standardiser(matrix, chunk_rows=chunk, release=matrix)
+    z = classify.standardise(matrix, mean, scale, chunk_rows=chunk, release=matrix)
+    assert rss_file_kib() - before < 0.1 * matrix.nbytes / 1024
+    np.testing.assert_allclose(z, ((matrix - matrix.mean(0)) / matrix.std(0)).astype(np.float32), atol=1e-4)
+    classify.release_pages(matrix)
+    before = rss_file_kib()
+    classify.standardise(matrix, mean, scale, chunk_rows=chunk)  # no release: the whole map is resident
+    assert rss_file_kib() - before > 0.9 * matrix.nbytes / 1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from cbmir.search import Neighbours, l2_normalise, load_store_matrix, search, search_rows
+from cbmir.search import Neighbours, flat_knn, l2_normalise, load_store_matrix, search, search_rows
 
 
 def brute_force(xb: np.ndarray, xq: np.ndarray, k: int, exclude_self: bool = False):
@@ -32,6 +32,31 @@ def test_flat_matches_brute_force(data):
     assert ids.dtype == np.int64 and scores.dtype == np.float32
     np.testing.assert_array_equal(ids, ref_i)
     np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 64, 399, 400, 10_000])
+def test_flat_knn_in_blocks_matches_brute_force_ties_included(data, block_rows):
+    """Blocks of any size give the reference's ranking; equal scores (duplicated rows) rank the lower row first."""
+    xb, xq = data
+    xb = np.concatenate([xb, xb[:50]])  # rows 400..449 repeat rows 0..49: exact ties across blocks
+    xb = l2_normalise(xb)
+    xb.flags.writeable = False  # as a store's memmap is
+    scores, ids = flat_knn(xb, l2_normalise(xq), 12, block_rows=block_rows)
+    sim = l2_normalise(xq) @ xb.T  # float32, the same products as faiss up to rounding
+    ref_s, ref_i = brute_force(xb, xq, 12)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+    for q in range(
+        len(xq)
+    ):  # where two scores agree to rounding, either order is right; else the reference's
+        for j in range(12):
+            if ids[q, j] != ref_i[q, j]:
+                assert abs(sim[q, ids[q, j]] - sim[q, ref_i[q, j]]) < 1e-5, (q, j)
+    for q, j in zip(
+        *np.nonzero(ids >= 400), strict=True
+    ):  # a repeated row at an equal score: after its original
+        original = np.flatnonzero(ids[q] == ids[q, j] - 400)
+        if len(original) and scores[q, original[0]] == scores[q, j]:
+            assert original[0] < j, (q, j)
 
 
 def test_exclude_self_matches_brute_force(data):

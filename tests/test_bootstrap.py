@@ -148,3 +148,27 @@ def test_holm_matches_reference(seed):
 
 def test_holm_hand_example():
     np.testing.assert_allclose(holm([0.01, 0.04, 0.03, np.nan]), [0.03, 0.06, 0.06, np.nan], equal_nan=True)
+
+
+@pytest.mark.parametrize("average", ["micro", "macro"])
+def test_kept_draw_counts_give_the_same_intervals_as_fresh_draws(monkeypatch, average):
+    """`case_weights` keeps the draw counts of recent (cases, resamples, seed) in one byte each; the intervals are
+    those of draws made afresh (cache off), also when a count does not fit in a byte (the int64 fallback)."""
+    from cbmir.metrics import bootstrap
+
+    rng = np.random.default_rng(5)
+    p, q, cases = rng.random((300, 4)), rng.integers(0, 5, 300), rng.integers(0, 40, 300)
+    kept = bootstrap_ci(p, q, cases, average=average, n_boot=200, seed=3)
+    monkeypatch.setattr(
+        bootstrap, "NARROW_COUNT_MAX", 1
+    )  # most draws hold a case twice: int64 from the start
+    bootstrap._draw_counts.cache_clear()
+    wide = bootstrap_ci(p, q, cases, average=average, n_boot=200, seed=3)
+    assert bootstrap._draw_counts(40, 200, 3).dtype == np.int64
+    monkeypatch.setattr(bootstrap, "CACHED_DRAW_BYTES", 0)
+    fresh = bootstrap_ci(p, q, cases, average=average, n_boot=200, seed=3)
+    monkeypatch.setattr(bootstrap, "NARROW_COUNT_MAX", 255)
+    bootstrap._draw_counts.cache_clear()
+    for other in (wide, fresh):
+        np.testing.assert_array_equal(kept[["low", "high"]].to_numpy(), other[["low", "high"]].to_numpy())
+    assert bootstrap._draw_counts(40, 200, 3).dtype == np.uint8

@@ -11,9 +11,9 @@ Stages (each a child process, its wall time and peak RSS of the whole process tr
    to the disk) and `knn_validation_val.csv` (its layout is not known). Shape at `--scale 1`: about 1.6 M rows,
    161 classes of 13 to ~226,000 images (modality -> region -> class), four datasets, three models (256, 512,
    768 dims).
-2. `import`: `cbmir import-authors`. With `--drop-h5`, one model at a time, each model's HDF5 files deleted
-   after its import; with `--drop-h5` and both stages, each model is written, imported and its HDF5 files
-   deleted before the next is written, so the disk holds one model's HDF5 files at most.
+2. `import`: `cbmir import-authors`. With `--drop-h5`, one model at a time, each model's HDF5 files and
+   knn.csv deleted after its import; with `--drop-h5` and both stages, each model is written, imported and
+   those files deleted before the next is written, so the disk holds one model's HDF5 files at most.
 3. `check`: the authors' P@1..99 (their retrieval.csv) against our metric on each imported knn.csv.
 
 `knn` (not in the default stages) rewrites only every model's knn.csv and retrieval.csv, for artefacts written
@@ -26,8 +26,8 @@ beside the artefacts. Everything is written under `--root` (default: cbmir-rehea
 repository.
 
     python benchmarks/rehearse_paper_scale.py --scale 0.01
-    python benchmarks/rehearse_paper_scale.py --scale 1 --drop-h5   # the full size; ~25 GB of disk
-    python benchmarks/rehearse_paper_scale.py --scale 1 --models 9 --drop-h5   # nine models; ~60 GB at the peak
+    python benchmarks/rehearse_paper_scale.py --scale 1 --drop-h5   # the full size; ~20 GB of disk at the peak
+    python benchmarks/rehearse_paper_scale.py --scale 1 --models 9 --drop-h5   # nine models; ~46 GB at the peak
 """
 
 from __future__ import annotations
@@ -419,7 +419,11 @@ def main() -> int:
         help="comma-separated subset, or 'none' to append what earlier runs recorded",
     )
     ap.add_argument("--notebooks", nargs="+", help="only these notebooks of the config")
-    ap.add_argument("--drop-h5", action="store_true", help="delete the HDF5 files after a good import (disk)")
+    ap.add_argument(
+        "--drop-h5",
+        action="store_true",
+        help="delete each model's HDF5 files and knn.csv after its import (disk)",
+    )
     ap.add_argument("--no-results", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args()
     root = Path(args.root or Path(tempfile.gettempdir()) / f"cbmir-rehearsal-{args.scale:g}")
@@ -451,7 +455,8 @@ def main() -> int:
     exp = artefacts / "experiments" / "chexpert_mimic_nih14_radimagenet"
 
     def import_one(model: str) -> None:
-        """Import one model, the others parked outside the tree; its HDF5 files deleted after a good import."""
+        """Import one model, the others parked outside the tree; its HDF5 files and knn.csv (1.2 GB at the
+        paper's size) deleted after a good import: its store and neighbour table hold them."""
         parked = root / "parked"
         others = [m for m, _, _ in models if m != model]
         moves = [
@@ -466,9 +471,9 @@ def main() -> int:
                 f"import {model}",
                 cbmir("import-authors", str(artefacts), "--out", str(root / "work"), "--no-progress"),
             )
-            if result["rc"] == 0:
-                for path in (artefacts / "embeddings" / model).glob("*.h5"):
-                    path.unlink()
+            if result["rc"] == 0:  # the store and the neighbour table hold them now
+                for path in [*(artefacts / "embeddings" / model).glob("*.h5"), exp / model / "knn.csv"]:
+                    path.unlink(missing_ok=True)
         finally:
             for src, dst in moves:
                 if dst.exists():

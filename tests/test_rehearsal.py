@@ -91,7 +91,7 @@ def test_drop_h5_writes_imports_and_deletes_one_model_at_a_time(tmp_path):
     names = ["generate tables", *[f"{step} {m}" for m in models for step in ("generate", "import")]]
     assert list(record["stages"]) == names  # interleaved: written, imported, deleted, then the next model
     assert all(r["rc"] == 0 and r["commit"] for r in record["stages"].values())
-    assert not list((root / "artefacts").rglob("*.h5"))
+    assert not list((root / "artefacts").rglob("*.h5")) and not list((root / "artefacts").rglob("knn.csv"))
     assert record["precision check"]["models"] == ["sam-vit-b", "biomedclip", "vit-b16-in21k"]
     assert record["precision check"]["max |micro diff| P@1..99"] < 1e-9
     assert record["shape"]["rows"] > 0

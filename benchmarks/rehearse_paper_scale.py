@@ -449,6 +449,14 @@ def main() -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {result}", flush=True)
         return result
 
+    def record_shape() -> None:
+        """The shape the last generate stage printed (its `SUMMARY` line in the log)."""
+        for line in log.read_text().splitlines()[::-1]:
+            if line.startswith("SUMMARY "):
+                record["shape"] = json.loads(line[len("SUMMARY ") :])
+                break
+        save()
+
     models_name = "MODELS" if args.models == 3 else "NINE_MODELS"
     models = MODELS if args.models == 3 else NINE_MODELS
     artefacts = root / "artefacts"
@@ -502,11 +510,7 @@ def main() -> int:
             )
             stage(f"generate {model}", [PYTHON, "-c", code])
             import_one(model)
-        for line in log.read_text().splitlines()[::-1]:
-            if line.startswith("SUMMARY "):
-                record["shape"] = json.loads(line[len("SUMMARY ") :])
-                break
-        save()
+        record_shape()
         stages = [s for s in stages if s not in ("generate", "import")]
     if "generate" in stages:
         shutil.rmtree(artefacts, ignore_errors=True)
@@ -516,11 +520,7 @@ def main() -> int:
             f"{args.scale}, {args.seed}, {models_name}), default=str))"
         )
         stage("generate", [PYTHON, "-c", code])
-        for line in log.read_text().splitlines()[::-1]:
-            if line.startswith("SUMMARY "):
-                record["shape"] = json.loads(line[len("SUMMARY ") :])
-                break
-        save()
+        record_shape()
     if "knn" in stages:  # rewrite every model's knn.csv and retrieval.csv (artefacts of an older generator)
         code = (
             "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; "

@@ -1,8 +1,8 @@
 """Nearest-neighbour search: cosine similarity with FAISS on L2-normalised float32 embeddings.
 
-The default is exact search (inner product over every vector, as the paper's `IndexFlatIP`; `search` scans the
-vectors in blocks with `faiss.knn` instead of building the index, which would copy them). Approximate indexes ("hnsw", "ivf", "ivfpq") are
-built by small functions whose defaults come from `benchmarks/bench_search.py`; "ivfpq" (4-bit fast-scan PQ
+The default is exact search: the inner product with every vector, as the paper's `IndexFlatIP`, computed by
+`flat_knn` in blocks instead of through that index, which would copy the vectors. Approximate indexes ("hnsw",
+"ivf", "ivfpq") are built by small functions whose defaults come from `benchmarks/bench_search.py`; "ivfpq" (4-bit fast-scan PQ
 candidates re-ranked exactly against the stored vectors) is the one to use at the paper's scale. Measured speed
 and recall of each: `benchmarks/RESULTS.md`.
 

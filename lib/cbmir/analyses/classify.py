@@ -72,15 +72,13 @@ def _prepare(embeddings, labels, splits, cases) -> _Data:
         raise ClassifyError(
             f"parameters disagree: 'embeddings' {x.shape}, 'labels' {labels.shape}, 'splits' {splits.shape}"
         )
-    mapped = embeddings if getattr(embeddings, "_mmap", None) is not None else None
     for lo in range(0, n, STANDARDISE_CHUNK):  # a chunk at a time: no [N, D] mask, no mapped pages kept
         finite = np.isfinite(x[lo : lo + STANDARDISE_CHUNK]).all(axis=1)
         if not finite.all():
             raise ClassifyError(
                 f"parameter 'embeddings': row {lo + int(np.flatnonzero(~finite)[0])} is not finite"
             )
-        if mapped is not None:
-            release_pages(mapped)
+        release_pages(embeddings)  # nothing for an array that is not a memmap
     cases = np.arange(n) if cases is None else pd.factorize(pd.Series(np.asarray(cases)))[0]
     if len(cases) != n:
         raise ClassifyError(f"parameter 'cases' has {len(cases)} entries for {n} rows")
@@ -346,8 +344,9 @@ STANDARDISE_CHUNK = 65_536  # rows converted to float64 at a time (1.4 M x 768 a
 def _chunks(
     x: np.ndarray, rows: np.ndarray, chunk_rows: int, release: np.ndarray | None = None
 ) -> Iterator[np.ndarray]:
-    """`x[rows]` in float64, `chunk_rows` rows at a time; with `release` (the memmap `x` views), its pages are
-    released after each chunk, so a pass over 1.6 M x 1000 mapped vectors never holds their 6.4 GB resident."""
+    """`x[rows]` in float64, `chunk_rows` rows at a time; with `release` (the memmap `x` views; any other array
+    is left alone), its pages are released after each chunk, so a pass over 1.6 M x 1000 mapped vectors never
+    holds their 6.4 GB resident."""
     for lo in range(0, len(rows), chunk_rows):
         yield np.asarray(x[rows[lo : lo + chunk_rows]], dtype=np.float64)
         if release is not None:
@@ -428,11 +427,11 @@ def probe_classify(
     settings = dict(lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed, progress=progress)
     n_classes = len(d.classes)
 
-    mapped = embeddings if getattr(embeddings, "_mmap", None) is not None else None  # pages to release
-
-    def prep(rows_fit):
-        mean, scale = fit_standardiser(d.x, rows_fit, release=mapped) if standardise_features else (0.0, 1.0)
-        return lambda rows: standardise(d.x, mean, scale, rows, release=mapped)
+    def prep(rows_fit):  # `release`: a memmapped input's pages, freed chunk by chunk
+        mean, scale = (
+            fit_standardiser(d.x, rows_fit, release=embeddings) if standardise_features else (0.0, 1.0)
+        )
+        return lambda rows: standardise(d.x, mean, scale, rows, release=embeddings)
 
     z = prep(fit_rows)
     z_fit, z_stop, z_test = z(fit_rows), z(stop_rows), z(test)

@@ -127,9 +127,8 @@ def silhouettes(
 
     _check(emb, labels_by_level, None)
     rows = sample_rows(len(emb), max_points, seed)
-    x = np.asarray(
-        emb[rows], dtype=np.float64
-    )  # the sample only (all of emb in float64: 13 GB at 1.6 M x 1000)
+    # the sample only in float64 (all of emb would take 13 GB at 1.6 M x 1000)
+    x = np.asarray(emb[rows], dtype=np.float64)
     out = []
     for level, labels in labels_by_level.items():
         lab = np.asarray(labels).astype(str)[rows]

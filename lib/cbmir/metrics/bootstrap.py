@@ -108,7 +108,7 @@ def case_weights(n_cases: int, n_boot: int, seed: int, chunk: int) -> Iterator[t
     resample, in order. The counts of the last few (G, resamples, seed) are kept (`_draw_counts`): a report
     bootstraps many metrics over the same cases, and drawing 1,000 x 160,000 cases took seconds each time."""
     counts = _draw_counts(n_cases, n_boot, seed) if n_cases * n_boot <= CACHED_DRAW_BYTES else None
-    rng = np.random.default_rng(seed)
+    draws = _draws(n_cases, n_boot, seed)
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
         if counts is not None:
@@ -116,19 +116,23 @@ def case_weights(n_cases: int, n_boot: int, seed: int, chunk: int) -> Iterator[t
             continue
         w = np.empty((b, n_cases))
         for i in range(b):
-            w[i] = np.bincount(rng.integers(0, n_cases, n_cases), minlength=n_cases)
+            w[i] = next(draws)
         yield start, w
+
+
+def _draws(n_cases: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Times each case is drawn [G], one resample after another: `rng.integers(0, G, G)` per resample."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield np.bincount(rng.integers(0, n_cases, n_cases), minlength=n_cases)
 
 
 @functools.lru_cache(maxsize=2)
 def _draw_counts(n_cases: int, n_boot: int, seed: int) -> np.ndarray:
-    """[n_boot, G] times each case is drawn (the draws of `case_weights`), as the smallest unsigned type that
-    holds them; read-only, since it is shared."""
-    rng = np.random.default_rng(seed)
+    """[n_boot, G] `_draws`, one byte each (int64 if a count does not fit); read-only, since it is shared."""
     out = np.empty((n_boot, n_cases), dtype=np.uint8)
     wide = None
-    for i in range(n_boot):
-        row = np.bincount(rng.integers(0, n_cases, n_cases), minlength=n_cases)
+    for i, row in enumerate(_draws(n_cases, n_boot, seed)):
         if wide is None and row.max() > NARROW_COUNT_MAX:  # a case drawn 256+ times: possible, never seen
             wide = out.astype(np.int64)
         (out if wide is None else wide)[i] = row

@@ -285,3 +285,22 @@ def test_a_head_key_shows_its_colour_and_each_baseline_its_hatch():
     )
     assert fig.axes[0].patches[0].get_hatch()  # the raw-pixels bars themselves are hatched
     plt.close(fig)
+
+
+def test_count_ticks_read_as_counts_at_a_million_rows():
+    assert [plots.compact_count(v) for v in (1, 100, 9999, 135992, 679995, 1359990)] == [
+        "1",
+        "100",
+        "9999",
+        "136 k",
+        "680 k",
+        "1.36 M",
+    ]
+    fig, ax = plt.subplots()
+    ax.plot([135992, 1359990], [0.5, 0.6])
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(plots._PLAIN_TICKS)
+    ax.set_xticks([135992, 1359990])
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["136 k", "1.36 M"]
+    plt.close(fig)

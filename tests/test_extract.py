@@ -171,6 +171,38 @@ def test_workers_preserve_manifest_order(
     _assert_same(store, reference)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_inline_decoding_on_threads_gives_the_same_store_as_workers(
+    images: tuple[Path, pd.DataFrame],
+    reference: EmbeddingStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    threads: int,
+) -> None:
+    import threading
+
+    import cbmir.extract
+
+    root, manifest = images
+    monkeypatch.setattr(cbmir.extract, "decode_threads", lambda: threads)
+    encoder = tiny_encoder()
+    seen: set[int] = set()
+    transform = encoder.transform
+
+    def recording(image: Image.Image) -> torch.Tensor:
+        seen.add(threading.get_ident())
+        time.sleep(0.002)  # long enough for the pool to hand rows to more than one thread
+        return transform(image)
+
+    encoder.transform = recording
+    store = extract_embeddings(manifest, root, encoder, tmp_path, batch_size=6, num_workers=0, chunk_size=7)
+    _assert_same(store, reference)  # same rows, order, vectors and failures (the corrupt and missing files)
+    pool_threads = seen - {threading.get_ident()}  # the main thread reads one image to size the batches
+    assert len(pool_threads) > 1 if threads > 1 else not pool_threads
+    decode = json.loads((store.path / "provenance.json").read_text())["loader"]["decode"]
+    assert decode == f"inline, between forward passes, on {threads} thread(s)"
+
+
 def test_bf16_on_cpu_is_close_and_leaves_the_encoder_untouched(
     images: tuple[Path, pd.DataFrame], reference: EmbeddingStore, tmp_path: Path
 ) -> None:

@@ -20,6 +20,8 @@ import shutil
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,7 @@ from cbmir.installed import library_versions
 from cbmir.precision import (
     EncoderOutputError,
     PrecisionRunner,
+    decode_threads,
     default_workers,
     host_memory_bytes,
     loader_settings,
@@ -84,8 +87,16 @@ class ManifestImages:
         self.transform = transform
         self.frames = list(frames) if frames is not None else [None] * len(self.paths)
 
+    pool: Executor | None = None  # set for inline decoding: a batch's images are decoded by its threads
+
     def __len__(self) -> int:
         return len(self.paths)
+
+    def __getitems__(self, rows: Sequence[int]) -> list[tuple[int, torch.Tensor, str]]:
+        """One batch (torch's DataLoader calls this when present): decoded on `pool`'s threads, in row order."""
+        if self.pool is None:
+            return [self[row] for row in rows]
+        return list(self.pool.map(self.__getitem__, rows))
 
     def __getitem__(self, row: int) -> tuple[int, torch.Tensor, str]:
         from cbmir.images import ImageLoadError, load_image
@@ -435,11 +446,22 @@ def _run_chunks(
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate, **settings
     )
+    threads = decode_threads() if num_workers == 0 else 1
+    settings["decode"] = (
+        f"{num_workers} DataLoader worker(s), beside the forward pass"
+        if num_workers
+        else f"inline, between forward passes, on {threads} thread(s)"
+    )
     writer = ChunkWriter(chunks, plan, todo)
-    with tqdm(total=sum(map(len, batches)), desc=f"embed {plan['spec']}", unit="img", initial=0) as bar:
-        for ok_rows, batch, batch_failures in loader:
-            writer.add(ok_rows, None if batch is None else runner.embed(batch), batch_failures)
-            bar.update(len(ok_rows) + len(batch_failures))
+    bar = tqdm(total=sum(map(len, batches)), desc=f"embed {plan['spec']}", unit="img", initial=0)
+    with bar, ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
+        dataset.pool = pool
+        try:
+            for ok_rows, batch, batch_failures in loader:
+                writer.add(ok_rows, None if batch is None else runner.embed(batch), batch_failures)
+                bar.update(len(ok_rows) + len(batch_failures))
+        finally:
+            dataset.pool = None
     writer.finish()
     return settings
 

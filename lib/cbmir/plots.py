@@ -448,7 +448,18 @@ def query_panel(
 
 
 # ---- figures of cbmir.analyses (chance references, case-level bands, baselines drawn distinctly) ----------
-_PLAIN_TICKS = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+
+
+def compact_count(value: float) -> str:
+    """A tick label for a count: '100', '9999', '136 k', '1.36 M' (never '1.35999e+06')."""
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.3g} M"
+    if abs(value) >= 1e4:
+        return f"{value / 1e3:.3g} k"
+    return f"{value:g}"
+
+
+_PLAIN_TICKS = matplotlib.ticker.FuncFormatter(lambda v, _: compact_count(v))
 CHANCE_STYLE = {"color": "black", "linestyle": ":", "lw": 1.2}
 CEILING_STYLE = {"color": "firebrick", "linestyle": (0, (8, 3)), "lw": 0.9}  # apart from every model's look
 

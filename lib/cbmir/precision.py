@@ -67,13 +67,22 @@ def resolve_precision(precision: str | None, bf16: bool, device: str) -> str:
     return wanted
 
 
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """DataLoader workers for this machine: one per usable core but one (for the main process), at most 16."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))
+    return max(0, min(MAX_DEFAULT_WORKERS, usable_cores() - 1))
+
+
+def decode_threads() -> int:
+    """Threads that decode a batch inline (no DataLoader workers): one per usable core, at most 16."""
+    return max(1, min(MAX_DEFAULT_WORKERS, usable_cores()))
 
 
 HOST_MEMORY_SHARE = 8  # batches in flight may hold at most 1/8 of the host's memory

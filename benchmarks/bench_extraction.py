@@ -8,9 +8,13 @@ For each encoder and precision (fp32; bf16 where the CPU multiplies bf16 nativel
   rounds, interleaved with the forward passes, best of `--rounds`: every speed is quoted as a ratio to it;
 - decode + resize + normalise time per image on one torch thread (what a DataLoader worker does) against the
   forward time per image;
-- the pipeline (`extract_embeddings` from JPEG/PNG files, the default DataLoader workers): whole-call img/s
-  including start-up, the rewrite checks and compilation, and the marginal rate (extra images of a full run over
-  a quarter run per extra second: the steady rate, with the fixed start-up costs cancelled).
+- the pipeline (`extract_embeddings` from JPEG/PNG files), once per `--workers` setting in the same run (0 =
+  decode inline on a thread per core between forward passes; n > 0 = n DataLoader workers decoding beside the
+  forward pass): whole-call img/s including start-up, the rewrite checks and compilation, and the marginal rate
+  (extra images of a full run over a quarter run per extra second: the steady rate, with the fixed start-up costs
+  cancelled);
+- the bound on the pipeline's share of the bare forward pass when the cores must also decode: with every core
+  busy in the forward pass, each image costs at least forward + decode / cores seconds.
 The load average is printed beside each figure: on a shared machine only the ratios mean much.
 
 GPU section (when `torch.cuda.is_available()`; otherwise skipped with a printed line): the paper's nine encoders
@@ -20,6 +24,7 @@ as extraction runs it (autocast; TF32 for fp32). A batch that runs out of memory
 
     python benchmarks/bench_extraction.py                   # all offline encoders, --n 8 images
     python benchmarks/bench_extraction.py --models litemedsam --n 4 --rounds 2 --no-append
+    python benchmarks/bench_extraction.py --workers 1,0      # workers beside the forward vs inline decoding
     python benchmarks/bench_extraction.py --gpu-only        # the GPU section alone
 """
 
@@ -157,19 +162,27 @@ def load_avg() -> str:
 
 def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
     from cbmir.accelerate import cpu_info, gflop_per_image, optimise_for_inference
+    from cbmir.precision import decode_threads
 
     info = cpu_info()
+    workers = [int(w) for w in str(args.workers).split(",")]
     precisions = ["fp32"] + (["bf16"] if info["native_bf16"] and not args.no_bf16 else [])
     lines = [
         f"- CPU: {info['model']}, {info['cores']} cores, torch threads {torch.get_num_threads()}; ISA: {', '.join(info['isa'])}",
         f"- {args.n} images per measurement (chest X-ray JPEG/PNG from pneumonia-model-package), batch {args.batch}, "
         f"best of {args.rounds} interleaved rounds (GEMM, orig forward, fast forward); load = 1-min load average; "
         f"fast = cbmir.accelerate with compile {args.compile!r}; pipeline = extract_embeddings with the same, "
-        f"{args.workers} DataLoader workers, {args.pipeline_n} images",
+        f"{args.pipeline_n} images, per DataLoader workers setting w (0: decoded inline on {decode_threads()} "
+        f"thread(s) between forward passes); bound = forward / (forward + decode / {info['cores']} cores), the most "
+        "a pipeline that decodes on the same cores can reach",
         "",
         "| encoder | precision | GFLOP/img | GEMM GFLOP/s | orig img/s | orig % GEMM | fast img/s | fast % GEMM | fast/orig | "
-        "decode ms/img | forward ms/img | pipeline img/s (whole / marginal) | marginal % fast | load | steps |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "decode ms/img | forward ms/img | bound % fast | "
+        + " | ".join(f"w={w}: pipeline img/s (whole / marginal) | w={w}: marginal % fast" for w in workers)
+        + " | load | steps |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + "---:|---:|" * len(workers)
+        + "---:|---|",
     ]
     for name in args.models.split(","):
         encoder = load(name)
@@ -195,17 +208,21 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
                 best["orig"] = max(best["orig"], bare(orig, orig_batches))
                 best["fast"] = max(best["fast"], bare(fast.module, batches))
                 loads.append(load_avg())
-            whole, steady, steps = pipeline(
-                encoder, manifest.iloc[: args.pipeline_n], root, tmp / f"{name}-{precision}", args.batch, precision == "bf16",
-                args.compile, args.workers,
-            )  # fmt: skip
+            cells = []
+            for w in workers:
+                whole, steady, steps = pipeline(
+                    encoder, manifest.iloc[: args.pipeline_n], root, tmp / f"{name}-{precision}", args.batch,
+                    precision == "bf16", args.compile, w,
+                )  # fmt: skip
+                cells.append(f"{whole:.3f} / {steady:.3f} | {100 * steady / best['fast']:.0f} %")
+            bound = 100 / (1 + decode * best["fast"] / info["cores"])
             if "compile_seconds" in fast_info:
                 steps = [*steps, f"compile {fast_info['compile_seconds']:.0f} s: {fast_info['compile']}"]
             g = best["gemm"]
             row = (
                 f"| {name} | {precision} | {gflop:.1f} | {g:.0f} | {best['orig']:.3f} | {100 * best['orig'] * gflop / g:.0f} % "
                 f"| {best['fast']:.3f} | {100 * best['fast'] * gflop / g:.0f} % | {best['fast'] / best['orig']:.2f}x "
-                f"| {1000 * decode:.0f} | {1000 / best['fast']:.0f} | {whole:.3f} / {steady:.3f} | {100 * steady / best['fast']:.0f} % "
+                f"| {1000 * decode:.0f} | {1000 / best['fast']:.0f} | {bound:.0f} % | {' | '.join(cells)} "
                 f"| {'/'.join(loads)} | {'; '.join(steps)} |"
             )
             print(row, flush=True)
@@ -325,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         "--compile", default="on", choices=["auto", "on", "off"], help="torch.compile of 'fast'"
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="DataLoader workers (default: cores but one)"
+        "--workers",
+        default=None,
+        help="comma-separated DataLoader workers settings, each timed in the same run (default: cores but one, and 0)",
     )
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU section")
@@ -338,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is None:
         from cbmir.precision import default_workers
 
-        args.workers = default_workers()
+        args.workers = f"{default_workers('cuda')},0"  # workers beside the forward pass, then inline decoding
     command = "python benchmarks/bench_extraction.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if not args.gpu_only:
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,9 +1,9 @@
 """The default report's extraction, as the report runs it, against the plain fp32 eager extraction: seconds per image.
 
 For each model of the config (default `configs/radmini.yaml`), the report's own rows (manifest and row cap) are
-embedded into temporary stores twice in the same run: once as a baseline (fp32, no torch.compile: what every
-run did before `cbmir.accelerate` compiled models) and once with the config's settings (`bf16`/`precision`,
-`compile`). Each pass is timed whole (model load, rewrite checks, compilation, DataLoader start-up, store);
+embedded into temporary stores twice in the same run: once as a baseline (fp32, no torch.compile, one DataLoader
+worker per core but one: what every run did before `cbmir.accelerate`) and once with the config's settings
+(`bf16`/`precision`, `compile`, `workers`). Each pass is timed whole (model load, rewrite checks, compilation, DataLoader start-up, store);
 the table gives seconds per image per model and in total, and the ratio new / baseline. The steps that ran
 (from each store's provenance) are printed beside them.
 
@@ -24,14 +24,14 @@ from results import append_results
 
 
 def timed_extraction(
-    manifest, cfg, name: str, out: Path, bf16: bool, precision, compile: str
+    manifest, cfg, name: str, out: Path, bf16: bool, precision, compile: str, workers: int | None
 ) -> tuple[float, dict]:
     """(seconds, provenance) of one whole `extract_embeddings` call into a fresh store at `out`."""
     from cbmir.extract import extract_embeddings
 
     start = time.perf_counter()
     store = extract_embeddings(
-        manifest, cfg.data_root, name, out, batch_size=cfg.batch_size_for(name), num_workers=cfg.workers,
+        manifest, cfg.data_root, name, out, batch_size=cfg.batch_size_for(name), num_workers=workers,
         bf16=bf16, precision=precision, device="cpu", compile=compile, redo=True,
     )  # fmt: skip
     seconds = time.perf_counter() - start
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from cbmir.accelerate import cpu_info
     from cbmir.pipeline import Context
+    from cbmir.precision import default_workers
 
     ctx = Context.open(args.config)  # the report's own rows: its manifest and row cap
     cfg, manifest = ctx.cfg, ctx.manifest.reset_index(drop=True)
@@ -57,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     n = len(manifest)
     info = cpu_info()
     wanted = cfg.precision or ("bf16" if cfg.bf16 else "fp32")
+    base_workers = default_workers("cuda")  # the DataLoader workers every run used before inline decoding
     lines = [
         f"- CPU: {info['model']}; ISA: {', '.join(info['isa'])}; torch threads {torch.get_num_threads()}",
-        f"- {cfg.name}: {n} images (the report's rows); baseline = fp32, compile off; report = precision "
-        f"{wanted}, compile {cfg.compile} (as {args.config} sets them); whole extract_embeddings calls, "
+        f"- {cfg.name}: {n} images (the report's rows); baseline = fp32, compile off, "
+        f"{base_workers} DataLoader worker(s); report = precision {wanted}, compile {cfg.compile}, workers "
+        f"{'default' if cfg.workers is None else cfg.workers} (as {args.config} sets them); whole extract_embeddings calls, "
         "load average before each pair",
         "",
         "| model | baseline s/img | report s/img | report / baseline | load | report steps |",
@@ -70,14 +73,25 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             load = f"{os.getloadavg()[0]:.1f}"
-            base, _ = timed_extraction(manifest, cfg, name, Path(tmp) / f"{name}-base", False, "fp32", "off")
+            base, _ = timed_extraction(
+                manifest, cfg, name, Path(tmp) / f"{name}-base", False, "fp32", "off", base_workers
+            )
             new, prov = timed_extraction(
-                manifest, cfg, name, Path(tmp) / f"{name}-new", cfg.bf16, cfg.precision, cfg.compile
+                manifest,
+                cfg,
+                name,
+                Path(tmp) / f"{name}-new",
+                cfg.bf16,
+                cfg.precision,
+                cfg.compile,
+                cfg.workers,
             )
             totals[0], totals[1] = totals[0] + base, totals[1] + new
             speed = prov.get("speed", {})
-            steps = "; ".join(speed.get("steps", [])) + (
-                f" [{speed['compile']}]" if "compile" in speed else ""
+            steps = (
+                "; ".join(speed.get("steps", []))
+                + (f" [{speed['compile']}]" if "compile" in speed else "")
+                + f"; decode {prov.get('loader', {}).get('decode', '?')}"
             )
             row = f"| {name} | {base / n:.3f} | {new / n:.3f} | {new / base:.2f} | {load} | {steps} |"
             print(row, flush=True)

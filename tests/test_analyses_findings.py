@@ -249,6 +249,26 @@ def test_summary_level_and_index_size_sentences():
     a1 = table[(table["model"] == "a") & (table["N"] == 1) & (table["average"] == "micro")].iloc[0]
     assert out[0].startswith(f"Highest micro P@1 (the ranking rule): a, {r3(a1['estimate'])}")
     assert len(out) == 1 + 2 + 1 and "the raw-pixel baseline" in out[-1]
+    assert "paired" not in out[0]  # no comparison with the best was given
+
+    def versus_best(low, high, n_cases=9):
+        return {"model": "b", "best": "a", "average": "micro", "N": 1, "difference": (low + high) / 2,
+                "low": low, "high": high, "p_value": 0.01, "n_cases": n_cases}  # fmt: skip
+
+    tied = pd.DataFrame([versus_best(-0.1, 0.05), versus_best(-0.2, -0.01, n_cases=3)])
+    out = findings.summary_sentences(table, best=tied)
+    assert out[0].endswith(
+        "; none of the 2 other models is distinguishable from it in the paired comparisons below, so this order "
+        "does not single it out."
+    )
+    out = findings.summary_sentences(
+        table, best=pd.DataFrame([versus_best(-0.1, 0.05), versus_best(-0.2, -0.01)])
+    )
+    assert out[0].endswith(
+        "; 1 of the 2 other models is not distinguishable from it in the paired comparisons below."
+    )
+    out = findings.summary_sentences(table, best=pd.DataFrame([versus_best(-0.2, -0.01)]))
+    assert out[0].endswith("; the other model scores lower in the paired comparisons below.")
 
     levels = pd.DataFrame(
         {
@@ -623,6 +643,27 @@ def test_data_sentences_count_the_thin_classes(seed):
     assert f"(train-test): {audit['count'][1]} found" in text[-1]
 
 
+def test_data_sentences_count_many_thin_classes_by_their_cases():
+    test_cases = np.array([1] * 31 + [2] * 29 + [4] * 15 + [9] * 86)
+    by_label = pd.DataFrame(
+        {
+            "label": [f"M/r/c{i:03d}" for i in range(161)],
+            "test images": test_cases * 1000,
+            "test cases": test_cases,
+        }
+    )
+    audit = pd.DataFrame({"check": ["near"], "split pair": ["any"], "count": [0]})
+    text = findings.data_sentences(by_label, audit, test_cases=int(test_cases.sum()))[0]
+    assert text.startswith(
+        f"The test split holds {int(test_cases.sum()) * 1000:,} images of 161 classes from "
+    )
+    assert (
+        "75 of the 161 test classes have fewer than 5 test cases: 31 with 1 case, 29 with 2 cases, 15 with 4 "
+        in (text)
+    )
+    assert "M/r/c" not in text
+
+
 @pytest.mark.parametrize("seed", range(100))
 def test_separation_sentence_agrees_with_its_table(seed):
     rng = np.random.default_rng(seed)
@@ -828,3 +869,37 @@ def test_a_list_quoting_a_p_value_at_its_floor_explains_it():
 def test_large_index_counts_are_written_with_separators():
     assert findings._index_count(1359988) == "1,359,988 index cases"
     assert findings._index_count(12345.25) == "12,345.2 index cases (mean over repeats)"
+
+
+def test_many_regions_are_counted_per_model_not_listed():
+    rows = []
+    for model in ("a", "b"):
+        for i, region in enumerate(["all regions", *[f"R{j:02d}" for j in range(6)]]):
+            lo = -0.05 if i == 2 else 0.1 + 0.01 * i  # R01 touches 0: not distinguishable
+            rows.append(
+                {
+                    "model": model, "region": region, "N": 10, "share": 0.6 + 0.01 * i, "chance": 0.3,
+                    "difference": 0.3 + 0.01 * i if i != 2 else 0.01, "difference_lo": lo,
+                    "difference_hi": 0.5, "n_queries": 1500, "n_cases": 3 if i == 6 else 40,
+                }
+            )  # fmt: skip
+    part = pd.DataFrame(rows)
+    text = findings.conditional_sentences(part)
+    assert len(text) == 4  # per model: the pooled row, then one count sentence
+    assert text[0] == findings.conditional_sentence(part.iloc[0], "a")
+    assert "1,500 queries, 40 cases" in text[0]
+    assert text[1].startswith(
+        "a, region by region among anatomy-correct neighbours in the first 10 (6 regions;"
+    )
+    assert (
+        "the finding matches above chance in 4, not distinguishable from chance in 1, too few cases in 1"
+        in text[1]
+    )
+    assert (
+        "the smallest difference is in R01: 0.620 against 0.300 by chance, +0.010 (95 % CI -0.050 to +0.500"
+        in (text[1])
+    )
+    few = findings.conditional_sentences(part[part["region"].isin(["all regions", "R00", "R01"])])
+    assert len(few) == 6 and few[1] == findings.conditional_sentence(
+        part.iloc[1], "a"
+    )  # few regions: in full

@@ -304,3 +304,26 @@ def test_count_ticks_read_as_counts_at_a_million_rows():
     fig.canvas.draw()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["136 k", "1.36 M"]
     plt.close(fig)
+
+
+def test_many_grouped_bars_wrap_onto_rows_of_readable_width():
+    regions = [f"XR/region_{i:02d}" for i in range(16)]
+    models = [f"model-{j}" for j in range(9)]
+    table = pd.DataFrame(
+        [
+            {"region": r, "model": m, "share": 0.5 + 0.01 * j, "chance": 0.1, "lo": 0.4, "hi": 0.6}
+            for r in regions
+            for j, m in enumerate(models)
+        ]
+    )
+    fig = plots.bars_with_chance(table, x="region", y="share", hue="model", low="lo", high="hi")
+    per_row = plots.MAX_BARS_PER_ROW // len(models)
+    assert len(fig.axes) == -(-len(regions) // per_row)  # rows of at most per_row regions
+    assert fig.get_size_inches()[0] < 30
+    drawn = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]  # every region once, in order
+    assert drawn == regions
+    heights = [p.get_height() for ax in fig.axes for p in ax.patches if np.isfinite(p.get_height())]
+    assert len(heights) == len(regions) * len(models)
+    keys = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert keys == [*models, "chance"]
+    plt.close(fig)

@@ -30,6 +30,8 @@ def reference_number(x: float, digits: int = 3) -> str:
     """
     if math.isnan(x):
         return "—"
+    if abs(x) < 1e-12:  # rounding noise (e.g. -4.4e-16) is a zero
+        return "0." + "0" * digits
     exact = Decimal(x)
     if x != 0 and abs(exact) < Decimal(5) / Decimal(10) ** (digits + 1):
         exponent = exact.adjusted()  # floor(log10(|x|))
@@ -82,7 +84,13 @@ def test_reference_formatter_agrees_with_the_library_on_random_values():
     from cbmir.tables import format_value
 
     rng = np.random.default_rng(1)
-    values = np.concatenate([rng.normal(0, 1, 500), rng.normal(0, 1e-4, 200), [0.0, np.nan, 0.0005, -0.0004]])
+    values = np.concatenate(
+        [
+            rng.normal(0, 1, 500),
+            rng.normal(0, 1e-4, 200),
+            [0.0, np.nan, 0.0005, -0.0004, -4.4e-16, 3.8e-13, 1.1e-12],
+        ]
+    )
     for x in values:
         assert format_value(float(x)) == reference_number(float(x)), x
 

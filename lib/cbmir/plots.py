@@ -574,6 +574,9 @@ def curves_with_chance(
 HUE_COLOURS = ["#5b3a8c", "#b99ad6", "#2d1b4e", "#e2d4f0"]
 
 
+MAX_BARS_PER_ROW = 48  # more bars than this wrap onto further rows of panels (e.g. 16 regions x 9 models)
+
+
 def bars_with_chance(
     df: pd.DataFrame,
     x: str,
@@ -590,7 +593,7 @@ def bars_with_chance(
 
     When `hue` (or, without a hue, `x`) is "model", bars take the model's colour of `model_styles`; otherwise the
     hue's. Bars of a baseline (`is_baseline`, or listed in `baselines`) carry that baseline's hatch. Legend
-    outside the axes.
+    outside the axes. More than `MAX_BARS_PER_ROW` bars wrap onto further rows of panels (same y axis).
     """
     xs = list(dict.fromkeys(df[x]))
     hues = list(dict.fromkeys(df[hue])) if hue else [None]
@@ -605,46 +608,57 @@ def bars_with_chance(
     looks = (
         model_styles(hues if hue == "model" else xs, baselines=baselines) if by_model or x == "model" else {}
     )
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(xs) * max(1, len(hues) / 2) + 2), 3.8))
+    per_row = max(1, MAX_BARS_PER_ROW // len(hues))
+    groups = [xs[i : i + per_row] for i in range(0, len(xs), per_row)]
+    row_width = max(5.5, 0.9 * len(groups[0]) * max(1, len(hues) / 2) + 2)
+    fig, axes = plt.subplots(
+        len(groups), 1, figsize=(row_width, 3.8 * len(groups)), sharey=True, squeeze=False
+    )
     chance_labelled = False
-    for i, h in enumerate(hues):
-        part = (df if h is None else df[df[hue] == h]).set_index(x).reindex(xs)
-        pos = np.arange(len(xs)) + (i - (len(hues) - 1) / 2) * width
-        model_of = [h if hue == "model" else v for v in xs]  # the model each bar shows, if any
-        if by_model:
-            colours = [looks[m]["color"] for m in model_of]
-        else:  # colour by hue; a baseline's bars keep it and carry their hatch
-            colours = [palette[i % len(palette)]] * len(xs)
-        hatches = [looks[m]["hatch"] if m in looks else "" for m in model_of]
-        keyed = h is not None and by_model  # a model's key entry is its bars' look, hatch included
-        bars = ax.bar(
-            pos,
-            part[y],
-            width=width,
-            color=colours,
-            edgecolor="0.15",
-            linewidth=0.4,
-            label=str(h) if keyed else None,
-        )
-        for bar, hatch in zip(bars, hatches, strict=True):
-            bar.set_hatch(hatch)
-        if h is not None and not keyed:  # another hue's key shows its colour alone: a hatch marks a baseline
-            ax.bar([np.nan], [np.nan], color=colours[0], edgecolor="0.15", linewidth=0.4, label=str(h))
-        if low and high:  # drawn from its bounds: a percentile interval need not contain the estimate
-            _interval_bars(ax, pos, part[low].to_numpy(float), part[high].to_numpy(float), width)
-        if chance and chance in part:
-            ax.hlines(
-                part[chance],
-                pos - width / 2,
-                pos + width / 2,
-                colors="black",
-                lw=2,
-                label=None if chance_labelled else "chance",
+    for ax, group in zip(axes.flat, groups, strict=True):
+        for i, h in enumerate(hues):
+            part = (df if h is None else df[df[hue] == h]).set_index(x).reindex(group)
+            pos = np.arange(len(group)) + (i - (len(hues) - 1) / 2) * width
+            model_of = [h if hue == "model" else v for v in group]  # the model each bar shows, if any
+            if by_model:
+                colours = [looks[m]["color"] for m in model_of]
+            else:  # colour by hue; a baseline's bars keep it and carry their hatch
+                colours = [palette[i % len(palette)]] * len(group)
+            hatches = [looks[m]["hatch"] if m in looks else "" for m in model_of]
+            keyed = h is not None and by_model and ax is axes.flat[0]  # a model's key: its bars' look
+            bars = ax.bar(
+                pos,
+                part[y],
+                width=width,
+                color=colours,
+                edgecolor="0.15",
+                linewidth=0.4,
+                label=str(h) if keyed else None,
             )
-            chance_labelled = True
+            for bar, hatch in zip(bars, hatches, strict=True):
+                bar.set_hatch(hatch)
+            if h is not None and not by_model and ax is axes.flat[0]:  # another hue's key: its colour alone
+                ax.bar([np.nan], [np.nan], color=colours[0], edgecolor="0.15", linewidth=0.4, label=str(h))
+            if low and high:  # drawn from its bounds: a percentile interval need not contain the estimate
+                _interval_bars(ax, pos, part[low].to_numpy(float), part[high].to_numpy(float), width)
+            if chance and chance in part:
+                ax.hlines(
+                    part[chance],
+                    pos - width / 2,
+                    pos + width / 2,
+                    colors="black",
+                    lw=2,
+                    label=None if chance_labelled else "chance",
+                )
+                chance_labelled = True
+        ax.set_xticks(np.arange(len(group)), [str(v) for v in group], rotation=20, ha="right")
+        ax.set_xlim(-0.6, per_row - 0.4 if len(groups) > 1 else len(group) - 0.4)
+        ax.set_ylabel(ylabel or y)
+        ax.set_ylim(0, 1.02)
+    first = axes.flat[0]
     for m in xs if not by_model else ():  # one key entry per hatched baseline, with its own hatch
         if looks.get(m, {}).get("hatch"):
-            ax.bar(
+            first.bar(
                 [np.nan],
                 [np.nan],
                 color="white",
@@ -653,12 +667,9 @@ def bars_with_chance(
                 hatch=looks[m]["hatch"],
                 label=m,
             )
-    ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs], rotation=20, ha="right")
-    ax.set_ylabel(ylabel or y)
-    ax.set_ylim(0, 1.02)
     if title:
-        ax.set_title(title)
-    _legend_outside(fig, ax)
+        first.set_title(title)
+    _legend_outside(fig, first)
     fig.tight_layout()
     return fig
 

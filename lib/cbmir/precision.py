@@ -75,8 +75,16 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers() -> int:
-    """DataLoader workers for this machine: one per usable core but one (for the main process), at most 16."""
+def default_workers(device: str = "cuda") -> int:
+    """DataLoader workers for extraction on `device`.
+
+    On a GPU: one per usable core but one (the main process feeds the GPU), at most 16, decoding beside the
+    forward pass. On the CPU the forward pass already keeps every core busy, and a worker decoding beside it stalls
+    its parallel regions; so 0: each batch is decoded inline, on a thread per core, between forward passes
+    (`decode_threads`).
+    """
+    if not device.startswith("cuda"):
+        return 0
     return max(0, min(MAX_DEFAULT_WORKERS, usable_cores() - 1))
 
 

@@ -162,8 +162,13 @@ def format_whole(value: object) -> str:
     return format_value(value)
 
 
+FLOAT_NOISE = 1e-12  # a real this close to 0 is rounding error of a sum or difference, shown as 0
+
+
 def format_value(value: object, digits: int = 3) -> str:
-    """One cell for reading: floats rounded to `digits` decimals, integers with thousands separators."""
+    """One cell for reading: floats rounded to `digits` decimals (a non-zero one too small for them in
+    scientific notation, e.g. a chance value of 8.1e-06; below `FLOAT_NOISE`, 0), integers with thousands
+    separators."""
     if value is None:
         return MISSING
     if isinstance(value, bool):
@@ -176,7 +181,9 @@ def format_value(value: object, digits: int = 3) -> str:
             return MISSING
         if math.isinf(x):
             return "∞" if x > 0 else "−∞"
-        if x != 0 and abs(x) < 0.5 * 10.0**-digits:
+        if abs(x) < FLOAT_NOISE:  # e.g. -4.4e-16, the difference of two equal sums: a zero
+            return f"{0:.{digits}f}"
+        if abs(x) < 0.5 * 10.0**-digits:
             return f"{x:.1e}"
         return f"{x:.{digits}f}"
     if value is pd.NA or value is pd.NaT:

@@ -23,11 +23,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from cbmir.analyses.levels import ALL as ALL_REGIONS
 from cbmir.tables import at_p_floor, outside_interval
 
 DIGITS = 3
 ALPHA = 0.05  # level of the Holm-adjusted paired tests
 MIN_CASES = 5  # below this many cases, no sentence claims a direction
+LIST_LIMIT = 12  # a sentence names at most this many classes; beyond, it counts them
 ZERO_TOL = 1e-9  # a bound this close to its reference value is floating-point noise: it touches the reference
 BASELINE_NAMES = {"raw-pixels": "the raw-pixel baseline", "random-vit": "the random-ViT baseline"}
 IMAGE_TEXT_MODELS = ("biomedclip", "medclip", "clip-vit-l14")
@@ -77,11 +79,11 @@ def zero_note(low: float, high: float) -> str:
 
 
 def cases(n: int) -> str:
-    return f"{int(n)} case" + ("" if int(n) == 1 else "s")
+    return f"{int(n):,} case" + ("" if int(n) == 1 else "s")
 
 
 def queries(n: int) -> str:
-    return f"{int(n)} quer" + ("y" if int(n) == 1 else "ies")
+    return f"{int(n):,} quer" + ("y" if int(n) == 1 else "ies")
 
 
 def direction(low: float, high: float, reference: float = 0.0) -> int:
@@ -239,10 +241,29 @@ def summary_sentences(
             (table["model"] == table.attrs["best"]) & (table["N"] == n0) & (table["average"] == "micro")
         ]
         top = top.iloc[0]
-        out.append(
+        text = (
             f"Highest micro P@{n0} (the ranking rule): {top['model']}, {num(top['estimate'])} "
-            f"({interval(top['low'], top['high'], estimate=top['estimate'])}; {cases(top['n_cases'])})."
+            f"({interval(top['low'], top['high'], estimate=top['estimate'])}; {cases(top['n_cases'])})"
         )
+        if best is not None and len(best):
+            vs = best[(best["N"] == n0) & (best["average"] == "micro")]
+            tied = sum(pair_direction(r) == 0 or too_few(r["n_cases"]) for _, r in vs.iterrows())
+            if len(vs) and tied == len(vs):
+                text += (
+                    f"; none of the {len(vs)} other models is distinguishable from it in the paired comparisons "
+                    "below, so this order does not single it out"
+                )
+            elif tied:
+                text += (
+                    f"; {tied} of the {len(vs)} other models {'is' if tied == 1 else 'are'} not distinguishable "
+                    "from it in the paired comparisons below"
+                )
+            elif len(vs):
+                who = (
+                    "the other model scores" if len(vs) == 1 else f"each of the {len(vs)} other models scores"
+                )
+                text += f"; {who} lower in the paired comparisons below"
+        out.append(text + ".")
     for _, row in part.iterrows():
         out.append(
             chance_sentence(
@@ -319,9 +340,8 @@ def contrast_sentence(row: Mapping, coarse: str = "region", fine: str = "label")
 
 def conditional_sentence(row: Mapping, name: str) -> str:
     """One row of `levels.pathology_given_anatomy(_models)`: the finding among anatomy-correct neighbours vs chance."""
-    d = direction(row["difference_lo"], row["difference_hi"])
-    verdict = {1: "above chance", -1: "below chance", 0: "not distinguishable from chance"}[d]
-    if too_few(row["n_cases"]):
+    verdict = conditional_verdict(row)
+    if verdict == "too few cases":
         verdict = _few(row["n_cases"])
     where = f" in {row['region']}" if "region" in row and row["region"] else ""
     return (
@@ -330,6 +350,55 @@ def conditional_sentence(row: Mapping, name: str) -> str:
         f"({interval(row['difference_lo'], row['difference_hi'], diff=True, estimate=row['difference'])}; {queries(row['n_queries'])}, "
         f"{cases(row['n_cases'])}): {verdict}."
     )
+
+
+def conditional_verdict(row: Mapping) -> str:
+    """'above chance', 'below chance', 'not distinguishable from chance' or 'too few cases' for one row of
+    `levels.pathology_given_anatomy(_models)`."""
+    if too_few(row["n_cases"]):
+        return "too few cases"
+    d = direction(row["difference_lo"], row["difference_hi"])
+    return {1: "above chance", -1: "below chance", 0: "not distinguishable from chance"}[d]
+
+
+def conditional_sentences(part: pd.DataFrame, region_limit: int = 3) -> list[str]:
+    """Sentences for the rows of `levels.pathology_given_anatomy_models` at one N: each model's pooled row
+    ("all regions") in full; its per-region rows in full when there are at most `region_limit`, otherwise one
+    sentence per model that counts the regions by verdict and quotes the smallest difference (among regions with
+    enough cases), so that 15 regions x 9 models do not become 135 sentences that repeat the table."""
+    out = []
+    for model, rows in part.groupby("model", sort=False):
+        pooled = rows[rows["region"] == ALL_REGIONS]
+        regions = rows[rows["region"] != ALL_REGIONS]
+        out += [conditional_sentence(r, model) for _, r in pooled.iterrows()]
+        if len(regions) <= region_limit:
+            out += [conditional_sentence(r, model) for _, r in regions.iterrows()]
+            continue
+        verdicts = [conditional_verdict(r) for _, r in regions.iterrows()]
+        counts = ", ".join(
+            f"{verdict} in {verdicts.count(verdict)}"
+            for verdict in (
+                "above chance",
+                "not distinguishable from chance",
+                "below chance",
+                "too few cases",
+            )
+            if verdict in verdicts
+        )
+        text = (
+            f"{model}, region by region among anatomy-correct neighbours in the first {int(regions['N'].iloc[0])} "
+            f"({len(regions)} regions; each with its interval in the table above): the finding matches {counts}"
+        )
+        enough = regions[[v != "too few cases" for v in verdicts]]
+        if not enough.empty:
+            r = enough.loc[enough["difference"].idxmin()]
+            text += (
+                f"; the smallest difference is in {r['region']}: {num(r['share'])} against {num(r['chance'])} by "
+                f"chance, {signed(r['difference'])} ({interval(r['difference_lo'], r['difference_hi'], diff=True, estimate=r['difference'])}; "
+                f"{queries(r['n_queries'])}, {cases(r['n_cases'])})"
+            )
+        out.append(text + ".")
+    return out
 
 
 def _index_count(x: float) -> str:
@@ -756,14 +825,21 @@ def data_sentences(
     test = by_label[by_label["test images"] > 0]
     thin = test[test["test cases"] < min_cases].sort_values(["test cases", "label"])
     text = (
-        f"The test split holds {int(test['test images'].sum())} images of {len(test)} classes from "
+        f"The test split holds {int(test['test images'].sum()):,} images of {len(test)} classes from "
         f"{cases(test_cases)}; {len(thin)} of the {len(test)} test classes have fewer than {min_cases} test cases"
     )
-    if len(thin):
+    if 0 < len(thin) <= LIST_LIMIT:
         listed = ", ".join(
             f"{lab} ({cases(n)})" for lab, n in zip(thin["label"], thin["test cases"], strict=True)
         )
-        text += f": {listed}. Per-class figures of these classes rest on too few patients to be bounded"
+        text += f": {listed}"
+    elif len(thin):
+        per = thin["test cases"].astype(int).value_counts().sort_index()
+        text += (
+            ": " + ", ".join(f"{k} with {cases(n)}" for n, k in per.items()) + " (the table above lists them)"
+        )
+    if len(thin):
+        text += ". Per-class figures of these classes rest on too few cases to be bounded"
     out = [text + "."]
     missing = by_label[by_label["test images"] == 0]["label"].astype(str).tolist()
     if missing:

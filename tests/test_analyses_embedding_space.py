@@ -133,7 +133,14 @@ def test_figures_keep_a_key_on_every_panel_and_group_rare_classes():
     for ax in fig.axes:
         texts = [t.get_text() for t in ax.get_legend().get_texts()]
         if ax.get_title().endswith("label"):
-            assert len(texts) == 7 and f"other: {n_classes - 6} less frequent" in texts
+            assert (
+                len(texts) == 7
+                and f"other: {n_classes - 6} less frequent (of {n_classes} in the sample)" in texts
+            )
+            colours = [h.get_facecolor()[0][:3] for h in ax.get_legend().legend_handles[1:]]
+            assert all(
+                max(c) - min(c) > 0.05 or max(c) < 0.1 for c in colours
+            )  # no grey like "other" (black is)
         else:
             assert sorted(texts) == ["CT", "MR"]
     table = pd.DataFrame(

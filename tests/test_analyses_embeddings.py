@@ -111,6 +111,10 @@ def test_provenance_table_shows_one_precision() -> None:
         SimpleNamespace(embeddings=np.eye(2, dtype=np.float32), failed=[], provenance=prov)
     )
     assert bool(summary["torch.compile"].item()) is True
+    imported = embeddings.store_summary(
+        SimpleNamespace(embeddings=np.eye(2, dtype=np.float32), failed=[], provenance={"source": "imported"})
+    )
+    assert imported["torch.compile"].item() is None and imported["precision"].item() == "imported"
     old = embeddings.provenance_table(SimpleNamespace(provenance={"spec": "m", "bf16": True}))
     assert (
         dict(zip(old["field"], old["value"], strict=True))["bf16"] == "True"

@@ -266,6 +266,18 @@ def _top_classes(values: np.ndarray, top: int) -> tuple[list[str], np.ndarray]:
     return keep, shown
 
 
+def _class_colours(n: int) -> list:
+    """`n` distinct colours for classes, none of them a grey (grey marks "other")."""
+
+    def no_grey(name: str) -> list:
+        return [c for c in sns.color_palette(name) if max(c) - min(c) > 0.05]
+
+    for colours in (no_grey("tab10") + [(0.0, 0.0, 0.0)], no_grey("tab20")):  # tab10 with black for its grey
+        if n <= len(colours):
+            return colours[:n]
+    return sns.color_palette("husl", n)
+
+
 def umap_grid(
     frame: pd.DataFrame,
     levels: Sequence[str] = ("modality", "region", "label"),
@@ -275,8 +287,8 @@ def umap_grid(
     """Small multiples of 2-D layouts: one row per model, one column per level, a key beside every panel.
 
     `frame` has columns `model, x, y` and one column per level (e.g. from `analyses.embedding_space.umap_frame`).
-    Each level shows its `top` most frequent classes in colour and the rest in grey as "other: n less frequent", with
-    the same colours in every row; keys sit outside the axes so they hide no point.
+    Each level shows its `top` most frequent classes in colour and the rest in light grey as "other: n less frequent
+    (of m in the sample)", with the same colours in every row (none of them grey); keys sit outside the axes so they hide no point.
     """
     models = list(dict.fromkeys(frame["model"]))
     fig, axes = plt.subplots(
@@ -286,9 +298,7 @@ def umap_grid(
         values = frame[level].astype(str).to_numpy()
         keep, shown = _top_classes(values, top)
         n_other = len(set(values)) - len(keep)
-        palette = dict(
-            zip(keep, sns.color_palette("tab10" if len(keep) <= 10 else "tab20", len(keep)), strict=True)
-        )
+        palette = dict(zip(keep, _class_colours(len(keep)), strict=True))
         for i, model in enumerate(models):
             ax = axes[i, j]
             m = (frame["model"] == model).to_numpy()
@@ -300,7 +310,7 @@ def umap_grid(
                     xy[o, 1],
                     s=5,
                     color="0.75",
-                    label=f"other: {n_other} less frequent",
+                    label=f"other: {n_other} less frequent (of {len(set(values))} in the sample)",
                     alpha=0.6,
                     rasterized=True,
                 )

@@ -58,7 +58,7 @@ def store_summary(store) -> pd.DataFrame:
                 "images/s": len(emb) / seconds if seconds else np.nan,
                 "device": prov.get("device"),
                 "precision": _dtype_ran(prov),
-                "torch.compile": _compiled(prov),
+                "torch.compile": None if prov.get("source") else _compiled(prov),  # imported: nothing ran
             }
         ]
     )

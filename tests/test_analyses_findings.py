@@ -591,7 +591,7 @@ def test_claim_verdicts_follow_the_intervals(seed):
             if not few:
                 evidence = got.loc[claim["claim"], "evidence"]
                 assert f"for {changed} of {len(models)} models" in evidence
-                listed = re.search(r"models(?: \(([^)]*)\))? \(notebook 4\)$", evidence)
+                listed = re.search(r"of \d+ models(?: \(([^)]*)\))?(?:;| \(notebook 4\)$)", evidence)
                 named = set(listed.group(1).split(", ")) if listed.group(1) else set()
                 assert len(named) == changed
                 for model, g in size.groupby("model"):  # notebook 4's sentence says the same, model by model
@@ -599,6 +599,15 @@ def test_claim_verdicts_follow_the_intervals(seed):
                         w in findings.index_size_sentence(g, model) for w in (": it rises", ": it falls")
                     )
                     assert moves == (model in named)
+                hits = size[size["metric"] == "hit@N"]
+                if not hits.empty:  # hit@10 is reported beside the verdict, by the same rule, and not counted
+                    moved = [
+                        m for m, g in hits.groupby("model", sort=False) if findings.index_size_change(g)[2]
+                    ]
+                    assert (
+                        f"; by micro hit@10, shown beside it and not counted in the verdict, for {len(moved)} of "
+                        in (evidence)
+                    )
         elif key == "numbers":
             ours = table[table["model"] == "biomedclip"].set_index("N")
             inside = sum(

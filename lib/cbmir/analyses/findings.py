@@ -707,12 +707,12 @@ def _numbers_verdict(table: pd.DataFrame, model: str = "biomedclip") -> tuple[st
     return _count_verdict(len(inside), len(tested) - len(inside), len(tested)), evidence
 
 
-def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) -> tuple[str, str]:
+def _index_size_changes(
+    study: pd.DataFrame, n: int, metric: str, average: str
+) -> tuple[list[str], int, list[float]]:
+    """(models whose curve changes by `index_size_change`, models with at least two index sizes, each model's
+    smallest-index share of the full index's images) for `metric` at `n`."""
     part = study[(study["metric"] == metric) & (study["N"] == n) & (study["average"] == average)]
-    if part.empty:
-        return NOT_SHOWN, f"no {metric} rows at N = {n} in the index-size table"
-    if too_few(part["n_cases"].min()):
-        return NOT_SHOWN, _few(part["n_cases"].min())
     total = 0
     which: list[str] = []
     shares: list[float] = []
@@ -725,19 +725,34 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
             shares.append(r0["index_images"] / r1["index_images"])
         if change:
             which.append(str(model))
+    return which, total, shares
+
+
+def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) -> tuple[str, str]:
+    """The verdict rests on `metric`; hit@N, where the table has it, is reported beside it (not counted)."""
+    part = study[(study["metric"] == metric) & (study["N"] == n) & (study["average"] == average)]
+    if part.empty:
+        return NOT_SHOWN, f"no {metric} rows at N = {n} in the index-size table"
+    if too_few(part["n_cases"].min()):
+        return NOT_SHOWN, _few(part["n_cases"].min())
+    which, total, shares = _index_size_changes(study, n, metric, average)
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
     evidence = (
         f"{measure} as a share of the room between its chance value and the highest value it can reach, "
         "(P - chance) / (ceiling - chance) (both change with the index), differs between the smallest and the "
         f"full index beyond the 95 % bands (unpaired) for {len(which)} of {total} models"
         f"{' (' + ', '.join(which) + ')' if which else ''}"
-        + (
-            f"; the smallest index holds {100 * min(shares):.0f} % of the full index's images"
-            if shares
-            else ""
-        )
-        + " (notebook 4)"
     )
+    other = "hit@N"
+    if metric != other and ((study["metric"] == other) & (study["N"] == n)).any():
+        hits, hit_total, _ = _index_size_changes(study, n, other, average)
+        evidence += (
+            f"; by {average} hit@{n}, shown beside it and not counted in the verdict, for {len(hits)} of {hit_total}"
+            f"{' (' + ', '.join(hits) + ')' if hits else ''}"
+        )
+    if shares:
+        evidence += f"; the smallest index holds {100 * min(shares):.0f} % of the full index's images"
+    evidence += " (notebook 4)"
     return _count_verdict(len(which), 0, total), evidence
 
 

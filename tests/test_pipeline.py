@@ -184,3 +184,37 @@ def test_no_image_found_stops_at_once_naming_data_root(ctx: Context, tmp_path: P
         match=r"none of the manifest's 40 images could be embedded .*img_00.png: file not found.*nowhere",
     ):
         ctx.embeddings(MODEL)
+
+
+def test_a_table_computed_once_is_read_back_by_a_later_call_with_the_same_inputs(ctx: Context) -> None:
+    from cbmir.analyses import retrieval
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return retrieval.precision_curves(*args, **kwargs)
+
+    counted.__module__, counted.__qualname__ = "tests", "counted"
+    rng = np.random.default_rng(0)
+    labels = np.array(["a", "b", "c"], dtype=object)[rng.integers(0, 3, 40)]
+    cases = np.arange(40) // 2
+    ids = np.stack([rng.permutation(np.arange(20, 40))[:5] for _ in range(20)])
+    args = (ids, np.arange(20), np.arange(20, 40), labels, cases)
+    first = ctx.cached_table("curves--m", counted, *args, n_boot=20, seed=0)
+    again = ctx.cached_table("curves--m", counted, *args, n_boot=20, seed=0)
+    assert len(calls) == 1
+    pd.testing.assert_frame_equal(again, first)  # the same values, dtypes and order
+    assert again.attrs == first.attrs and "n_excluded" in first.attrs
+    ctx.cached_table("curves--m", counted, *args, n_boot=20, seed=1)  # another parameter
+    other = labels.copy()
+    other[0] = "c" if other[0] != "c" else "a"
+    ctx.cached_table("curves--m", counted, *args[:3], other, cases, n_boot=20, seed=1)  # one label changed
+    assert len(calls) == 3
+    path = ctx.cfg.work_dir / "cache" / "tables" / "curves--m.parquet"
+    path.write_bytes(b"not parquet")  # a damaged copy is computed again, not read
+    pd.testing.assert_frame_equal(
+        ctx.cached_table("curves--m", counted, *args[:3], other, cases, n_boot=20, seed=1),
+        retrieval.precision_curves(*args[:3], other, cases, n_boot=20, seed=1),
+    )
+    assert len(calls) == 4

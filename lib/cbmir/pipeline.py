@@ -9,9 +9,11 @@ of the stage before it (docs/ARCHITECTURE.md).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -370,6 +372,32 @@ class Context:
         h.update(f"{self.cfg.k}|{json.dumps(self.search_settings, sort_keys=True)}".encode())
         return h.hexdigest()
 
+    def cached_table(
+        self, name: str, compute: Callable[..., pd.DataFrame], *args: Any, **kwargs: Any
+    ) -> pd.DataFrame:
+        """`compute(*args, **kwargs)`, kept under `<work_dir>/cache/tables/<name>.parquet`: a later notebook of the
+        run that asks for the same table with the same inputs reads it instead of computing it again (notebook 8
+        reads notebook 3's precision curves). The key is a hash of every argument (arrays by their bytes), of
+        `compute`'s name and of the cbmir library's source, so a change to any of them recomputes the table."""
+        key = fingerprint(compute.__module__, compute.__qualname__, library_source_hash(), args, kwargs)
+        path = self.cfg.work_dir / "cache" / "tables" / f"{name}.parquet"
+        meta = path.with_suffix(".json")
+        try:
+            kept = json.loads(meta.read_text())
+            if kept.get("key") == key:
+                table = pd.read_parquet(path)
+                table.attrs.update(kept.get("attrs", {}))
+                return table
+        except (OSError, ValueError):
+            pass
+        table = compute(*args, **kwargs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".parquet.tmp")
+        table.to_parquet(tmp, index=False)
+        tmp.replace(path)
+        write_json(meta, {"key": key, "attrs": table.attrs})
+        return table
+
     # ---- outputs ---------------------------------------------------------------------------------
     def save_figure(self, fig, name: str, images: bool = False) -> Path:
         """Write the figure as PNG and SVG under figures/<config>/; return the PNG path (`images`: galleries)."""
@@ -402,6 +430,45 @@ class Context:
 
         self.save_table(df, name)
         return show(df, caption=caption, **show_options)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A sha256 of `parts`: arrays by dtype, shape and bytes (object arrays by pandas' value hashes), mappings
+    in key order, sequences in order, anything else by its repr."""
+    h = hashlib.sha256()
+
+    def add(x: Any) -> None:
+        if isinstance(x, np.ndarray) or isinstance(x, pd.Series):
+            a = np.asarray(x)
+            h.update(f"array {a.dtype} {a.shape}|".encode())
+            if a.dtype == object:
+                a = pd.util.hash_array(a.ravel())
+            h.update(np.ascontiguousarray(a).tobytes())
+        elif isinstance(x, dict):
+            h.update(b"dict|")
+            for k in sorted(x, key=str):
+                add(str(k))
+                add(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(f"seq {len(x)}|".encode())
+            for v in x:
+                add(v)
+        else:
+            h.update(f"{type(x).__name__} {x!r}|".encode())
+
+    for part in parts:
+        add(part)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def library_source_hash() -> str:
+    """A sha256 of every module of the installed cbmir package (a change to any of them changes it)."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\x00" + path.read_bytes())
+    return h.hexdigest()
 
 
 def imported_store(path: Path) -> EmbeddingStore | None:

@@ -107,6 +107,8 @@ def test_provenance_table_shows_one_precision() -> None:
         "bf16" not in fields and fields["dtype"] == "bf16" and fields["precision mode"] == "weights+autocast"
     )
     assert fields["speed.compile"] == "compiled"
+    timed = embeddings.provenance_table(SimpleNamespace(provenance={"seconds": 23.366368064998824, "n": 253}))
+    assert dict(zip(timed["field"], timed["value"], strict=True)) == {"seconds": "23.37", "n": "253"}
     summary = embeddings.store_summary(
         SimpleNamespace(embeddings=np.eye(2, dtype=np.float32), failed=[], provenance=prov)
     )

@@ -96,7 +96,7 @@ def provenance_table(store) -> pd.DataFrame:
 
     Where the store records the dtype that ran, the older `bf16` request flag is left out (with `precision:
     auto` it stays False while bf16 runs) and `precision` (the mode: fp32, autocast, weights+autocast) is shown
-    as `precision mode`.
+    as `precision mode`. Real numbers are shown to 4 significant digits.
     """
     prov = dict(store.provenance)
     if "dtype" in prov:
@@ -105,7 +105,8 @@ def provenance_table(store) -> pd.DataFrame:
             prov["precision mode"] = prov.pop("precision")
     flat = pd.json_normalize(prov, sep=".").T.reset_index()
     flat.columns = ["field", "value"]
-    flat["value"] = flat["value"].astype(str)
+    # for reading: a real number to 4 significant digits (the store's provenance.json keeps every digit)
+    flat["value"] = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in flat["value"]]
     return flat
 
 

@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is None:
         from cbmir.precision import default_workers
 
-        args.workers = f"{default_workers('cuda')},0"  # workers beside the forward pass, then inline decoding
+        args.workers = f"{default_workers()},0"  # workers beside the forward pass, then inline decoding
     command = "python benchmarks/bench_extraction.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if not args.gpu_only:
         with tempfile.TemporaryDirectory() as tmp:

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     n = len(manifest)
     info = cpu_info()
     wanted = cfg.precision or ("bf16" if cfg.bf16 else "fp32")
-    base_workers = default_workers("cuda")  # the DataLoader workers every run used before inline decoding
+    base_workers = default_workers()
     lines = [
         f"- CPU: {info['model']}; ISA: {', '.join(info['isa'])}; torch threads {torch.get_num_threads()}",
         f"- {cfg.name}: {n} images (the report's rows); baseline = fp32, compile off, "

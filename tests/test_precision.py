@@ -70,8 +70,7 @@ def test_bad_precisions_name_the_parameter():
 @pytest.mark.parametrize(("cores", "expected"), [(1, 0), (2, 1), (16, 15), (17, 16), (128, 16)])
 def test_default_workers_follow_the_usable_cores(monkeypatch, cores, expected):
     monkeypatch.setattr(P.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    assert P.default_workers("cuda") == P.default_workers("cuda:1") == expected
-    assert P.default_workers("cpu") == 0  # on the CPU each batch is decoded inline, between forward passes
+    assert P.default_workers() == expected
     assert P.decode_threads() == min(cores, 16)
 
 
@@ -91,9 +90,10 @@ def test_extraction_records_precision_and_workers(tmp_path):
     assert store.provenance["dtype"] == "bf16" and store.provenance["precision"] != "fp32"
     with pytest.raises(P.PrecisionError, match="CUDA only"):
         extract_embeddings(manifest, tmp_path, tiny_encoder(), tmp_path / "c", device="cpu", precision="fp16")
-    store = extract_embeddings(manifest, tmp_path, tiny_encoder(), tmp_path / "d", device="cpu")
-    assert store.provenance["num_workers"] == 0  # the CPU's default
-    assert store.provenance["loader"]["decode"].startswith("inline, between forward passes")
+    store = extract_embeddings(
+        manifest, tmp_path, tiny_encoder(), tmp_path / "d", device="cpu", num_workers=1
+    )
+    assert store.provenance["loader"]["decode"] == "1 DataLoader worker(s), beside the forward pass"
 
 
 def test_encoder_embed_images_leaves_a_shared_module_where_it_is(monkeypatch):

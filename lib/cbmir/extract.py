@@ -175,7 +175,7 @@ def extract_embeddings(
     remains). `batch_size` defaults to the preset's (`preset_batch_size`); a batch that runs out of memory is
     halved and retried, and the sizes that ran are recorded in provenance (`batch_size`). `precision` (fp32,
     bf16, fp16; default bf16 if `bf16` else fp32) is resolved by `cbmir.precision.resolve_precision`;
-    `num_workers` defaults to `cbmir.precision.default_workers(device)` (0 on the CPU: decoded inline). Rows are the readable images in manifest order; unreadable ones go to `failed.csv`. An optional
+    `num_workers` defaults to `cbmir.precision.default_workers()` (0: each batch decoded inline on a thread per core). Rows are the readable images in manifest order; unreadable ones go to `failed.csv`. An optional
     manifest column `frame` picks a frame of multi-frame files. A complete store for the same ids and spec
     is reused unless `redo`; a damaged one is rebuilt. Another run holding the store raises `StoreError`
     naming it, unless `wait` (then this call queues behind it). An output folder that cannot be written is
@@ -195,7 +195,7 @@ def extract_embeddings(
     if batch_size is None:
         batch_size = preset_batch_size(spec)
     if num_workers is None:
-        num_workers = default_workers(resolve_device(device) if engine == "local" else "cuda")
+        num_workers = default_workers()
     if batch_size < 1 or chunk_size < 1 or num_workers < 0:
         raise ValueError(
             f"need batch_size >= 1, chunk_size >= 1, num_workers >= 0; got {batch_size}, {chunk_size}, {num_workers}"

@@ -75,16 +75,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers(device: str = "cuda") -> int:
-    """DataLoader workers for extraction on `device`.
+def default_workers() -> int:
+    """DataLoader workers for this machine: one per usable core but one (for the main process), at most 16.
 
-    On a GPU: one per usable core but one (the main process feeds the GPU), at most 16, decoding beside the
-    forward pass. On the CPU the forward pass already keeps every core busy, and a worker decoding beside it stalls
-    its parallel regions; so 0: each batch is decoded inline, on a thread per core, between forward passes
-    (`decode_threads`).
+    With 0 workers a batch is decoded inline, on `decode_threads` threads between forward passes. On 2 CPU cores
+    neither won throughout (`benchmarks/bench_extraction.py`, RESULTS.md 2026-12-01): in the steady rate inline
+    was ahead for 4 of 8 encoder/precision pairs and behind for 4, among them bf16 LiteMedSAM, which dominates
+    the default report's extraction; so the default stays one worker per core but one.
     """
-    if not device.startswith("cuda"):
-        return 0
     return max(0, min(MAX_DEFAULT_WORKERS, usable_cores() - 1))
 
 

@@ -75,6 +75,8 @@ class ManifestImages:
     `paths` are relative to `root`; each is resolved and must stay inside it, or the row fails unopened.
     """
 
+    pool: Executor | None = None  # set for inline decoding: a batch's images are decoded by its threads
+
     def __init__(
         self,
         root: str | os.PathLike,
@@ -86,8 +88,6 @@ class ManifestImages:
         self.paths = list(paths)
         self.transform = transform
         self.frames = list(frames) if frames is not None else [None] * len(self.paths)
-
-    pool: Executor | None = None  # set for inline decoding: a batch's images are decoded by its threads
 
     def __len__(self) -> int:
         return len(self.paths)

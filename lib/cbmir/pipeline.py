@@ -438,7 +438,7 @@ def fingerprint(*parts: Any) -> str:
     h = hashlib.sha256()
 
     def add(x: Any) -> None:
-        if isinstance(x, np.ndarray) or isinstance(x, pd.Series):
+        if isinstance(x, (np.ndarray, pd.Series)):
             a = np.asarray(x)
             h.update(f"array {a.dtype} {a.shape}|".encode())
             if a.dtype == object:

@@ -469,7 +469,7 @@ def compact_count(value: float) -> str:
     return f"{value:g}"
 
 
-_PLAIN_TICKS = matplotlib.ticker.FuncFormatter(lambda v, _: compact_count(v))
+_COUNT_TICKS = matplotlib.ticker.FuncFormatter(lambda v, _: compact_count(v))
 CHANCE_STYLE = {"color": "black", "linestyle": ":", "lw": 1.2}
 CEILING_STYLE = {"color": "firebrick", "linestyle": (0, (8, 3)), "lw": 0.9}  # apart from every model's look
 
@@ -568,7 +568,7 @@ def curves_with_chance(
                 ax.plot(g["N"], ch, label="chance" if not drawn else f"chance ({model})", **CHANCE_STYLE)
                 drawn.append(ch)
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(_PLAIN_TICKS)
+        ax.xaxis.set_major_formatter(_COUNT_TICKS)
         ax.set_xlabel("N (neighbours considered)")
         ax.set_title(f"{kind} average")
         ax.set_ylim(0, 1.02)
@@ -737,7 +737,7 @@ def index_size_curves(
                     ax.plot(g[x], v, label=name if not drawn[ref] else f"{name} ({model})", **style)
                     drawn[ref].append(v)
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(_PLAIN_TICKS)
+        ax.xaxis.set_major_formatter(_COUNT_TICKS)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(sorted(set(part[x])))
         ax.set_title(f"N = {n}")

@@ -30,6 +30,11 @@ DIGITS = 3
 ALPHA = 0.05  # level of the Holm-adjusted paired tests
 MIN_CASES = 5  # below this many cases, no sentence claims a direction
 LIST_LIMIT = 12  # a sentence names at most this many classes; beyond, it counts them
+CHANCE_VERDICTS = {
+    1: "above chance",
+    -1: "below chance",
+    0: "not distinguishable from chance",
+}  # by `direction`
 ZERO_TOL = 1e-9  # a bound this close to its reference value is floating-point noise: it touches the reference
 BASELINE_NAMES = {"raw-pixels": "the raw-pixel baseline", "random-vit": "the random-ViT baseline"}
 IMAGE_TEXT_MODELS = ("biomedclip", "medclip", "clip-vit-l14")
@@ -159,8 +164,7 @@ def chance_sentence(
     name: str, measure: str, estimate: float, low: float, high: float, chance: float, n_cases: int
 ) -> str:
     """An estimate with its CI against its chance value."""
-    d = direction(low, high, chance)
-    verdict = {1: "above chance", -1: "below chance", 0: "not distinguishable from chance"}[d]
+    verdict = CHANCE_VERDICTS[direction(low, high, chance)]
     if too_few(n_cases):
         verdict = _few(n_cases)
     return (
@@ -357,8 +361,7 @@ def conditional_verdict(row: Mapping) -> str:
     `levels.pathology_given_anatomy(_models)`."""
     if too_few(row["n_cases"]):
         return "too few cases"
-    d = direction(row["difference_lo"], row["difference_hi"])
-    return {1: "above chance", -1: "below chance", 0: "not distinguishable from chance"}[d]
+    return CHANCE_VERDICTS[direction(row["difference_lo"], row["difference_hi"])]
 
 
 def conditional_sentences(part: pd.DataFrame, region_limit: int = 3) -> list[str]:
@@ -377,12 +380,7 @@ def conditional_sentences(part: pd.DataFrame, region_limit: int = 3) -> list[str
         verdicts = [conditional_verdict(r) for _, r in regions.iterrows()]
         counts = ", ".join(
             f"{verdict} in {verdicts.count(verdict)}"
-            for verdict in (
-                "above chance",
-                "not distinguishable from chance",
-                "below chance",
-                "too few cases",
-            )
+            for verdict in (*CHANCE_VERDICTS.values(), "too few cases")
             if verdict in verdicts
         )
         text = (
@@ -707,12 +705,13 @@ def _numbers_verdict(table: pd.DataFrame, model: str = "biomedclip") -> tuple[st
     return _count_verdict(len(inside), len(tested) - len(inside), len(tested)), evidence
 
 
-def _index_size_changes(
-    study: pd.DataFrame, n: int, metric: str, average: str
-) -> tuple[list[str], int, list[float]]:
+def _index_size_part(study: pd.DataFrame, n: int, metric: str, average: str) -> pd.DataFrame:
+    return study[(study["metric"] == metric) & (study["N"] == n) & (study["average"] == average)]
+
+
+def _index_size_changes(part: pd.DataFrame) -> tuple[list[str], int, list[float]]:
     """(models whose curve changes by `index_size_change`, models with at least two index sizes, each model's
-    smallest-index share of the full index's images) for `metric` at `n`."""
-    part = study[(study["metric"] == metric) & (study["N"] == n) & (study["average"] == average)]
+    smallest-index share of the full index's images) for the rows `part` of one metric, N and average."""
     total = 0
     which: list[str] = []
     shares: list[float] = []
@@ -730,12 +729,12 @@ def _index_size_changes(
 
 def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) -> tuple[str, str]:
     """The verdict rests on `metric`; hit@N, where the table has it, is reported beside it (not counted)."""
-    part = study[(study["metric"] == metric) & (study["N"] == n) & (study["average"] == average)]
+    part = _index_size_part(study, n, metric, average)
     if part.empty:
         return NOT_SHOWN, f"no {metric} rows at N = {n} in the index-size table"
     if too_few(part["n_cases"].min()):
         return NOT_SHOWN, _few(part["n_cases"].min())
-    which, total, shares = _index_size_changes(study, n, metric, average)
+    which, total, shares = _index_size_changes(part)
     measure = f"{average} {metric.replace('@N', f'@{n}')}"
     evidence = (
         f"{measure} as a share of the room between its chance value and the highest value it can reach, "
@@ -745,7 +744,7 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
     )
     other = "hit@N"
     if metric != other and ((study["metric"] == other) & (study["N"] == n)).any():
-        hits, hit_total, _ = _index_size_changes(study, n, other, average)
+        hits, hit_total, _ = _index_size_changes(_index_size_part(study, n, other, average))
         evidence += (
             f"; by {average} hit@{n}, shown beside it and not counted in the verdict, for {len(hits)} of {hit_total}"
             f"{' (' + ', '.join(hits) + ')' if hits else ''}"

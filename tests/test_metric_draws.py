@@ -72,3 +72,15 @@ def test_fast_classification_metrics_equal_scikit_learns(discrete):
         fast_classification_metrics(y, scores, names[:2])
     with pytest.raises(ValueError, match="non-finite"):
         fast_classification_metrics(y, np.where(scores > 0.5, np.nan, scores))
+
+
+def test_draws_leave_torchs_thread_count_as_they_found_it():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        metric_draws(*_problem(0, False))
+        assert torch.get_num_threads() == 2  # the passes run torch on one thread each, then restore it
+    finally:
+        torch.set_num_threads(before)

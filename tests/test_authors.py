@@ -506,8 +506,8 @@ def test_authors_figures_beside_ours(published, tmp_path):
     text = authors_compare.sentences(table, {"sam-vit-b": True}, "flat")
     assert any("retrieval: ours equal theirs on all 8" in s for s in text)
     knn_text = next(s for s in text if "knn_classification" in s)
-    assert "1 of 2 shared metrics differ" in knn_text and "micro_f1" in knn_text and "+0.1250" in knn_text
-    assert "k-1" in knn_text
+    assert "1 of 2 shared metrics differ" in knn_text and "micro_f1" in knn_text and "+0.125)" in knn_text
+    assert "k-1" in knn_text and "none tested here as the cause" in knn_text
     assert any("linear_probing: the authors' figures only" in s for s in text)
 
 
@@ -523,3 +523,13 @@ def test_known_reasons_name_masking_and_logits():
     assert "logits" in resnet and "differs by design" in resnet
     mae, _ = authors_compare.sentences(table, {}, "ivfpq", their_lists=["vit-mae-b"])
     assert "their own neighbour lists" in mae and "approximate" not in mae
+
+
+def test_a_tiny_difference_is_not_printed_as_zero():
+    from cbmir.analyses import authors_compare
+
+    table = pd.DataFrame(
+        [("sam-vit-b", "retrieval", "micro P@1", 0.5, 0.5 + 3e-5)], columns=authors_compare.COLUMNS[:-1]
+    ).assign(difference=lambda d: d["ours"] - d["theirs"])
+    (text,) = authors_compare.sentences(table, {}, "flat")
+    assert "theirs 0.500, ours 0.500, difference +3.0e-05" in text

@@ -135,6 +135,11 @@ def _reasons(model: str, table: str, imported: bool, index_type: str, their_list
     return why
 
 
+def _signed(difference: float) -> str:
+    """A difference to 3 decimals, or in scientific notation when it would read +0.000 or -0.000."""
+    return f"{difference:+.3f}" if abs(difference) >= 5e-4 else f"{difference:+.1e}"
+
+
 def sentences(
     table: pd.DataFrame,
     imported: Mapping[str, bool] | None = None,
@@ -162,7 +167,7 @@ def sentences(
         )
         out.append(
             f"{model}, {name}: {differing} of {len(both)} shared metrics differ; the largest is {worst['metric']} "
-            f"(theirs {worst['theirs']:.4f}, ours {worst['ours']:.4f}, difference {worst['difference']:+.4f}). "
-            f"Known reasons: {reasons}."
+            f"(theirs {worst['theirs']:.3f}, ours {worst['ours']:.3f}, difference {_signed(worst['difference'])}). "
+            f"Known differences of method, none tested here as the cause of this gap: {reasons}."
         )
     return out

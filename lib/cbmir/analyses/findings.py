@@ -40,6 +40,17 @@ BASELINE_NAMES = {"raw-pixels": "the raw-pixel baseline", "random-vit": "the ran
 IMAGE_TEXT_MODELS = ("biomedclip", "medclip", "clip-vit-l14")
 
 
+def nothing_to_compare(models: Sequence[str], baselines: Sequence[str] = tuple(BASELINE_NAMES)) -> str:
+    """Why a comparison with the baselines is empty: no baseline among `models`, or no model besides them."""
+    present = [m for m in models if m in baselines]
+    if not present:
+        return (
+            f"None of the {len(models)} models of this run is a baseline ({', '.join(baselines)}): "
+            "there is nothing to compare them against."
+        )
+    return f"Only baselines ran ({', '.join(present)}): there is no other model to compare with them."
+
+
 def num(x: float) -> str:
     """A value rounded to 3 decimals."""
     return f"{x:.{DIGITS}f}"

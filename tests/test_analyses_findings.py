@@ -912,3 +912,12 @@ def test_many_regions_are_counted_per_model_not_listed():
     assert len(few) == 6 and few[1] == findings.conditional_sentence(
         part.iloc[1], "a"
     )  # few regions: in full
+
+
+def test_nothing_to_compare_says_which_side_is_missing():
+    from cbmir.analyses.findings import nothing_to_compare
+
+    none = nothing_to_compare(["sam-vit-b", "biomedclip"])
+    assert "None of the 2 models of this run is a baseline (raw-pixels, random-vit)" in none
+    only = nothing_to_compare(["raw-pixels"], ["raw-pixels", "random-vit"])
+    assert only.startswith("Only baselines ran (raw-pixels)")

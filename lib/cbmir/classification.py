@@ -174,9 +174,8 @@ class _Ranking:
         """Sum over (positive, negative) pairs of w_pos w_neg ([s_pos > s_neg] + 1/2 [s_pos = s_neg]): [b],
         for the group weights `w` [G, b] (`pos_w` = self.pos @ w when already known)."""
         pos_w = _times(self.pos, w) if pos_w is None else pos_w
-        strict = np.cumsum(_times(self.strict, w), axis=0)[
-            :-1
-        ]  # [m, b]: negative weight strictly below each v_j
+        # [m, b]: the negative weight strictly below each v_j
+        strict = np.cumsum(_times(self.strict, w), axis=0)[:-1]
         return np.einsum("jb,jb->b", pos_w, strict + 0.5 * _times(self.tie, w))
 
 

@@ -397,8 +397,17 @@ def test_paper_claims():
     )
     assert list(offline["testable"]) == [False, True, True, False, False]
     assert "no image-text model" in offline.loc[0, "why"]
-    paper = findings.paper_claims(["biomedclip", "dinov2-b14"], "paper", index_size_ran=True)
+    paper = findings.paper_claims(
+        ["biomedclip", "dinov2-b14"], "paper", index_size_ran=True, paper_setup=True
+    )
     assert list(paper["testable"]) == [True, False, False, True, True]
+    # the flag, not the name, says whether the run holds the paper's data
+    named = findings.paper_claims(["biomedclip", "dinov2-b14"], "paper", index_size_ran=True)
+    assert not named["testable"].iloc[-1] and "paper_setup: false" in named["why"].iloc[-1]
+    published = findings.paper_claims(["biomedclip"], "paper-published", paper_setup=True)
+    assert published["testable"].iloc[-1] and published["why"].iloc[-1] == "same data and model"
+    without = findings.paper_claims(["dinov2-b14"], "paper-published", paper_setup=True)
+    assert not without["testable"].iloc[-1] and without["why"].iloc[-1] == "biomedclip did not run"
 
 
 def random_contrast(rng, model: str, n: int, n_cases: int | None = None) -> dict:
@@ -501,7 +510,11 @@ def test_claim_verdicts_follow_the_intervals(seed):
                              np.sort(rng.uniform(0.0, 0.15, 3)), strict=True)]
     )  # fmt: skip
     claims = findings.paper_claims(
-        models, config, regions_with_several_labels=int(rng.integers(0, 2)), index_size_ran=bool(seed % 4)
+        models,
+        config,
+        regions_with_several_labels=int(rng.integers(0, 2)),
+        index_size_ran=bool(seed % 4),
+        paper_setup=config == "paper",
     )
     got = findings.claim_verdicts(
         claims, table, best=best, baselines=base, levels=lv, index_size=size
@@ -778,6 +791,13 @@ def test_classification_sentences_agree_with_their_table(seed):
         t = part.sort_values("f1_macro", ascending=False)
         best, nxt = t.iloc[0], t.iloc[1]
         line = next(s for s in text if s.startswith(f"Highest macro-F1 with the {head}: "))
+        shown = [r3(v) for v in t["f1_macro"]]
+        groups = [sorted(t["model"][[v == x for v in shown]]) for x in dict.fromkeys(shown)]
+        orders[head] = groups
+        if len(groups[0]) > 1:  # tied as shown: named together, not ranked
+            assert f"read {shown[0]} ({', '.join(t['model'][: len(groups[0])])}; {n} cases)" in line
+            assert line.endswith("the table does not rank them (equal to 3 decimals).")
+            continue
         assert (
             f": {best['model']}, {r3(best['f1_macro'])} (95 % CI {r3(best['f1_macro lo'])} to {r3(best['f1_macro hi'])}; {n} cases) "
             f"against {r3(best['f1_macro chance'])} by chance" in line
@@ -789,7 +809,6 @@ def test_classification_sentences_agree_with_their_table(seed):
             assert line.endswith("the intervals do not overlap.")
         else:
             assert "the intervals overlap" in line
-        orders[head] = t["model"].tolist()
         for _, c in comparisons[comparisons["head"] == head].iterrows() if len(comparisons) else []:
             ref = findings.BASELINE_NAMES[c["baseline"]]
             sentence = next(
@@ -806,9 +825,51 @@ def test_classification_sentences_agree_with_their_table(seed):
             else:
                 assert "is not distinguishable from" in sentence
     assert "entirely above" not in joined  # no interval-overlap verdict against the baselines
-    agree = orders["kNN"] == orders["linear probe"]
-    assert ("point estimates agree" in joined) == agree
-    assert ("point estimates differ" in joined) == (not agree)
+    if len(orders["kNN"]) == 1 and len(orders["linear probe"]) == 1:
+        assert "neither head ranks the models" in joined
+    else:
+        agree = orders["kNN"] == orders["linear probe"]
+        assert ("= joins equal values) agree (" in joined) == agree
+        assert ("= joins equal values) differ (" in joined) == (not agree)
+
+
+def _heads(knn: dict[str, float], probe: dict[str, float], n: int = 200) -> pd.DataFrame:
+    rows = [{"model": m, "head": head, "f1_macro": v, "f1_macro lo": v - 0.01, "f1_macro hi": min(v + 0.01, 1),
+             "f1_macro chance": 0.006, "cases": n}
+            for head, vals in (("kNN", knn), ("linear probe", probe)) for m, v in vals.items()]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_classification_sentences_name_values_that_tie_as_shown_instead_of_ranking_them():
+    # every kNN value reads 1.000 (one is 0.99996); the probe's top two tie, the third is below
+    wide = _heads({"a": 1.0, "b": 0.99996, "c": 1.0}, {"a": 1.0, "b": 0.9649, "c": 0.99999})
+    text = findings.classification_sentences(wide)
+    knn, probe, order = text
+    assert knn == (
+        "Highest macro-F1 with the kNN: all 3 models read 1.000 (a, c, b; 200 cases) against 0.006 by chance; "
+        "the table does not rank them (equal to 3 decimals)."
+    )
+    assert probe.startswith(
+        "Highest macro-F1 with the linear probe: 2 of 3 models read 1.000 (a, c; 200 cases)"
+    )
+    assert "next" not in knn + probe
+    assert "(kNN: all 3 at 1.000; linear probe: a = c (1.000) > b (0.965))" in order
+    assert "differ" in order
+    # equal orders once ties are grouped: they agree, whatever the hidden decimals
+    same = findings.classification_sentences(
+        _heads({"a": 0.9, "b": 0.8001, "c": 0.8}, {"a": 0.91, "b": 0.8, "c": 0.80004})
+    )
+    assert "agree (kNN: a (0.900) > b = c (0.800); linear probe: a (0.910) > c = b (0.800))" in same[-1]
+    # every value tied under both heads: no ranking at all
+    flat = findings.classification_sentences(_heads({"a": 1.0, "b": 1.0}, {"a": 0.5, "b": 0.5}))
+    assert flat[-1] == (
+        "Every model reads the same macro-F1 under each head (kNN 1.000, linear probe 0.500): neither head ranks "
+        "the models."
+    )
+    assert findings.shown_order(wide[wide["head"] == "linear probe"], "f1_macro") == [
+        (["a", "c"], "1.000"),
+        (["b"], "0.965"),
+    ]
 
 
 def test_knn_k1_sentence_appears_only_when_k_1_ran():
@@ -921,3 +982,45 @@ def test_nothing_to_compare_says_which_side_is_missing():
     assert "None of the 2 models of this run is a baseline (raw-pixels, random-vit)" in none
     only = nothing_to_compare(["raw-pixels"], ["raw-pixels", "random-vit"])
     assert only.startswith("Only baselines ran (raw-pixels)")
+
+
+def _p1_table(values: dict[str, float], n_cases: int = 500) -> pd.DataFrame:
+    table = pd.DataFrame([{"model": m, "average": "micro", "N": 1, "estimate": v, "low": v - 0.002,
+                           "high": v + 0.002, "chance": 0.07, "n_cases": n_cases} for m, v in values.items()])  # fmt: skip
+    table.attrs["best"] = max(values, key=values.get)
+    return table
+
+
+def _versus(model: str, best: str, low: float, high: float, p_holm: float = 1.0) -> dict:
+    return {"model": model, "best": best, "average": "micro", "N": 1, "difference": (low + high) / 2,
+            "low": low, "high": high, "p_value": p_holm, "p_holm": p_holm, "n_cases": 500}  # fmt: skip
+
+
+def test_the_best_model_is_not_named_alone_when_others_read_the_same_value():
+    table = _p1_table({"dinov2-b14": 0.86204, "clip-vit-l14": 0.86181, "sam-vit-b": 0.8611})
+    best = pd.DataFrame([_versus("clip-vit-l14", "dinov2-b14", -0.003, 0.002),
+                         _versus("sam-vit-b", "dinov2-b14", -0.003, 0.002)])  # fmt: skip
+    first = findings.summary_sentences(table, best=best)[0]
+    assert first.startswith(
+        "Highest micro P@1 (the ranking rule): dinov2-b14, 0.862 (95 % CI 0.860 to 0.864; 500 cases), by its "
+        "unrounded point estimate only: clip-vit-l14 reads the same 0.862; none of the 2 other models"
+    )
+    claims = findings.paper_claims(list(table["model"]), "radmini")
+    got = findings.claim_verdicts(claims, table, best=best).set_index("claim")
+    image_text = got.loc[findings.PAPER_CLAIMS[0][1]]
+    assert image_text["verdict"] == findings.NOT_SHOWN
+    assert image_text["evidence"].startswith(
+        "the highest point estimate is dinov2-b14's (not an image-text model), equal to 3 decimals to "
+        "clip-vit-l14's; 0 of 1 image-text models score lower than it"
+    )
+    assert "the best model is" not in image_text["evidence"]
+    # nothing reads the same: no tie is named; an image-text leader that every model trails holds the claim
+    table = _p1_table({"biomedclip": 0.7, "enc-a": 0.6})
+    alone = findings.summary_sentences(table)[0]
+    assert "reads the same" not in alone and "read the same" not in alone
+    best = pd.DataFrame([_versus("enc-a", "biomedclip", -0.12, -0.08, p_holm=0.002)])
+    got = findings.claim_verdicts(findings.paper_claims(["biomedclip", "enc-a"], "radmini"), table, best=best)
+    assert got.loc[0, "verdict"] == findings.HOLDS
+    assert got.loc[0, "evidence"].startswith(
+        "the highest point estimate is biomedclip's (an image-text model); 1 of 1"
+    )

@@ -103,12 +103,19 @@ def test_bad_inputs_and_paper_comparison():
     with pytest.raises(ValueError, match="'best'"):
         summary.against_best(models, qr, ir, labels, best="nope", n_boot=5)
     table = summary.model_table({"biomedclip": models["good"]}, qr, ir, labels, cases, n_boot=10)
-    alone = summary.paper_comparison(table, "radmini")
+    alone = summary.paper_comparison(
+        table, "paper"
+    )  # named like the paper's config, but not flagged as its data
     assert alone["paper"].tolist() == [0.594, 0.590, 0.588, 0.583] and alone["ours"].isna().all()
-    assert alone["setup"].str.contains("not comparable").all()
-    same = summary.paper_comparison(table, "paper")
+    assert alone["setup"].str.contains("not comparable: config 'paper' does not hold").all()
+    assert (alone["source"] == summary.PAPER_SOURCE).all()
+    same = summary.paper_comparison(table, "paper-published", paper_setup=True)
     micro = table[table["average"] == "micro"].set_index("N")["estimate"]
     np.testing.assert_allclose(same["ours"], micro.loc[[1, 3, 5, 10]].to_numpy())
+    assert (same["setup"] == "same datasets, splits and model").all()
+    other = summary.model_table({"dinov2-b14": models["good"]}, qr, ir, labels, cases, n_boot=10)
+    missing = summary.paper_comparison(other, "paper", paper_setup=True)
+    assert missing["ours"].isna().all() and missing["setup"].str.contains("biomedclip did not run").all()
     assert isinstance(summary.PAPER_REPORTED, pd.DataFrame)
 
 

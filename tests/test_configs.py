@@ -42,6 +42,11 @@ def test_paper_config_runs_exactly_the_papers_nine_models():
     assert all(resolve_spec(m).behaviour == "correct" for m in cfg.models)
 
 
+def test_only_the_configs_of_the_papers_data_are_flagged_as_its_setup():
+    flagged = {p.stem for p in (ROOT / "configs").glob("*.yaml") if load_config(p).paper_setup}
+    assert flagged == {"paper", "paper-extended", "paper-published"}
+
+
 def test_extended_config_is_the_papers_setup_with_more_models():
     paper = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
     extended = yaml.safe_load((ROOT / "configs" / "paper-extended.yaml").read_text())

@@ -113,6 +113,9 @@ class ReportConfig(BaseModel):
     # pretraining_image_lists: model spec -> list file, or {path: FILE, column: NAME}
     exclude_pretraining_images: StrictBool = False
     pretraining_image_lists: dict[str, PretrainingList] = Field(default_factory=dict)
+    # the run holds the paper's four datasets and splits (Denner et al., arXiv 2403.06567): notebook 8 then sets the
+    # article's printed numbers beside ours and tests them; any other data keeps them apart, "not comparable"
+    paper_setup: StrictBool = False
     # text-to-image retrieval prompts (cbmir.text_retrieval); empty: its DEFAULT_TEMPLATE
     prompt_templates: list[str] = Field(default_factory=list)
     quick: StrictBool = False

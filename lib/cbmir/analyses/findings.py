@@ -56,6 +56,28 @@ def num(x: float) -> str:
     return f"{x:.{DIGITS}f}"
 
 
+def tied_at_shown(frame: pd.DataFrame, value: str, target: float, name: str = "model") -> list[str]:
+    """The `name`s of the rows of `frame` whose `value` reads the same as `target` at `DIGITS` decimals: values a
+    reader of the tables cannot tell apart, so no sentence may rank them."""
+    return [str(m) for m, v in zip(frame[name], frame[value], strict=True) if num(v) == num(target)]
+
+
+def shown_order(frame: pd.DataFrame, value: str, name: str = "model") -> list[tuple[list[str], str]]:
+    """The rows of `frame` from the highest `value` down, grouped by the value as shown (`DIGITS` decimals):
+    [([names], "0.912"), ...]; names within a group tie in the tables."""
+    groups: dict[str, list[str]] = {}
+    for _, r in frame.sort_values(value, ascending=False).iterrows():
+        groups.setdefault(num(r[value]), []).append(str(r[name]))
+    return [(names, shown) for shown, names in groups.items()]
+
+
+def order_text(order: list[tuple[list[str], str]]) -> str:
+    """`shown_order` as text: 'a = b (0.912) > c (0.850)'; 'all 9 at 1.000' when every row ties."""
+    if len(order) == 1 and len(order[0][0]) > 2:
+        return f"all {len(order[0][0])} at {order[0][1]}"
+    return " > ".join(f"{' = '.join(names)} ({shown})" for names, shown in order)
+
+
 def signed(x: float) -> str:
     """A difference rounded to 3 decimals with its sign (+0.000 for a rounded zero)."""
     text = f"{x:+.{DIGITS}f}"
@@ -260,6 +282,12 @@ def summary_sentences(
             f"Highest micro P@{n0} (the ranking rule): {top['model']}, {num(top['estimate'])} "
             f"({interval(top['low'], top['high'], estimate=top['estimate'])}; {cases(top['n_cases'])})"
         )
+        first = table[(table["N"] == n0) & (table["average"] == "micro")]
+        if same := [m for m in tied_at_shown(first, "estimate", top["estimate"]) if m != top["model"]]:
+            text += (
+                f", by its unrounded point estimate only: {', '.join(same)} "
+                f"read{'s' if len(same) == 1 else ''} the same {num(top['estimate'])}"
+            )
         if best is not None and len(best):
             vs = best[(best["N"] == n0) & (best["average"] == "micro")]
             tied = sum(pair_direction(r) == 0 or too_few(r["n_cases"]) for _, r in vs.iterrows())
@@ -548,9 +576,10 @@ def paper_claims(
     regions_with_several_labels: int = 0,
     index_size_ran: bool = False,
     image_text_models: Sequence[str] = IMAGE_TEXT_MODELS,
-    paper_config: str = "paper",
+    paper_setup: bool = False,
 ) -> pd.DataFrame:
-    """Each of the paper's claims, whether this configuration can test it, and why. Columns: claim, testable, why."""
+    """Each of the paper's claims, whether this configuration can test it, and why (`paper_setup`: the config holds
+    the paper's data and splits, so the article's printed numbers can be tested). Columns: claim, testable, why."""
     models = list(models)
     text = [m for m in models if m in image_text_models]
     base = [m for m in models if m in baselines]
@@ -579,10 +608,13 @@ def paper_claims(
             "the index-size study ran" if index_size_ran else "the index-size study did not run",
         ),
         "numbers": (
-            config_name == paper_config and "biomedclip" in models,
+            paper_setup and "biomedclip" in models,
             "same data and model"
-            if config_name == paper_config and "biomedclip" in models
-            else f"config {config_name!r} uses other data or models: the published numbers are not comparable",
+            if paper_setup and "biomedclip" in models
+            else "biomedclip did not run"
+            if paper_setup
+            else f"config {config_name!r} does not hold the paper's data and splits (paper_setup: false): the "
+            "article's numbers are not comparable",
         ),
     }
     return pd.DataFrame(
@@ -653,21 +685,29 @@ def _baseline_verdict(base: pd.DataFrame, measure: str) -> tuple[str, str]:
     return _count_verdict(above, below, len(base)), evidence
 
 
-def _best_verdict(best_model: str, best: pd.DataFrame, image_text: Sequence[str]) -> tuple[str, str]:
+def _best_verdict(
+    best_model: str, best: pd.DataFrame, image_text: Sequence[str], tied: Sequence[str] = ()
+) -> tuple[str, str]:
+    """The image-text claim from the paired comparisons with the model of the highest point estimate (`best`:
+    `summary.against_best` rows at one N and average); `tied`: the other models whose value reads the same."""
     if best.empty or too_few(best["n_cases"].min()):
         return NOT_SHOWN, "no comparison with the best model" if best.empty else _few(best["n_cases"].min())
+    kind = "an image-text model" if best_model in image_text else "not an image-text model"
+    lead = f"the highest point estimate is {best_model}'s ({kind})"
+    if tied:
+        lead += f", equal to {DIGITS} decimals to {', '.join(tied)}'s"
     if best_model in image_text:
         below = sum(pair_direction(r) < 0 for _, r in best.iterrows())
         evidence = (
-            f"the best model is the image-text model {best_model}; {below} of {len(best)} other models score "
-            "lower (95 % CI of the paired difference below 0 and Holm-adjusted p < 0.05)"
+            f"{lead}; {below} of {len(best)} other models score lower (95 % CI of the paired difference below 0 "
+            "and Holm-adjusted p < 0.05)"
         )
         return (HOLDS if below == len(best) else PARTLY if below else NOT_SHOWN), evidence
     rivals = best[best["model"].isin(image_text)]
     below = sum(pair_direction(r) < 0 for _, r in rivals.iterrows())
     evidence = (
-        f"the best model is {best_model}, not an image-text model; {below} of {len(rivals)} image-text models "
-        "score lower than it (95 % CI below 0)"
+        f"{lead}; {below} of {len(rivals)} image-text models score lower than it (95 % CI of the paired "
+        "difference below 0 and Holm-adjusted p < 0.05); the claim fails only when all do"
     )
     return (FAILS if len(rivals) and below == len(rivals) else NOT_SHOWN), evidence
 
@@ -795,9 +835,15 @@ def claim_verdicts(
         elif key == "baselines":
             verdict, evidence = _baseline_verdict(_pairs_at(baselines, n, average), f"{average} P@{n}")
         elif key == "image_text":
-            verdict, evidence = _best_verdict(
-                str(table.attrs.get("best", "")), _pairs_at(best, n, average), image_text_models
+            top = str(table.attrs.get("best", ""))
+            first = table[(table["N"] == table["N"].min()) & (table["average"] == "micro")]
+            row0 = first[first["model"] == top]
+            tied = (
+                [m for m in tied_at_shown(first, "estimate", row0["estimate"].iloc[0]) if m != top]
+                if len(row0)
+                else []
             )
+            verdict, evidence = _best_verdict(top, _pairs_at(best, n, average), image_text_models, tied)
         elif key == "anatomy" and levels is not None:
             verdict, evidence = _anatomy_verdict(levels, n)
         elif key == "numbers":
@@ -951,12 +997,22 @@ def _ranking(
     table: pd.DataFrame, value: str, low: str, high: str, what: str, chance: str | None = None
 ) -> str:
     """Best row by `value` (with its chance value when the `chance` column is there), and whether its interval
-    overlaps the runner-up's."""
+    overlaps the runner-up's; rows whose values read the same at `DIGITS` decimals are named as tied, not ranked."""
     t = table.sort_values(value, ascending=False)
     best = t.iloc[0]
-    text = f"Highest {what}: {best['model']}, {num(best[value])} ({interval(best[low], best[high], estimate=best[value])}; {cases(best['cases'])})"
-    if chance and chance in t and not pd.isna(best[chance]):
-        text += f" against {num(best[chance])} by chance"
+    tied = tied_at_shown(t, value, best[value])
+    against = (
+        f" against {num(best[chance])} by chance"
+        if chance and chance in t and not pd.isna(best[chance])
+        else ""
+    )
+    if len(tied) > 1:
+        who = f"all {len(tied)} models" if len(tied) == len(t) else f"{len(tied)} of {len(t)} models"
+        return (
+            f"Highest {what}: {who} read {num(best[value])} ({', '.join(tied)}; {cases(best['cases'])}){against}; "
+            f"the table does not rank them (equal to {DIGITS} decimals)."
+        )
+    text = f"Highest {what}: {best['model']}, {num(best[value])} ({interval(best[low], best[high], estimate=best[value])}; {cases(best['cases'])}){against}"
     if len(t) < 2:
         return text + "."
     nxt = t.iloc[1]
@@ -989,18 +1045,25 @@ def classification_sentences(
     orders = {}
     for head, part in wide.groupby("head", sort=False):
         out.append(_ranking(part, metric, lo, hi, f"{name} with the {head}", f"{metric} chance"))
-        orders[head] = part.sort_values(metric, ascending=False)["model"].tolist()
+        orders[head] = shown_order(part, metric)
         if comparisons is None or comparisons.empty:
             continue
         sel = comparisons[(comparisons["head"] == head) & (comparisons["metric"] == metric)]
         for _, row in sel.iterrows():
             out.append(comparison_sentence(row, "baseline", measure=f"{name} ({head})"))
-    if len(orders) == 2 and all(len(o) > 1 for o in orders.values()):
+    if len(orders) == 2 and all(sum(len(g) for g, _ in o) > 1 for o in orders.values()):
         (h1, o1), (h2, o2) = orders.items()
-        verdict = "agree" if o1 == o2 else "differ"
+        if len(o1) == 1 and len(o2) == 1:
+            out.append(
+                f"Every model reads the same {name} under each head ({h1} {o1[0][1]}, {h2} {o2[0][1]}): "
+                "neither head ranks the models."
+            )
+            return out
+        verdict = "agree" if [sorted(g) for g, _ in o1] == [sorted(g) for g, _ in o2] else "differ"
         out.append(
-            f"The {h1} and {h2} rankings by {name} point estimates {verdict} ({h1}: {' > '.join(o1)}; "
-            f"{h2}: {' > '.join(o2)}); orders within overlapping intervals are not established."
+            f"The {h1} and {h2} orders of the models by {name} as shown ({DIGITS} decimals; = joins equal values) "
+            f"{verdict} ({h1}: {order_text(o1)}; {h2}: {order_text(o2)}); orders within overlapping intervals "
+            "are not established."
         )
     return out
 

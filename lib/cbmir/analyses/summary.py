@@ -252,26 +252,31 @@ def against_baselines(
 
 
 def paper_comparison(
-    table: pd.DataFrame, config_name: str, paper_model: str = "biomedclip", paper_config: str = "paper"
+    table: pd.DataFrame, config_name: str, paper_setup: bool = False, paper_model: str = "biomedclip"
 ) -> pd.DataFrame:
-    """The paper's published numbers beside ours where the setup matches (config `paper_config`), else alone.
+    """The article's printed numbers (`PAPER_REPORTED`) beside ours where the run holds the paper's data and splits
+    (`paper_setup`, the config's flag), else alone.
 
-    `table` is `model_table`'s output. Columns: model, average, N, paper, ours, low, high, n_cases, setup.
+    `table` is `model_table`'s output. Columns: model, average, N, paper, source, ours, low, high, n_cases, setup.
     """
     out = PAPER_REPORTED[PAPER_REPORTED["model"] == paper_model].rename(columns={"value": "paper"})
-    out = out.drop(columns="source").reset_index(drop=True)
+    out = out.reset_index(drop=True)
     ours = table[table["model"] == paper_model].set_index(["average", "N"])
-    same = config_name == paper_config and not ours.empty
+    same = paper_setup and not ours.empty
     for col, src in (("ours", "estimate"), ("low", "low"), ("high", "high"), ("n_cases", "n_cases")):
         out[col] = [
             ours.loc[(a, n), src] if same and (a, n) in ours.index else np.nan
             for a, n in zip(out["average"], out["N"], strict=True)
         ]
-    out["setup"] = (
-        "same datasets, splits and model"
-        if same
-        else f"not comparable with config {config_name!r} (different data or models); the paper's value alone"
-    )
+    if same:
+        out["setup"] = "same datasets, splits and model"
+    elif paper_setup:
+        out["setup"] = f"{paper_model} did not run in config {config_name!r}; the article's value alone"
+    else:
+        out["setup"] = (
+            f"not comparable: config {config_name!r} does not hold the paper's data and splits "
+            "(paper_setup: false); the article's value alone"
+        )
     return out
 
 

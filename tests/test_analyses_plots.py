@@ -57,10 +57,17 @@ def test_curves_levels_index_size_and_classes_render(tmp_path):
         chance="chance_micro",
         baselines=["raw-pixels"],
     )
-    ticks = [c for c in fig.axes[0].collections if c.get_label() == "chance"]
-    assert len(ticks) == 1  # the first level's ticks carry the legend entry
-    tick_y = [seg[0][1] for seg in ticks[0].get_segments()]
-    np.testing.assert_allclose(tick_y, part[part["level"] == "region"]["chance_micro"])
+    # each bar's chance: a tick across it and a diamond drawn over the axis, so a chance near 0 stays visible
+    marks = [line for line in fig.axes[0].get_lines() if line.get_marker() == "D" and len(line.get_xdata())]
+    assert len(marks) == 2 and all(not m.get_clip_on() for m in marks)
+    np.testing.assert_allclose(marks[0].get_ydata(), part[part["level"] == "region"]["chance_micro"])
+    ticks = [
+        c.get_segments()
+        for c in fig.axes[0].collections
+        if len(c.get_segments()) == len(marks[0].get_xdata())
+    ]
+    assert any(np.allclose([s[0][1] for s in t], marks[0].get_ydata()) for t in ticks)
+    assert [t.get_text() for t in fig.legends[0].get_texts()].count("chance") == 1
     plots.save_figure(fig, tmp_path / "levels")
 
     def search(rows, k):
@@ -188,7 +195,27 @@ def test_keys_of_the_umap_grid_and_learning_curves_are_readable():
     fig = plots.learning_curves(curves, {"a": 2})
     sizes = [t.get_fontsize() for t in fig.axes[0].get_legend().get_texts()]
     assert sizes and min(sizes) >= 9
+    # losses on a log axis: a first epoch far above the rest does not flatten the later ones
+    assert fig.axes[0].get_yscale() == "log"
     plt.close(fig)
+
+
+def test_precision_curves_leave_out_bands_that_would_hide_each_other():
+    ids, qr, ir, labels, cases = problem()
+    one = retrieval.precision_curves(ids["enc"], qr, ir, labels, cases, n_boot=10)
+    for n_models, banded in ((plots.MAX_BANDS, True), (plots.MAX_BANDS + 1, False)):
+        curves = pd.concat([one.assign(model=f"m{i}") for i in range(n_models)])
+        fig = plots.curves_with_chance(curves, title="All models")
+        bands = [c for ax in fig.axes for c in ax.collections if c.get_label() != "chance"]
+        assert (len(bands) == 2 * n_models) if banded else not bands
+        title = fig._suptitle.get_text()
+        want = (
+            "(bands: 95 % CI over cases)"
+            if banded
+            else f"(no bands for {n_models} models, more than {plots.MAX_BANDS}; intervals in the tables)"
+        )
+        assert title.startswith("All models") and want in title
+        plt.close(fig)
 
 
 def test_count_bars_uses_a_log_axis_when_counts_span_orders_of_magnitude():

@@ -382,7 +382,8 @@ def level_scores(
 def learning_curves(
     curves: pd.DataFrame, chosen: dict[str, int] | None = None, title: str = ""
 ) -> plt.Figure:
-    """Per model: train and selection loss (left axis), selection accuracy (right axis), chosen epoch dashed.
+    """Per model: train and selection loss (left axis, logarithmic: the first epoch's loss can be orders of magnitude
+    above the rest), selection accuracy (right axis), chosen epoch dashed.
 
     `curves`: model, epoch, train_loss, selection_loss, selection_accuracy (the probe outcome's `curve`).
     """
@@ -395,7 +396,9 @@ def learning_curves(
         ax.plot(part["epoch"], part["train_loss"], color="0.2", label="train loss")
         ax.plot(part["epoch"], part["selection_loss"], color="#7b4fa6", ls="--", label="selection loss")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("cross-entropy")
+        ax.set_ylabel("cross-entropy (log scale)")
+        if (part[["train_loss", "selection_loss"]].to_numpy(dtype=float) > 0).any():
+            ax.set_yscale("log")
         acc = ax.twinx()
         acc.plot(
             part["epoch"], part["selection_accuracy"], color="#b08fd0", ls=":", label="selection accuracy"
@@ -471,6 +474,8 @@ def compact_count(value: float) -> str:
 
 _COUNT_TICKS = matplotlib.ticker.FuncFormatter(lambda v, _: compact_count(v))
 CHANCE_STYLE = {"color": "black", "linestyle": ":", "lw": 1.2}
+CHANCE_MARK = {"marker": "D", "ms": 4, "mfc": "black", "mec": "white", "mew": 0.5}  # chance on a bar
+MAX_BANDS = 6  # more models than this: precision curves without their bands, which would hide each other
 CEILING_STYLE = {"color": "firebrick", "linestyle": (0, (8, 3)), "lw": 0.9}  # apart from every model's look
 
 
@@ -545,16 +550,19 @@ def curves_with_chance(
     title: str = "",
     max_n: int | None = None,
     ylabel: str = "modified precision@N",
+    max_bands: int = MAX_BANDS,
 ) -> plt.Figure:
     """Micro and macro P@N against N: a line and a case-level band per model, the chance line of each panel.
 
     `curves`: `analyses.retrieval.precision_curves` rows with a `model` column (chance_micro/chance_macro are
     drawn once per model whose chance differs; with one shared index they coincide). Legend outside the axes.
+    With more than `max_bands` models the bands (which would hide each other) are left out; the title says which.
     """
     if max_n is not None:
         curves = curves[curves["N"] <= max_n]
     models = list(dict.fromkeys(curves["model"]))
     styles = _model_styles(models, baselines)
+    banded = len(models) <= max_bands
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, kind in zip(axes, ("micro", "macro"), strict=True):
         drawn: list[np.ndarray] = []
@@ -562,7 +570,8 @@ def curves_with_chance(
             g = curves[curves["model"] == model]
             st = styles[model]
             ax.plot(g["N"], g[kind], label=model, lw=1.6, ms=4, markevery=0.12, **st)
-            ax.fill_between(g["N"], g[f"{kind}_lo"], g[f"{kind}_hi"], color=st["color"], alpha=0.15, lw=0)
+            if banded:
+                ax.fill_between(g["N"], g[f"{kind}_lo"], g[f"{kind}_hi"], color=st["color"], alpha=0.15, lw=0)
             ch = g[f"chance_{kind}"].to_numpy()
             if not any(len(d) == len(ch) and np.allclose(d, ch) for d in drawn):
                 ax.plot(g["N"], ch, label="chance" if not drawn else f"chance ({model})", **CHANCE_STYLE)
@@ -574,8 +583,12 @@ def curves_with_chance(
         ax.set_ylim(0, 1.02)
     axes[0].set_ylabel(ylabel)
     _legend_outside(fig, axes[1])
-    if title:
-        fig.suptitle(title)
+    bands = (
+        "bands: 95 % CI over cases"
+        if banded
+        else f"no bands for {len(models)} models, more than {max_bands}; intervals in the tables"
+    )
+    fig.suptitle(f"{title} ({bands})" if title else bands.capitalize())
     fig.tight_layout()
     return fig
 
@@ -651,15 +664,11 @@ def bars_with_chance(
                 ax.bar([np.nan], [np.nan], color=colours[0], edgecolor="0.15", linewidth=0.4, label=str(h))
             if low and high:  # drawn from its bounds: a percentile interval need not contain the estimate
                 _interval_bars(ax, pos, part[low].to_numpy(float), part[high].to_numpy(float), width)
-            if chance and chance in part:
-                ax.hlines(
-                    part[chance],
-                    pos - width / 2,
-                    pos + width / 2,
-                    colors="black",
-                    lw=2,
-                    label=None if chance_labelled else "chance",
-                )
+            if chance and chance in part:  # a tick across the bar and a diamond, seen even on the axis
+                ax.hlines(part[chance], pos - width / 2, pos + width / 2, colors="black", lw=2)
+                ax.plot(pos, part[chance], ls="none", **CHANCE_MARK, clip_on=False, zorder=5)
+                if not chance_labelled:
+                    ax.plot([], [], color="black", lw=2, **CHANCE_MARK, label="chance")
                 chance_labelled = True
         ax.set_xticks(np.arange(len(group)), [str(v) for v in group], rotation=20, ha="right")
         ax.set_xlim(-0.6, per_row - 0.4 if len(groups) > 1 else len(group) - 0.4)

@@ -279,7 +279,7 @@ def test_count_bars_draws_many_labels_as_ranked_counts_of_readable_size():
 
 def test_best_worst_bars_draw_an_interval_that_misses_its_estimate_as_it_is():
     part = pd.DataFrame({"class": ["a", "b"], "P@1": [0.3, 0.6], "P@1_lo": [0.4, 0.5], "P@1_hi": [0.5, 0.7],
-                         "n_queries": 3, "n_cases": 3})  # fmt: skip
+                         "n_queries": 30, "n_cases": 10})  # fmt: skip
     fig = plots.best_worst_bars(part.iloc[[1]], part.iloc[[0]], "P@1")  # an error bar would be negative here
     spans = [seg for c in fig.axes[1].collections for seg in c.get_segments() if seg[0][1] == seg[1][1]]
     assert any(np.allclose([seg[0][0], seg[1][0]], [0.4, 0.5]) for seg in spans)
@@ -353,4 +353,18 @@ def test_many_grouped_bars_wrap_onto_rows_of_readable_width():
     assert len(heights) == len(regions) * len(models)
     keys = [t.get_text() for t in fig.legends[0].get_texts()]
     assert keys == [*models, "chance"]
+    plt.close(fig)
+
+
+def test_figures_draw_no_interval_for_rows_with_too_few_cases():
+    table = pd.DataFrame({"model": ["a", "b", "c"], "f1": [0.5, 0.6, 0.7], "lo": [0.1, 0.5, 0.6],
+                          "hi": [0.9, 0.7, 0.8], "chance": 0.1, "cases": [2, 5, 40]})  # fmt: skip
+    fig = plots.bars_with_chance(table, x="model", y="f1", low="lo", high="hi", chance="chance")
+    spans = [
+        c
+        for c in fig.axes[0].collections
+        if len(c.get_segments()) and c.get_segments()[0][0][0] == c.get_segments()[0][1][0]
+    ]
+    xs = sorted({round(s[0][0], 6) for c in spans for s in c.get_segments() if s[0][1] != s[1][1]})
+    assert xs == [1.0, 2.0]  # the vertical interval lines: none at bar 0 (2 cases)
     plt.close(fig)

@@ -191,3 +191,17 @@ def test_whole_columns_are_rounded_to_whole_numbers_for_reading():
     table = show(df, whole=["index_images"])
     assert table.frame["index_images"].tolist() == ["12,346", "9", MISSING]
     assert table.frame["share"].tolist() == ["0.123", "0.500", "0.250"]
+
+
+def test_rows_with_too_few_cases_show_their_estimate_without_an_interval():
+    df = pd.DataFrame({"class": ["a", "b", "c"], "P@1": [0.5, 0.25, 0.9], "P@1 lo": [0.0, 0.1, 0.8],
+                       "P@1 hi": [1.0, 0.4, 0.95], "n_cases": [2, 5, 4]})  # fmt: skip
+    table = show(df, caption="per class")
+    assert table.frame["P@1"].tolist() == ["0.500", "0.250 [0.100, 0.400]", "0.900"]
+    assert "2 rows with fewer than 5 cases show no interval" in table.html
+    one = show(df.iloc[:2], caption="per class", min_cases=2)  # the threshold is a parameter
+    assert one.frame["P@1"].tolist() == ["0.500 [0.000, 1.000]", "0.250 [0.100, 0.400]"]
+    assert "fewer than" not in one.html
+    # a table without a cases column, or without intervals, is left as it was
+    assert show(df.drop(columns="n_cases"), caption="x").frame["P@1"].iloc[0] == "0.500 [0.000, 1.000]"
+    assert "fewer than" not in show(df[["class", "P@1", "n_cases"]], caption="x", ci=None).html

@@ -15,6 +15,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from cbmir.tables import few_cases  # noqa: E402
+
 DPI = 100  # modest resolution keeps the committed figures small
 IMAGE_DPI = 72  # figures made of thumbnails: about their native size, saved as a 256-colour PNG
 sns.set_theme(style="whitegrid", context="notebook")
@@ -359,7 +361,7 @@ def level_scores(
         st = styles[model]
         ax.plot(pos, part[y], st["marker"], color=st["color"], label=model, ms=6, ls="none")
         if lo and hi:  # drawn from its bounds: a percentile interval need not contain the estimate
-            _interval_bars(ax, pos, part[lo].to_numpy(float), part[hi].to_numpy(float), width, st["color"])
+            _interval_bars(ax, pos, *_shown_bounds(part, lo, hi), width, st["color"])
         if chance:
             ax.hlines(part[chance], pos - width * 0.45, pos + width * 0.45, colors="black", lw=1.6,
                       label="chance" if i == 0 else None)  # fmt: skip
@@ -571,7 +573,9 @@ def curves_with_chance(
             st = styles[model]
             ax.plot(g["N"], g[kind], label=model, lw=1.6, ms=4, markevery=0.12, **st)
             if banded:
-                ax.fill_between(g["N"], g[f"{kind}_lo"], g[f"{kind}_hi"], color=st["color"], alpha=0.15, lw=0)
+                ax.fill_between(
+                    g["N"], *_shown_bounds(g, f"{kind}_lo", f"{kind}_hi"), color=st["color"], alpha=0.15, lw=0
+                )
             ch = g[f"chance_{kind}"].to_numpy()
             if not any(len(d) == len(ch) and np.allclose(d, ch) for d in drawn):
                 ax.plot(g["N"], ch, label="chance" if not drawn else f"chance ({model})", **CHANCE_STYLE)
@@ -663,7 +667,7 @@ def bars_with_chance(
             if h is not None and not by_model and ax is axes.flat[0]:  # another hue's key: its colour alone
                 ax.bar([np.nan], [np.nan], color=colours[0], edgecolor="0.15", linewidth=0.4, label=str(h))
             if low and high:  # drawn from its bounds: a percentile interval need not contain the estimate
-                _interval_bars(ax, pos, part[low].to_numpy(float), part[high].to_numpy(float), width)
+                _interval_bars(ax, pos, *_shown_bounds(part, low, high), width)
             if chance and chance in part:  # a tick across the bar and a diamond, seen even on the axis
                 ax.hlines(part[chance], pos - width / 2, pos + width / 2, colors="black", lw=2)
                 ax.plot(pos, part[chance], ls="none", **CHANCE_MARK, clip_on=False, zorder=5)
@@ -691,6 +695,15 @@ def bars_with_chance(
     _legend_outside(fig, first)
     fig.tight_layout()
     return fig
+
+
+def _shown_bounds(part: pd.DataFrame, low: str, high: str) -> tuple[np.ndarray, np.ndarray]:
+    """The `low` and `high` columns of `part`, NaN in rows with fewer than `MIN_CASES` cases (`tables.few_cases`):
+    the figures, like the tables and sentences, draw no interval that too few cases cannot carry."""
+    few = few_cases(part)
+    lo, hi = part[low].to_numpy(dtype=float).copy(), part[high].to_numpy(dtype=float).copy()
+    lo[few], hi[few] = np.nan, np.nan
+    return lo, hi
 
 
 def _interval_bars(
@@ -736,7 +749,7 @@ def index_size_curves(
             g = part[(part["model"] == model) & (part["N"] == n)].sort_values(x)
             st = styles[model]
             ax.plot(g[x], g["estimate"], ms=4, lw=1.5, label=model, **st)
-            ax.fill_between(g[x], g["low"], g["high"], color=st["color"], alpha=0.15, lw=0)
+            ax.fill_between(g[x], *_shown_bounds(g, "low", "high"), color=st["color"], alpha=0.15, lw=0)
             for ref, style in (("chance", CHANCE_STYLE), ("ceiling", CEILING_STYLE)):
                 if ref not in g:
                     continue
@@ -783,7 +796,7 @@ def best_worst_bars(
         pos = np.arange(len(part))
         ax.barh(pos, part[value], color=colour)
         if f"{value}_lo" in part:
-            _interval_bars(ax, pos, part[f"{value}_lo"], part[f"{value}_hi"], 0.8, horizontal=True)
+            _interval_bars(ax, pos, *_shown_bounds(part, f"{value}_lo", f"{value}_hi"), 0.8, horizontal=True)
         if "chance" in part:
             ax.vlines(part["chance"], pos - 0.4, pos + 0.4, colors="black", lw=2, label="chance")
         ax.set_yticks(pos, part[label].astype(str), fontsize=8)

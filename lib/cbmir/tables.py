@@ -35,6 +35,14 @@ CI_BOUND_SUFFIXES = ((" lo", " hi"), ("_lo", "_hi"), (" low", " high"), ("_low",
 CI_TEXT_SUFFIXES = (" CI", "_ci", " ci")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|NaN")
 MISSING = "—"
+MIN_CASES = (
+    5  # below this many independent cases: no interval shown, no direction claimed (cbmir.analyses.findings)
+)
+CASES_COLUMNS = ("n_cases", "cases")  # a table's number of independent cases per row, where it has one
+FEW_NOTE = (
+    " {n} row{s} with fewer than {m} cases show{v} no interval: too few cases for a bootstrap interval to bound "
+    "anything (the CSV keeps its bounds)."
+)
 
 _STYLE = (
     "<style>"
@@ -85,6 +93,7 @@ def show(
     ci_label: str = "95 % confidence interval",
     index: bool | None = None,
     whole: Sequence[str] = (),
+    min_cases: int = MIN_CASES,
 ) -> Table:
     """Format `df` for reading; display the returned `Table` in a notebook (it renders as HTML).
 
@@ -99,6 +108,8 @@ def show(
       the HTML); `None` never folds.
     - `index`: show the index as the first column(s); by default only when it is not the plain 0..n-1 range.
     - `whole`: columns shown rounded to whole numbers with thousands separators (e.g. a mean count of images).
+    - `min_cases`: rows whose cases column (`n_cases` or `cases`) counts fewer show their estimates without an
+      interval, with a note (the rule of the report's sentences).
     - A `p_min` column (the bootstrap's floor of `p_value`) is not shown: `p_value` and `p_holm` read "≤ ..." in
       the rows where `p_value` is at that floor.
     """
@@ -112,11 +123,12 @@ def show(
     dropped = {c for spec in pairs for c in spec[1:]} | {P_MIN_COLUMN}
     merged = {spec[0]: spec for spec in pairs}
     floor = _at_p_floor(frame)
+    few = few_cases(frame, min_cases)
     for col in frame.columns:
         if col in dropped and col not in merged:
             continue
         if col in merged:
-            shown[col] = _ci_cells(frame, merged[col], digits)
+            shown[col] = _ci_cells(frame, merged[col], digits, few)
             numeric.append(col)
         else:
             values = frame[col]
@@ -132,6 +144,11 @@ def show(
     outside = sum(cell.endswith(OUTSIDE_MARK) for spec in pairs for cell in shown[spec[0]])
     if outside:
         note += OUTSIDE_NOTE.format(n=outside, s="" if outside == 1 else "s")
+    if pairs and few.any():
+        n_few = int(few.sum())
+        note += FEW_NOTE.format(
+            n=n_few, s="" if n_few == 1 else "s", m=min_cases, v="s" if n_few == 1 else ""
+        )
     if floor.any() and any(c in shown for c in P_COLUMNS):
         resamples = sorted({round(2 / p - 1) for p in frame.loc[floor, P_MIN_COLUMN]})
         b = "B = " + " or ".join(f"{r:,}" for r in resamples)
@@ -262,8 +279,22 @@ def _ci_columns(frame: pd.DataFrame, ci: str | Sequence[tuple[str, ...]] | None)
     return specs
 
 
-def _ci_cells(frame: pd.DataFrame, spec: tuple[str, ...], digits: int) -> list[str]:
+def few_cases(frame: pd.DataFrame, min_cases: int = MIN_CASES) -> np.ndarray:
+    """Per row: True where the table's cases column (`CASES_COLUMNS`) counts fewer than `min_cases`; all False
+    without such a column."""
+    col = next((c for c in CASES_COLUMNS if c in frame and _is_numeric(frame[c])), None)
+    if col is None:
+        return np.zeros(len(frame), dtype=bool)
+    return (pd.to_numeric(frame[col], errors="coerce") < min_cases).to_numpy(dtype=bool)
+
+
+def _ci_cells(
+    frame: pd.DataFrame, spec: tuple[str, ...], digits: int, few: np.ndarray | None = None
+) -> list[str]:
     est = frame[spec[0]].tolist()
+    if few is not None and few.any():  # the estimate alone where too few cases carry an interval
+        cells = _ci_cells(frame, spec, digits)
+        return [_fixed(e, digits) if f else c for e, c, f in zip(est, cells, few, strict=True)]
     if len(spec) == 3:
         return [
             format_ci(e, lo, hi, digits) + (f" {OUTSIDE_MARK}" if outside_interval(e, lo, hi) else "")

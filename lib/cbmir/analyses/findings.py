@@ -24,11 +24,10 @@ import numpy as np
 import pandas as pd
 
 from cbmir.analyses.levels import ALL as ALL_REGIONS
-from cbmir.tables import at_p_floor, outside_interval
+from cbmir.tables import MIN_CASES, at_p_floor, outside_interval
 
 DIGITS = 3
 ALPHA = 0.05  # level of the Holm-adjusted paired tests
-MIN_CASES = 5  # below this many cases, no sentence claims a direction
 LIST_LIMIT = 12  # a sentence names at most this many classes; beyond, it counts them
 CHANCE_VERDICTS = {
     1: "above chance",

@@ -368,3 +368,24 @@ def test_figures_draw_no_interval_for_rows_with_too_few_cases():
     xs = sorted({round(s[0][0], 6) for c in spans for s in c.get_segments() if s[0][1] != s[1][1]})
     assert xs == [1.0, 2.0]  # the vertical interval lines: none at bar 0 (2 cases)
     plt.close(fig)
+
+
+def test_index_size_share_figure_plots_the_judged_share_between_chance_and_ceiling():
+    study = pd.DataFrame({"model": "a", "metric": "plain P@N", "average": "micro", "N": 10,
+                          "index_cases": [4.0, 10.0, 20.0], "estimate": [0.2, 0.3, 0.35], "low": [0.1, 0.2, 0.3],
+                          "high": [0.3, 0.4, 0.4], "chance": [0.1, 0.1, 0.1], "ceiling": [0.5, 0.6, 0.7],
+                          "share": [0.25, 0.4, 0.42], "share_low": [-0.2, 0.2, 0.3], "share_high": [0.5, 0.6, 0.5],
+                          "n_cases": 30})  # fmt: skip
+    fig = plots.index_size_curves(study, share=True)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    np.testing.assert_allclose(lines["a"].get_ydata(), study["share"])
+    np.testing.assert_allclose(lines["chance"].get_ydata(), 0.0)
+    np.testing.assert_allclose(lines["ceiling (highest reachable)"].get_ydata(), 1.0)
+    assert fig.axes[0].get_ylim()[0] < -0.2  # a band below chance stays in view
+    assert "share of the room" in fig.axes[0].get_ylabel()
+    plt.close(fig)
+    raw = plots.index_size_curves(study)
+    np.testing.assert_allclose(
+        {ln.get_label(): ln for ln in raw.axes[0].get_lines()}["a"].get_ydata(), study["estimate"]
+    )
+    plt.close(raw)

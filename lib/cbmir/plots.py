@@ -733,12 +733,19 @@ def index_size_curves(
     baselines: Sequence[str] = (),
     title: str = "",
     x: str = "index_cases",
+    share: bool = False,
 ) -> plt.Figure:
     """`analyses.index_size.index_size_study` rows (with a `model` column): one panel per N, the estimate against
     the index size `x` (cases, the unit subsampled; or `index_images`), log axis, with its pooled band per model,
     the chance curve and (where the table has it) the ceiling, the highest value the queries can reach at that
-    size: both change with the index."""
+    size: both change with the index. With `share`, the share of the room between them instead,
+    (P - chance) / (ceiling - chance) (columns share, share_low, share_high): chance at 0, the ceiling at 1."""
     part = table[(table["metric"] == metric) & (table["average"] == average)]
+    if share:
+        part = part.drop(columns=["estimate", "low", "high", "chance", "ceiling"], errors="ignore").rename(
+            columns={"share": "estimate", "share_low": "low", "share_high": "high"}
+        )
+        part = part.assign(chance=0.0, ceiling=1.0)
     ns = sorted(set(part["N"]))
     models = list(dict.fromkeys(part["model"]))
     styles = _model_styles(models, baselines)
@@ -764,8 +771,14 @@ def index_size_curves(
         ax.set_xticks(sorted(set(part[x])))
         ax.set_title(f"N = {n}")
         ax.set_xlabel(f"{x.replace('_', ' ')} (log scale)")
-        ax.set_ylim(0, 1.02)
-    axes.flat[0].set_ylabel(f"{average} {metric}")
+        if share:  # below chance is possible
+            ax.set_ylim(
+                min(-0.05, float(np.nanmin(part["low"])) - 0.05),
+                max(1.05, float(np.nanmax(part["high"])) + 0.05),
+            )
+        else:
+            ax.set_ylim(0, 1.02)
+    axes.flat[0].set_ylabel(f"{average} {metric}" + (": share of the room" if share else ""))
     _legend_outside(fig, axes.flat[-1])
     if title:
         fig.suptitle(title)

@@ -184,3 +184,34 @@ def test_leakage_audit_without_patient_ids_says_its_patient_check_cannot_find_an
                       "modality": "CT", "anatomic_region": "lung", "CT/lung/x": 1})  # fmt: skip
     (row,) = data.leakage_audit(m, "/nonexistent", check_images=False).summary.to_dict("records")
     assert row["count"] == 0 and "no patient_id column: each image is its own case" in row["check"]
+
+
+def test_card_sections_quote_the_caveat_sections_of_a_data_card(tmp_path):
+    card = tmp_path / "README.md"
+    card.write_text(
+        "# Toy\n\nintro\n\n## Sources\n\nnot a caveat\n\n## Near-duplicates\n\nphash groups.\n\nSome leakage may "
+        "remain.\n\n## Shortcuts a reader should know\n\n- `MR/brain/x`: only from `a`.\n\n## Report subset\n\nno\n"
+    )
+    text = data.card_sections(card)
+    assert text == (
+        "### Near-duplicates\n\nphash groups.\n\nSome leakage may remain.\n\n"
+        "### Shortcuts a reader should know\n\n- `MR/brain/x`: only from `a`.\n"
+    )
+    assert "not a caveat" not in text and "Report subset" not in text
+    assert data.card_sections(card, ["Sources"]) == "### Sources\n\nnot a caveat\n"
+    with pytest.raises(data.CbmirError, match=r"README\.md: none of the sections \['Missing'\]"):
+        data.card_sections(card, ["Missing"])
+    with pytest.raises(data.CbmirError, match=r"nope\.md: no such file \(config key 'data_card'\)"):
+        data.card_sections(tmp_path / "nope.md")
+
+
+def test_radmini_config_points_at_its_data_card_and_it_holds_the_caveats():
+    from pathlib import Path
+
+    from cbmir.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "radmini.yaml")
+    assert cfg.data_card == root / "data_splits" / "README.md"
+    text = data.card_sections(cfg.data_card)
+    assert text.startswith("### Near-duplicates") and "### Shortcuts a reader should know" in text

@@ -218,3 +218,10 @@ def test_a_table_computed_once_is_read_back_by_a_later_call_with_the_same_inputs
         retrieval.precision_curves(*args[:3], other, cases, n_boot=20, seed=1),
     )
     assert len(calls) == 4
+
+
+def test_shown_path_is_relative_to_the_project_root_inside_it(ctx: Context, tmp_path: Path) -> None:
+    ctx.cfg.root = tmp_path
+    assert ctx.shown_path(tmp_path / "data" / "x.md") == "data/x.md"
+    outside = Path(os.sep) / "elsewhere" / "images"
+    assert ctx.shown_path(outside) == str(outside)

@@ -76,6 +76,8 @@ class ReportConfig(BaseModel):
     models: Annotated[list[str], Field(min_length=1)]
     notebooks: Annotated[list[NotebookEntry], Field(min_length=1)]
     thumbs_root: Path | None = None
+    # the dataset's data card (markdown): notebook 1 shows its sections of known caveats (`CAVEAT_SECTIONS`)
+    data_card: Path | None = None
     description: str = ""
     k: PositiveInt = 100
     index_type: str = "flat"
@@ -150,7 +152,9 @@ class ReportConfig(BaseModel):
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value
 
-    @field_validator("manifest", "data_root", "work_dir", "thumbs_root", "notebooks_dir", "out_root")
+    @field_validator(
+        "manifest", "data_root", "work_dir", "thumbs_root", "data_card", "notebooks_dir", "out_root"
+    )
     @classmethod
     def _resolve_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _resolve(_root(info), value)

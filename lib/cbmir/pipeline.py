@@ -110,6 +110,13 @@ class Context:
         lists = {m: (v.path, v.column) for m, v in self.cfg.pretraining_image_lists.items()}
         return exclude_listed(self.manifest, lists, self.cfg.models)
 
+    def shown_path(self, path: Path) -> str:
+        """`path` as a rendered report shows it: relative to the project root when inside it, else as given."""
+        try:
+            return Path(path).resolve().relative_to(Path(self.cfg.root).resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
     def images_present(self, rows: np.ndarray | None = None, sample: int = 50) -> bool:
         """True when the image files of `rows` (default: a seeded sample of `sample` manifest rows) exist under
         `data_root`; routes without images (published embeddings) skip galleries and image checks."""

@@ -278,3 +278,29 @@ def sample_images(
                     picked.append(by_label[lab].pop(0))
         out[str(name)] = picked
     return out
+
+
+CAVEAT_SECTIONS = ("Near-duplicates", "Shortcuts a reader should know")  # of a data card, shown by notebook 1
+
+
+def card_sections(card: str | os.PathLike, titles: Sequence[str] = CAVEAT_SECTIONS) -> str:
+    """The `## ` sections of the markdown data card `card` whose titles are in `titles`, in the card's order,
+    each under a `### ` heading (to sit inside a notebook's section). Raises CbmirError naming the file when it
+    is missing or holds none of them."""
+    path = Path(card)
+    if not path.is_file():
+        raise CbmirError(f"data card {path}: no such file (config key 'data_card')")
+    kept, current = [], None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip() if line[3:].strip() in titles else None
+            if current:
+                kept.append(f"### {current}")
+            continue
+        if line.startswith("# "):
+            current = None
+        elif current:
+            kept.append(line)
+    if not kept:
+        raise CbmirError(f"data card {path}: none of the sections {list(titles)}")
+    return "\n".join(kept).strip() + "\n"

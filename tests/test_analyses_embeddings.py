@@ -22,17 +22,21 @@ def _data(seed, n=40):
 def test_cosine_separation_matches_a_loop(seed):
     x, labels, cases = _data(seed)
     table = embeddings.cosine_separation(x, labels, cases, max_points=None, n_boot=20).set_index("pair")
-    same, diff, kept = [], [], []
+    same, diff, blind, kept = [], [], [], []
     for i in range(len(x)):
         s = [float(x[i] @ x[j]) for j in range(len(x)) if cases[j] != cases[i] and labels[j] == labels[i]]
         d = [float(x[i] @ x[j]) for j in range(len(x)) if cases[j] != cases[i] and labels[j] != labels[i]]
         if s and d:
             same.append(np.mean(s))
             diff.append(np.mean(d))
+            blind.append(np.mean(s + d))  # every image of another case, whatever its label
             kept.append(cases[i])
     assert table.loc["same label", "mean"] == pytest.approx(np.mean(same), abs=1e-12)
     assert table.loc["different label", "mean"] == pytest.approx(np.mean(diff), abs=1e-12)
     assert table.loc["difference", "mean"] == pytest.approx(np.mean(same) - np.mean(diff), abs=1e-12)
+    assert table.loc["same label", "chance"] == pytest.approx(np.mean(blind), abs=1e-12)
+    assert table.loc["different label", "chance"] == pytest.approx(np.mean(blind), abs=1e-12)
+    assert table.loc["difference", "chance"] == 0
     assert table.loc["difference", "images"] == len(kept)
     assert table.loc["difference", "cases"] == len(set(kept))
     assert (table["ci_low"] <= table["mean"] + 1e-12).all() and (

@@ -695,9 +695,13 @@ def test_separation_sentence_agrees_with_its_table(seed):
     table = pd.DataFrame(
         {"pair": ["same label", "different label", "difference"], "mean": [same, diff, same - diff],
          "ci_low": [same - 0.1, diff - 0.1, lo], "ci_high": [same + 0.1, diff + 0.1, hi],
-         "images": 3 * n, "cases": n}
+         "chance": [(same + diff) / 2, (same + diff) / 2, 0.0], "images": 3 * n, "cases": n}
     )  # fmt: skip
     text = findings.separation_sentence(table, "m")
+    assert (
+        f"against 0 for an embedding blind to the label (whose same- and different-label means would both be the mean similarity to any image of another case, {r3((same + diff) / 2)})"
+        in text
+    )
     assert f"is {r3(same)}," in text and f"other cases {r3(diff)};" in text
     m = re.search(rf"difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; (\d+) images, (\d+) case", text)
     assert m, text

@@ -131,7 +131,9 @@ def cosine_separation(
 ) -> pd.DataFrame:
     """Per-image mean cosine to same- and different-label images of other cases, and their difference.
 
-    Columns: `pair` ("same label", "different label", "difference"), `mean, ci_low, ci_high, images, cases`.
+    Columns: `pair` ("same label", "different label", "difference"), `mean, ci_low, ci_high, chance, images,
+    cases`. `chance` is what an embedding blind to the label would give: for either label row, the mean over the
+    same images of their mean cosine to every image of another case; for the difference, 0.
     """
     x, lab, cas = _sample(emb, labels, cases, max_points, seed)
     sim = x @ x.T
@@ -145,6 +147,7 @@ def cosine_separation(
         )
     s = (sim * same).sum(1)[keep] / same.sum(1)[keep]
     d = (sim * diff).sum(1)[keep] / diff.sum(1)[keep]
+    blind = float(np.mean((sim * other).sum(1)[keep] / other.sum(1)[keep]))
     values = {"same label": s, "different label": d, "difference": s - d}
     ci = cluster_bootstrap(
         cas[keep], lambda w: {k: np.average(v, weights=w) for k, v in values.items()}, n_boot, seed
@@ -155,6 +158,7 @@ def cosine_separation(
             "mean": ci["value"].to_numpy(),
             "ci_low": ci["ci_low"].to_numpy(),
             "ci_high": ci["ci_high"].to_numpy(),
+            "chance": [blind, blind, 0.0],
             "images": int(keep.sum()),
             "cases": len(np.unique(cas[keep])),
         }

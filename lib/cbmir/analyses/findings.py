@@ -933,6 +933,11 @@ def separation_sentence(table: pd.DataFrame, name: str) -> str:
         f"to different-label images of other cases {num(diff['mean'])}; difference {signed(d['mean'])} "
         f"({interval(d['ci_low'], d['ci_high'], diff=True, estimate=d['mean'])}; {int(d['images'])} images, {cases(n)})"
     )
+    if "chance" in t:  # what an embedding blind to the label gives
+        head += (
+            f", against 0 for an embedding blind to the label (whose same- and different-label means would both be "
+            f"the mean similarity to any image of another case, {num(same['chance'])})"
+        )
     if too_few(n):
         return f"{head}: {_few(n)}."
     verdict = {

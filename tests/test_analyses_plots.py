@@ -197,6 +197,14 @@ def test_keys_of_the_umap_grid_and_learning_curves_are_readable():
     assert sizes and min(sizes) >= 9
     # losses on a log axis: a first epoch far above the rest does not flatten the later ones
     assert fig.axes[0].get_yscale() == "log"
+    fig.canvas.draw()
+    ticks = [
+        t.get_text()
+        for minor in (False, True)
+        for t in fig.axes[0].get_yticklabels(minor=minor)
+        if t.get_text()
+    ]
+    assert len(ticks) >= 2 and all(float(t) > 0 for t in ticks)  # plain numbers (0.5, 1, 2), not 2x10^0
     plt.close(fig)
 
 

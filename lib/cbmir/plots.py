@@ -401,6 +401,7 @@ def learning_curves(
         ax.set_ylabel("cross-entropy (log scale)")
         if (part[["train_loss", "selection_loss"]].to_numpy(dtype=float) > 0).any():
             ax.set_yscale("log")
+            _plain_log_ticks(ax)
         acc = ax.twinx()
         acc.plot(
             part["epoch"], part["selection_accuracy"], color="#b08fd0", ls=":", label="selection accuracy"
@@ -497,6 +498,20 @@ def set_model_order(models: Sequence[str]) -> None:
     """Record a run's model list (the config's `models`; `cbmir.pipeline.Context.open` calls this), so that every
     figure of the run gives each model the same colour, whichever subset of models it draws."""
     _model_order[:] = list(dict.fromkeys(models))
+
+
+def _plain_log_ticks(ax: plt.Axes) -> None:
+    """Tick labels of a log y axis as plain numbers (0.01, 1, 3); the 2, 3 and 5 between powers of ten labelled
+    too when the axis spans less than 1.5 decades (so that it shows more than one label)."""
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    low, high = ax.get_ylim()
+    narrow = low > 0 and np.log10(high / low) < 1.5
+
+    def minor(v: float, _pos: int) -> str:
+        lead = round(v / 10 ** np.floor(np.log10(v)), 6) if v > 0 else 0
+        return f"{v:g}" if narrow and lead in (2, 3, 5) else ""
+
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
 
 
 def is_baseline(spec: str, baselines: Sequence[str] = ()) -> bool:

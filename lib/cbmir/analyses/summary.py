@@ -308,6 +308,26 @@ def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 OVERLAP_COLUMN = "pretrained on test sets"
 
 
+TITLE_COLUMN = "what it is"
+
+
+def with_titles(display: pd.DataFrame) -> pd.DataFrame:
+    """`display_table` with each model's title (`cbmir.models` preset: what it is and how it was trained) after
+    the model column, so that a reader meets every encoder described where it is ranked; a spec that is not a
+    preset keeps the spec."""
+    from cbmir.models.registry import PresetError, resolve_spec
+
+    def title(spec: str) -> str:
+        try:
+            return resolve_spec(spec).title
+        except PresetError:
+            return spec
+
+    out = display.copy()
+    out.insert(out.columns.get_loc("model") + 1, TITLE_COLUMN, [title(m) for m in out["model"]])
+    return out
+
+
 def with_overlap(display: pd.DataFrame, overlap: pd.DataFrame) -> pd.DataFrame:
     """`display_table` with a column marking the models whose pretraining data hold the benchmark's test sets
     (`cbmir.models.overlap.overlap_table`): "yes: MIMIC-CXR, CheXpert", "none recorded" (no test set in the

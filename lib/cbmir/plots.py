@@ -792,7 +792,7 @@ def index_size_curves(
                 max(1.05, float(np.nanmax(part["high"])) + 0.05),
             )
         else:
-            ax.set_ylim(0, 1.02)
+            ax.set_ylim(0, 1.05)  # the ceiling, often 1, stays off the frame
     axes.flat[0].set_ylabel(f"{average} {metric}" + (": share of the room" if share else ""))
     _legend_outside(fig, axes.flat[-1])
     if title:

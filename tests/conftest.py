@@ -62,6 +62,8 @@ def quick_report(radmini_pip_build: tuple[Path, Path], tmp_path_factory: pytest.
     yaml_config = src.replace("manifest: data_splits/radmini.csv", f"manifest: {manifest}")
     yaml_config = yaml_config.replace("data_root: data/radmini", f"data_root: {data}")
     yaml_config = yaml_config.replace("thumbs_root: data/radmini/thumbs", f"thumbs_root: {data / 'thumbs'}")
+    # the shipped card (it describes the shipped manifest; notebook 1 only quotes its caveats)
+    yaml_config = yaml_config.replace("data_card: data_splits/", f"data_card: {ROOT / 'data_splits'}/")
     yaml_config += f"\nnotebooks_dir: {NOTEBOOKS_DIR}\n"
     (root / "configs").mkdir()
     config = root / "configs" / "radmini.yaml"

@@ -34,9 +34,9 @@ def test_cosine_separation_matches_a_loop(seed):
     assert table.loc["same label", "mean"] == pytest.approx(np.mean(same), abs=1e-12)
     assert table.loc["different label", "mean"] == pytest.approx(np.mean(diff), abs=1e-12)
     assert table.loc["difference", "mean"] == pytest.approx(np.mean(same) - np.mean(diff), abs=1e-12)
-    assert table.loc["same label", "chance"] == pytest.approx(np.mean(blind), abs=1e-12)
-    assert table.loc["different label", "chance"] == pytest.approx(np.mean(blind), abs=1e-12)
-    assert table.loc["difference", "chance"] == 0
+    assert table.loc["same label", "label-blind"] == pytest.approx(np.mean(blind), abs=1e-12)
+    assert table.loc["different label", "label-blind"] == pytest.approx(np.mean(blind), abs=1e-12)
+    assert table.loc["difference", "label-blind"] == 0
     assert table.loc["difference", "images"] == len(kept)
     assert table.loc["difference", "cases"] == len(set(kept))
     assert (table["ci_low"] <= table["mean"] + 1e-12).all() and (

@@ -15,7 +15,8 @@ ZERO = r"(?:, i\.e\. (it reaches 0|it stops just short of 0 \(at [+-]\d\.\de-\d\
 
 
 def r3(x: float) -> str:
-    return f"{x:.3f}"
+    t = f"{x:.3f}"
+    return "0.000" if t == "-0.000" else t  # a rounded negative zero reads as the tables write it
 
 
 def s3(x: float) -> str:
@@ -732,7 +733,7 @@ def test_separation_sentence_agrees_with_its_table(seed):
     table = pd.DataFrame(
         {"pair": ["same label", "different label", "difference"], "mean": [same, diff, same - diff],
          "ci_low": [same - 0.1, diff - 0.1, lo], "ci_high": [same + 0.1, diff + 0.1, hi],
-         "chance": [(same + diff) / 2, (same + diff) / 2, 0.0], "images": 3 * n, "cases": n}
+         "label-blind": [(same + diff) / 2, (same + diff) / 2, 0.0], "images": 3 * n, "cases": n}
     )  # fmt: skip
     text = findings.separation_sentence(table, "m")
     text = interval_back(text, n, lo, hi, diff=True, estimate=same - diff)
@@ -1094,3 +1095,22 @@ def test_the_best_model_is_not_named_alone_when_others_read_the_same_value():
     assert got.loc[0, "evidence"].startswith(
         "the highest point estimate is biomedclip's (an image-text model); 1 of 1"
     )
+
+
+def test_best_worst_sentence_says_whether_the_ends_of_a_class_ranking_differ():
+    def rows(values, los, his, cases):
+        return pd.DataFrame({"class": [f"c{v}" for v in values], "P@1": values, "P@1_lo": los, "P@1_hi": his,
+                             "n_cases": cases})  # fmt: skip
+
+    best = rows([0.9, 0.8], [0.7, 0.6], [1.0, 0.95], [10, 10])
+    apart = findings.best_worst_sentence(best, rows([0.1, 0.3], [0.0, 0.1], [0.2, 0.5], [10, 10]), "P@1")
+    assert apart.startswith("Every listed highest class with an interval lies above every listed lowest one")
+    assert (
+        "c0.8 0.800 (95 % CI 0.600 to 0.950) at the top, c0.3 0.300 (95 % CI 0.100 to 0.500) at the bottom"
+        in apart
+    )
+    close = findings.best_worst_sentence(best, rows([0.5], [0.3], [0.65], [10]), "P@1")
+    assert close.startswith("The intervals at the two ends overlap (c0.8") and "not established" in close
+    # a bottom class of 3 cases has no interval: it is not compared
+    few = findings.best_worst_sentence(best, rows([0.5], [0.3], [0.65], [3]), "P@1")
+    assert few.startswith("Too few listed classes with at least 5 cases at one end")

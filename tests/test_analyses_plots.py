@@ -397,3 +397,15 @@ def test_index_size_share_figure_plots_the_judged_share_between_chance_and_ceili
         {ln.get_label(): ln for ln in raw.axes[0].get_lines()}["a"].get_ydata(), study["estimate"]
     )
     plt.close(raw)
+
+
+def test_precision_curves_print_the_chance_value_beside_its_line():
+    ids, qr, ir, labels, cases = problem()
+    curves = retrieval.precision_curves(ids["enc"], qr, ir, labels, cases, n_boot=10).assign(model="enc")
+    fig = plots.curves_with_chance(curves)
+    notes = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert notes == [
+        f"chance {curves['chance_micro'].iloc[-1]:.3f}",
+        f"chance {curves['chance_macro'].iloc[-1]:.3f}",
+    ]
+    plt.close(fig)

@@ -594,6 +594,9 @@ def curves_with_chance(
             ch = g[f"chance_{kind}"].to_numpy()
             if not any(len(d) == len(ch) and np.allclose(d, ch) for d in drawn):
                 ax.plot(g["N"], ch, label="chance" if not drawn else f"chance ({model})", **CHANCE_STYLE)
+                if not drawn:  # its value, readable even where the line sits on the axis
+                    ax.annotate(f"chance {ch[-1]:.3f}", (g["N"].iloc[-1], ch[-1]), xytext=(-2, 3),
+                                textcoords="offset points", ha="right", va="bottom", fontsize=8)  # fmt: skip
                 drawn.append(ch)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(_COUNT_TICKS)
@@ -831,7 +834,7 @@ def best_worst_bars(
         for p, (_, r) in zip(pos, part.iterrows(), strict=True):
             if "n_queries" in r and "n_cases" in r:
                 n_q, n_c = int(r["n_queries"]), int(r["n_cases"])
-                text = f"{r[value]:.3f}; {n_q} quer{'y' if n_q == 1 else 'ies'}, {n_c} case{'' if n_c == 1 else 's'}"
+                text = f"{r[value]:.3f}; {n_q:,} quer{'y' if n_q == 1 else 'ies'}, {n_c:,} case{'' if n_c == 1 else 's'}"
                 ax.text(1.05, p, text, va="center", fontsize=7)
         ax.invert_yaxis()
     if "chance" in best or "chance" in worst:

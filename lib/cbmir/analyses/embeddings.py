@@ -131,8 +131,8 @@ def cosine_separation(
 ) -> pd.DataFrame:
     """Per-image mean cosine to same- and different-label images of other cases, and their difference.
 
-    Columns: `pair` ("same label", "different label", "difference"), `mean, ci_low, ci_high, chance, images,
-    cases`. `chance` is what an embedding blind to the label would give: for either label row, the mean over the
+    Columns: `pair` ("same label", "different label", "difference"), `mean, ci_low, ci_high, label-blind, images,
+    cases`. `label-blind` (the reference value) is what an embedding blind to the label would give: for either label row, the mean over the
     same images of their mean cosine to every image of another case; for the difference, 0.
     """
     x, lab, cas = _sample(emb, labels, cases, max_points, seed)
@@ -158,7 +158,7 @@ def cosine_separation(
             "mean": ci["value"].to_numpy(),
             "ci_low": ci["ci_low"].to_numpy(),
             "ci_high": ci["ci_high"].to_numpy(),
-            "chance": [blind, blind, 0.0],
+            "label-blind": [blind, blind, 0.0],
             "images": int(keep.sum()),
             "cases": len(np.unique(cas[keep])),
         }

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cbmir.analyses.levels import ALL as ALL_REGIONS
-from cbmir.tables import MIN_CASES, at_p_floor, outside_interval
+from cbmir.tables import MIN_CASES, at_p_floor, few_cases, outside_interval
 
 DIGITS = 3
 ALPHA = 0.05  # level of the Holm-adjusted paired tests
@@ -54,8 +54,9 @@ def nothing_to_compare(models: Sequence[str], baselines: Sequence[str] = tuple(B
 
 
 def num(x: float) -> str:
-    """A value rounded to 3 decimals."""
-    return f"{x:.{DIGITS}f}"
+    """A value rounded to 3 decimals (a rounded negative zero reads 0.000, as in the tables)."""
+    text = f"{x:.{DIGITS}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def tied_at_shown(frame: pd.DataFrame, value: str, target: float, name: str = "model") -> list[str]:
@@ -951,12 +952,12 @@ def separation_sentence(table: pd.DataFrame, name: str) -> str:
     head = (
         f"{name}: an image's mean cosine similarity to same-label images of other cases is {num(same['mean'])}, "
         f"to different-label images of other cases {num(diff['mean'])}; difference {signed(d['mean'])} "
-        f"({interval(d['ci_low'], d['ci_high'], diff=True, estimate=d['mean'], n_cases=n)}; {int(d['images'])} images, {cases(n)})"
+        f"({interval(d['ci_low'], d['ci_high'], diff=True, estimate=d['mean'], n_cases=n)}; {int(d['images']):,} images, {cases(n)})"
     )
-    if "chance" in t:  # what an embedding blind to the label gives
+    if "label-blind" in t:  # what an embedding blind to the label gives
         head += (
             f", against 0 for an embedding blind to the label (whose same- and different-label means would both be "
-            f"the mean similarity to any image of another case, {num(same['chance'])})"
+            f"the mean similarity to any image of another case, {num(same['label-blind'])})"
         )
     if too_few(n):
         return f"{head}: {_few(n)}."
@@ -1137,3 +1138,29 @@ def knn_k1_sentence(k_by_model: Mapping[str, int], wide: pd.DataFrame | None = N
         if len(part):
             text += ": " + ", ".join(f"{r['model']} {num(r['accuracy'])}" for _, r in part.iterrows())
     return text + "."
+
+
+def best_worst_sentence(best: pd.DataFrame, worst: pd.DataFrame, value: str, label: str = "class") -> str:
+    """Whether the ends of a best/worst ranking (`retrieval.best_worst`) differ: the lowest lower bound among the
+    highest rows against the highest upper bound among the lowest rows (rows with at least `MIN_CASES` cases)."""
+    lo, hi = f"{value}_lo", f"{value}_hi"
+    b, w = best[~few_cases(best)], worst[~few_cases(worst)]
+    if b.empty or w.empty:
+        return (
+            f"Too few listed {label}es with at least {MIN_CASES} cases at one end to compare intervals: the figure "
+            "orders them by point estimates alone."
+        )
+    x, y = b.loc[b[lo].idxmin()], w.loc[w[hi].idxmax()]
+    ends = (
+        f"{x[label]} {num(x[value])} ({interval(x[lo], x[hi], estimate=x[value])}) at the top, {y[label]} "
+        f"{num(y[value])} ({interval(y[lo], y[hi], estimate=y[value])}) at the bottom"
+    )
+    if x[lo] > y[hi]:
+        return (
+            f"Every listed highest {label} with an interval lies above every listed lowest one (closest: {ends}): "
+            "the two ends differ; orders within each end are not established."
+        )
+    return (
+        f"The intervals at the two ends overlap ({ends}): the figure orders the {label}es by point estimates, and "
+        "that order is not established."
+    )

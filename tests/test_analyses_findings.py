@@ -667,7 +667,7 @@ def test_claim_verdicts_follow_the_intervals(seed):
             )
             assert f"at {inside} of 4 N" in got.loc[claim["claim"], "evidence"]
     text = findings.findings_markdown(config, table, best, base, got.reset_index())
-    assert text.startswith(f"# Findings ({config})")
+    assert text.startswith(f"# Findings ({config})\n\n*Terms.* **P@N** is the paper's modified precision")
     for _, r in got.reset_index().iterrows():
         assert f"- {r['claim']} ({r['evidence']})" in text
         assert f"**{r['verdict'].capitalize()}:**" in text
@@ -801,11 +801,10 @@ def test_purity_sentences_agree_with_their_table(seed):
                 assert verdict == "below chance"
             else:
                 assert verdict == "not distinguishable from chance"
-        a, b = p.loc["modality"], p.loc["label"]
-        falls = "Purity falls from modality to label" in sentence
-        rises = "Purity rises from modality to label" in sentence
-        assert falls == (n >= findings.MIN_CASES and b["ci_high"] < a["ci_low"])
-        assert rises == (n >= findings.MIN_CASES and b["ci_low"] > a["ci_high"])
+        assert (
+            "falls from modality" not in sentence and "rises from modality" not in sentence
+        )  # nested levels
+        assert "Purity cannot rise from modality to label" in sentence
         assert "highest" not in sentence and "not ranked" in sentence  # no interval: no ranking of the levels
         for level, v in p["silhouette"].items():
             assert f"{level} {r3(v)}" in sentence
@@ -1073,16 +1072,17 @@ def test_the_best_model_is_not_named_alone_when_others_read_the_same_value():
                          _versus("sam-vit-b", "dinov2-b14", -0.003, 0.002)])  # fmt: skip
     first = findings.summary_sentences(table, best=best)[0]
     assert first.startswith(
-        "Highest micro P@1 (the ranking rule): dinov2-b14, 0.862 (95 % CI 0.860 to 0.864; 500 cases), by its "
-        "unrounded point estimate only: clip-vit-l14 reads the same 0.862; none of the 2 other models"
+        "Highest micro P@1 (the ranking rule): dinov2-b14, 0.862 (95 % CI 0.860 to 0.864; 500 cases), and "
+        "clip-vit-l14 reads the same 0.862: they share rank 1, and it is the reference of the paired comparisons "
+        "only by its unrounded value (then macro P@1); none of the 2 other models"
     )
     claims = findings.paper_claims(list(table["model"]), "radmini")
     got = findings.claim_verdicts(claims, table, best=best).set_index("claim")
     image_text = got.loc[findings.PAPER_CLAIMS[0][1]]
     assert image_text["verdict"] == findings.NOT_SHOWN
     assert image_text["evidence"].startswith(
-        "the highest point estimate is dinov2-b14's (not an image-text model), equal to 3 decimals to "
-        "clip-vit-l14's; 0 of 1 image-text models score lower than it"
+        "in micro P@1 the reference (highest) model is dinov2-b14 (not an image-text model), sharing rank 1 with "
+        "clip-vit-l14 (equal to 3 decimals); 0 of 1 image-text models score lower than it"
     )
     assert "the best model is" not in image_text["evidence"]
     # nothing reads the same: no tie is named; an image-text leader that every model trails holds the claim
@@ -1093,8 +1093,14 @@ def test_the_best_model_is_not_named_alone_when_others_read_the_same_value():
     got = findings.claim_verdicts(findings.paper_claims(["biomedclip", "enc-a"], "radmini"), table, best=best)
     assert got.loc[0, "verdict"] == findings.HOLDS
     assert got.loc[0, "evidence"].startswith(
-        "the highest point estimate is biomedclip's (an image-text model); 1 of 1"
+        "in micro P@1 the reference (highest) model is biomedclip (an image-text model); 1 of 1"
     )
+    # biomedclip, the claim's model, is quoted against the reference when it is not the reference itself
+    table = _p1_table({"enc-a": 0.7, "biomedclip": 0.6})
+    best = pd.DataFrame([_versus("biomedclip", "enc-a", -0.12, -0.08, p_holm=0.002)])
+    got = findings.claim_verdicts(findings.paper_claims(["biomedclip", "enc-a"], "radmini"), table, best=best)
+    want = "; biomedclip against it: -0.100 (95 % CI -0.120 to -0.080; p = 0.002 (Holm-adjusted over the comparisons"
+    assert want in got.loc[0, "evidence"] and got.loc[0, "verdict"] == findings.FAILS
 
 
 def test_best_worst_sentence_says_whether_the_ends_of_a_class_ranking_differ():
@@ -1104,13 +1110,24 @@ def test_best_worst_sentence_says_whether_the_ends_of_a_class_ranking_differ():
 
     best = rows([0.9, 0.8], [0.7, 0.6], [1.0, 0.95], [10, 10])
     apart = findings.best_worst_sentence(best, rows([0.1, 0.3], [0.0, 0.1], [0.2, 0.5], [10, 10]), "P@1")
-    assert apart.startswith("Every listed highest class with an interval lies above every listed lowest one")
+    assert apart.startswith(
+        "Among the listed classes with at least 5 cases, every highest one lies above every lowest one"
+    )
     assert (
         "c0.8 0.800 (95 % CI 0.600 to 0.950) at the top, c0.3 0.300 (95 % CI 0.100 to 0.500) at the bottom"
         in apart
     )
     close = findings.best_worst_sentence(best, rows([0.5], [0.3], [0.65], [10]), "P@1")
-    assert close.startswith("The intervals at the two ends overlap (c0.8") and "not established" in close
+    assert close.startswith(
+        "Among the listed classes with at least 5 cases, the intervals at the two ends overlap (c0.8"
+    )
+    assert "not established" in close
     # a bottom class of 3 cases has no interval: it is not compared
     few = findings.best_worst_sentence(best, rows([0.5], [0.3], [0.65], [3]), "P@1")
     assert few.startswith("Too few listed classes with at least 5 cases at one end")
+
+
+def test_probe_epoch_note_names_the_probes_stopped_by_the_epoch_limit():
+    assert findings.probe_epoch_note({"a": 12, "b": 99}, 100) is None
+    note = findings.probe_epoch_note({"a": 100, "b": 40, "c": 100}, 100)
+    assert note.startswith("2 of 3 probes chose the last allowed epoch (100): a, c.")

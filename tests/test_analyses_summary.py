@@ -141,3 +141,13 @@ def test_with_titles_describes_each_model_beside_its_rank():
         "baseline (raw pixels)",
         "my-own-model",  # not a spec cbmir knows: the name itself
     ]
+
+
+def test_models_that_read_the_same_share_a_rank_and_the_reference_is_listed_first():
+    models, qr, ir, labels, cases = problem(0)
+    ids = {"b-copy": models["good"], "a-copy": models["good"], "low": models["raw-pixels"]}
+    table = summary.model_table(ids, qr, ir, labels, cases, n_boot=10)
+    ranks = table.groupby("model")["rank"].first()
+    assert ranks["a-copy"] == ranks["b-copy"] == 1 and ranks["low"] == 3
+    shown = summary.display_table(table)
+    assert shown["model"].iloc[0] == table.attrs["best"] and shown["rank"].tolist() == [1, 1, 3]

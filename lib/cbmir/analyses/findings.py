@@ -293,8 +293,9 @@ def summary_sentences(
         first = table[(table["N"] == n0) & (table["average"] == "micro")]
         if same := [m for m in tied_at_shown(first, "estimate", top["estimate"]) if m != top["model"]]:
             text += (
-                f", by its unrounded point estimate only: {', '.join(same)} "
-                f"read{'s' if len(same) == 1 else ''} the same {num(top['estimate'])}"
+                f", and {', '.join(same)} read{'s' if len(same) == 1 else ''} the same {num(top['estimate'])}: "
+                "they share rank 1, and it is the reference of the paired comparisons only by its unrounded value "
+                "(then macro P@1)"
             )
         if best is not None and len(best):
             vs = best[(best["N"] == n0) & (best["average"] == "micro")]
@@ -569,7 +570,10 @@ PAPER_CLAIMS = (
         "Pretrained encoders (foundation models and supervised networks alike) retrieve above a floor (here: raw "
         "pixels, a random ViT).",
     ),
-    ("anatomy", "Anatomy is retrieved far more reliably than pathology."),
+    (
+        "anatomy",
+        "Anatomy is retrieved more reliably than pathology (the paper: far more; the direction is tested).",
+    ),
     ("index_size", "Retrieval quality depends on the size of the index."),
     (
         "numbers",
@@ -677,7 +681,7 @@ def _baseline_verdict(base: pd.DataFrame, measure: str) -> tuple[str, str]:
     signs = np.array([pair_direction(r) for _, r in base.iterrows()])
     above, below = int((signs > 0).sum()), int((signs < 0).sum())
     evidence = (
-        f"in {measure}: {above} of {len(base)} encoder-baseline pairs score higher (95 % CI of the paired "
+        f"in {measure} (the findings' measure; the tables show other N and averages): {above} of {len(base)} encoder-baseline pairs score higher (95 % CI of the paired "
         "difference above 0 and "
         "Holm-adjusted p < 0.05), "
         f"{below} lower, {len(base) - above - below} not distinguishable"
@@ -702,9 +706,16 @@ def _best_verdict(
     if best.empty or too_few(best["n_cases"].min()):
         return NOT_SHOWN, "no comparison with the best model" if best.empty else _few(best["n_cases"].min())
     kind = "an image-text model" if best_model in image_text else "not an image-text model"
-    lead = f"the highest point estimate is {best_model}'s ({kind})"
+    lead = f"in micro P@1 the reference (highest) model is {best_model} ({kind})"
     if tied:
-        lead += f", equal to {DIGITS} decimals to {', '.join(tied)}'s"
+        lead += f", sharing rank 1 with {', '.join(tied)} (equal to {DIGITS} decimals)"
+    own = best[best["model"] == "biomedclip"]
+    if len(own):
+        r = own.iloc[0]
+        lead += (
+            f"; biomedclip against it: {signed(r['difference'])} ({interval(r['low'], r['high'], diff=True)}; "
+            f"{_p_text(r, HOLM_FAMILIES['best'])[1]})"
+        )
     if best_model in image_text:
         below = sum(pair_direction(r) < 0 for _, r in best.iterrows())
         evidence = (
@@ -805,7 +816,7 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
     evidence = (
         f"{measure} as a share of the room between its chance value and the highest value it can reach, "
         "(P - chance) / (ceiling - chance) (both change with the index), differs between the smallest and the "
-        f"full index beyond the 95 % bands (unpaired) for {len(which)} of {total} models"
+        f"full index beyond the 95 % bands (unpaired, unadjusted across models) for {len(which)} of {total} models"
         f"{' (' + ', '.join(which) + ')' if which else ''}"
     )
     other = "hit@N"
@@ -883,6 +894,15 @@ def claim_verdicts(
     return pd.DataFrame(out, columns=["claim", "testable", "verdict", "evidence"])
 
 
+TERMS = (
+    "*Terms.* **P@N** is the paper's modified precision: the share of a query's first N neighbours (N capped at the "
+    "number of index images of its class) that carry its label; **micro** averages over queries, **macro** over "
+    "classes. A **case** is an independent unit (a patient where the source records one): every interval is a 95 % "
+    "cluster bootstrap over cases. **Chance** is the value under a random ranking of the index. A difference is "
+    "called higher or lower only when its paired 95 % interval excludes 0 and its Holm-adjusted p is below 0.05."
+)
+
+
 def findings_markdown(
     config_name: str,
     table: pd.DataFrame,
@@ -893,7 +913,7 @@ def findings_markdown(
     average: str = "micro",
 ) -> str:
     """The report's findings: the sentences of `summary_sentences`, then the paper's claims grouped by verdict."""
-    lines = [f"# Findings ({config_name})", "", f"## What the tables show ({average} P@{n})", ""]
+    lines = [f"# Findings ({config_name})", "", TERMS, "", f"## What the tables show ({average} P@{n})", ""]
     lines.append(as_markdown(summary_sentences(table, best, baselines, n=n, average=average)))
     lines += ["", "## The paper's claims", ""]
     for verdict in (HOLDS, PARTLY, FAILS, NOT_SHOWN, UNTESTABLE):
@@ -974,7 +994,7 @@ LEVEL_ORDER = ("modality", "region", "label")
 
 def purity_sentences(table: pd.DataFrame) -> list[str]:
     """`embedding_space.embedding_space_table` rows of several models (a `model` column): per model, purity against
-    chance at each level; whether purity falls from modality to label (bands must not overlap); silhouette quoted
+    chance at each level (levels are not compared with each other: label purity can never exceed modality purity); silhouette quoted
     with the level where it is highest (it is not compared with purity)."""
     out = []
     for model, part in table.groupby("model", sort=False):
@@ -997,17 +1017,11 @@ def purity_sentences(table: pd.DataFrame) -> list[str]:
             + "; ".join(bits)
             + "."
         )
-        if {"modality", "label"} <= set(p.index) and not too_few(n):
-            a, b = p.loc["modality"], p.loc["label"]
-            if b["ci_high"] < a["ci_low"]:
-                text += (
-                    " Purity falls from modality to label (the bands do not overlap); so does chance, "
-                    f"from {num(a['chance'])} to {num(b['chance'])}."
-                )
-            elif b["ci_low"] > a["ci_high"]:
-                text += " Purity rises from modality to label (the bands do not overlap)."
-            else:
-                text += " Modality- and label-level purity are not distinguishable (the bands overlap)."
+        if {"modality", "label"} <= set(p.index):
+            text += (
+                " Purity cannot rise from modality to label (a neighbour with the query's label has its modality "
+                "too), so each level is read against its own chance value, not against the other levels."
+            )
         sil = p["silhouette"].dropna()
         if len(sil):
             text += (
@@ -1157,10 +1171,25 @@ def best_worst_sentence(best: pd.DataFrame, worst: pd.DataFrame, value: str, lab
     )
     if x[lo] > y[hi]:
         return (
-            f"Every listed highest {label} with an interval lies above every listed lowest one (closest: {ends}): "
+            f"Among the listed {label}es with at least {MIN_CASES} cases, every highest one lies above every lowest "
+            f"one (closest: {ends}): "
             "the two ends differ; orders within each end are not established."
         )
     return (
-        f"The intervals at the two ends overlap ({ends}): the figure orders the {label}es by point estimates, and "
+        f"Among the listed {label}es with at least {MIN_CASES} cases, the intervals at the two ends overlap ({ends}): "
+        f"the figure orders the {label}es by point estimates, and "
         "that order is not established."
+    )
+
+
+def probe_epoch_note(chosen: Mapping[str, int], max_epochs: int) -> str | None:
+    """A note naming the probes whose chosen epoch is the last one allowed (they may not have converged); None
+    when no probe stopped there."""
+    last = [m for m, e in chosen.items() if int(e) >= max_epochs]
+    if not last:
+        return None
+    return (
+        f"{len(last)} of {len(chosen)} probes chose the last allowed epoch ({max_epochs}): {', '.join(last)}. Their "
+        "selection accuracy was still at its best at the end, so they may not have converged; a longer run could "
+        "choose a later epoch."
     )

@@ -88,7 +88,8 @@ def model_table(
 ) -> pd.DataFrame:
     """Micro and macro modified P@N of every model with cluster-bootstrap CIs and chance.
 
-    Columns: model, rank (by micro P@1, 1 = best), average, N, estimate, low, high, chance, n_queries, n_cases.
+    Columns: model, rank (by micro P@1 as shown, 3 decimals, so models that read the same share a rank; 1 = best),
+    average, N, estimate, low, high, chance, n_queries, n_cases.
     `attrs["best"]`: the best model (highest micro P@1; ties: macro P@1, then name).
     """
     s = _Scored(ids_by_model, query_rows, index_rows, labels, cases, ns, n_boot, seed)
@@ -118,7 +119,7 @@ def model_table(
     first = table[(table["average"] == "micro") & (table["N"] == table["N"].min())].set_index("model")[
         "estimate"
     ]
-    rank = first.rank(ascending=False, method="min").astype(int)
+    rank = first.round(3).rank(ascending=False, method="min").astype(int)
     table.insert(1, "rank", table["model"].map(rank))
     table.attrs["best"] = best
     return table
@@ -302,7 +303,14 @@ def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
                 }
         row["queries"], row["cases"] = int(part["n_queries"].iloc[0]), int(part["n_cases"].iloc[0])
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["rank", "model"], ignore_index=True)
+    out = pd.DataFrame(rows)
+    first = table[(table["average"] == "micro") & (table["N"] == table["N"].min())].set_index("model")[
+        "estimate"
+    ]
+    out["_order"] = [
+        (m != table.attrs.get("best"), -first[m]) for m in out["model"]
+    ]  # the reference model first
+    return out.sort_values(["rank", "_order"], ignore_index=True).drop(columns="_order")
 
 
 OVERLAP_COLUMN = "pretrained on test sets"

@@ -504,7 +504,14 @@ def test_authors_figures_beside_ours(published, tmp_path):
     probe = table[table["table"] == "linear_probing"]
     assert probe["ours"].isna().all()  # notebook 7's probe table did not run
     text = authors_compare.sentences(table, {"sam-vit-b": True}, "flat")
-    assert any("retrieval: ours equal theirs on all 8" in s for s in text)
+    assert any(
+        s.endswith("retrieval: ours equal theirs on all 8 shared metrics (within 1e-06).") for s in text
+    )
+    theirs = authors_compare.sentences(table, {"sam-vit-b": True}, "flat", their_lists=["sam-vit-b"])
+    assert any(
+        "(scored from their own neighbour lists: this checks our metric, not a search of ours)" in s
+        for s in theirs
+    )
     knn_text = next(s for s in text if "knn_classification" in s)
     assert "1 of 2 shared metrics differ" in knn_text and "micro_f1" in knn_text and "+0.125)" in knn_text
     assert "k-1" in knn_text and "none tested here as the cause" in knn_text

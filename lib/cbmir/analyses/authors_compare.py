@@ -157,9 +157,14 @@ def sentences(
             continue
         worst = both.loc[both["difference"].abs().idxmax()]
         if abs(worst["difference"]) <= SAME:
-            out.append(
-                f"{model}, {name}: ours equal theirs on all {len(both)} shared metrics (within {SAME:g})."
-            )
+            same = f"{model}, {name}: ours equal theirs on all {len(both)} shared metrics (within {SAME:g})"
+            if (
+                name == "retrieval" and model in their_lists
+            ):  # their neighbours, our metric: the metric is checked
+                same += (
+                    " (scored from their own neighbour lists: this checks our metric, not a search of ours)"
+                )
+            out.append(same + ".")
             continue
         differing = int((both["difference"].abs() > SAME).sum())
         reasons = "; ".join(

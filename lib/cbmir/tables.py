@@ -35,9 +35,8 @@ CI_BOUND_SUFFIXES = ((" lo", " hi"), ("_lo", "_hi"), (" low", " high"), ("_low",
 CI_TEXT_SUFFIXES = (" CI", "_ci", " ci")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|NaN")
 MISSING = "—"
-MIN_CASES = (
-    5  # below this many independent cases: no interval shown, no direction claimed (cbmir.analyses.findings)
-)
+# below this many independent cases: no interval shown, no direction claimed (cbmir.analyses.findings)
+MIN_CASES = 5
 CASES_COLUMNS = ("n_cases", "cases")  # a table's number of independent cases per row, where it has one
 FEW_NOTE = (
     " {n} row{s} with fewer than {m} cases show{v} no interval: too few cases for a bootstrap interval to bound "
@@ -128,7 +127,10 @@ def show(
         if col in dropped and col not in merged:
             continue
         if col in merged:
-            shown[col] = _ci_cells(frame, merged[col], digits, few)
+            cells = _ci_cells(frame, merged[col], digits)  # the estimate alone where too few cases carry a CI
+            shown[col] = [
+                _fixed(e, digits) if f else c for e, c, f in zip(frame[col], cells, few, strict=True)
+            ]
             numeric.append(col)
         else:
             values = frame[col]
@@ -288,13 +290,8 @@ def few_cases(frame: pd.DataFrame, min_cases: int = MIN_CASES) -> np.ndarray:
     return (pd.to_numeric(frame[col], errors="coerce") < min_cases).to_numpy(dtype=bool)
 
 
-def _ci_cells(
-    frame: pd.DataFrame, spec: tuple[str, ...], digits: int, few: np.ndarray | None = None
-) -> list[str]:
+def _ci_cells(frame: pd.DataFrame, spec: tuple[str, ...], digits: int) -> list[str]:
     est = frame[spec[0]].tolist()
-    if few is not None and few.any():  # the estimate alone where too few cases carry an interval
-        cells = _ci_cells(frame, spec, digits)
-        return [_fixed(e, digits) if f else c for e, c, f in zip(est, cells, few, strict=True)]
     if len(spec) == 3:
         return [
             format_ci(e, lo, hi, digits) + (f" {OUTSIDE_MARK}" if outside_interval(e, lo, hi) else "")

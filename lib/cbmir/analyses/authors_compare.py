@@ -158,9 +158,7 @@ def sentences(
         worst = both.loc[both["difference"].abs().idxmax()]
         if abs(worst["difference"]) <= SAME:
             same = f"{model}, {name}: ours equal theirs on all {len(both)} shared metrics (within {SAME:g})"
-            if (
-                name == "retrieval" and model in their_lists
-            ):  # their neighbours, our metric: the metric is checked
+            if name == "retrieval" and model in their_lists:  # their neighbours scored by our metric
                 same += (
                     " (scored from their own neighbour lists: this checks our metric, not a search of ours)"
                 )

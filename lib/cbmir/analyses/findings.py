@@ -34,9 +34,8 @@ CHANCE_VERDICTS = {
     -1: "below chance",
     0: "not distinguishable from chance",
 }  # by `direction`
-NARROW_INDEX_RANGE = (
-    0.5  # a smallest index above this share of the full one's images spans too little to test
-)
+# a smallest index above this share of the full one's images spans too little of the index size to test the claim
+NARROW_INDEX_RANGE = 0.5
 ZERO_TOL = 1e-9  # a bound this close to its reference value is floating-point noise: it touches the reference
 BASELINE_NAMES = {"raw-pixels": "the raw-pixel baseline", "random-vit": "the random-ViT baseline"}
 IMAGE_TEXT_MODELS = ("biomedclip", "medclip", "clip-vit-l14")
@@ -79,6 +78,17 @@ def order_text(order: list[tuple[list[str], str]]) -> str:
     if len(order) == 1 and len(order[0][0]) > 2:
         return f"all {len(order[0][0])} at {order[0][1]}"
     return " > ".join(f"{' = '.join(names)} ({shown})" for names, shown in order)
+
+
+def _tied_with_best(table: pd.DataFrame) -> list[str]:
+    """The models of `summary.model_table` other than `attrs["best"]` whose micro P@N at the smallest N reads the
+    same as the best's: they share its rank."""
+    top = str(table.attrs.get("best", ""))
+    first = table[(table["N"] == table["N"].min()) & (table["average"] == "micro")]
+    row = first[first["model"] == top]
+    if row.empty:
+        return []
+    return [m for m in tied_at_shown(first, "estimate", row["estimate"].iloc[0]) if m != top]
 
 
 def signed(x: float) -> str:
@@ -290,8 +300,7 @@ def summary_sentences(
             f"Highest micro P@{n0} (the ranking rule): {top['model']}, {num(top['estimate'])} "
             f"({interval(top['low'], top['high'], estimate=top['estimate'], n_cases=top['n_cases'])}; {cases(top['n_cases'])})"
         )
-        first = table[(table["N"] == n0) & (table["average"] == "micro")]
-        if same := [m for m in tied_at_shown(first, "estimate", top["estimate"]) if m != top["model"]]:
+        if same := _tied_with_best(table):
             text += (
                 f", and {', '.join(same)} read{'s' if len(same) == 1 else ''} the same {num(top['estimate'])}: "
                 "they share rank 1, and it is the reference of the paired comparisons only by its unrounded value "
@@ -866,15 +875,10 @@ def claim_verdicts(
         elif key == "baselines":
             verdict, evidence = _baseline_verdict(_pairs_at(baselines, n, average), f"{average} P@{n}")
         elif key == "image_text":
-            top = str(table.attrs.get("best", ""))
-            first = table[(table["N"] == table["N"].min()) & (table["average"] == "micro")]
-            row0 = first[first["model"] == top]
-            tied = (
-                [m for m in tied_at_shown(first, "estimate", row0["estimate"].iloc[0]) if m != top]
-                if len(row0)
-                else []
-            )
-            verdict, evidence = _best_verdict(top, _pairs_at(best, n, average), image_text_models, tied)
+            verdict, evidence = _best_verdict(
+                str(table.attrs.get("best", "")), _pairs_at(best, n, average), image_text_models,
+                _tied_with_best(table),
+            )  # fmt: skip
         elif key == "anatomy" and levels is not None:
             verdict, evidence = _anatomy_verdict(levels, n)
         elif key == "numbers":

@@ -74,6 +74,12 @@ class _Scored:
         return {"n_queries": len(self.q), "n_cases": int(self.g.max()) + 1}
 
 
+def _first_micro(table: pd.DataFrame) -> pd.Series:
+    """Micro P@N at the smallest N of a `model_table`, by model: the ranking rule."""
+    part = table[(table["average"] == "micro") & (table["N"] == table["N"].min())]
+    return part.set_index("model")["estimate"]
+
+
 def model_table(
     ids_by_model: Mapping[str, np.ndarray],
     query_rows: np.ndarray,
@@ -116,10 +122,7 @@ def model_table(
                 )
     table = pd.DataFrame(rows)
     best = best_model(table)
-    first = table[(table["average"] == "micro") & (table["N"] == table["N"].min())].set_index("model")[
-        "estimate"
-    ]
-    rank = first.round(3).rank(ascending=False, method="min").astype(int)
+    rank = _first_micro(table).round(3).rank(ascending=False, method="min").astype(int)
     table.insert(1, "rank", table["model"].map(rank))
     table.attrs["best"] = best
     return table
@@ -304,9 +307,7 @@ def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         row["queries"], row["cases"] = int(part["n_queries"].iloc[0]), int(part["n_cases"].iloc[0])
         rows.append(row)
     out = pd.DataFrame(rows)
-    first = table[(table["average"] == "micro") & (table["N"] == table["N"].min())].set_index("model")[
-        "estimate"
-    ]
+    first = _first_micro(table)
     out["_order"] = [
         (m != table.attrs.get("best"), -first[m]) for m in out["model"]
     ]  # the reference model first

@@ -203,8 +203,9 @@ def test_compile_without_a_compiler_runs_eagerly(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("compiled_faster", [True, False])
-def test_compile_is_kept_only_when_faster_and_equal(monkeypatch, compiled_faster: bool) -> None:
-    """Real inductor compilation (needs g++); the timings are set so the keep/discard rule is what is tested."""
+def test_compile_is_kept_when_equal_whatever_the_timings(monkeypatch, compiled_faster: bool) -> None:
+    """Real inductor compilation (needs g++). The timings are faked: slower or faster, the compiled module is kept
+    (a load-dependent choice would let the machine's load change the vectors); the timings are only recorded."""
     import cbmir.accelerate as acc
 
     if not acc.compiler_available():
@@ -223,15 +224,57 @@ def test_compile_is_kept_only_when_faster_and_equal(monkeypatch, compiled_faster
         got, expected = fast.module(x), module(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)  # 5 rows through a batch-4 compile
     assert info["compile_min_cosine_to_original"] >= 0.99999
-    assert isinstance(info["compile_seconds"], float) and set(info["seconds_per_image"]) == {
-        "eager",
-        "compiled",
-    }
+    assert info["seconds_per_image"] == {"eager": 0.25, "compiled": 0.125 if compiled_faster else 0.5}
+    assert fast.module.fixed_batch == 4 and info["steps"][-1].startswith("torch.compile (inductor, freezing")
     if compiled_faster:
-        assert info["compile"] == "compiled" and fast.module.fixed_batch == 4
-        assert info["steps"][-1].startswith("torch.compile (inductor, freezing")
+        assert info["compile"] == "compiled"
     else:
-        assert info["compile"].startswith("not kept: compiled") and fast.module.fixed_batch == 0
+        assert info["compile"].startswith("compiled (slower on the example: 0.500 >= 0.250 s/image")
+
+
+def test_compile_is_dropped_when_its_output_differs(monkeypatch) -> None:
+    import cbmir.accelerate as acc
+
+    if not acc.compiler_available():
+        pytest.skip("no C++ compiler for torch.compile")
+    monkeypatch.setattr(acc, "_cosine", lambda a, b: 0.5)
+    enc, _ = _gelu_conv_encoder()
+    fast, info = optimise_for_inference(enc, "cpu", "fp32", example=torch.randn(1, 3, 16, 16), compile="on")
+    assert info["compile"] == "not kept: compiled output differs (min cosine 0.500000)"
+    assert fast.module.fixed_batch == 0
+
+
+def _mmapped_bytes() -> int:
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena ordblks smblks hblks hblkhd usmblks fsmblks "
+                                                         "uordblks fordblks keepcost").split()]  # fmt: skip
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    return int(libc.mallinfo2().hblkhd)
+
+
+def test_large_tensors_come_from_the_heap_inside_and_from_mmap_after() -> None:
+    """glibc's own count of mmapped bytes (mallinfo2) shows where a 64 MiB tensor came from."""
+    import cbmir.accelerate as acc
+
+    if acc._glibc() is None or not hasattr(acc._glibc(), "mallinfo2"):
+        pytest.skip("needs glibc 2.33 or later")
+
+    def mmapped_by_a_tensor() -> int:
+        before = _mmapped_bytes()
+        x = torch.empty(16 * 2**20, dtype=torch.float32)  # 64 MiB
+        grown = _mmapped_bytes() - before
+        del x
+        return grown
+
+    with acc.large_tensors_on_heap() as done:
+        assert done.startswith("large tensors from the heap") and "1024 MiB" in done
+        inside = mmapped_by_a_tensor()
+    after = mmapped_by_a_tensor()
+    assert inside < 2**20 and after >= 64 * 2**20
 
 
 def test_bf16_leaves_a_module_without_weights_in_fp32() -> None:
@@ -261,3 +304,44 @@ def test_flop_count_includes_the_cpus_fused_attention() -> None:
     x = torch.randn(1, 6, 257, 64)  # 6 heads, 257 tokens, 64 dims: QK^T and AV, 2 flops per multiply-add each
     assert gflop_per_image(Attention(), x) == pytest.approx(2 * 2 * 6 * 257 * 257 * 64 / 1e9, rel=1e-12)
     assert gflop_per_image(Attention(), x) == gflop_per_image(Attention(), x)  # registered once
+
+
+def test_roofline_of_a_compute_bound_linear_layer() -> None:
+    """Elementwise ops are free; a matmul at a huge bandwidth costs its FLOPs at the GEMM rate."""
+    from cbmir.accelerate import roofline
+
+    module = nn.Sequential(nn.Linear(256, 128, bias=False), nn.ReLU()).eval()
+    x = torch.randn(64, 256)
+    got = roofline(module, x, gemm_gflops=2.0, memory_gbs=1e9)
+    flops = 2 * 64 * 256 * 128
+    assert got["gflop"] == pytest.approx(flops / 64 / 1e9, rel=1e-12)
+    assert got["seconds"] == pytest.approx(flops / 2e9 / 64, rel=1e-9)
+    assert got["share_of_gemm"] == pytest.approx(1.0) and got["memory_bound_share"] == 0.0
+
+
+def test_roofline_of_a_memory_bound_depthwise_convolution() -> None:
+    """At a huge GEMM rate the bound is the bytes in (input, weights, bias) and out, at the memory bandwidth."""
+    from cbmir.accelerate import roofline
+
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=8).eval()
+    x = torch.randn(2, 8, 16, 16)
+    got = roofline(conv, x, gemm_gflops=1e9, memory_gbs=0.5)
+    nbytes = 4 * (x.numel() + conv.weight.numel() + conv.bias.numel() + x.numel())  # output has x's shape
+    assert got["seconds"] == pytest.approx(nbytes / 0.5e9 / 2, rel=1e-12)
+    assert got["memory_bound_share"] == 1.0 and got["share_of_gemm"] < 1e-6
+    assert got["gflop"] == pytest.approx(2 * 8 * 9 * 16 * 16 / 1e9, rel=1e-12)  # per image
+
+
+def test_roofline_counts_fused_attention_once() -> None:
+    import torch.nn.functional as F
+    from cbmir.accelerate import roofline
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    class Attention(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.scaled_dot_product_attention(x, x, x)
+
+    x = torch.randn(1, 2, 32, 16)
+    got = roofline(Attention(), x, gemm_gflops=1.0, memory_gbs=1e9)
+    flops = sdpa_flop_count(x.shape, x.shape, x.shape)
+    assert flops > 0 and got["gflop"] == pytest.approx(flops / 1e9, rel=1e-12)

@@ -117,6 +117,14 @@ def test_provenance_table_shows_one_precision() -> None:
         SimpleNamespace(embeddings=np.eye(2, dtype=np.float32), failed=[], provenance=prov)
     )
     assert bool(summary["torch.compile"].item()) is True
+    slower = {
+        **prov,
+        "speed": {"compile": "compiled (slower on the example: 0.5 >= 0.25 s/image, ...; kept ...)"},
+    }
+    slow_row = embeddings.store_summary(
+        SimpleNamespace(embeddings=np.eye(2, dtype=np.float32), failed=[], provenance=slower)
+    )
+    assert bool(slow_row["torch.compile"].item()) is True  # kept although slower: it ran compiled
     imported = embeddings.store_summary(
         SimpleNamespace(embeddings=np.eye(2, dtype=np.float32), failed=[], provenance={"source": "imported"})
     )

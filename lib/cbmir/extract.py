@@ -311,13 +311,17 @@ def _extract(
         )
     else:
         n_todo = sum(min(chunk_size, n_rows - k * chunk_size) for k in todo)
-        runner = PrecisionRunner(
-            encoder, device, bf16, precision, compile=compile, n_images=n_todo, batch_size=batch_size
-        )
-        loader: dict[str, Any] = {}
-        if todo:
-            dataset = ManifestImages(data_root, ids, encoder.transform, frames)
-            loader = _run_chunks(dataset, todo, runner, plan, chunks, batch_size, num_workers, device)
+        from cbmir.accelerate import large_tensors_on_heap
+
+        heap = large_tensors_on_heap() if device.startswith("cpu") else nullcontext("")
+        with heap as allocation:
+            runner = PrecisionRunner(
+                encoder, device, bf16, precision, compile=compile, n_images=n_todo, batch_size=batch_size
+            )
+            loader: dict[str, Any] = {}
+            if todo:
+                dataset = ManifestImages(data_root, ids, encoder.transform, frames)
+                loader = _run_chunks(dataset, todo, runner, plan, chunks, batch_size, num_workers, device)
         ran = {
             "engine": "local",
             "precision": runner.precision,
@@ -326,6 +330,7 @@ def _extract(
             "num_workers": int(num_workers),
             "loader": loader,  # prefetch_factor and pin_memory (host-memory limited)
             "speed": runner.speed,  # what cbmir.accelerate ran on the CPU
+            "allocation": allocation or "the C library's default",
             "device": device,
             "batch_size": runner.batch_record(batch_size),  # this run's; a resumed run records its own
         }

@@ -36,7 +36,7 @@ def _dtype_ran(prov: Mapping) -> str:
 
 def _compiled(prov: Mapping) -> bool:
     """Whether the forward pass ran under torch.compile."""
-    return (prov.get("speed") or {}).get("compile") == "compiled"
+    return str((prov.get("speed") or {}).get("compile", "")).startswith("compiled")
 
 
 def store_summary(store) -> pd.DataFrame:

@@ -79,7 +79,7 @@ def load(name: str):
     return load_encoder(name)
 
 
-def gemm_rate(dtype: torch.dtype, repeats: int = 3) -> float:
+def gemm_rate(dtype: torch.dtype, repeats: int = 5) -> float:
     """GFLOP/s of torch.matmul over GEMM_SHAPES in `dtype` (best single call of each shape, summed FLOPs)."""
     flops, seconds = 0.0, 0.0
     for m, k, n in GEMM_SHAPES:
@@ -164,7 +164,8 @@ def pipeline(
     first, steps = run(manifest)  # warm-up (compilation caches, page cache); also the whole-call figure
     small, _ = run(manifest.iloc[:quarter])
     full, _ = run(manifest)
-    return n / first, (n - quarter) / max(full - small, 1e-9), steps
+    # a full run no slower than the quarter run means the timings' noise exceeds the difference: no rate
+    return n / first, (n - quarter) / (full - small) if full > small else float("nan"), steps
 
 
 def load_avg() -> str:
@@ -245,7 +246,11 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
                     encoder, manifest.iloc[: args.pipeline_n], root, tmp / f"{name}-{precision}", args.batch,
                     precision == "bf16", args.compile, w,
                 )  # fmt: skip
-                cells.append(f"{whole:.3f} / {steady:.3f} | {100 * steady / best['fast']:.0f} %")
+                cells.append(
+                    f"{whole:.3f} / {steady:.3f} | {100 * steady / best['fast']:.0f} %"
+                    if steady == steady
+                    else f"{whole:.3f} / n/a (noise) | n/a"
+                )
             bound = 100 / (1 + decode * best["fast"] / info["cores"])
             if "compile_seconds" in fast_info:
                 steps = [*steps, f"compile {fast_info['compile_seconds']:.0f} s: {fast_info['compile']}"]

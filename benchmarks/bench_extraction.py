@@ -10,9 +10,9 @@ For each encoder and precision (fp32; bf16 where the CPU multiplies bf16 nativel
   forward time per image;
 - the pipeline (`extract_embeddings` from JPEG/PNG files), once per `--workers` setting in the same run (0 =
   decode inline on a thread per core between forward passes; n > 0 = n DataLoader workers decoding beside the
-  forward pass): whole-call img/s including start-up, the rewrite checks and compilation, and the marginal rate
-  (extra images of a full run over a quarter run per extra second: the steady rate, with the fixed start-up costs
-  cancelled);
+  forward pass): whole-call img/s including start-up, the rewrite checks and compilation, and the loop rate
+  (images over the store's own `seconds`: the decode + forward loop from DataLoader start to the last chunk,
+  after model preparation and compilation; from a second, warm run);
 - the bound on the pipeline's share of the bare forward pass when the cores must also decode: with every core
   busy in the forward pass, each image costs at least forward + decode / cores seconds.
 The load average is printed beside each figure: on a shared machine only the ratios mean much.
@@ -141,15 +141,16 @@ def decode_seconds(encoder, root: Path, manifest: pd.DataFrame) -> float:
 def pipeline(
     encoder, manifest: pd.DataFrame, root: Path, out: Path, batch: int, bf16: bool, compile: str, workers: int
 ) -> tuple[float, float, list]:
-    """(whole-call img/s, marginal img/s, the rewrite steps) of `extract_embeddings` on the manifest's rows.
+    """(whole-call img/s, loop img/s, the rewrite steps) of `extract_embeddings` on the manifest's rows.
 
-    Whole-call: all rows, including model preparation, compilation and DataLoader start-up. Marginal: the extra
-    rows of a full run over a quarter run, per extra second (both timed after one warm-up run, so the fixed
-    costs cancel): the steady rate of the pipeline.
+    Whole-call: all rows, including model preparation, compilation and DataLoader start-up (first run). Loop: the
+    rows over the seconds the store records for its chunks (decode + forward, without preparation and
+    compilation), from a second run with warm caches. (A difference of two runs' wall times, used before, mixed
+    in the compile time, which varies by several seconds from run to run.)
     """
     from cbmir.extract import extract_embeddings
 
-    def run(rows: pd.DataFrame) -> tuple[float, list]:
+    def run(rows: pd.DataFrame) -> tuple[float, float, list]:
         torch._dynamo.reset()  # each run compiles afresh, as a new process would (and below dynamo's recompile limit)
         start = time.perf_counter()
         store = extract_embeddings(
@@ -158,14 +159,13 @@ def pipeline(
         )  # fmt: skip
         elapsed = time.perf_counter() - start
         assert len(store.ids) == len(rows), "pipeline lost rows"
-        return elapsed, store.provenance.get("speed", {}).get("steps", [])
+        prov = store.provenance
+        return elapsed, prov["seconds"], prov.get("speed", {}).get("steps", [])
 
-    n, quarter = len(manifest), max(batch, len(manifest) // 4)
-    first, steps = run(manifest)  # warm-up (compilation caches, page cache); also the whole-call figure
-    small, _ = run(manifest.iloc[:quarter])
-    full, _ = run(manifest)
-    # a full run no slower than the quarter run means the timings' noise exceeds the difference: no rate
-    return n / first, (n - quarter) / (full - small) if full > small else float("nan"), steps
+    n = len(manifest)
+    first, _, steps = run(manifest)  # cold: page cache, compilation caches; the whole-call figure
+    _, loop, _ = run(manifest)
+    return n / first, n / loop, steps
 
 
 def load_avg() -> str:
@@ -203,7 +203,7 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
         "| encoder | precision | GFLOP/img | GEMM GFLOP/s | mem GB/s | roofline % GEMM (memory-bound share) | orig img/s "
         "| orig % GEMM | fast img/s | fast % GEMM | fast % roofline | fast/orig | "
         "decode ms/img | forward ms/img | bound % fast | "
-        + " | ".join(f"w={w}: pipeline img/s (whole / marginal) | w={w}: marginal % fast" for w in workers)
+        + " | ".join(f"w={w}: pipeline img/s (whole / loop) | w={w}: loop % fast" for w in workers)
         + " | load | steps |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         + "---:|---:|" * len(workers)
@@ -246,11 +246,7 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
                     encoder, manifest.iloc[: args.pipeline_n], root, tmp / f"{name}-{precision}", args.batch,
                     precision == "bf16", args.compile, w,
                 )  # fmt: skip
-                cells.append(
-                    f"{whole:.3f} / {steady:.3f} | {100 * steady / best['fast']:.0f} %"
-                    if steady == steady
-                    else f"{whole:.3f} / n/a (noise) | n/a"
-                )
+                cells.append(f"{whole:.3f} / {steady:.3f} | {100 * steady / best['fast']:.0f} %")
             bound = 100 / (1 + decode * best["fast"] / info["cores"])
             if "compile_seconds" in fast_info:
                 steps = [*steps, f"compile {fast_info['compile_seconds']:.0f} s: {fast_info['compile']}"]

@@ -17,7 +17,7 @@ import sys
 import time
 
 import torch
-from results import append_results
+from results import append_results, command_line
 
 
 def _forward(module: torch.nn.Module, batch: torch.Tensor, autocast: bool) -> tuple[float, torch.Tensor]:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(new), flush=True)
         lines += new
     if not args.no_append:
-        command = "python benchmarks/bench_bf16.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = command_line(__file__, argv)
         append_results("bench_bf16: encoder forward on CPU, fp32 vs autocast vs bf16 weights", command, lines)
     return 0
 

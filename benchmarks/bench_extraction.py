@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 from paper_architectures import PAPER_NINE
 from PIL import Image
-from results import append_results
+from results import append_results, command_line
 
 DEFAULT_MODELS = "vit-b16-random,dinov2-s14-imgfocus,xception-imagenet,litemedsam"
 GEMM_SHAPES = ((2048, 1024, 1024), (4096, 384, 1536), (4096, 1536, 384))  # (M, K, N)
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         from cbmir.precision import default_workers
 
         args.workers = f"{default_workers()},0"  # workers beside the forward pass, then inline decoding
-    command = "python benchmarks/bench_extraction.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     if not args.gpu_only:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "images"

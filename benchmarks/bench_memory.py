@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from results import append_results
+from results import append_results, command_line
 
 LIMIT_GIB = 24
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     if not args.no_append:
-        command = "python benchmarks/bench_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = command_line(__file__, argv)
         append_results("bench_memory: peak RSS of scoring a paper-scale evaluation", command, lines)
     return 0
 

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pandas as pd
 from cbmir.metrics import micro_macro, precision_at_n
-from results import append_results
+from results import append_results, command_line
 
 
 def synthetic(n_queries: int, k: int, n_classes: int, seed: int = 0):
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     if not args.no_append:
-        command = "python benchmarks/bench_metrics.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = command_line(__file__, argv)
         append_results(f"bench_metrics: modified precision@1..{args.k}, micro + macro", command, lines)
     return 0 if agree else 1
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results import append_results
+from results import append_results, command_line
 
 DEFAULT_MODELS = "litemedsam,xception-imagenet,dinov2-s14-imgfocus"
 
@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             print(row, flush=True)
             lines.append(row)
     if not args.no_append:
-        command = "python benchmarks/bench_onnxruntime.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
+        command = command_line(__file__, argv)
         append_results("bench_onnxruntime: ONNX Runtime against the torch CPU path (fp32)", command, lines)
     return 0
 

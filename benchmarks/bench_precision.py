@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from results import append_results
+from results import append_results, command_line
 
 
 def neighbour_labels(
@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             print(row, flush=True)
             lines.append(row)
     if not args.no_append:
-        command = "python benchmarks/bench_precision.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
+        command = command_line(__file__, argv)
         append_results("bench_precision: bf16 vs fp32 embeddings on RadMini", command, lines,
                        machine_extra=f"torch threads {__import__('torch').get_num_threads()}")  # fmt: skip
     return 0

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from results import append_results
+from results import append_results, command_line
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE_FILES = ("embeddings.npy", "ids.csv", "failed.csv")
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(num_cpus=cores, include_dashboard=False)
     startup = time.perf_counter() - start
     info = cpu_info()
-    command = "python benchmarks/bench_ray.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
             lines = [

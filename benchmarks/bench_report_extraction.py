@@ -23,7 +23,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from results import append_results
+from results import append_results, command_line
 
 
 @contextmanager
@@ -133,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(total)
     lines.append(total)
     if not args.no_append:
-        command = "python benchmarks/bench_report_extraction.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
+        command = command_line(__file__, argv)
         append_results(
             "bench_report_extraction: the default report's extraction time per image", command, lines
         )

@@ -31,7 +31,7 @@ from cbmir import search as csearch
 from cbmir.metrics import micro_macro, precision_at_n
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import append_results
+from results import append_results, command_line
 from synthetic import HARD, SyntheticSpace, class_sizes, make_dataset  # noqa: E402
 
 K = 100
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     if not args.no_append:
-        command = "python benchmarks/bench_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = command_line(__file__, argv)
         append_results("bench_search: exact vs approximate nearest-neighbour search", command, lines)
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from results import append_results
+from results import append_results, command_line
 
 
 def _drop_cache(path: Path) -> None:
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     if not args.no_append:
-        command = "python benchmarks/bench_store.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = command_line(__file__, argv)
         append_results(
             "bench_store: embedding store I/O, one .npy matrix vs one HDF5 dataset per image",
             command,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -24,6 +25,11 @@ def cpu_name() -> str:
 def machine() -> str:
     """One line: architecture, cores, CPU model, Python version."""
     return f"{platform.machine()}, {os.cpu_count()} cores, {cpu_name()}, Python {platform.python_version()}"
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that ran `script` (a benchmark's `__file__`): `argv`, else the process's own arguments."""
+    return f"python benchmarks/{Path(script).name} " + " ".join(argv if argv is not None else sys.argv[1:])
 
 
 def append_results(title: str, command: str, lines: list[str], machine_extra: str = "") -> None:

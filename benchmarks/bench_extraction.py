@@ -199,6 +199,10 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
         "eager fast module at the longer of its FLOPs at the GEMM rate and its bytes in and out at mem GB/s, other "
         "ops free (fused), as a share of the GEMM rate: an estimate of the most the forward pass can reach on this "
         "machine (data that stay in cache can beat it); fast % roofline = fast img/s against that estimate",
+        "- orig: the module as loaded, fp32 eager; in bf16 rows a bf16 copy of it (bf16 weights, eager). fast is "
+        f"compiled per --compile ({args.compile!r}) for every encoder, whereas a report run compiles only above "
+        "cbmir.accelerate.COMPILE_MIN_TFLOP. steps: 'pipeline:' what the pipeline's store recorded, 'fast:' the "
+        "fast module's own compilation (each compiles separately; 'Nx on one call of the example' is one timed call)",
         "",
         "| encoder | precision | GFLOP/img | GEMM GFLOP/s | mem GB/s | roofline % GEMM (memory-bound share) | orig img/s "
         "| orig % GEMM | fast img/s | fast % GEMM | fast % roofline | fast/orig | "
@@ -248,8 +252,9 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
                 )  # fmt: skip
                 cells.append(f"{whole:.3f} / {steady:.3f} | {100 * steady / best['fast']:.0f} %")
             bound = 100 / (1 + decode * best["fast"] / info["cores"])
-            if "compile_seconds" in fast_info:
-                steps = [*steps, f"compile {fast_info['compile_seconds']:.0f} s: {fast_info['compile']}"]
+            steps = ["pipeline: " + "; ".join(steps)]
+            if "compile_seconds" in fast_info:  # the fast module's own compilation (a separate one)
+                steps.append(f"fast: compile {fast_info['compile_seconds']:.0f} s, {fast_info['compile']}")
             g = best["gemm"]
             row = (
                 f"| {name} | {precision} | {gflop:.1f} | {g:.0f} | {best['memory']:.1f} "

@@ -17,8 +17,9 @@ if the output still matches the original on a random batch (cosine >= `FP32_MIN_
 - `torch.compile`   : inductor with weight freezing (conv/linear + GELU fused into one oneDNN call, weights
                       pre-packed, elementwise chains fused). Compiling costs 10-50 s on 2 cores, so with
                       `compile="auto"` it runs only when the run needs `COMPILE_MIN_TFLOP` or more (FLOPs of one
-                      image, counted, x the images to embed). It is kept when its output matches the eager
-                      module's; its speed on the example is recorded but decides nothing, so neither the choice
+                      image, counted, x the images to embed). It is kept when its output matches the original
+                      module's (`FP32_MIN_COSINE`; `BF16_MIN_COSINE` in bf16); its speed on one call of the
+                      example is recorded but decides nothing, so neither the choice
                       nor the vectors (bf16 rounding differs between compiled and eager code) depend on how busy
                       the machine is. Batches are padded to one fixed size so a short last batch does not
                       compile again.
@@ -103,8 +104,8 @@ def large_tensors_on_heap() -> Iterator[str]:
     """Serve tensors up to `HEAP_THRESHOLD_BYTES` from glibc's heap and keep freed memory there, while inside.
 
     glibc hands out each allocation above its mmap threshold (128 KiB, rising to 32 MiB at most) as fresh pages
-    and returns them on free, so a model whose layers write large outputs (LiteMedSAM: 32 MiB per layer at its
-    first stage) page-faults and zero-fills every output of every batch: an elementwise op on such a tensor took
+    and returns them on free, so a model whose layers write large outputs (LiteMedSAM: 64 MiB per layer output at
+    its first stage in fp32, 32 MiB in bf16) page-faults and zero-fills every output of every batch: an elementwise op on such a tensor took
     17 ms instead of 3. The heap reuses the same memory from batch to batch instead; the values computed are the
     same. On leaving, the thresholds go back to glibc's starting values and the free heap is returned to the
     system (`malloc_trim`). Yields what was done, for provenance ("" where the C library is not glibc).
@@ -118,7 +119,7 @@ def large_tensors_on_heap() -> Iterator[str]:
     )
     try:
         yield (
-            f"large tensors from the heap (glibc mallopt: mmap and trim thresholds {HEAP_THRESHOLD_BYTES >> 20} MiB)"
+            f"tensors up to {HEAP_THRESHOLD_BYTES >> 20} MiB from the heap (glibc mallopt: mmap and trim thresholds)"
             if ok
             else ""
         )
@@ -293,6 +294,7 @@ def optimise_for_inference(
     if compile not in COMPILE_MODES:
         raise ValueError(f"parameter 'compile' is {compile!r}; allowed {list(COMPILE_MODES)}")
     info: dict[str, Any] = {"device": device, "precision": precision, "threads": torch.get_num_threads()}
+    info["load_1min"] = round(_load(), 2)  # how busy the machine was: the timings below depend on it
     if not device.startswith("cpu"):
         info["steps"] = ["none (CUDA: autocast and pinned memory in the extraction)"]
         return encoder, info
@@ -560,7 +562,7 @@ def _compiled(
             "kept, as the choice is made by counted FLOPs alone)"
         )
     steps.append(
-        f"torch.compile (inductor, freezing; {compile_seconds:.0f} s; {eager / compiled:.2f}x on the example)"
+        f"torch.compile (inductor, freezing; {compile_seconds:.0f} s; {eager / compiled:.2f}x on one call of the example)"
     )
     return candidate
 

@@ -1,12 +1,13 @@
-"""The default report's extraction, as the report runs it, against the plain fp32 eager extraction: seconds per image.
+"""The default report's extraction, as the report runs it, against fp32 eager extraction: seconds per image.
 
 For each model of the config (default `configs/radmini.yaml`), the report's own rows (manifest and row cap) are
 embedded into temporary stores three times in the same run: as loaded (fp32 eager, the encoder's module untouched,
 the C library's default allocation, one DataLoader worker per core but one: what every run did before
 `cbmir.accelerate`, i.e. when issue 15 was filed), with the fp32 rewrites (fp32, no torch.compile, but
 `cbmir.accelerate`'s conv+BN folding, fused attention, channels-last, micro-batching and heap allocation), and
-with the config's settings (`bf16`/`precision`, `compile`, `workers`). Each pass is timed whole (model load, rewrite checks, compilation, DataLoader start-up, store);
-the table gives seconds per image per model and in total, and the ratio new / baseline. The steps that ran
+with the config's settings (`bf16`/`precision`, `compile`, `workers`). Each pass is timed whole (model load,
+rewrite checks, compilation, DataLoader start-up, store); the table gives seconds per image per model and in total,
+and the report's ratio to each baseline. The steps that ran
 (from each store's provenance) are printed beside them.
 
     python benchmarks/bench_report_extraction.py

@@ -19,9 +19,8 @@ if the output still matches the original on a random batch (cosine >= `FP32_MIN_
                       `compile="auto"` it runs only when the run needs `COMPILE_MIN_TFLOP` or more (FLOPs of one
                       image, counted, x the images to embed). It is kept when its output matches the original
                       module's (`FP32_MIN_COSINE`; `BF16_MIN_COSINE` in bf16); its speed on one call of the
-                      example is recorded but decides nothing, so neither the choice
-                      nor the vectors (bf16 rounding differs between compiled and eager code) depend on how busy
-                      the machine is. Batches are padded to one fixed size so a short last batch does not
+                      example is recorded but decides nothing, so neither the choice nor the vectors (bf16
+                      rounding differs between compiled and eager code) depend on how busy the machine is. Batches are padded to one fixed size so a short last batch does not
                       compile again.
 
 What ran is returned as a JSON-able `info` dict, which the extraction records in the store's provenance. On CUDA
@@ -105,9 +104,9 @@ def large_tensors_on_heap() -> Iterator[str]:
 
     glibc hands out each allocation above its mmap threshold (128 KiB, rising to 32 MiB at most) as fresh pages
     and returns them on free, so a model whose layers write large outputs (LiteMedSAM: 64 MiB per layer output at
-    its first stage in fp32, 32 MiB in bf16) page-faults and zero-fills every output of every batch: an elementwise op on such a tensor took
-    17 ms instead of 3. The heap reuses the same memory from batch to batch instead; the values computed are the
-    same. On leaving, the thresholds go back to glibc's starting values and the free heap is returned to the
+    its first stage in fp32, 32 MiB in bf16) page-faults and zero-fills every output of every batch: an
+    elementwise op on such a tensor took 17 ms instead of 3. The heap reuses the same memory from batch to batch
+    instead; the values computed are the same. On leaving, the thresholds go back to glibc's starting values and the free heap is returned to the
     system (`malloc_trim`). Yields what was done, for provenance ("" where the C library is not glibc).
     """
     libc = _glibc()

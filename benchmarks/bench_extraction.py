@@ -13,6 +13,8 @@ For each encoder and precision (fp32; bf16 where the CPU multiplies bf16 nativel
   forward pass): whole-call img/s including start-up, the rewrite checks and compilation, and the loop rate
   (images over the store's own `seconds`: the decode + forward loop from DataLoader start to the last chunk,
   after model preparation and compilation; from a second, warm run);
+- the same loop when the images come from a decode cache (`cbmir.decode_cache`) that a first run filled, as for a
+  model whose resize setting an earlier model of the run shared;
 - the bound on the pipeline's share of the bare forward pass when the cores must also decode: with every core
   busy in the forward pass, each image costs at least forward + decode / cores seconds.
 The load average is printed beside each figure: on a shared machine only the ratios mean much.
@@ -122,31 +124,42 @@ def bare(module: torch.nn.Module, batches: list[torch.Tensor]) -> float:
 
 
 def decode_seconds(encoder, root: Path, manifest: pd.DataFrame) -> float:
-    """Seconds per image to read, decode, resize and normalise, on one torch thread as a DataLoader worker does."""
-    from cbmir.images import load_image
+    """Seconds per image to read, decode, resize and normalise, on one torch thread as a DataLoader worker does
+    (through `cbmir.extract.ManifestImages`, as extraction decodes)."""
+    from cbmir.extract import ManifestImages
 
-    paths = [root / p for p in manifest["filepath"]]
+    images = ManifestImages(root, list(manifest["filepath"]), encoder.transform)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # DataLoader workers run with one torch thread
     try:
-        encoder.transform(load_image(str(paths[0])))
+        images[0]
         start = time.perf_counter()
-        for path in paths:
-            encoder.transform(load_image(str(path)))
-        return (time.perf_counter() - start) / len(paths)
+        for row in range(len(images)):
+            error = images[row][2]
+            assert not error, error
+        return (time.perf_counter() - start) / len(images)
     finally:
         torch.set_num_threads(threads)
 
 
 def pipeline(
-    encoder, manifest: pd.DataFrame, root: Path, out: Path, batch: int, bf16: bool, compile: str, workers: int
+    encoder,
+    manifest: pd.DataFrame,
+    root: Path,
+    out: Path,
+    batch: int,
+    bf16: bool,
+    compile: str,
+    workers: int,
+    decode_cache: Path | None = None,
 ) -> tuple[float, float, list]:
     """(whole-call img/s, loop img/s, the rewrite steps) of `extract_embeddings` on the manifest's rows.
 
     Whole-call: all rows, including model preparation, compilation and DataLoader start-up (first run). Loop: the
     rows over the seconds the store records for its chunks (decode + forward, without preparation and
     compilation), from a second run with warm caches. (A difference of two runs' wall times, used before, mixed
-    in the compile time, which varies by several seconds from run to run.)
+    in the compile time, which varies by several seconds from run to run.) With `decode_cache`, the first run
+    fills the cache and the second reads it: the loop of a model whose resize setting an earlier model shared.
     """
     from cbmir.extract import extract_embeddings
 
@@ -155,7 +168,7 @@ def pipeline(
         start = time.perf_counter()
         store = extract_embeddings(
             rows, root, encoder, out, batch_size=batch, num_workers=workers, bf16=bf16, redo=True, device="cpu",
-            compile=compile,
+            compile=compile, decode_cache=decode_cache,
         )  # fmt: skip
         elapsed = time.perf_counter() - start
         assert len(store.ids) == len(rows), "pipeline lost rows"
@@ -192,7 +205,9 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
         f"fast = cbmir.accelerate with compile {args.compile!r}; pipeline = extract_embeddings with the same, "
         f"{args.pipeline_n} images, per DataLoader workers setting w (0: decoded inline on {decode_threads()} "
         f"thread(s) between forward passes); bound = forward / (forward + decode / {info['cores']} cores), the most "
-        "a pipeline that decodes on the same cores can reach",
+        "a pipeline that decodes on the same cores can reach; decode cache hits = the loop of a second run that reads "
+        "the first run's decoded, resized pixels from cbmir.decode_cache (a model whose resize setting an earlier "
+        "model shared: no decoding)",
         "- fast forward and pipeline run with large tensors from the heap (cbmir.accelerate.large_tensors_on_heap, as "
         "extraction runs them); orig with the C library's default allocation. mem GB/s = copy of a 256 MiB tensor, "
         "best of the rounds. roofline % GEMM = cbmir.accelerate.roofline: each matmul/convolution/attention op of the "
@@ -208,9 +223,10 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
         "| orig % GEMM | fast img/s | fast % GEMM | fast % roofline | fast/orig | "
         "decode ms/img | forward ms/img | bound % fast | "
         + " | ".join(f"w={w}: pipeline img/s (whole / loop) | w={w}: loop % fast" for w in workers)
+        + f" | w={workers[0]}, decode cache hits: loop img/s | cache hits: loop % fast"
         + " | load | steps |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        + "---:|---:|" * len(workers)
+        + "---:|---:|" * (len(workers) + 1)
         + "---:|---|",
     ]
     for name in args.models.split(","):
@@ -251,6 +267,11 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
                     precision == "bf16", args.compile, w,
                 )  # fmt: skip
                 cells.append(f"{whole:.3f} / {steady:.3f} | {100 * steady / best['fast']:.0f} %")
+            _, cached, _ = pipeline(
+                encoder, manifest.iloc[: args.pipeline_n], root, tmp / f"{name}-{precision}", args.batch,
+                precision == "bf16", args.compile, workers[0], tmp / f"decoded-{name}-{precision}",
+            )  # fmt: skip
+            cells.append(f"{cached:.3f} | {100 * cached / best['fast']:.0f} %")
             bound = 100 / (1 + decode * best["fast"] / info["cores"])
             steps = ["pipeline: " + "; ".join(steps)]
             if "compile_seconds" in fast_info:  # the fast module's own compilation (a separate one)

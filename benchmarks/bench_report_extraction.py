@@ -2,8 +2,8 @@
 
 For each model of the config (default `configs/radmini.yaml`), the report's own rows (manifest and row cap) are
 embedded into temporary stores three times in the same run: as loaded (fp32 eager, the encoder's module untouched,
-the C library's default allocation, one DataLoader worker per core but one: what every run did before
-`cbmir.accelerate`, i.e. when issue 15 was filed), with the fp32 rewrites (fp32, no torch.compile, but
+the C library's default allocation, greyscale files decoded to RGB before resizing, one DataLoader worker per core
+but one: what every run did before `cbmir.accelerate`, i.e. when issue 15 was filed), with the fp32 rewrites (fp32, no torch.compile, but
 `cbmir.accelerate`'s conv+BN folding, fused attention, channels-last, micro-batching and heap allocation), and
 with the config's settings (`bf16`/`precision`, `compile`, `workers`). Each pass is timed whole (model load,
 rewrite checks, compilation, DataLoader start-up, store); the table gives seconds per image per model and in total,
@@ -29,19 +29,28 @@ from results import append_results, command_line
 
 @contextmanager
 def as_loaded():
-    """Extraction without `cbmir.accelerate`: the module as loaded, fp32 eager, default allocation."""
+    """Extraction without `cbmir.accelerate`: the module as loaded, fp32 eager, default allocation, and every image
+    decoded to RGB before resizing (greyscale files were not yet kept as one channel)."""
     import cbmir.accelerate as acc
+    import cbmir.images as images
 
-    saved = acc.optimise_for_inference, acc.large_tensors_on_heap
+    saved = acc.optimise_for_inference, acc.large_tensors_on_heap, images.load_image
 
     def untouched(encoder, device="cpu", precision="fp32", example=None, **_):
         return encoder, {"device": device, "precision": "fp32", "steps": ["none: the module as loaded"]}
 
-    acc.optimise_for_inference, acc.large_tensors_on_heap = untouched, lambda: nullcontext("")
+    def rgb(path, frame=None, grey=False):
+        return saved[2](path, frame)
+
+    acc.optimise_for_inference, acc.large_tensors_on_heap, images.load_image = (
+        untouched,
+        lambda: nullcontext(""),
+        rgb,
+    )
     try:
         yield
     finally:
-        acc.optimise_for_inference, acc.large_tensors_on_heap = saved
+        acc.optimise_for_inference, acc.large_tensors_on_heap, images.load_image = saved
 
 
 def timed_extraction(

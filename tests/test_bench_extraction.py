@@ -83,3 +83,20 @@ def test_gemm_shapes_records_every_linear_call_and_rates_them():
     shapes = bench_gemm_shapes.linear_shapes(block, torch.randn(2, 10, 16))  # 2 images x 10 tokens
     assert shapes == {(20, 16, 48): 2, (20, 48, 16): 1}
     assert bench_gemm_shapes.shape_rate(shapes, torch.float32, repeats=1) > 0
+
+
+def test_bench_decode_measures_every_path_and_finds_them_equal(tmp_path):
+    """bench_decode's four paths on a few written files: same tensors, a time for each; the nine's transforms."""
+    import bench_decode
+    from cbmir.models.transforms import Preprocess
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (50 + i, 40), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+    paths = [f"{i}.jpg" for i in range(3)]
+    row = bench_decode.measure(Preprocess({"resize": 24, "crop": 20}), tmp_path, paths, tmp_path / "c", 1)
+    assert set(row) == {"rgb", "grey", "miss", "hit", "max_diff"} and row["max_diff"] == 0.0
+    assert all(row[k] > 0 for k in ("rgb", "grey", "miss", "hit"))
+    assert len(list((tmp_path / "c").rglob("*.npy"))) == 3
+    assert set(bench_decode.paper_transforms()) == set(PAPER_NINE)

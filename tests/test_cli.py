@@ -285,3 +285,33 @@ def test_output_into_a_closed_pipe_stops_quietly():
     )
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
     assert proc.returncode == 0
+
+
+def test_embed_decode_cache_option(tmp_path, capsys):
+    """`cbmir embed --decode-cache DIR` stores the resized pixels there; a file in its place is one error line."""
+    from cbmir.store import EmbeddingStore
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    names = [f"{i}.png" for i in range(3)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (20, 30), dtype=np.uint8)).save(tmp_path / name)
+    manifest = pd.DataFrame({"filepath": names, "dataset": "toy", "split": "test", "modality": "CT",
+                             "anatomic_region": "lung", "CT/lung/a": 1})  # fmt: skip
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    argv = [
+        "embed",
+        "--model",
+        "raw-pixels",
+        "--manifest",
+        str(tmp_path / "m.csv"),
+        "--data-root",
+        str(tmp_path),
+    ]
+    assert main([*argv, "--out", str(tmp_path / "s"), "--decode-cache", str(tmp_path / "dc")]) == 0
+    assert len(list((tmp_path / "dc").rglob("*.npy"))) == 3
+    assert EmbeddingStore.open(tmp_path / "s").provenance["decode_cache"]["key"]["kind"] == "cbmir.GreyPixels"
+    capsys.readouterr()
+    (tmp_path / "afile").write_text("")
+    assert main([*argv, "--out", str(tmp_path / "t"), "--decode-cache", str(tmp_path / "afile")]) == 2
+    assert "parameter 'decode_cache'" in one_error_line(capsys)

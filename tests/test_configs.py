@@ -55,3 +55,9 @@ def test_extended_config_is_the_papers_setup_with_more_models():
     assert extended["models"][: len(paper["models"])] == paper["models"]
     new = extended["models"][len(paper["models"]) :]
     assert {"rad-dino", "dinov3-b16", "dinov2-l14"} <= set(new) and len(new) == len(set(new))
+
+
+def test_decode_cache_is_off_by_default_and_resolved_against_the_project_root():
+    path = ROOT / "configs" / "radmini.yaml"
+    assert load_config(path).decode_cache is None
+    assert load_config(path, decode_cache="work/decoded").decode_cache == ROOT / "work" / "decoded"

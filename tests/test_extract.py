@@ -386,9 +386,9 @@ def test_paths_that_leave_the_data_root_are_failed_and_never_opened(
     opened: list[str] = []
     real_load = cbmir.images.load_image
 
-    def spy(path: object, frame: int | None = None) -> Image.Image:
+    def spy(path: object, frame: int | None = None, **options: object) -> Image.Image:
         opened.append(str(path))
-        return real_load(path, frame=frame)
+        return real_load(path, frame=frame, **options)
 
     monkeypatch.setattr(cbmir.images, "load_image", spy)
     store = extract_embeddings(
@@ -601,3 +601,34 @@ def test_batch_size_defaults_to_the_preset(images: tuple[Path, pd.DataFrame], tm
     root, manifest = images
     store = extract_embeddings(manifest.iloc[:4], root, tiny_encoder(), tmp_path, num_workers=0)
     assert store.provenance["batch_size"]["requested"] == DEFAULT_BATCH_SIZE
+
+
+def test_greyscale_files_reach_a_grey_aware_transform_as_one_channel(tmp_path: Path) -> None:
+    """Only a transform with `accepts_grey` gets "L" images, and its tensors are those of the RGB images."""
+    from cbmir.extract import ManifestImages
+    from cbmir.models.transforms import Preprocess
+
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (40, 30), dtype=np.uint8)).save(tmp_path / "g.png")
+    Image.fromarray(rng.integers(0, 256, (40, 30), dtype=np.uint8)).save(tmp_path / "g.jpg")
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "c.png")
+    names = ["g.png", "g.jpg", "c.png"]
+    pre = Preprocess({"resize": 16, "interpolation": "bicubic", "mean": [0.5, 0.4, 0.3], "std": [0.2] * 3})
+
+    class Spy:
+        def __init__(self, accepts_grey: bool) -> None:
+            self.accepts_grey, self.modes = accepts_grey, []
+
+        def __call__(self, image: Image.Image) -> torch.Tensor:
+            self.modes.append(image.mode)
+            return pre(image)
+
+    for accepts, modes in ((True, ["L", "L", "RGB"]), (False, ["RGB"] * 3)):
+        spy = Spy(accepts)
+        items = [ManifestImages(tmp_path, names, spy)[row] for row in range(3)]
+        assert spy.modes == modes
+        for (_, tensor, error), name in zip(items, names, strict=True):
+            assert not error
+            torch.testing.assert_close(
+                tensor, pre(Image.open(tmp_path / name).convert("RGB")), rtol=0, atol=0
+            )

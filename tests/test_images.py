@@ -192,3 +192,24 @@ def test_broken_dicoms_from_pydicom_data() -> None:
         load_image(_dicom("MR_truncated.dcm"))
     with pytest.raises(ImageLoadError, match=r"rtplan\.dcm: DICOM file has no pixel data"):
         load_image(_dicom("rtplan.dcm"))
+
+
+# -------------------------------------------------------------------------------- greyscale kept as one channel
+def test_grey_sources_stay_one_channel_and_convert_back_exactly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 256, (9, 7), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    Image.fromarray(grey).save(tmp_path / "g.jpg", quality=90)
+    Image.fromarray(grey.astype(np.uint16) * 16).save(tmp_path / "g16.png")
+    rgb = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    Image.fromarray(np.dstack([grey, grey])).save(tmp_path / "la.png")  # alpha: composited, so RGB
+    _write_dicom(tmp_path / "m1.dcm", grey.astype(np.uint16) * 8, "MONOCHROME1")
+    cases = {"g.png": "L", "g.jpg": "L", "g16.png": "L", "c.png": "RGB", "la.png": "RGB", "m1.dcm": "L",
+             _dicom("CT_small.dcm"): "L", _dicom("SC_rgb.dcm"): "RGB"}  # fmt: skip
+    for name, mode in cases.items():
+        path = tmp_path / name
+        as_grey, as_rgb = load_image(path, grey=True), load_image(path)
+        assert (as_grey.mode, as_rgb.mode) == (mode, "RGB"), name
+        assert np.array_equal(np.asarray(as_grey.convert("RGB")), np.asarray(as_rgb)), name
+    assert np.array_equal(np.asarray(load_image(tmp_path / "g.png", grey=True)), grey)

@@ -187,3 +187,73 @@ def test_center_crop_rounds_down_like_hf(h, w, size):
     ours = center_crop_floor(torch.from_numpy(x), size).numpy()
     np.testing.assert_array_equal(ours, center_crop_slow(x, size))
     np.testing.assert_array_equal(ours, center_crop(x, (size, size), input_data_format="channels_first"))
+
+
+# ------------------------------------------------------------------------ greyscale images as one channel
+def greys() -> list[Image.Image]:
+    """Seeded greyscale noise ("L") at awkward sizes, smaller and larger than every crop."""
+    rng = np.random.default_rng(3)
+    return [Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)) for w, h in SIZES + [(31, 9)]]
+
+
+def assert_grey_path_is_exact(transform) -> None:
+    """`transform` on an "L" image gives exactly the tensor it gives for the image's RGB conversion."""
+    assert transform.accepts_grey
+    for image in greys():
+        a, b = transform(image), transform(image.convert("RGB"))
+        assert a.shape == b.shape, image.size
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m, s=image.size: f"{s}: {m}")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {
+            "resize": 37,
+            "interpolation": "bicubic",
+            "crop": 32,
+            "mean": [0.4, 0.5, 0.6],
+            "std": [0.2, 0.3, 0.1],
+        },
+        {"resize": 40, "resize_mode": "shortest", "crop": 33, "interpolation": "nearest"},
+        {"resize": 41, "resize_mode": "longest", "pad_to": 48, "scale": "minmax"},
+        {"resize": 30, "antialias": False, "interpolation": "bilinear", "crop": 29},
+    ],
+)
+def test_preprocess_resizes_a_greyscale_image_as_one_channel_exactly(settings):
+    assert_grey_path_is_exact(Preprocess(settings))
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in presets().items() if p.preprocess is not None))
+def test_every_presets_preprocess_takes_greyscale_images_exactly(name):
+    assert_grey_path_is_exact(Preprocess(presets()[name].preprocess.model_copy(update={"resize": 45})))
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_OPEN_CLIP))
+def test_open_clip_transforms_take_greyscale_images_exactly(name):
+    model_cfg, pp = PUBLISHED_OPEN_CLIP[name]
+    cfg = {**model_cfg, "vision_cfg": {**model_cfg["vision_cfg"], "image_size": 36}}
+    assert_grey_path_is_exact(openclip_transform(cfg, pp)[0])
+
+
+def test_timm_transform_and_grey_pixels_take_greyscale_images_exactly():
+    import timm
+    from cbmir.models.loaders.baselines import GreyPixels
+    from cbmir.models.loaders.timm_models import timm_transform
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=48, num_classes=0)
+    transform = timm_transform(model)[0]
+    assert len(transform.head.transforms) == 2  # timm's Resize and CenterCrop run on the one channel
+    assert_grey_path_is_exact(transform)
+    assert_grey_path_is_exact(GreyPixels(7))
+
+
+def test_grey_first_keeps_a_step_that_mixes_channels_after_the_rgb_conversion():
+    from cbmir.models.transforms import GreyFirst
+    from torchvision import transforms as T
+
+    mixing = T.Compose([T.Grayscale(num_output_channels=3), T.Resize(20), T.PILToTensor()])
+    wrapped = GreyFirst(mixing)
+    assert len(wrapped.head.transforms) == 0
+    assert_grey_path_is_exact(wrapped)

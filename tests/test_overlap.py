@@ -308,7 +308,7 @@ def test_context_drops_listed_images_from_the_queries(tmp_path):
     model = "raw-pixels:4"
     cfg = SimpleNamespace(
         work_dir=tmp_path / "work", data_root=root, batch_size_for=lambda m: 8, bf16=False, checkpoints={}, k=3,
-        index_type="flat", index_params={}, neighbours="search", thumbs_root=None, precision=None, workers=0, models=[model], engine="local", ray_address=None, compile="auto",
+        index_type="flat", index_params={}, neighbours="search", thumbs_root=None, precision=None, workers=0, models=[model], engine="local", ray_address=None, compile="auto", decode_cache=None,
         exclude_pretraining_images=True, pretraining_image_lists={model: SimpleNamespace(path=listed, column=None)},
     )  # fmt: skip
     ctx = Context(cfg, pd.DataFrame(rows))

@@ -39,7 +39,7 @@ def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Context:
     (root / "img_13.png").write_bytes(b"not an image")  # one failed image
     cfg = SimpleNamespace(
         work_dir=tmp_path / "work", data_root=root, batch_size_for=lambda model: 8, bf16=True, checkpoints={}, k=5,
-        index_type="flat", index_params={}, neighbours="search", thumbs_root=None, precision=None, workers=0, engine="local", ray_address=None, compile="auto",
+        index_type="flat", index_params={}, neighbours="search", thumbs_root=None, precision=None, workers=0, engine="local", ray_address=None, compile="auto", decode_cache=None,
         exclude_pretraining_images=False, pretraining_image_lists={},
     )  # fmt: skip
     monkeypatch.setattr(

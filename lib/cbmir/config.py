@@ -100,8 +100,11 @@ class ReportConfig(BaseModel):
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     # torch.compile on the CPU (cbmir.accelerate): auto compiles a model only when its run needs 10 TFLOP or
-    # more (counted, not timed) and keeps it only if faster and equal to rounding; on | off force it
+    # more (counted, not timed) and keeps it when its output matches the original model's; on | off force it
     compile: Literal["auto", "on", "off"] = "auto"
+    # folder for decoded, resized pixels shared by the models that resize alike (cbmir.decode_cache); the
+    # vectors are the same with or without it; it holds C x H x W bytes per image and resize setting
+    decode_cache: Path | None = None
     bootstrap: PositiveInt = 1000
     seed: Annotated[int, Field(strict=True)] = 0
     # subsample per (split, label): quick runs
@@ -153,7 +156,14 @@ class ReportConfig(BaseModel):
         return value
 
     @field_validator(
-        "manifest", "data_root", "work_dir", "thumbs_root", "data_card", "notebooks_dir", "out_root"
+        "manifest",
+        "data_root",
+        "work_dir",
+        "thumbs_root",
+        "data_card",
+        "notebooks_dir",
+        "out_root",
+        "decode_cache",
     )
     @classmethod
     def _resolve_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:

@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from cbmir import store as S
+from cbmir.decode_cache import DecodeCache, geometry_key
 from cbmir.installed import library_versions
 from cbmir.precision import (
     EncoderOutputError,
@@ -73,6 +74,7 @@ class ManifestImages:
     """`torch` map-style dataset over manifest rows: `(row, tensor, error)`; unreadable -> empty tensor + error.
 
     `paths` are relative to `root`; each is resolved and must stay inside it, or the row fails unopened.
+    A transform with `accepts_grey` gets greyscale sources as one-channel "L" images (see `cbmir.images`).
     """
 
     pool: Executor | None = None  # set for inline decoding: a batch's images are decoded by its threads
@@ -83,11 +85,14 @@ class ManifestImages:
         paths: Sequence[str],
         transform: Any,
         frames: Sequence[int | None] | None = None,
+        cache: DecodeCache | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.paths = list(paths)
         self.transform = transform
         self.frames = list(frames) if frames is not None else [None] * len(self.paths)
+        self.grey = bool(getattr(transform, "accepts_grey", False))
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -104,12 +109,24 @@ class ManifestImages:
         path = contained_path(self.root, self.paths[row])
         if path is None:
             return row, _failure_sentinel(), f"{OUTSIDE_ROOT} {self.root} (not opened)"
+        entry = pixels = None
+        if self.cache is not None and path.is_file():
+            entry = self.cache.entry(path, self.frames[row])
+            pixels = self.cache.read(entry)
+        if pixels is None:
+            try:
+                image = load_image(path, frame=self.frames[row], grey=self.grey)
+            except ImageLoadError as err:
+                return row, _failure_sentinel(), err.reason
         try:
-            image = load_image(path, frame=self.frames[row])
-        except ImageLoadError as err:
-            return row, _failure_sentinel(), err.reason
-        try:
-            tensor = self.transform(image)
+            if entry is None:
+                tensor = self.transform(image)
+            else:
+                if pixels is None:
+                    pixels = self.transform.geometry(image)
+                    with suppress(OSError):  # a full or read-only cache only costs the next decode
+                        self.cache.write(entry, pixels)
+                tensor = self.transform.finish(pixels)
         except Exception as err:
             raise RuntimeError(f"preprocessing failed for {path}: {type(err).__name__}: {err}") from err
         return row, tensor, ""
@@ -168,6 +185,7 @@ def extract_embeddings(
     engine: str = "local",
     ray_address: str | None = None,
     compile: str = "auto",
+    decode_cache: str | os.PathLike | None = None,
 ) -> EmbeddingStore:
     """Embed every manifest image into the store at `out_dir` and return it (resumable; see module doc).
 
@@ -186,6 +204,10 @@ def extract_embeddings(
     engines write the same chunks, so a store begun by one can be finished by the other. `compile` ("auto", "on",
     "off") is `cbmir.accelerate`'s torch.compile choice on the CPU (local engine; "auto" compiles only when the
     run is long enough to pay for it).
+
+    `decode_cache`: a folder where the decoded, resized pixels are kept per resize setting
+    (`cbmir.decode_cache`), so that the next model that resizes alike reads them instead of decoding the files
+    again; the vectors are the same either way. Provenance records it (`decode_cache`).
     """
     if engine not in ENGINES:
         raise ValueError(f"parameter 'engine' is {engine!r}; allowed {list(ENGINES)}")
@@ -220,7 +242,26 @@ def extract_embeddings(
         return _extract(
             manifest, ids, frames, ids_hash, data_root, encoder, out_dir, spec, checkpoint,
             batch_size, num_workers, bf16, device, chunk_size, precision, engine, ray_address, compile,
+            decode_cache,
         )  # fmt: skip
+
+
+def _decode_cache(folder: str | os.PathLike | None, transform: Any) -> tuple[DecodeCache | None, Any]:
+    """The cache for this transform (or None) and what provenance says of it."""
+    if folder is None:
+        return None, "off"
+    if geometry_key(transform) is None:
+        return (
+            None,
+            f"not used: the {type(transform).__name__} transform does not split into resize and the rest",
+        )
+    try:
+        cache = DecodeCache(folder, transform)
+    except OSError as err:
+        raise ValueError(
+            f"parameter 'decode_cache' is {str(folder)!r}: cannot use it as a folder ({err})"
+        ) from err
+    return cache, cache.describe()
 
 
 def preset_batch_size(spec: str) -> int:
@@ -270,6 +311,7 @@ def _extract(
     engine: str = "local",
     ray_address: str | None = None,
     compile: str = "auto",
+    decode_cache: str | os.PathLike | None = None,
 ) -> EmbeddingStore:
     if engine == "ray":
         # the cluster's workers pick their device; the driver only needs the model's metadata and weights
@@ -283,6 +325,7 @@ def _extract(
         from cbmir.models import load_encoder
 
         encoder = load_encoder(encoder, checkpoint=checkpoint, device=load_device)
+    cache, cache_record = _decode_cache(decode_cache, encoder.transform)
     chunks = out_dir / S.CHUNKS_DIR
     chunks.mkdir(exist_ok=True)
     S.remove_stale_temps(chunks)
@@ -307,7 +350,7 @@ def _extract(
         from cbmir.extract_ray import run_chunks_on_ray
 
         ran = run_chunks_on_ray(
-            data_root, ids, frames, encoder, todo, plan, chunks, batch_size, device, ray_address
+            data_root, ids, frames, encoder, todo, plan, chunks, batch_size, device, ray_address, cache
         )
     else:
         n_todo = sum(min(chunk_size, n_rows - k * chunk_size) for k in todo)
@@ -320,7 +363,7 @@ def _extract(
             )
             loader: dict[str, Any] = {}
             if todo:
-                dataset = ManifestImages(data_root, ids, encoder.transform, frames)
+                dataset = ManifestImages(data_root, ids, encoder.transform, frames, cache)
                 loader = _run_chunks(dataset, todo, runner, plan, chunks, batch_size, num_workers, device)
         ran = {
             "engine": "local",
@@ -350,6 +393,7 @@ def _extract(
         "manifest_rows": n_rows,
         "manifest_ids_sha256": ids_hash,
         "chunk_size": int(chunk_size),
+        "decode_cache": cache_record,
         **ran,  # the engine and what it ran: precision, dtype, tf32, device, workers, speed, batch sizes
     }
     S.assemble(out_dir, chunks, ids, plan, provenance)

@@ -40,6 +40,7 @@ from cbmir.extract import ChunkWriter, ManifestImages, batch_bounds
 from cbmir.progress import hide_progress
 
 if TYPE_CHECKING:
+    from cbmir.decode_cache import DecodeCache
     from cbmir.models.base import Encoder
 
 ACTOR_BASE_MEMORY = 512 * 2**20  # a worker process with torch loaded, before the model
@@ -118,15 +119,18 @@ def _objects(values: Sequence[Any]) -> np.ndarray:
     return out
 
 
-def decode_batch(row: dict[str, Any], data_root: str, transform: Any) -> dict[str, Any]:
-    """Ray task: read and preprocess the images of one forward batch (`ManifestImages`, as the local engine).
+def decode_batch(
+    row: dict[str, Any], data_root: str, transform: Any, cache: DecodeCache | None = None
+) -> dict[str, Any]:
+    """Ray task: read and preprocess the images of one forward batch (`ManifestImages`, as the local engine;
+    `cache`: a `cbmir.decode_cache` folder that every node can reach).
 
     Returns the readable rows, their stacked pixels (flattened, with `shape`) and the failures as JSON."""
     import torch
 
     lo = int(row["lo"])
     frames = [None if int(f) == NO_FRAME else int(f) for f in row["frames"]]
-    images = ManifestImages(data_root, [str(p) for p in row["paths"]], transform, frames)
+    images = ManifestImages(data_root, [str(p) for p in row["paths"]], transform, frames, cache)
     rows, tensors, failures = [], [], []
     for i in range(len(images)):
         _, tensor, error = images[i]
@@ -250,6 +254,7 @@ def run_chunks_on_ray(
     batch_size: int,
     device: str | None,
     address: str | None,
+    cache: DecodeCache | None = None,
 ) -> dict[str, Any]:
     """Embed the chunks `todo` on Ray into `chunks` (see the module doc); returns the run's provenance entries."""
     record: dict[str, Any] = {
@@ -280,7 +285,7 @@ def run_chunks_on_ray(
             ray.data.from_pandas(blocks)
             .map(
                 decode_batch,
-                fn_kwargs={"data_root": str(data_root), "transform": encoder.transform},
+                fn_kwargs={"data_root": str(data_root), "transform": encoder.transform, "cache": cache},
                 num_cpus=1,
             )
             .map_batches(

@@ -1,6 +1,7 @@
-"""Open radiology images (PNG, JPEG, TIFF, DICOM) as 8-bit RGB PIL images.
+"""Open radiology images (PNG, JPEG, TIFF, DICOM) as 8-bit RGB PIL images (or, on request, greyscale ones).
 
-`load_image` is what extraction uses. The DICOM helpers are public so that dataset builders can reuse the
+`load_image` is what extraction uses. With `grey=True` a greyscale source stays one 8-bit channel ("L"): the
+same pixels as the RGB image's three equal channels, a third of the work for a resize that follows. The DICOM helpers are public so that dataset builders can reuse the
 same display pipeline: stored values -> modality LUT (rescale slope/intercept) -> VOI LUT or window
 (else a robust min-max) -> 8 bits -> MONOCHROME1 inverted -> RGB.
 """
@@ -209,10 +210,13 @@ def dicom_to_uint8(
     return out
 
 
-def _as_rgb(array: np.ndarray) -> Image.Image:
+def _as_rgb(array: np.ndarray, grey: bool = False) -> Image.Image:
+    array = np.ascontiguousarray(array, dtype=np.uint8)
     if array.ndim == 2:
+        if grey:
+            return Image.fromarray(array, mode="L")
         array = np.repeat(array[..., None], 3, axis=2)
-    return Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="RGB")
+    return Image.fromarray(array, mode="RGB")
 
 
 def _is_dicom(path: Path) -> bool:
@@ -223,7 +227,7 @@ def _is_dicom(path: Path) -> bool:
     return head[128:132] == b"DICM"
 
 
-def _load_pil(path: Path, frame: int | None) -> Image.Image:
+def _load_pil(path: Path, frame: int | None, grey: bool = False) -> Image.Image:
     with Image.open(path) as img:
         count = int(getattr(img, "n_frames", 1))
         if frame is not None or count > 1:
@@ -233,28 +237,32 @@ def _load_pil(path: Path, frame: int | None) -> Image.Image:
             img.seek(index)
         img.load()
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit / 32-bit greyscale
-            return _as_rgb(to_uint8(np.asarray(img)))
+            return _as_rgb(to_uint8(np.asarray(img)), grey)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")
             background = Image.new("RGBA", img.size, (0, 0, 0, 255))
             return Image.alpha_composite(background, img).convert("RGB")
+        if grey and img.mode == "L":
+            return img  # its pixels are loaded: usable after the file closes
         return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, frame: int | None = None) -> Image.Image:
-    """Open an image file as an 8-bit RGB PIL image.
+def load_image(path: str | os.PathLike, frame: int | None = None, grey: bool = False) -> Image.Image:
+    """Open an image file as an 8-bit RGB PIL image (with `grey=True`: "L" where the source is greyscale).
 
     DICOM (by suffix or the `DICM` marker) goes through `dicom_to_uint8`; other formats through PIL, with
     16-bit greyscale PNG/TIFF scaled by the robust min-max. `frame` picks one frame of a multi-frame file
     (default: the middle one). Any failure raises `ImageLoadError` naming the file and the reason.
+    With `grey`, 8-bit and 16-bit greyscale files and greyscale DICOM come back as mode "L", whose
+    `convert("RGB")` is exactly the image returned without it; colour and alpha images are RGB either way.
     """
     path = Path(path)
     try:
         if not path.is_file():
             raise ImageLoadError(path, "file not found" if not path.exists() else "not a regular file")
         if _is_dicom(path):
-            return _as_rgb(dicom_to_uint8(read_dicom(path), frame))
-        return _load_pil(path, frame)
+            return _as_rgb(dicom_to_uint8(read_dicom(path), frame), grey)
+        return _load_pil(path, frame, grey)
     except ImageLoadError:
         raise
     except Image.UnidentifiedImageError:

@@ -156,6 +156,7 @@ class Context:
                 engine=self.cfg.engine,
                 ray_address=self.cfg.ray_address,
                 compile=self.cfg.compile,
+                decode_cache=self.cfg.decode_cache,
             )
             store = self._stores[model]
             if isinstance(store, EmbeddingStore) and len(store) == 0 and len(store.failed):

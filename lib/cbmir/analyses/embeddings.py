@@ -82,7 +82,7 @@ def precision_sentence(provenance: Mapping[str, Mapping]) -> str:
     parts = [f"{how} for {', '.join(models)}" for how, models in groups.items()]
     text = "Embeddings: " + "; ".join(parts) + "; every store holds float32 rows of unit length."
     if compiled:
-        text += f" torch.compile ran for {', '.join(compiled)} (kept only where its output matched the eager model's)."
+        text += f" torch.compile ran for {', '.join(compiled)} (kept only where its output matched the original, unoptimised model's)."
     if any(how == "computed in bf16" for how in groups):
         text += (
             " What bf16 changes against fp32 on these rows is measured outside this report "

@@ -60,6 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="torch.compile on the CPU: auto (only when the run needs 10 TFLOP or more, counted), on, off",
     )
+    p.add_argument(
+        "--decode-cache",
+        default=None,
+        help="folder for decoded, resized pixels, reused by the next model that resizes alike (same vectors)",
+    )
     p.set_defaults(func=cmd_embed)
 
 
@@ -104,6 +109,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         engine=args.engine,
         ray_address=args.ray_address,
         compile=args.compile,
+        decode_cache=args.decode_cache,
     )
     engine = store.provenance.get("engine", "local")
     print(f"{store.path}: {len(store)} rows x {store.dim} dims, {len(store.failed)} failed ({engine} engine)")

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
@@ -57,15 +58,24 @@ class Preprocess:
     Resize (exact / shortest side / longest side) with PIL, centre-crop as Hugging Face's processors do (offsets
     rounded down; zero padding where the image is smaller), scale (`unit`: /255; `minmax`: each image's min..max
     to 0..1), normalise, then `pad_to` pads bottom/right with zeros (as SAM's processor does).
+    A greyscale ("L") image is resized and cropped as one channel, then repeated to three: the same tensor as
+    for its RGB conversion (every step treats channels alike), with a third of the resizing.
     """
+
+    accepts_grey = True  # `ManifestImages` may hand it "L" images (cbmir.images.load_image(grey=True))
 
     def __init__(self, cfg: Preprocessing | dict[str, Any]):
         self.cfg = cfg if isinstance(cfg, Preprocessing) else Preprocessing.model_validate(cfg)
         self.interp = _INTERP[self.cfg.interpolation]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.finish(self.geometry(image))
+
+    def geometry(self, image: Image.Image) -> np.ndarray:
+        """The resized and cropped pixels: uint8 `[C, H, W]`, one channel for an "L" image, else three."""
         cfg = self.cfg
-        image = image.convert("RGB")
+        if image.mode != "L":
+            image = image.convert("RGB")
         w, h = image.size
         if cfg.resize_mode == "exact":
             size = [cfg.resize, cfg.resize]
@@ -73,14 +83,19 @@ class Preprocess:
             size = [cfg.resize]
         else:
             s = cfg.resize / max(w, h)
-            size = [int(h * s + 0.5), int(w * s + 0.5)]
+            size = [max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))]  # a sliver keeps one pixel
         if cfg.antialias is False:
             x = F.resize(F.pil_to_tensor(image), size, interpolation=self.interp, antialias=False)
         else:
             x = F.pil_to_tensor(F.resize(image, size, interpolation=self.interp, antialias=True))
         if cfg.crop:
             x = center_crop_floor(x, cfg.crop)
-        x = x.float()
+        return x.numpy()
+
+    def finish(self, pixels: np.ndarray) -> torch.Tensor:
+        """`geometry`'s uint8 pixels -> the model's float `[3, H, W]` input: scale, normalise, pad."""
+        cfg = self.cfg
+        x = torch.from_numpy(pixels).expand(3, -1, -1).float()  # one greyscale channel -> three equal ones
         if cfg.scale == "minmax":
             lo, hi = x.min(), x.max()
             x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
@@ -92,6 +107,11 @@ class Preprocess:
             p = cfg.pad_to
             x = torch.nn.functional.pad(x, (0, p - x.shape[2], 0, p - x.shape[1]))
         return x
+
+    def geometry_key(self) -> dict[str, Any]:
+        """What `geometry` depends on: transforms with equal keys resize and crop alike (`cbmir.decode_cache`)."""
+        keys = {"resize", "resize_mode", "interpolation", "crop", "antialias"}
+        return {"kind": "cbmir.Preprocess", **self.cfg.model_dump(include=keys)}
 
     def describe(self) -> dict[str, Any]:
         """The settings, for provenance."""
@@ -116,6 +136,49 @@ def center_crop_floor(x: torch.Tensor, size: int) -> torch.Tensor:
         bottom, right = min(new_h, top + size), min(new_w, left + size)
         return x[..., max(0, top) : bottom, max(0, left) : right]
     return x[..., top : top + size, left : left + size]
+
+
+class GreyFirst:
+    """A torchvision `Compose` that resizes and crops a greyscale ("L") image as one channel before the rest.
+
+    The leading `Resize` / `CenterCrop` steps (which treat channels alike) run on the "L" image, which is then
+    converted to RGB for the remaining steps: the same tensor as the whole `Compose` gives for the image's RGB
+    conversion, with a third of the resizing. Other images go through the `Compose` as they are.
+    """
+
+    accepts_grey = True
+
+    def __init__(self, compose: Any) -> None:
+        from torchvision.transforms import CenterCrop, Compose, Resize
+
+        steps = list(compose.transforms)
+        n = 0
+        while n < len(steps) and type(steps[n]) in (Resize, CenterCrop):
+            n += 1
+        self.compose = compose
+        self.head, self.tail = Compose(steps[:n]), Compose(steps[n:])
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.mode != "L":
+            return self.compose(image)
+        return self.tail(self.head(image).convert("RGB"))
+
+    def geometry(self, image: Image.Image) -> np.ndarray:
+        """The leading resize / crop steps' pixels: uint8 `[C, H, W]` (one channel for an "L" image)."""
+        pixels = np.asarray(self.head(image))
+        return np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
+
+    def finish(self, pixels: np.ndarray) -> torch.Tensor:
+        """`geometry`'s pixels through the remaining steps (as RGB)."""
+        image = Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0))
+        return self.tail(image.convert("RGB"))
+
+    def geometry_key(self) -> dict[str, Any] | None:
+        """The leading steps as torchvision prints them (with their sizes and interpolation); None without any."""
+        return {"kind": "torchvision", "steps": repr(self.head)} if self.head.transforms else None
+
+    def __repr__(self) -> str:
+        return f"GreyFirst({self.compose!r})"
 
 
 def hf_processor_transform(processor: Any) -> Callable[[Image.Image], torch.Tensor]:

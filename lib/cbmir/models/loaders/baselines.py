@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, PositiveInt
@@ -16,14 +18,26 @@ from ..registry import Loaded, LoaderFamily, Preset, PresetError, WeightsLocatio
 class GreyPixels:
     """PIL -> [1, size, size] greyscale tensor in [0, 1] (bilinear, antialiased)."""
 
+    accepts_grey = True
+
     def __init__(self, size: int):
         if size < 1:
             raise ValueError(f"raw-pixels size must be >= 1, got {size}")
         self.size = size
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.finish(self.geometry(image))
+
+    def geometry(self, image: Image.Image) -> np.ndarray:
+        """The resized greyscale pixels, uint8 `[1, size, size]`."""
         grey = image.convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR)
-        return F.pil_to_tensor(grey).float() / 255.0
+        return F.pil_to_tensor(grey).numpy()
+
+    def finish(self, pixels: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(pixels).float() / 255.0
+
+    def geometry_key(self) -> dict[str, Any]:
+        return {"kind": "cbmir.GreyPixels", "size": self.size, "interpolation": "bilinear"}
 
 
 class RawPixelsOptions(BaseModel):

@@ -21,6 +21,7 @@ from torch import nn
 from ..registry import Loaded, LoaderFamily, Preset, PresetError, WeightsLocation, register_family
 from ..strict import load_strict, unused_record
 from ..text import TextTower
+from ..transforms import GreyFirst
 from ..weights import (
     CheckpointNotFoundError,
     ModelUnavailableError,
@@ -284,6 +285,7 @@ def openclip_transform(model_cfg: dict, preprocess_cfg: dict):
         resize_mode=pre["resize_mode"],
         interpolation=pre["interpolation"],
     )
+    transform = GreyFirst(transform)  # the same tensors; greyscale images resized as one channel
     described = {
         "kind": "open_clip.image_transform",
         **{k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},

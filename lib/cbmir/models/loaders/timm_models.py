@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..registry import Loaded, LoaderFamily, Preset, PresetError, WeightsLocation, register_family
 from ..strict import UNUSED_HEADS, load_strict
+from ..transforms import GreyFirst
 from ..weights import first_weight_file, hf_cached_file, load_state_dict, portable_path
 
 
@@ -22,7 +23,7 @@ def timm_transform(model: torch.nn.Module):
         "kind": "timm.create_transform",
         **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
     }
-    return create_transform(**cfg, is_training=False), pre
+    return GreyFirst(create_transform(**cfg, is_training=False)), pre
 
 
 def load_timm_weights(model: torch.nn.Module, path: Path, name: str) -> dict[str, int]:

@@ -137,7 +137,11 @@ def test_provenance_table_shows_one_precision() -> None:
 
 def test_precision_sentence_names_what_ran_for_each_model() -> None:
     prov = {
-        "a": {"dtype": "bf16", "speed": {"compile": "compiled"}},
+        "a": {
+            "dtype": "bf16",
+            "device": "cpu",
+            "speed": {"compile": "compiled", "cpu": "Xeon", "isa": ["amx_bf16"]},
+        },
         "b": {"dtype": "bf16", "speed": {"compile": "not compiled: the eager run would take about 9 s"}},
         "pixels": {"dtype": "fp32", "bf16": True},
         "old": {"bf16": True},
@@ -146,9 +150,20 @@ def test_precision_sentence_names_what_ran_for_each_model() -> None:
     text = embeddings.precision_sentence(prov)
     assert "computed in bf16 for a, b, old" in text and "computed in fp32 for pixels" in text
     assert "imported from the authors' published embeddings for theirs" in text
-    assert "torch.compile ran for a (" in text and "bench_precision" in text
+    assert "torch.compile ran for a;" in text and "cosine at least 0.99999 in fp32, 0.99 in bf16" in text
+    assert "bench_precision" in text and "The CPU runs ran on Xeon (amx_bf16)." in text
+    assert "`precision: auto` (the default) runs bf16 where" in text
     fp32_only = embeddings.precision_sentence({"x": {"dtype": "fp32"}})
-    assert fp32_only == "Embeddings: computed in fp32 for x; every store holds float32 rows of unit length."
+    assert fp32_only.startswith(
+        "Embeddings: computed in fp32 for x; every store holds float32 rows of unit length."
+    )
+    assert (
+        "torch.compile" not in fp32_only
+        and "bench_precision" not in fp32_only
+        and "CPU runs" not in fp32_only
+    )
+    imported = embeddings.precision_sentence({"theirs": prov["theirs"]})
+    assert "precision: auto" not in imported  # nothing was computed here
 
 
 def test_row_norms_in_chunks_match_numpy(monkeypatch):

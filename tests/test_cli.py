@@ -310,7 +310,10 @@ def test_embed_decode_cache_option(tmp_path, capsys):
     ]
     assert main([*argv, "--out", str(tmp_path / "s"), "--decode-cache", str(tmp_path / "dc")]) == 0
     assert len(list((tmp_path / "dc").rglob("*.npy"))) == 3
-    assert EmbeddingStore.open(tmp_path / "s").provenance["decode_cache"]["key"]["kind"] == "cbmir.GreyPixels"
+    assert (
+        EmbeddingStore.open(tmp_path / "s").provenance["decode_cache"]["key"]["geometry"]["kind"]
+        == "cbmir.GreyPixels"
+    )
     capsys.readouterr()
     (tmp_path / "afile").write_text("")
     assert main([*argv, "--out", str(tmp_path / "t"), "--decode-cache", str(tmp_path / "afile")]) == 2

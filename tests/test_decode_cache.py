@@ -107,7 +107,11 @@ def test_a_second_model_that_resizes_alike_reads_the_cache_and_gets_the_same_vec
     np.testing.assert_array_equal(np.asarray(second.embeddings), np.asarray(reference.embeddings))
     assert second.failed["filepath"].tolist() == ["corrupt.png"]
     recorded = second.provenance["decode_cache"]
-    assert recorded["key"] == geometry_key(other.transform) and Path(recorded["folder"]).parent == cache
+    assert (
+        recorded["key"]["geometry"] == geometry_key(other.transform)
+        and Path(recorded["folder"]).parent == cache
+    )
+    assert set(recorded["key"]["decoders"]) == {"cbmir", "pillow", "torchvision", "pydicom", "numpy"}
     assert plain.provenance["decode_cache"] == "off"
 
 
@@ -162,3 +166,12 @@ def test_workers_share_the_cache(images, tmp_path: Path) -> None:
     second = run(images, encoder("a"), tmp_path / "again", cache)
     assert {p: os.stat(p).st_mtime_ns for p in cache.rglob("*.npy")} == stamps  # read, not rewritten
     np.testing.assert_array_equal(np.asarray(first.embeddings), np.asarray(second.embeddings))
+
+
+def test_an_upgrade_of_the_decoders_starts_a_new_key_folder(tmp_path: Path, monkeypatch) -> None:
+    import cbmir.decode_cache as dc
+
+    before = DecodeCache(tmp_path, encoder("a").transform).folder
+    monkeypatch.setattr(dc, "decoder_versions", lambda: {"pillow": "99.0"})
+    after = DecodeCache(tmp_path, encoder("a").transform)
+    assert after.folder != before and after.key["decoders"] == {"pillow": "99.0"}

@@ -205,3 +205,8 @@ def test_rows_with_too_few_cases_show_their_estimate_without_an_interval():
     # a table without a cases column, or without intervals, is left as it was
     assert show(df.drop(columns="n_cases"), caption="x").frame["P@1"].iloc[0] == "0.500 [0.000, 1.000]"
     assert "fewer than" not in show(df[["class", "P@1", "n_cases"]], caption="x", ci=None).html
+
+
+def test_a_p_value_just_below_alpha_reads_as_below_it_not_as_0050():
+    df = pd.DataFrame({"model": ["a", "b", "c"], "p_holm": [0.04995, 0.0504, 0.051]})
+    assert show(df, caption="pairs").frame["p_holm"].tolist() == ["< 0.05", "0.050", "0.051"]

@@ -7,11 +7,14 @@ under that key. The next model with the same key, in this process or another (th
 model), reads them back instead of decoding and resizing the file again, and gets exactly the tensors a
 decode gives (`finish(geometry(image))` is the transform).
 
+The key also holds the versions of cbmir, Pillow, torchvision, pydicom and numpy, so an upgrade starts a new
+key folder (remove the old ones by hand; a change to the decoding code within one cbmir version is not seen).
 Layout: `<folder>/<key hash>/key.json` and `<folder>/<key hash>/<ab>/<entry hash>.npy`, where the entry hash
 covers the resolved path, the frame, and the file's size and modification time: a changed file is decoded
 afresh (its old entry stays until the folder is removed). An entry that cannot be read back is decoded again
 and rewritten. Entries are written to a temporary file and renamed, so concurrent or killed runs leave only
-whole entries. The cache holds `C x H x W` bytes per image and key (50 KB for a 224-pixel greyscale image).
+whole entries. The cache holds `C x H x W` bytes per image and key (50 KB for a 224-pixel greyscale image); a
+model whose setting no other model shares writes entries too, so set the cache for the runs that share.
 """
 
 from __future__ import annotations
@@ -33,17 +36,31 @@ def geometry_key(transform: Any) -> dict[str, Any] | None:
     return transform.geometry_key()
 
 
+def decoder_versions() -> dict[str, str]:
+    """The versions of what decodes and resizes (cbmir, Pillow, torchvision, pydicom, numpy): part of the key, so
+    an upgrade starts a new folder instead of reading pixels the old code made."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("cbmir", "pillow", "torchvision", "pydicom", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 class DecodeCache:
     """The cache folder for one transform (picklable, for DataLoader workers)."""
 
     def __init__(self, folder: str | os.PathLike, transform: Any) -> None:
-        key = geometry_key(transform)
-        if key is None:
+        geometry = geometry_key(transform)
+        if geometry is None:
             raise ValueError(
                 f"transform {type(transform).__name__} has no geometry()/finish()/geometry_key(): it cannot be cached"
             )
-        self.key = key
-        text = json.dumps(key, sort_keys=True)
+        self.key = {"geometry": geometry, "decoders": decoder_versions()}
+        text = json.dumps(self.key, sort_keys=True)
         self.folder = Path(folder) / hashlib.sha256(text.encode()).hexdigest()[:16]
         self.folder.mkdir(parents=True, exist_ok=True)
         key_file = self.folder / "key.json"

@@ -137,7 +137,8 @@ def show(
             shown[col] = [format_whole(v) if col in whole else format_value(v, digits) for v in values]
             if col in P_COLUMNS:
                 shown[col] = [
-                    f"≤ {c}" if at and c != MISSING else c for c, at in zip(shown[col], floor, strict=True)
+                    f"≤ {c}" if at and c != MISSING else _below_alpha(v, c)
+                    for v, c, at in zip(values, shown[col], floor, strict=True)
                 ]
             if _is_numeric(values):
                 numeric.append(col)
@@ -309,6 +310,16 @@ def _ci_cells(frame: pd.DataFrame, spec: tuple[str, ...], digits: int) -> list[s
 
 
 P_COLUMNS = ("p_value", "p_holm")
+ALPHA = 0.05
+
+
+def _below_alpha(value: object, cell: str) -> str:
+    """A p-value cell; one just below 0.05 that rounds to 0.05 reads '< 0.05' (as the findings' sentences say)."""
+    if isinstance(value, numbers.Real) and value < ALPHA and cell.startswith("0.05") and float(cell) >= ALPHA:
+        return "< 0.05"
+    return cell
+
+
 P_MIN_COLUMN = "p_min"  # the bootstrap's smallest possible p-value per row (cbmir.metrics.bootstrap.p_floor)
 P_FLOOR_NOTE = (
     " ≤ ({n} row{s}): every resampled difference had the same sign, so the p-value is the smallest the {b} "

@@ -68,10 +68,11 @@ def precision_sentence(provenance: Mapping[str, Mapping]) -> str:
     """How each model's embeddings were computed (a statement of method from the stores' provenance).
 
     `provenance` maps model -> its store's provenance. Names the dtype that ran per model (or that the store was
-    imported), the models that ran under torch.compile, and where bf16's effect is measured.
+    imported), the processor each CPU run ran on, the models that ran under torch.compile and its keep rule,
+    that `precision: auto` follows the machine, and where bf16's effect is measured.
     """
     groups: dict[str, list[str]] = {}
-    compiled = []
+    compiled, cpus = [], []
     for model, prov in provenance.items():
         if prov.get("source"):  # e.g. imported from the authors' published embeddings
             groups.setdefault(str(prov["source"]), []).append(model)
@@ -79,10 +80,28 @@ def precision_sentence(provenance: Mapping[str, Mapping]) -> str:
         groups.setdefault(f"computed in {_dtype_ran(prov)}", []).append(model)
         if _compiled(prov):
             compiled.append(model)
+        speed = prov.get("speed") or {}
+        if speed.get("cpu") and prov.get("device", "cpu") == "cpu":
+            isa = ", ".join(speed.get("isa") or []) or "no vector extensions recorded"
+            cpus.append(f"{speed['cpu']} ({isa})")
     parts = [f"{how} for {', '.join(models)}" for how, models in groups.items()]
     text = "Embeddings: " + "; ".join(parts) + "; every store holds float32 rows of unit length."
+    if cpus:
+        text += f" The CPU runs ran on {' and '.join(dict.fromkeys(cpus))}."
+    if any(how.startswith("computed in") for how in groups):
+        text += (
+            " `precision: auto` (the default) runs bf16 where the processor multiplies bf16 natively (AVX-512 BF16"
+            " or AMX, or a GPU with bf16) and fp32 elsewhere, so the same config can give slightly different"
+            " vectors on another machine."
+        )
     if compiled:
-        text += f" torch.compile ran for {', '.join(compiled)} (kept only where its output matched the original, unoptimised model's)."
+        from cbmir.accelerate import BF16_MIN_COSINE, FP32_MIN_COSINE
+
+        text += (
+            f" torch.compile ran for {', '.join(compiled)}; a compiled module is kept only if, on a test input, its"
+            f" output matches the original module's (cosine at least {FP32_MIN_COSINE} in fp32, {BF16_MIN_COSINE}"
+            " in bf16)."
+        )
     if any(how == "computed in bf16" for how in groups):
         text += (
             " What bf16 changes against fp32 on these rows is measured outside this report "

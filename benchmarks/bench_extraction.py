@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from paper_architectures import PAPER_NINE
 from PIL import Image
-from results import append_results, command_line
+from results import append_results, best_seconds, command_line
 
 DEFAULT_MODELS = "vit-b16-random,dinov2-s14-imgfocus,xception-imagenet,litemedsam"
 GEMM_SHAPES = ((2048, 1024, 1024), (4096, 384, 1536), (4096, 1536, 384))  # (M, K, N)
@@ -87,7 +87,7 @@ def gemm_rate(dtype: torch.dtype, repeats: int = 5) -> float:
     for m, k, n in GEMM_SHAPES:
         a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
         torch.matmul(a, b)
-        best = min(_timed(lambda a=a, b=b: torch.matmul(a, b)) for _ in range(repeats))
+        best = best_seconds(lambda a=a, b=b: torch.matmul(a, b), repeats)
         flops, seconds = flops + 2.0 * m * k * n, seconds + best
     return flops / seconds / 1e9
 
@@ -98,14 +98,8 @@ def memory_bandwidth(mib: int = 256, repeats: int = 3) -> float:
     a = torch.ones(mib * 2**18)
     b = torch.empty_like(a)
     b.copy_(a)
-    best = min(_timed(lambda: b.copy_(a)) for _ in range(repeats))
+    best = best_seconds(lambda: b.copy_(a), repeats)
     return 2 * a.numel() * a.element_size() / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def input_shape(encoder) -> tuple[int, ...]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_extraction import gemm_rate, input_shape, load  # noqa: E402
-from results import append_results  # noqa: E402
+from results import append_results, best_seconds  # noqa: E402
 
 
 def linear_shapes(module: torch.nn.Module, x: torch.Tensor) -> Counter:
@@ -56,15 +55,9 @@ def shape_rate(shapes: Counter, dtype: torch.dtype, repeats: int = 5) -> float:
         a, w = torch.randn(m, k).to(dtype), torch.randn(n, k).to(dtype)
         with torch.inference_mode():
             F.linear(a, w)
-            best = min(_timed(lambda a=a, w=w: F.linear(a, w)) for _ in range(repeats))
+            best = best_seconds(lambda a=a, w=w: F.linear(a, w), repeats)
         flops, seconds = flops + 2.0 * m * k * n * calls, seconds + best * calls
     return flops / seconds / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -17,24 +17,13 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from results import append_results, command_line
+from results import append_results, best_seconds, command_line
 
 DEFAULT_MODELS = "litemedsam,xception-imagenet,dinov2-s14-imgfocus"
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 ((got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)).min()
             )
             with torch.inference_mode(), large_tensors_on_heap():
-                seconds_torch = _best(lambda m=fast.module, x=x: m(x), args.repeats)
-            seconds_ort = _best(lambda s=session, f=feed: s.run(None, f), args.repeats)
+                seconds_torch = best_seconds(lambda m=fast.module, x=x: m(x), args.repeats, warmup=True)
+            seconds_ort = best_seconds(lambda s=session, f=feed: s.run(None, f), args.repeats, warmup=True)
             row = (
                 f"| {name} | {batch} | {batch / seconds_torch:.2f} | {batch / seconds_ort:.2f} | "
                 f"{seconds_torch / seconds_ort:.2f} | {cosine:.7f} | {os.getloadavg()[0]:.1f} |"

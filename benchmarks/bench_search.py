@@ -31,7 +31,7 @@ from cbmir import search as csearch
 from cbmir.metrics import micro_macro, precision_at_n
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import append_results, command_line
+from results import append_results, best_seconds, command_line
 from synthetic import HARD, SyntheticSpace, class_sizes, make_dataset  # noqa: E402
 
 K = 100
@@ -51,14 +51,8 @@ def sgemm_rate(n_rows: int, dim: int, q: int = BATCH, repeat: int = 3) -> float:
     b = rng.standard_normal((n_rows, dim), dtype=np.float32)
     out = np.empty((q, n_rows), dtype=np.float32)
     np.matmul(a, b.T, out=out)
-    best = min(_timed(lambda: np.matmul(a, b.T, out=out)) for _ in range(repeat))
+    best = best_seconds(lambda: np.matmul(a, b.T, out=out), repeat)
     return 2 * q * n_rows * dim / best / 1e9
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def run_search(index, xq: np.ndarray, k: int = K) -> tuple[np.ndarray, float]:

@@ -6,6 +6,8 @@ import datetime
 import os
 import platform
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -25,6 +27,18 @@ def cpu_name() -> str:
 def machine() -> str:
     """One line: architecture, cores, CPU model, Python version."""
     return f"{platform.machine()}, {os.cpu_count()} cores, {cpu_name()}, Python {platform.python_version()}"
+
+
+def best_seconds(fn: Callable[[], object], repeats: int, warmup: bool = False) -> float:
+    """The shortest wall time of `repeats` calls of `fn` (after one untimed call with `warmup`)."""
+    if warmup:
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def command_line(script: str, argv: list[str] | None) -> str:

@@ -310,14 +310,20 @@ def _ci_cells(frame: pd.DataFrame, spec: tuple[str, ...], digits: int) -> list[s
 
 
 P_COLUMNS = ("p_value", "p_holm")
-ALPHA = 0.05
+ALPHA = 0.05  # level of the Holm-adjusted paired tests (the findings' sentences use it too)
+
+
+def rounds_up_to_alpha(p: object, text: str) -> bool:
+    """Whether `p` is below ALPHA but its rounded `text` reads ALPHA or more (it is then shown as '< 0.05')."""
+    try:
+        return isinstance(p, numbers.Real) and p < ALPHA <= float(text)
+    except ValueError:  # not a number (a missing-value mark)
+        return False
 
 
 def _below_alpha(value: object, cell: str) -> str:
     """A p-value cell; one just below 0.05 that rounds to 0.05 reads '< 0.05' (as the findings' sentences say)."""
-    if isinstance(value, numbers.Real) and value < ALPHA and cell.startswith("0.05") and float(cell) >= ALPHA:
-        return "< 0.05"
-    return cell
+    return "< 0.05" if rounds_up_to_alpha(value, cell) else cell
 
 
 P_MIN_COLUMN = "p_min"  # the bootstrap's smallest possible p-value per row (cbmir.metrics.bootstrap.p_floor)

@@ -24,10 +24,9 @@ import numpy as np
 import pandas as pd
 
 from cbmir.analyses.levels import ALL as ALL_REGIONS
-from cbmir.tables import MIN_CASES, at_p_floor, few_cases, outside_interval
+from cbmir.tables import ALPHA, MIN_CASES, at_p_floor, few_cases, outside_interval, rounds_up_to_alpha
 
 DIGITS = 3
-ALPHA = 0.05  # level of the Holm-adjusted paired tests
 LIST_LIMIT = 12  # a sentence names at most this many classes; beyond, it counts them
 CHANCE_VERDICTS = {
     1: "above chance",
@@ -102,7 +101,7 @@ def pval(p: float) -> str:
     if p < 0.001:
         return "p < 0.001"
     text = f"{p:.{DIGITS}f}"
-    return "p < 0.05" if p < ALPHA <= float(text) else f"p = {text}"
+    return "p < 0.05" if rounds_up_to_alpha(p, text) else f"p = {text}"
 
 
 def interval(

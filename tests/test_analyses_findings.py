@@ -988,6 +988,12 @@ def test_a_sentence_says_when_its_interval_does_not_contain_the_estimate():
     assert "does not contain" not in findings.interval(0.1, 0.3)  # no estimate given: nothing to judge
 
 
+def test_a_zero_width_interval_says_it_shows_no_spread():
+    flat = findings.chance_sentence("xception", "micro P@1", 1.0, 1.0, 1.0, 0.05, 13)
+    assert "95 % CI 1.000 to 1.000 (zero width: every case gives the same value" in flat
+    assert "zero width" not in findings.chance_sentence("xception", "micro P@1", 0.9, 0.8, 1.0, 0.05, 13)
+
+
 def test_a_p_value_at_the_bootstrap_floor_reads_as_a_bound():
     row = {"model": "a", "best": "b", "average": "micro", "N": 1, "difference": -0.2, "low": -0.3, "high": -0.1,
            "p_value": 2 / 1001, "p_min": 2 / 1001, "p_holm": 4 / 1001, "n_cases": 48}  # fmt: skip
@@ -1043,6 +1049,32 @@ def test_many_regions_are_counted_per_model_not_listed():
     assert len(few) == 6 and few[1] == findings.conditional_sentence(
         part.iloc[1], "a"
     )  # few regions: in full
+
+
+def test_a_region_is_above_chance_only_when_its_holm_adjusted_p_agrees():
+    row = {"model": "a", "region": "MR/brain", "N": 10, "share": 0.4, "chance": 0.3, "difference": 0.1,
+           "difference_lo": 0.02, "difference_hi": 0.2, "p_value": 0.01, "p_min": 2 / 1001, "p_holm": 0.03,
+           "n_queries": 40, "n_cases": 36}  # fmt: skip
+    assert findings.conditional_verdict(row) == "above chance"
+    text = findings.conditional_sentence(row, "a")
+    assert (
+        "p = 0.030 (Holm-adjusted over every model's per-region rows); 40 queries, 36 cases): above chance."
+        in text
+    )
+    adjusted = row | {"p_holm": 0.08}
+    assert findings.conditional_verdict(adjusted) == "not distinguishable from chance"
+    assert findings.conditional_sentence(adjusted, "a").endswith(
+        "not distinguishable from chance (the unadjusted 95 % CI excludes 0, but the Holm-adjusted p does not "
+        "reach 0.05)."
+    )
+    pooled = row | {"region": "all regions"}
+    assert "(Holm-adjusted over the models' rows for all regions)" in findings.conditional_sentence(
+        pooled, "a"
+    )
+    few = row | {"n_cases": 3, "p_holm": np.nan}  # not tested: no p quoted, no verdict
+    assert "Holm" not in findings.conditional_sentence(
+        few, "a"
+    ) and "too few cases" in findings.conditional_verdict(few)
 
 
 def test_nothing_to_compare_says_which_side_is_missing():

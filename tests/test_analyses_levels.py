@@ -191,6 +191,25 @@ def test_pathology_given_anatomy_matches_reference(seed):
                 [diff["estimate"][0], diff["low"][0], diff["high"][0]],
                 atol=1e-12,
             )
+            stats = slow.resamples(
+                [[shares[i] - chance[i]] for i in sel],
+                [0] * len(sel),
+                [cases[qr[i]] for i in sel],
+                "micro",
+                30,
+                3,
+            )[:, 0]
+            p = min(1.0, 2 * min((stats <= 1e-12).sum() + 1, (stats >= -1e-12).sum() + 1) / 31)
+            np.testing.assert_allclose(row["p_value"], p, atol=1e-12)
+            assert row["p_min"] == pytest.approx(2 / 31)
+    # Holm at each N: the pooled row alone (one model), and the region rows with enough cases together
+    for _, part in got.groupby("N"):
+        pooled = part[part["region"] == levels.ALL].iloc[0]
+        if pooled["n_cases"] >= 5:
+            assert pooled["p_holm"] == pooled["p_value"]
+        tested = part[(part["region"] != levels.ALL) & (part["n_cases"] >= 5)]
+        np.testing.assert_allclose(tested["p_holm"], slow_holm(tested["p_value"].tolist()), atol=1e-12)
+        assert part.loc[part["n_cases"] < 5, "p_holm"].isna().all()
 
 
 def test_models_are_compared_on_one_common_set_of_queries():

@@ -172,6 +172,16 @@ def test_an_estimate_outside_its_interval_is_marked_and_explained():
     assert "†" not in inside.html
 
 
+def test_a_zero_width_interval_is_marked_as_no_spread_not_certainty():
+    df = pd.DataFrame({"model": ["a", "b", "c"], "P@1": [1.0, 0.8, 1.0], "P@1 lo": [1.0, 0.6, 1.0],
+                       "P@1 hi": [1.0, 0.9, 1.0], "n_cases": [13, 13, 3]})  # fmt: skip
+    table = show(df, caption="P@1")
+    # the row with 3 cases shows no interval (too few cases), so only the first is marked
+    assert table.frame["P@1"].tolist() == ["1.000 [1.000, 1.000] ‡", "0.800 [0.600, 0.900]", "1.000"]
+    assert "‡ (1 cell): an interval of zero width: every case gives the same value" in table.html
+    assert "‡" not in show(df.iloc[1:], caption="P@1").html
+
+
 def test_p_values_at_the_bootstrap_floor_are_marked_and_p_min_is_not_shown():
     from cbmir.metrics import bootstrap
 

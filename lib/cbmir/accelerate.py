@@ -516,7 +516,7 @@ def _compiled(
         if tflop < COMPILE_MIN_TFLOP:
             info["compile"] = (
                 f"not compiled: the run needs {tflop:.1f} TFLOP, under the fixed {COMPILE_MIN_TFLOP:.0f} TFLOP "
-                "threshold (chosen where compiling paid for itself on a 2-core Xeon; not measured per run)"
+                "threshold (chosen where compiling paid for itself in bf16 on a 2-core Xeon; not measured per run)"
             )
             return prepared
     if not compiler_available():

@@ -147,6 +147,9 @@ def show(
     outside = sum(cell.endswith(OUTSIDE_MARK) for spec in pairs for cell in shown[spec[0]])
     if outside:
         note += OUTSIDE_NOTE.format(n=outside, s="" if outside == 1 else "s")
+    flat = sum(cell.endswith(FLAT_MARK) for spec in pairs for cell in shown[spec[0]])
+    if flat:
+        note += FLAT_NOTE.format(n=flat, s="" if flat == 1 else "s")
     if pairs and few.any():
         n_few = int(few.sum())
         note += FEW_NOTE.format(
@@ -295,7 +298,7 @@ def _ci_cells(frame: pd.DataFrame, spec: tuple[str, ...], digits: int) -> list[s
     est = frame[spec[0]].tolist()
     if len(spec) == 3:
         return [
-            format_ci(e, lo, hi, digits) + (f" {OUTSIDE_MARK}" if outside_interval(e, lo, hi) else "")
+            format_ci(e, lo, hi, digits) + _interval_mark(e, lo, hi)
             for e, lo, hi in zip(est, frame[spec[1]], frame[spec[2]], strict=True)
         ]
     cells = []
@@ -332,11 +335,31 @@ P_FLOOR_NOTE = (
     "resamples can give, 2 / (B + 1), and the true p-value may be smaller (a Holm-adjusted one is scaled with it)."
 )
 OUTSIDE_MARK = "†"
+FLAT_MARK = "‡"
+FLAT_NOTE = (
+    " ‡ ({n} cell{s}): an interval of zero width: every case gives the same value, so no resample differs from the "
+    "estimate. It shows no spread among these cases, not certainty about others."
+)
 OUTSIDE_NOTE = (
     " † ({n} cell{s}): the estimate lies outside its percentile bootstrap interval. Such an interval need not "
     "contain the estimate; for a macro average this happens when classes with few cases are missing from many "
     "resamples, which shifts the resampled mean."
 )
+
+
+def _interval_mark(estimate: object, lo: object, hi: object) -> str:
+    """' †' for an estimate outside its interval, ' ‡' for an interval of zero width, else ''."""
+    if outside_interval(estimate, lo, hi):
+        return f" {OUTSIDE_MARK}"
+    return f" {FLAT_MARK}" if zero_width(lo, hi) else ""
+
+
+def zero_width(lo: object, hi: object) -> bool:
+    """Whether real, finite bounds coincide (beyond rounding): a bootstrap in which every case scored alike."""
+    values = (lo, hi)
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return False
+    return bool(abs(hi - lo) <= 1e-12)
 
 
 def outside_interval(estimate: object, lo: object, hi: object) -> bool:

@@ -87,7 +87,7 @@ def precision_sentence(provenance: Mapping[str, Mapping]) -> str:
     parts = [f"{how} for {', '.join(models)}" for how, models in groups.items()]
     text = "Embeddings: " + "; ".join(parts) + "; every store holds float32 rows of unit length."
     if cpus:
-        text += f" The CPU runs ran on {' and '.join(dict.fromkeys(cpus))}."
+        text += f" Extraction on the CPU ran on {' and '.join(dict.fromkeys(cpus))}."
     if any(how.startswith("computed in") for how in groups):
         text += (
             " `precision: auto` (the default) runs bf16 where the processor multiplies bf16 natively (AVX-512 BF16"

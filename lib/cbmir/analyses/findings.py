@@ -24,7 +24,15 @@ import numpy as np
 import pandas as pd
 
 from cbmir.analyses.levels import ALL as ALL_REGIONS
-from cbmir.tables import ALPHA, MIN_CASES, at_p_floor, few_cases, outside_interval, rounds_up_to_alpha
+from cbmir.tables import (
+    ALPHA,
+    MIN_CASES,
+    at_p_floor,
+    few_cases,
+    outside_interval,
+    rounds_up_to_alpha,
+    zero_width,
+)
 
 DIGITS = 3
 LIST_LIMIT = 12  # a sentence names at most this many classes; beyond, it counts them
@@ -109,7 +117,7 @@ def interval(
 ) -> str:
     """'95 % CI 0.100 to 0.300'; for a difference (`diff`), signed bounds, and where a bound rounds to
     +0.000 the reader is told whether the interval reaches 0 (`zero_note`). Given the `estimate` it belongs to,
-    an interval that does not contain it says so, and why that can happen. Given `n_cases` below `MIN_CASES`, no
+    an interval that does not contain it says so, and why that can happen; one of zero width says what it means. Given `n_cases` below `MIN_CASES`, no
     interval is quoted (the rule of the tables and figures)."""
     if n_cases is not None and too_few(n_cases):
         return f"no 95 % CI with fewer than {MIN_CASES} cases"
@@ -119,6 +127,8 @@ def interval(
         text += (
             ", which does not contain the estimate (a percentile bootstrap interval; see the table's note)"
         )
+    elif zero_width(low, high):
+        text += " (zero width: every case gives the same value, which shows no spread among these cases, not certainty)"
     return text
 
 
@@ -171,6 +181,8 @@ def _other_name(name: str) -> str:
 HOLM_FAMILIES = {
     "best": " over the comparisons with the best model",
     "baseline": " over the encoder-baseline pairs",
+    "pooled": " over the models' rows for all regions",
+    "regions": " over every model's per-region rows",
 }
 
 
@@ -399,25 +411,35 @@ def contrast_sentence(row: Mapping, coarse: str = "region", fine: str = "label")
 
 
 def conditional_sentence(row: Mapping, name: str) -> str:
-    """One row of `levels.pathology_given_anatomy(_models)`: the finding among anatomy-correct neighbours vs chance."""
+    """One row of `levels.pathology_given_anatomy(_models)`: the finding among anatomy-correct neighbours vs chance,
+    with the Holm-adjusted p of its family (`levels.holm_over_rows`) where the row was tested."""
     verdict = conditional_verdict(row)
     if verdict == "too few cases":
         verdict = _few(row["n_cases"])
+    elif verdict == CHANCE_VERDICTS[0] and direction(row["difference_lo"], row["difference_hi"]):
+        verdict += " (the unadjusted 95 % CI excludes 0, but the Holm-adjusted p does not reach 0.05)"
     where = f" in {row['region']}" if "region" in row and row["region"] else ""
+    pooled = not where or row["region"] == ALL_REGIONS
+    p = ""
+    if "p_holm" in row and not pd.isna(row["p_holm"]):
+        p = "; " + _p_text(row, HOLM_FAMILIES["pooled" if pooled else "regions"])[1]
     return (
         f"{name}{where}: among anatomy-correct neighbours in the first {int(row['N'])}, the finding matches in "
         f"{num(row['share'])} against {num(row['chance'])} by chance, difference {signed(row['difference'])} "
-        f"({interval(row['difference_lo'], row['difference_hi'], diff=True, estimate=row['difference'], n_cases=row['n_cases'])}; {queries(row['n_queries'])}, "
-        f"{cases(row['n_cases'])}): {verdict}."
+        f"({interval(row['difference_lo'], row['difference_hi'], diff=True, estimate=row['difference'], n_cases=row['n_cases'])}{p}; "
+        f"{queries(row['n_queries'])}, {cases(row['n_cases'])}): {verdict}."
     )
 
 
 def conditional_verdict(row: Mapping) -> str:
     """'above chance', 'below chance', 'not distinguishable from chance' or 'too few cases' for one row of
-    `levels.pathology_given_anatomy(_models)`."""
+    `levels.pathology_given_anatomy(_models)`: a direction needs the 95 % CI to exclude 0 and, where the row has
+    a Holm-adjusted p (`p_holm`), that p to be below 0.05."""
     if too_few(row["n_cases"]):
         return "too few cases"
-    return CHANCE_VERDICTS[direction(row["difference_lo"], row["difference_hi"])]
+    d = direction(row["difference_lo"], row["difference_hi"])
+    p_holm = row.get("p_holm", np.nan) if hasattr(row, "get") else np.nan
+    return CHANCE_VERDICTS[0 if d and not pd.isna(p_holm) and p_holm >= ALPHA else d]
 
 
 def conditional_sentences(part: pd.DataFrame, region_limit: int = 3) -> list[str]:
@@ -441,7 +463,7 @@ def conditional_sentences(part: pd.DataFrame, region_limit: int = 3) -> list[str
         )
         text = (
             f"{model}, region by region among anatomy-correct neighbours in the first {int(regions['N'].iloc[0])} "
-            f"({len(regions)} regions; each with its interval in the table above): the finding matches {counts}"
+            f"({len(regions)} regions; each with its interval and Holm-adjusted p in the table above): the finding matches {counts}"
         )
         enough = regions[[v != "too few cases" for v in verdicts]]
         if not enough.empty:

@@ -23,7 +23,9 @@ default), so a region has no row at those N and "all regions" pools only the inf
 `uninformative_pairs` lists the regions and N concerned.
 
 Intervals are cluster bootstraps over the query cases (same seed, hence the same case draws, for every model);
-`difference` = share - chance per query, averaged, with its own interval.
+`difference` = share - chance per query, averaged, with its own interval and two-sided bootstrap p-value, and
+`p_holm` Holm-adjusted at each N over the pooled rows and, separately, over all per-region rows
+(`holm_over_rows`): a region is called above or below chance only when both its interval and its adjusted p say so.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import pandas as pd
 
 from cbmir.analyses.retrieval import PAPER_NS, _order, _row, encode
 from cbmir.metrics import bootstrap, chance, retrieval
+from cbmir.tables import MIN_CASES
 
 ALL = "all regions"
 
@@ -181,8 +184,8 @@ def _conditional_rows(
             obs = bootstrap.bootstrap_ci(
                 shares[sel, j], one, case_codes[sel], n_boot=n_boot, seed=seed, ci=ci
             )
-            diff = bootstrap.bootstrap_ci(
-                shares[sel, j] - expected[sel], one, case_codes[sel], n_boot=n_boot, seed=seed, ci=ci
+            diff = bootstrap.paired_bootstrap(  # share minus chance per query, same case draws: a p-value too
+                shares[sel, j], expected[sel], one, case_codes[sel], n_boot=n_boot, seed=seed, ci=ci
             )
             rows.append(
                 row
@@ -191,9 +194,11 @@ def _conditional_rows(
                     "share_lo": obs["low"].iloc[0],
                     "share_hi": obs["high"].iloc[0],
                     "chance": expected[sel].mean(),
-                    "difference": diff["estimate"].iloc[0],
+                    "difference": diff["difference"].iloc[0],
                     "difference_lo": diff["low"].iloc[0],
                     "difference_hi": diff["high"].iloc[0],
+                    "p_value": diff["p_value"].iloc[0],
+                    "p_min": diff["p_min"].iloc[0],
                 }
             )
     return rows
@@ -209,9 +214,27 @@ _COND = [
     "difference",
     "difference_lo",
     "difference_hi",
+    "p_value",
+    "p_min",
+    "p_holm",
     "n_queries",
     "n_cases",
 ]
+
+
+def holm_over_rows(table: pd.DataFrame, min_cases: int = MIN_CASES) -> pd.DataFrame:
+    """`table` with `p_holm`: the p-values of share - chance, Holm-adjusted at each N over two families, the
+    pooled rows ("all regions", one per model) and the per-region rows (every model and region). Rows with fewer
+    than `min_cases` cases are not tested (no verdict is drawn from them) and get no `p_holm`."""
+    out = table.copy()
+    out["p_holm"] = np.nan
+    tested = out["n_cases"] >= min_cases
+    pooled = out["region"] == ALL if "region" in out else pd.Series(True, index=out.index)
+    for _, part in out[tested].groupby("N"):
+        for family in (part[pooled[part.index]], part[~pooled[part.index]]):
+            if len(family):
+                out.loc[family.index, "p_holm"] = bootstrap.holm(family["p_value"].to_numpy(float))
+    return out
 
 
 def region_index_sizes(index_rows: np.ndarray, regions: Sequence | np.ndarray) -> pd.Series:
@@ -292,7 +315,7 @@ def pathology_given_anatomy(
         shares = _drop_uninformative(shares, np.asarray(query_rows), index_rows, regions, ns)
     expected, groups, case_q = _inputs(query_rows, index_rows, regions, labels, cases)
     rows = _conditional_rows(shares, expected, groups, case_q, ns, n_boot, seed, ci)
-    return pd.DataFrame(rows).reindex(columns=_COND)
+    return holm_over_rows(pd.DataFrame(rows).reindex(columns=_COND))
 
 
 def common_queries(shares_by_model: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -340,7 +363,7 @@ def pathology_given_anatomy_models(
             masked, expected, groups if by_region else np.full(len(s), ALL), case_q, ns, n_boot, seed, ci
         )
         frames.append(pd.DataFrame(rows).reindex(columns=_COND).assign(model=model))
-    out = pd.concat(frames, ignore_index=True)
+    out = holm_over_rows(pd.concat(frames, ignore_index=True))
     if not by_region:
         return out.drop(columns="region").reindex(columns=["model", *_COND[1:]])
     return out.reindex(columns=["model", *_COND])

@@ -950,6 +950,26 @@ def test_knn_k1_sentence_appears_only_when_k_1_ran():
     assert "selected for a)" in one and "a 0.612" in one and "b 0.500" not in one and "P@1" in one
     both = findings.knn_k1_sentence({"a": 1, "b": 1}, wide)
     assert "selected for every model" in both
+    assert "ROC-AUC rests on a single threshold" in both
+
+
+def test_with_one_hot_scores_roc_auc_is_the_mean_of_sensitivity_and_specificity():
+    """What knn_k1_sentence says of k = 1, checked on the library's metric."""
+    from cbmir.classification import classification_metrics
+
+    rng = np.random.default_rng(0)
+    y, pred = rng.integers(0, 3, 60), rng.integers(0, 3, 60)
+    scores = np.eye(3)[pred]
+    got = classification_metrics(y, scores).metrics
+    onehot, hits = np.eye(3)[y].astype(bool), np.eye(3)[pred].astype(bool)
+
+    def balanced(truth, said):
+        return ((said & truth).sum() / truth.sum() + (~said & ~truth).sum() / (~truth).sum()) / 2
+
+    assert got["roc_auc_macro"] == pytest.approx(
+        np.mean([balanced(onehot[:, c], hits[:, c]) for c in range(3)])
+    )
+    assert got["roc_auc_micro"] == pytest.approx(balanced(onehot.ravel(), hits.ravel()))
 
 
 def test_the_anatomy_verdict_needs_the_paired_contrast():

@@ -1161,7 +1161,8 @@ def _swaps_apart(a: pd.DataFrame, b: pd.DataFrame, value: str, lo: str, hi: str)
 def knn_k1_sentence(k_by_model: Mapping[str, int], wide: pd.DataFrame | None = None) -> str | None:
     """A note for the models whose kNN ran with k = 1 on test (`k_by_model`: model -> the k applied on test):
     their kNN answers the label of the first neighbour, so its accuracy is micro P@1 of the retrieval notebook
-    (the same search, same-case neighbours excluded). None when no model ran with k = 1."""
+    (the same search, same-case neighbours excluded), and its ROC-AUC is the mean of sensitivity and specificity
+    (scores of 0 or 1). None when no model ran with k = 1."""
     ones = [m for m, k in k_by_model.items() if int(k) == 1]
     if not ones:
         return None
@@ -1176,7 +1177,10 @@ def knn_k1_sentence(k_by_model: Mapping[str, int], wide: pd.DataFrame | None = N
         part = wide[(wide["head"] == "kNN") & wide["model"].isin(ones)]
         if len(part):
             text += ": " + ", ".join(f"{r['model']} {num(r['accuracy'])}" for _, r in part.iterrows())
-    return text + "."
+    return text + (
+        ". Its class scores are 0 or 1, so its ROC-AUC rests on a single threshold: per class (macro), or over all"
+        " (image, class) pairs (micro), it is the mean of sensitivity and specificity."
+    )
 
 
 def best_worst_sentence(best: pd.DataFrame, worst: pd.DataFrame, value: str, label: str = "class") -> str:

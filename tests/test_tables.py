@@ -208,7 +208,12 @@ def test_rows_with_too_few_cases_show_their_estimate_without_an_interval():
                        "P@1 hi": [1.0, 0.4, 0.95], "n_cases": [2, 5, 4]})  # fmt: skip
     table = show(df, caption="per class")
     assert table.frame["P@1"].tolist() == ["0.500", "0.250 [0.100, 0.400]", "0.900"]
-    assert "2 rows with fewer than 5 cases show no interval" in table.html
+    assert "2 rows with fewer than 5 cases show no interval:" in table.html
+    tested = df.assign(p_value=[0.001, 0.2, 0.01], p_holm=[0.003, 0.2, 0.02], p_min=0.001)
+    shown = show(tested, caption="per class")  # no p-value either where there is no interval
+    assert shown.frame["p_value"].tolist() == [MISSING, "0.200", MISSING]
+    assert shown.frame["p_holm"].tolist() == [MISSING, "0.200", MISSING]
+    assert "show no interval or p-value" in shown.html and "≤ (" not in shown.html
     one = show(df.iloc[:2], caption="per class", min_cases=2)  # the threshold is a parameter
     assert one.frame["P@1"].tolist() == ["0.500 [0.000, 1.000]", "0.250 [0.100, 0.400]"]
     assert "fewer than" not in one.html

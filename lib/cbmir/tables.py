@@ -39,8 +39,8 @@ MISSING = "—"
 MIN_CASES = 5
 CASES_COLUMNS = ("n_cases", "cases")  # a table's number of independent cases per row, where it has one
 FEW_NOTE = (
-    " {n} row{s} with fewer than {m} cases show{v} no interval: too few cases for a bootstrap interval to bound "
-    "anything (the CSV keeps its bounds)."
+    " {n} row{s} with fewer than {m} cases show{v} no {what}: too few cases for a bootstrap to bound or test "
+    "anything (the CSV keeps the values)."
 )
 
 _STYLE = (
@@ -108,7 +108,7 @@ def show(
     - `index`: show the index as the first column(s); by default only when it is not the plain 0..n-1 range.
     - `whole`: columns shown rounded to whole numbers with thousands separators (e.g. a mean count of images).
     - `min_cases`: rows whose cases column (`n_cases` or `cases`) counts fewer show their estimates without an
-      interval, with a note (the rule of the report's sentences).
+      interval and without p-values, with a note (the rule of the report's sentences).
     - A `p_min` column (the bootstrap's floor of `p_value`) is not shown: `p_value` and `p_holm` read "≤ ..." in
       the rows where `p_value` is at that floor.
     """
@@ -121,8 +121,8 @@ def show(
     numeric: list[str] = []
     dropped = {c for spec in pairs for c in spec[1:]} | {P_MIN_COLUMN}
     merged = {spec[0]: spec for spec in pairs}
-    floor = _at_p_floor(frame)
     few = few_cases(frame, min_cases)
+    floor = _at_p_floor(frame) & ~few
     for col in frame.columns:
         if col in dropped and col not in merged:
             continue
@@ -135,10 +135,10 @@ def show(
         else:
             values = frame[col]
             shown[col] = [format_whole(v) if col in whole else format_value(v, digits) for v in values]
-            if col in P_COLUMNS:
+            if col in P_COLUMNS:  # no p-value where too few cases carry a test (as no interval)
                 shown[col] = [
-                    f"≤ {c}" if at and c != MISSING else _below_alpha(v, c)
-                    for v, c, at in zip(values, shown[col], floor, strict=True)
+                    MISSING if f else f"≤ {c}" if at and c != MISSING else _below_alpha(v, c)
+                    for v, c, at, f in zip(values, shown[col], floor, few, strict=True)
                 ]
             if _is_numeric(values):
                 numeric.append(col)
@@ -150,10 +150,12 @@ def show(
     flat = sum(cell.endswith(FLAT_MARK) for spec in pairs for cell in shown[spec[0]])
     if flat:
         note += FLAT_NOTE.format(n=flat, s="" if flat == 1 else "s")
-    if pairs and few.any():
+    has_p = any(c in shown for c in P_COLUMNS)
+    if (pairs or has_p) and few.any():
         n_few = int(few.sum())
+        what = " or ".join(w for w, on in (("interval", pairs), ("p-value", has_p)) if on)
         note += FEW_NOTE.format(
-            n=n_few, s="" if n_few == 1 else "s", m=min_cases, v="s" if n_few == 1 else ""
+            n=n_few, s="" if n_few == 1 else "s", m=min_cases, v="s" if n_few == 1 else "", what=what
         )
     if floor.any() and any(c in shown for c in P_COLUMNS):
         resamples = sorted({round(2 / p - 1) for p in frame.loc[floor, P_MIN_COLUMN]})

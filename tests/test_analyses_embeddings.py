@@ -151,7 +151,7 @@ def test_precision_sentence_names_what_ran_for_each_model() -> None:
     assert "computed in bf16 for a, b, old" in text and "computed in fp32 for pixels" in text
     assert "imported from the authors' published embeddings for theirs" in text
     assert "torch.compile ran for a;" in text and "cosine at least 0.99999 in fp32, 0.99 in bf16" in text
-    assert "bench_precision" in text and "Extraction on the CPU ran on Xeon (amx_bf16)." in text
+    assert "bench_precision" in text and "Extraction ran on the CPU: Xeon (amx_bf16)." in text
     assert "`precision: auto` (the default) runs bf16 where" in text
     fp32_only = embeddings.precision_sentence({"x": {"dtype": "fp32"}})
     assert fp32_only.startswith(

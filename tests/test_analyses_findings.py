@@ -1078,7 +1078,7 @@ def test_a_region_is_above_chance_only_when_its_holm_adjusted_p_agrees():
     assert findings.conditional_verdict(row) == "above chance"
     text = findings.conditional_sentence(row, "a")
     assert (
-        "p = 0.030 (Holm-adjusted over every model's per-region rows); 40 queries, 36 cases): above chance."
+        "p = 0.030 (Holm-adjusted over every model's per-region rows with at least 5 cases); 40 queries, 36 cases): above chance."
         in text
     )
     adjusted = row | {"p_holm": 0.08}
@@ -1095,6 +1095,18 @@ def test_a_region_is_above_chance_only_when_its_holm_adjusted_p_agrees():
     assert "Holm" not in findings.conditional_sentence(
         few, "a"
     ) and "too few cases" in findings.conditional_verdict(few)
+
+
+def test_a_baseline_above_chance_among_anatomy_correct_neighbours_is_pointed_out():
+    def row(model, lo):
+        return {"model": model, "region": "all regions", "N": 10, "share": 0.47, "chance": 0.37, "difference": 0.1,
+                "difference_lo": lo, "difference_hi": 0.15, "p_value": 0.002, "p_min": 0.002, "p_holm": 0.004,
+                "n_queries": 65, "n_cases": 39}  # fmt: skip
+
+    above = findings.conditional_sentences(pd.DataFrame([row("raw-pixels", 0.06), row("a", 0.05)]))
+    assert above[-1].startswith("Over all regions, the raw-pixel baseline (+0.100) is above chance too")
+    level = findings.conditional_sentences(pd.DataFrame([row("raw-pixels", -0.01), row("a", 0.05)]))
+    assert len(level) == 2 and not any("above chance too" in t for t in level)
 
 
 def test_nothing_to_compare_says_which_side_is_missing():

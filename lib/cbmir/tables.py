@@ -151,6 +151,9 @@ def show(
     if flat:
         note += FLAT_NOTE.format(n=flat, s="" if flat == 1 else "s")
     has_p = any(c in shown for c in P_COLUMNS)
+    borderline = sum(cell == "< 0.05" for c in P_COLUMNS if c in shown for cell in shown[c])
+    if borderline:
+        note += BORDERLINE_NOTE.format(n=borderline, s="" if borderline == 1 else "s")
     if (pairs or has_p) and few.any():
         n_few = int(few.sum())
         what = " or ".join(w for w, on in (("interval", pairs), ("p-value", has_p)) if on)
@@ -331,6 +334,10 @@ def _below_alpha(value: object, cell: str) -> str:
     return "< 0.05" if rounds_up_to_alpha(value, cell) else cell
 
 
+BORDERLINE_NOTE = (
+    " < 0.05 ({n} cell{s}): a p-value below 0.05 that would round to 0.050; it counts as below 0.05, but so close to "
+    "it another bootstrap seed could put it either side."
+)
 P_MIN_COLUMN = "p_min"  # the bootstrap's smallest possible p-value per row (cbmir.metrics.bootstrap.p_floor)
 P_FLOOR_NOTE = (
     " ≤ ({n} row{s}): every resampled difference had the same sign, so the p-value is the smallest the {b} "
@@ -340,7 +347,8 @@ OUTSIDE_MARK = "†"
 FLAT_MARK = "‡"
 FLAT_NOTE = (
     " ‡ ({n} cell{s}): an interval of zero width: every case gives the same value, so no resample differs from the "
-    "estimate. It shows no spread among these cases, not certainty about others."
+    "estimate. It shows no spread among these cases, not certainty about others (a difference from a chance value "
+    "that differs per query can still vary)."
 )
 OUTSIDE_NOTE = (
     " † ({n} cell{s}): the estimate lies outside its percentile bootstrap interval. Such an interval need not "

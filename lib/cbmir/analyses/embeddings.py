@@ -87,7 +87,7 @@ def precision_sentence(provenance: Mapping[str, Mapping]) -> str:
     parts = [f"{how} for {', '.join(models)}" for how, models in groups.items()]
     text = "Embeddings: " + "; ".join(parts) + "; every store holds float32 rows of unit length."
     if cpus:
-        text += f" Extraction on the CPU ran on {' and '.join(dict.fromkeys(cpus))}."
+        text += f" Extraction ran on the CPU: {' and '.join(dict.fromkeys(cpus))}."
     if any(how.startswith("computed in") for how in groups):
         text += (
             " `precision: auto` (the default) runs bf16 where the processor multiplies bf16 natively (AVX-512 BF16"
@@ -100,7 +100,8 @@ def precision_sentence(provenance: Mapping[str, Mapping]) -> str:
         text += (
             f" torch.compile ran for {', '.join(compiled)}; a compiled module is kept only if, on a test input, its"
             f" output matches the original module's (cosine at least {FP32_MIN_COSINE} in fp32, {BF16_MIN_COSINE}"
-            " in bf16)."
+            " in bf16); whether to compile is decided by the run's counted FLOPs, not by a timing on this machine"
+            " (notebook 2's provenance gives the timing)."
         )
     if any(how == "computed in bf16" for how in groups):
         text += (

@@ -182,7 +182,7 @@ HOLM_FAMILIES = {
     "best": " over the comparisons with the best model",
     "baseline": " over the encoder-baseline pairs",
     "pooled": " over the models' rows for all regions",
-    "regions": " over every model's per-region rows",
+    "regions": " over every model's per-region rows with at least 5 cases",
 }
 
 
@@ -446,8 +446,16 @@ def conditional_sentences(part: pd.DataFrame, region_limit: int = 3) -> list[str
     """Sentences for the rows of `levels.pathology_given_anatomy_models` at one N: each model's pooled row
     ("all regions") in full; its per-region rows in full when there are at most `region_limit`, otherwise one
     sentence per model that counts the regions by verdict and quotes the smallest difference (among regions with
-    enough cases), so that 15 regions x 9 models do not become 135 sentences that repeat the table."""
+    enough cases), so that 15 regions x 9 models do not become 135 sentences that repeat the table. Where a
+    baseline's pooled row is above chance, a last sentence says so (the labels, not the model, may explain it)."""
     out = []
+    floor = [
+        f"{_other_name(str(r['model']))} ({signed(r['difference'])})"
+        for _, r in part[
+            (part["region"] == ALL_REGIONS) & part["model"].isin(list(BASELINE_NAMES))
+        ].iterrows()
+        if conditional_verdict(r) == CHANCE_VERDICTS[1]
+    ]
     for model, rows in part.groupby("model", sort=False):
         pooled = rows[rows["region"] == ALL_REGIONS]
         regions = rows[rows["region"] != ALL_REGIONS]
@@ -474,6 +482,12 @@ def conditional_sentences(part: pd.DataFrame, region_limit: int = 3) -> list[str
                 f"{queries(r['n_queries'])}, {cases(r['n_cases'])})"
             )
         out.append(text + ".")
+    if floor:
+        out.append(
+            f"Over all regions, {' and '.join(floor)} {'is' if len(floor) == 1 else 'are'} above chance too: a share "
+            "above chance need not mean that a model recognises the finding; it can follow from how the labels are "
+            "built (a finding that comes from one source, or images of the same patients; see the data card)."
+        )
     return out
 
 
@@ -794,7 +808,8 @@ def _anatomy_verdict(contrast: pd.DataFrame, n: int) -> tuple[str, str]:
     if floors:
         evidence += (
             f"; the baselines show it too ({', '.join(floors)}), so the gap reflects how this benchmark's labels "
-            "are built (a region often follows from the modality or the source) as much as what the encoders learned"
+            "are built (a region often follows from the modality or the source), at least in part, rather than what the "
+            "encoders learned"
         )
     return _count_verdict(len(higher), len(lower), len(signs)), evidence
 
@@ -924,7 +939,9 @@ TERMS = (
     "number of index images of its class) that carry its label; **micro** averages over queries, **macro** over "
     "classes. A **case** is an independent unit (a patient where the source records one): every interval is a 95 % "
     "cluster bootstrap over cases. **Chance** is the value under a random ranking of the index. A difference is "
-    "called higher or lower only when its paired 95 % interval excludes 0 and its Holm-adjusted p is below 0.05."
+    "called higher or lower only when its paired 95 % interval excludes 0 and its Holm-adjusted p is below 0.05. A "
+    "value is called above or below chance when its 95 % interval excludes the chance value (not adjusted across "
+    "models)."
 )
 
 
@@ -1179,7 +1196,9 @@ def knn_k1_sentence(k_by_model: Mapping[str, int], wide: pd.DataFrame | None = N
             text += ": " + ", ".join(f"{r['model']} {num(r['accuracy'])}" for _, r in part.iterrows())
     return text + (
         ". Its class scores are 0 or 1, so its ROC-AUC rests on a single threshold: per class (macro), or over all"
-        " (image, class) pairs (micro), it is the mean of sensitivity and specificity."
+        " (image, class) pairs (micro), it is the mean of sensitivity and specificity, so micro ROC-AUC adds little"
+        " beyond accuracy; set against a baseline with another k, part of an ROC-AUC difference comes from how"
+        " many values its scores can take."
     )
 
 

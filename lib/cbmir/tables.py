@@ -366,18 +366,16 @@ def _interval_mark(estimate: object, lo: object, hi: object) -> str:
 
 def zero_width(lo: object, hi: object) -> bool:
     """Whether real, finite bounds coincide (beyond rounding): a bootstrap in which every case scored alike."""
-    values = (lo, hi)
-    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        return False
-    return bool(abs(hi - lo) <= 1e-12)
+    return _finite_reals(lo, hi) and bool(abs(hi - lo) <= 1e-12)
+
+
+def _finite_reals(*values: object) -> bool:
+    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
 def outside_interval(estimate: object, lo: object, hi: object) -> bool:
     """Whether a real estimate lies outside the real bounds [lo, hi] (beyond rounding)."""
-    values = (estimate, lo, hi)
-    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        return False
-    return bool(estimate < lo - 1e-12 or estimate > hi + 1e-12)
+    return _finite_reals(estimate, lo, hi) and bool(estimate < lo - 1e-12 or estimate > hi + 1e-12)
 
 
 def _parse_interval(value: object) -> tuple[float, float] | None:

@@ -160,7 +160,11 @@ def pair_direction(row: Mapping) -> int:
     """Direction of a paired difference: its 95 % CI must exclude 0 and, where the comparisons were adjusted for
     multiplicity, its Holm-adjusted p must be below 0.05 too (so a claimed difference never rests on an unadjusted
     interval beside an adjusted p of 0.05 or more)."""
-    d = direction(row["low"], row["high"])
+    return _holm_gate(direction(row["low"], row["high"]), row)
+
+
+def _holm_gate(d: int, row: Mapping) -> int:
+    """`d`, or 0 where the row has a Holm-adjusted p (`p_holm`) of ALPHA or more."""
     p_holm = row.get("p_holm", np.nan) if hasattr(row, "get") else np.nan
     return 0 if d and not pd.isna(p_holm) and p_holm >= ALPHA else d
 
@@ -437,9 +441,7 @@ def conditional_verdict(row: Mapping) -> str:
     a Holm-adjusted p (`p_holm`), that p to be below 0.05."""
     if too_few(row["n_cases"]):
         return "too few cases"
-    d = direction(row["difference_lo"], row["difference_hi"])
-    p_holm = row.get("p_holm", np.nan) if hasattr(row, "get") else np.nan
-    return CHANCE_VERDICTS[0 if d and not pd.isna(p_holm) and p_holm >= ALPHA else d]
+    return CHANCE_VERDICTS[_holm_gate(direction(row["difference_lo"], row["difference_hi"]), row)]
 
 
 def conditional_sentences(part: pd.DataFrame, region_limit: int = 3) -> list[str]:

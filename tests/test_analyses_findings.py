@@ -229,6 +229,39 @@ def test_shape_sentences_agree_with_the_curve(seed):
         assert not up(first, last) and not down(first, last)
 
 
+@pytest.mark.parametrize("seed", range(60))
+def test_shape_sentences_follow_the_paired_changes(seed):
+    """With paired changes, the verdict is that of their intervals, whatever the bands say."""
+    rng = np.random.default_rng(seed)
+    xs = [1, 5, 10, 50, 100]
+    t = random_curve(rng, xs)
+    pairs = [(1, 10), (10, 100), (1, 100)]
+    lows = rng.normal(0, 0.05, 3)
+    changes = pd.DataFrame(
+        {"average": "micro", "from_N": [a for a, _ in pairs], "to_N": [b for _, b in pairs],
+         "difference": lows + 0.02, "low": lows, "high": lows + 0.04, "p_value": rng.random(3), "p_min": 0.002,
+         "n_cases": 30, "n_queries": 90}
+    )  # fmt: skip
+    other = changes.assign(average="macro", low=-1.0, high=1.0)
+    text = findings.shape_sentence(t, "m", middle=10, changes=pd.concat([changes, other]))
+    sign = [1 if lo > 0 else -1 if lo + 0.04 < 0 else 0 for lo in lows]
+    if sign[0] and not sign[1]:
+        assert f"it {'rises' if sign[0] > 0 else 'falls'} up to N = 10" in text and "flattens" in text
+        assert f"paired difference {findings.signed(lows[0] + 0.02)}" in text
+    elif sign[2]:
+        assert (
+            f": it {'rises' if sign[2] > 0 else 'falls'} (paired difference {findings.signed(lows[2] + 0.02)}"
+            in text
+        )
+    else:
+        assert ": it is not shown to change (paired difference" in text
+    assert "over the same queries" in text or "flattens" in text
+    assert "unpaired" not in text
+    # computed for other points: the bands decide, and the sentence says it is unpaired
+    moved = changes.assign(from_N=2)
+    assert "unpaired" in findings.shape_sentence(t, "m", middle=10, changes=moved)
+
+
 def test_summary_level_and_index_size_sentences():
     rng = np.random.default_rng(0)
     rows = []

@@ -104,6 +104,44 @@ def test_precision_curves_match_reference(seed):
     assert got.attrs["n_excluded"] == len(qr) - len(rows)
 
 
+@pytest.mark.parametrize(("seed", "middle"), [(0, None), (1, 4), (2, None)])
+def test_curve_changes_match_a_slow_paired_bootstrap(seed, middle):
+    """Each change is later-minus-earlier modified P@N of the same queries, resampled with the same case draws."""
+    ids, qr, ir, labels, cases, _ = problem(seed)
+    k = ids.shape[1]
+    got = retrieval.curve_changes(ids, qr, ir, labels, cases, middle=middle, n_boot=40, seed=seed)
+    mid = middle or k // 2 + 1
+    pairs = [(1, mid), (mid, k), (1, k)]
+    per_query = ref_per_query(
+        slow.precision, ids, qr, ir, labels, [b for _, b in pairs] + [a for a, _ in pairs]
+    )
+    qlab, qcase = [labels[r] for r in qr], ref_cases(cases, qr)
+    for kind in ("micro", "macro"):
+        part = got[got["average"] == kind]
+        assert list(zip(part["from_N"], part["to_N"], strict=True)) == pairs
+        rows, case_list = slow.defined(per_query, qcase)
+        est = slow.average([per_query[i] for i in rows], [qlab[i] for i in rows], kind)
+        stats = slow.resamples(per_query, qlab, qcase, kind, 40, seed)
+        diffs = stats[:, :3] - stats[:, 3:]
+        np.testing.assert_allclose(part["difference"], np.subtract(est[:3], est[3:]), atol=1e-12)
+        np.testing.assert_allclose(part["low"], np.percentile(diffs, 2.5, axis=0), atol=1e-12)
+        np.testing.assert_allclose(part["high"], np.percentile(diffs, 97.5, axis=0), atol=1e-12)
+        assert (part["n_cases"] == len(case_list)).all()
+    # the same draws as the bands of precision_curves: its interval of P@1 is that of the earlier column
+    curves = retrieval.precision_curves(ids, qr, ir, labels, cases, n_boot=40, seed=seed)
+    one = slow.interval([[v[3]] for v in per_query], qlab, qcase, "micro", 40, seed)
+    assert curves["micro_lo"].iloc[0] == pytest.approx(one["low"][0], abs=1e-12)
+
+
+def test_curve_points_follow_the_shape_sentence():
+    assert retrieval.curve_points(100) == (1, 51, 100)
+    assert retrieval.curve_points(100, 10) == (1, 10, 100)
+    assert retrieval.curve_points(2) == (1, 2) and retrieval.curve_points(1) == (1,)
+    assert retrieval.curve_points(12, 12) == (1, 12)
+    ids, qr, ir, labels, cases, _ = problem(0, k=1)
+    assert retrieval.curve_changes(ids, qr, ir, labels, cases, n_boot=10).empty
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_paper_table_matches_reference(seed):
     ids, qr, ir, labels, cases, _ = problem(seed)

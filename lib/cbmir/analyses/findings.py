@@ -3,10 +3,11 @@
 Rules (so that no sentence claims more than its numbers carry):
 - A difference is called "better"/"worse" (or "above"/"below" chance) only when its 95 % interval excludes 0
   (or the chance value); otherwise the sentence says "not distinguishable", naming the baseline.
-- A curve "rises" or "falls" between two N (or two index sizes) only when the bands at the two points do not
-  overlap; it "flattens" only when it changes that way up to a middle point and not after it. Otherwise it
-  "is not shown to change (its 95 % bands at the two ends overlap)". Non-overlap of two bands is a conservative descriptive rule, not a test.
-  Index-size curves are judged the same way on the share of the room between chance and the highest reachable
+- A retrieval curve "rises" or "falls" between two N only when the paired difference of the same queries between
+  them has a 95 % interval that excludes 0 (`retrieval.curve_changes`); it "flattens" only when it changes that
+  way up to a middle point and not after it; otherwise it "is not shown to change". Without the paired
+  differences, the bands at the two points must not overlap (a conservative, unpaired rule).
+  Index-size curves are judged by that unpaired rule (each index size is its own subsample), on the share of the room between chance and the highest reachable
   value, (P - chance) / (ceiling - chance) (both change with the index), from the smallest to the full index only
   (`index_size_change`, shared by the sentence and the claim verdict).
 - With fewer than MIN_CASES independent cases, a percentile bootstrap has too few distinct resamples to bound
@@ -249,6 +250,21 @@ def _change(table: pd.DataFrame, x: str, a, b, value: str, low: str, high: str) 
     return _band_change(ra[low], ra[high], rb[low], rb[high])
 
 
+def _paired_change(changes: pd.DataFrame, a, b) -> pd.Series | None:
+    """The row of `changes` (`retrieval.curve_changes` rows of one average) from N = a to N = b, or None."""
+    hit = changes[(changes["from_N"] == a) & (changes["to_N"] == b)]
+    return None if hit.empty else hit.iloc[0]
+
+
+def _paired_text(row: pd.Series) -> str:
+    """'paired difference +0.120 (95 % CI ...; p = ...)' of one `retrieval.curve_changes` row."""
+    _, p = _p_text(row, "")
+    return (
+        f"paired difference {signed(row['difference'])} "
+        f"({interval(row['low'], row['high'], diff=True, estimate=row['difference'])}; {p})"
+    )
+
+
 def shape_sentence(
     table: pd.DataFrame,
     name: str,
@@ -258,8 +274,12 @@ def shape_sentence(
     high: str | None = None,
     measure: str = "micro P@N",
     middle=None,
+    changes: pd.DataFrame | None = None,
 ) -> str:
-    """How a curve (one row per `x`) changes from its first to its last point, judged by non-overlapping bands."""
+    """How a curve (one row per `x`) changes from its first to its last point, and whether it flattens after a
+    middle point. With `changes` (`retrieval.curve_changes` rows; those of average `value` are used), judged by
+    the paired difference of the same queries between two points (its 95 % CI must exclude 0); else by
+    non-overlapping bands (an unpaired, conservative check)."""
     low, high = low or f"{value}_lo", high or f"{value}_hi"
     t = table.sort_values(x)
     xs = t[x].tolist()
@@ -271,19 +291,39 @@ def shape_sentence(
     )
     if "n_cases" in t and too_few(t["n_cases"].min()):
         return f"{quote}: {_few(t['n_cases'].min())} how it changes."
-    overall = _change(t, x, first, last, value, low, high)
     if middle is None and len(xs) > 2:
         middle = xs[len(xs) // 2]
+    paired = None
+    if changes is not None and "average" in changes:
+        paired = changes[changes["average"] == value]
+        if _paired_change(paired, first, last) is None:
+            paired = None  # computed for other points: fall back to the bands
+
+    def change(a, b) -> int:
+        if paired is None:
+            return _change(t, x, a, b, value, low, high)
+        row = _paired_change(paired, a, b)
+        return 0 if row is None else direction(row["low"], row["high"])
+
+    overall = change(first, last)
     if middle is not None and middle not in (first, last):
-        early = _change(t, x, first, middle, value, low, high)
-        late = _change(t, x, middle, last, value, low, high)
+        early, late = change(first, middle), change(middle, last)
         if early != 0 and late == 0:
             verb = "rises" if early > 0 else "falls"
             rm = t.loc[t[x] == middle].iloc[0]
-            return (
-                f"{quote}: it {verb} up to {x} = {middle} ({num(rm[value])}) and flattens after it "
-                "(the bands there and at the end overlap)."
-            )
+            if paired is None:
+                why = "(the bands there and at the end overlap; an unpaired check)"
+            else:
+                why = (
+                    f"({_paired_text(_paired_change(paired, first, middle))} up to {x} = {middle}; "
+                    f"{_paired_text(_paired_change(paired, middle, last))} after it, whose interval contains 0)"
+                )
+            return f"{quote}: it {verb} up to {x} = {middle} ({num(rm[value])}) and flattens after it {why}."
+    if paired is not None:
+        text = _paired_text(_paired_change(paired, first, last))
+        if overall == 0:
+            return f"{quote}: it is not shown to change ({text}, over the same queries)."
+        return f"{quote}: it {'rises' if overall > 0 else 'falls'} ({text}, over the same queries)."
     if overall == 0:
         return (
             f"{quote}: it is not shown to change (its 95 % bands at the two ends overlap; an unpaired check)."

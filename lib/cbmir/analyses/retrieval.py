@@ -133,6 +133,68 @@ def precision_curves(
     return out
 
 
+def curve_points(k: int, middle: int | None = None) -> tuple[int, ...]:
+    """The points a curve's change is judged at: N = 1, a middle N (given, else the middle of 1..K, as
+    `findings.shape_sentence` picks it) and N = K."""
+    if middle is None and k > 2:
+        middle = k // 2 + 1
+    return tuple(sorted({1, k} | ({middle} if middle is not None and 1 < middle < k else set())))
+
+
+def curve_changes(
+    ids: np.ndarray,
+    query_rows: np.ndarray,
+    index_rows: np.ndarray,
+    labels: Sequence | np.ndarray,
+    cases: Sequence | np.ndarray | None = None,
+    *,
+    middle: int | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """How modified P@N changes between the points of `curve_points` (1 -> middle, middle -> K, 1 -> K), paired:
+    each query's P@N at the later point minus its P@N at the earlier one, over the same queries and the same case
+    draws (`bootstrap.paired_bootstrap`, micro and macro).
+
+    Columns: average, from_N, to_N, difference, low, high, p_value, p_min, n_cases, n_queries. The draws are those
+    of `precision_curves` with the same `seed`, so the bands and the differences come from the same resamples.
+    """
+    enc = encode(ids, query_rows, index_rows, labels, cases)
+    prec = retrieval.precision_at_n(enc.neighbours, enc.queries, enc.counts)
+    points = curve_points(enc.k, middle)
+    columns = [
+        "average",
+        "from_N",
+        "to_N",
+        "difference",
+        "low",
+        "high",
+        "p_value",
+        "p_min",
+        "n_cases",
+        "n_queries",
+    ]
+    if len(points) < 2:
+        return pd.DataFrame(columns=columns)  # k = 1: nothing to compare
+    pairs = list(zip(points, points[1:], strict=False))
+    if len(points) > 2:
+        pairs.append((points[0], points[-1]))
+    later = prec[:, [b - 1 for _, b in pairs]]
+    earlier = prec[:, [a - 1 for a, _ in pairs]]
+    frames = []
+    for average in bootstrap.AVERAGES:
+        res = bootstrap.paired_bootstrap(
+            later, earlier, enc.queries, enc.cases, average=average, n_boot=n_boot, seed=seed, ci=ci
+        )
+        frames.append(
+            res.drop(columns="N").assign(
+                average=average, from_N=[a for a, _ in pairs], to_N=[b for _, b in pairs]
+            )
+        )
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
 def paper_table(
     ids: np.ndarray,
     query_rows: np.ndarray,

@@ -300,6 +300,24 @@ def test_against_baselines_pairs_every_encoder_with_every_baseline_and_adjusts_b
     assert classify.against_baselines({"enc-a": outs["enc-a"]}, n_boot=5).empty
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_top_two_pairs_the_two_highest_point_estimates(seed):
+    rng = np.random.default_rng(seed)
+    n, c = 40, 3
+    y = rng.integers(0, c, n)
+    cases = rng.integers(0, 12, n)
+    outs = {m: _outcome(y, rng.dirichlet(np.ones(c), n) + np.eye(c)[y] * w, cases)
+            for m, w in (("a", 0.1), ("b", 0.6), ("c", 0.3), ("d", 0.0))}  # fmt: skip
+    row = classify.top_two(outs, "f1_macro", n_boot=30, seed=seed).iloc[0]
+    by_value = sorted(outs, key=lambda m: outs[m].result.metrics["f1_macro"], reverse=True)
+    assert (row["model"], row["runner_up"]) == tuple(by_value[:2])
+    lo, hi, p = _ref_paired(outs[by_value[0]], outs[by_value[1]], "f1_macro", 30, seed)
+    assert row["difference"] >= 0
+    assert row["low"] == pytest.approx(lo) and row["high"] == pytest.approx(hi)
+    assert row["p_value"] == pytest.approx(p) and row["n_cases"] == len(set(cases.tolist()))
+    assert classify.top_two({"a": outs["a"]}).empty
+
+
 def test_outcome_ci_and_wide_table_carry_the_chance_values():
     rng = np.random.default_rng(5)
     y = rng.integers(0, 3, 30)

@@ -262,6 +262,30 @@ def test_shape_sentences_follow_the_paired_changes(seed):
     assert "unpaired" in findings.shape_sentence(t, "m", middle=10, changes=moved)
 
 
+@pytest.mark.parametrize(
+    ("low", "verdict"), [(0.02, "ranks above b"), (-0.01, "the paired interval contains 0")]
+)
+def test_the_ranking_of_the_two_best_follows_their_paired_comparison(low, verdict):
+    """Overlapping bands, yet a paired interval above 0 ranks them; one containing 0 does not."""
+    wide = pd.DataFrame(
+        {"model": ["a", "b", "c"], "head": "kNN", "f1_macro": [0.80, 0.75, 0.5], "f1_macro lo": [0.7, 0.65, 0.4],
+         "f1_macro hi": [0.9, 0.85, 0.6], "f1_macro chance": 0.3, "cases": 20}
+    )  # fmt: skip
+    leaders = pd.DataFrame(
+        [{"model": "a", "runner_up": "b", "head": "kNN", "metric": "f1_macro", "difference": 0.05, "low": low,
+          "high": 0.09, "p_value": 0.01, "p_min": 0.002, "n_queries": 40, "n_cases": 20}]
+    )  # fmt: skip
+    line = findings.classification_sentences(wide, leaders=leaders)[0]
+    assert f"paired difference +0.050 (95 % CI {findings.signed(low)} to +0.090" in line and verdict in line
+    assert "unpaired" not in line
+    plain = findings.classification_sentences(wide)[0]  # without it: the unpaired rule, saying so
+    assert plain.endswith(
+        "the intervals overlap (an unpaired check), so the ranking of these two is not established."
+    )
+    other = leaders.assign(runner_up="c")  # a row for another pair is not used
+    assert findings.classification_sentences(wide, leaders=other)[0] == plain
+
+
 def test_summary_level_and_index_size_sentences():
     rng = np.random.default_rng(0)
     rows = []
@@ -448,14 +472,17 @@ def test_the_index_size_verdict_says_when_the_index_barely_shrinks():
         claims = findings.paper_claims(["m"], "radmini", index_size_ran=True)
         got = findings.claim_verdicts(claims, _p1_table({"m": 0.5}), index_size=pd.DataFrame(rows))
         row = got[got["claim"] == findings.PAPER_CLAIMS[3][1]].iloc[0]
-        assert row["verdict"] == findings.NOT_SHOWN
-        return row["evidence"]
+        return row["verdict"], row["evidence"]
 
-    narrow = verdict(63)
-    assert "the smallest index holds 63 % of the full index's images (less than a halving" in narrow
-    assert "does not test the claim in earnest" in narrow
-    wide = verdict(25)
-    assert "25 % of the full index's images (notebook 4)" in wide and "in earnest" not in wide
+    (narrow_verdict, narrow), (wide_verdict, wide) = verdict(63), verdict(25)
+    assert narrow_verdict == findings.UNTESTABLE and wide_verdict == findings.NOT_SHOWN
+    assert (
+        "the smallest index holds 10 index cases of 40 and 63 % of the full index's images (fewer cases"
+        in narrow
+    )
+    assert "so this run cannot test the claim" in narrow
+    assert "10 index cases of 40 and 25 % of the full index's images (notebook 4)" in wide
+    assert "cannot test" not in wide
 
 
 def test_paper_claims():
@@ -892,7 +919,7 @@ def test_classification_sentences_agree_with_their_table(seed):
         if n < findings.MIN_CASES:
             assert "too few cases" in line
         elif best["f1_macro lo"] > nxt["f1_macro hi"]:
-            assert line.endswith("the intervals do not overlap.")
+            assert line.endswith("the intervals do not overlap (an unpaired check).")
         else:
             assert "the intervals overlap" in line
         for _, c in comparisons[comparisons["head"] == head].iterrows() if len(comparisons) else []:

@@ -794,6 +794,30 @@ def paired_outcomes(
     return _paired_rows(*draws, names, len(a.test_labels), level)
 
 
+def top_two(
+    outcomes: dict[str, Outcome],
+    metric: str = "f1_macro",
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """The model with the highest `metric` minus the runner-up (by their point estimates; ties keep the order of
+    `outcomes`), paired over the same test cases (`paired_outcomes`, one head). One comparison, chosen after the
+    fact by the point estimates, so it is not adjusted for multiplicity.
+
+    Columns: model, runner_up, head, metric, difference, low, high, p_value, p_min, n_queries, n_cases (empty with
+    fewer than two models).
+    """
+    columns = ["model", "runner_up", "head", "metric", "difference", "low", "high", "p_value", "p_min",
+               "n_queries", "n_cases"]  # fmt: skip
+    if len(outcomes) < 2:
+        return pd.DataFrame(columns=columns)
+    ranked = sorted(outcomes, key=lambda m: -outcomes[m].result.metrics[metric])
+    best, nxt = ranked[0], ranked[1]
+    row = paired_outcomes(outcomes[best], outcomes[nxt], [metric], n_boot=n_boot, seed=seed, level=level)
+    return row.assign(model=best, runner_up=nxt, head=outcomes[best].head)[columns]
+
+
 def against_baselines(
     outcomes: dict[str, Outcome],
     baselines: Sequence[str] = ("raw-pixels", "random-vit"),

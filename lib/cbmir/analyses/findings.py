@@ -873,19 +873,24 @@ def _index_size_part(study: pd.DataFrame, n: int, metric: str, average: str) -> 
     return study[(study["metric"] == metric) & (study["N"] == n) & (study["average"] == average)]
 
 
-def _index_size_changes(part: pd.DataFrame) -> tuple[list[str], int, list[float]]:
-    """(models whose curve changes by `index_size_change`, models with at least two index sizes, each model's
-    smallest-index share of the full index's images) for the rows `part` of one metric, N and average."""
+def _index_size_changes(
+    part: pd.DataFrame,
+) -> tuple[list[str], int, list[tuple[float, float, float]]]:
+    """(models whose curve changes by `index_size_change`, models with at least two index sizes, and for each
+    model (its smallest index's share of the full index's images, the smallest and the full index's cases)) for
+    the rows `part` of one metric, N and average."""
     total = 0
     which: list[str] = []
-    shares: list[float] = []
+    shares: list[tuple[float, float, float]] = []
     for model, g in part.groupby("model", sort=False):
         if g["index_cases"].nunique() < 2:
             continue
         total += 1
         r0, r1, change = index_size_change(g)  # the rule of notebook 4's sentences, on the same rows
         if "index_images" in g:
-            shares.append(r0["index_images"] / r1["index_images"])
+            shares.append(
+                (r0["index_images"] / r1["index_images"], float(r0["index_cases"]), float(r1["index_cases"]))
+            )
         if change:
             which.append(str(model))
     return which, total, shares
@@ -913,15 +918,20 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
             f"; by {average} hit@{n}, shown beside it and not counted in the verdict, for {len(hits)} of {hit_total}"
             f"{' (' + ', '.join(hits) + ')' if hits else ''}"
         )
+    narrow = bool(shares) and min(shares)[0] > NARROW_INDEX_RANGE and not which
     if shares:
-        evidence += f"; the smallest index holds {100 * min(shares):.0f} % of the full index's images"
-        if min(shares) > NARROW_INDEX_RANGE and not which:
+        share, small, full = min(shares)
+        evidence += (
+            f"; the smallest index holds {_index_count(small)} of {full:,.0f} and {100 * share:.0f} % of the full "
+            "index's images"
+        )
+        if narrow:
             evidence += (
-                " (less than a halving of the index, since every class keeps a case: too narrow a range to show a "
-                "dependence, so this run does not test the claim in earnest)"
+                " (fewer cases, but not half the images: every class keeps a case, and the large classes keep most "
+                "of their images; a range too narrow to show a dependence, so this run cannot test the claim)"
             )
     evidence += " (notebook 4)"
-    return _count_verdict(len(which), 0, total), evidence
+    return (UNTESTABLE if narrow else _count_verdict(len(which), 0, total)), evidence
 
 
 def claim_verdicts(
@@ -942,8 +952,9 @@ def claim_verdicts(
     `levels.level_contrast` rows of every model (judged on micro P@`n` whatever `average`: the paired difference of
     the region's and the label's chance-corrected P@N, as in notebook 6); `index_size`:
     `index_size.index_size_study` rows with a `model` column (judged on micro plain P@10 by `index_size_change`: it
-    holds for a model whose bands of the excess over chance at the smallest and the full index do not overlap). A claim whose table is missing is "not
-    shown".
+    holds for a model whose bands of its share of the room between chance and the ceiling at the smallest and the
+    full index do not overlap; "cannot be tested here" where no curve changes and the smallest index still holds
+    more than `NARROW_INDEX_RANGE` of the full index's images). A claim whose table is missing is "not shown".
     """
     out = []
     for _, row in claims.iterrows():
@@ -1117,10 +1128,19 @@ def purity_sentences(table: pd.DataFrame) -> list[str]:
 
 
 def _ranking(
-    table: pd.DataFrame, value: str, low: str, high: str, what: str, chance: str | None = None
+    table: pd.DataFrame,
+    value: str,
+    low: str,
+    high: str,
+    what: str,
+    chance: str | None = None,
+    paired: Mapping | None = None,
 ) -> str:
-    """Best row by `value` (with its chance value when the `chance` column is there), and whether its interval
-    overlaps the runner-up's; rows whose values read the same at `DIGITS` decimals are named as tied, not ranked."""
+    """Best row by `value` (with its chance value when the `chance` column is there) and the runner-up; whether
+    the two are ranked is judged on `paired` (a `classify.top_two` row: best minus runner-up over the same test
+    cases; its 95 % CI must exclude 0) where it names these two, else on whether their intervals overlap (an
+    unpaired, conservative check). Rows whose values read the same at `DIGITS` decimals are named as tied, not
+    ranked."""
     t = table.sort_values(value, ascending=False)
     best = t.iloc[0]
     tied = tied_at_shown(t, value, best[value])
@@ -1142,9 +1162,21 @@ def _ranking(
     text += f"; next {nxt['model']}, {num(nxt[value])} ({interval(nxt[low], nxt[high], estimate=nxt[value], n_cases=nxt['cases'])})"
     if too_few(best["cases"]):
         return f"{text}: {_few(best['cases'])} whether they differ."
+    if paired is not None and (paired["model"], paired["runner_up"]) == (best["model"], nxt["model"]):
+        _, p = _p_text(paired, "")
+        text += (
+            f"; paired difference {signed(paired['difference'])} "
+            f"({interval(paired['low'], paired['high'], diff=True, estimate=paired['difference'])}; {p}; "
+            f"{cases(paired['n_cases'])})"
+        )
+        if direction(paired["low"], paired["high"]) > 0:
+            return f"{text}: {best['model']} ranks above {nxt['model']} (one comparison, of the two highest point estimates)."
+        return f"{text}: the paired interval contains 0, so the ranking of these two is not established."
     if best[low] > nxt[high]:
-        return f"{text}: the intervals do not overlap."
-    return f"{text}: the intervals overlap, so the ranking of these two is not established."
+        return f"{text}: the intervals do not overlap (an unpaired check)."
+    return (
+        f"{text}: the intervals overlap (an unpaired check), so the ranking of these two is not established."
+    )
 
 
 METRIC_NAMES = {"f1_macro": "macro-F1", "f1_micro": "micro-F1", "accuracy": "accuracy",
@@ -1156,10 +1188,12 @@ def classification_sentences(
     metric: str = "f1_macro",
     baselines: Sequence[str] = tuple(BASELINE_NAMES),
     comparisons: pd.DataFrame | None = None,
+    leaders: pd.DataFrame | None = None,
 ) -> list[str]:
     """Findings of the classification table (`classify.wide_ci`: one row per model and head, `<metric>`,
-    `<metric> lo`, `<metric> hi`[, `<metric> chance`], `cases`): the best model per head against chance with the
-    runner-up's overlap; each model against each baseline from the paired, case-level tests of `comparisons`
+    `<metric> lo`, `<metric> hi`[, `<metric> chance`], `cases`): the best model per head against chance, and whether
+    it ranks above the runner-up (from `leaders`, `classify.top_two` rows of both heads, where given; else from
+    whether their intervals overlap); each model against each baseline from the paired, case-level tests of `comparisons`
     (`classify.against_baselines` rows of both heads: Holm-adjusted p, `comparison_sentence`); whether the kNN
     and probe rankings agree."""
     lo, hi = f"{metric} lo", f"{metric} hi"
@@ -1167,7 +1201,11 @@ def classification_sentences(
     out = []
     orders = {}
     for head, part in wide.groupby("head", sort=False):
-        out.append(_ranking(part, metric, lo, hi, f"{name} with the {head}", f"{metric} chance"))
+        top = None
+        if leaders is not None and not leaders.empty:
+            sel = leaders[(leaders["head"] == head) & (leaders["metric"] == metric)]
+            top = None if sel.empty else sel.iloc[0]
+        out.append(_ranking(part, metric, lo, hi, f"{name} with the {head}", f"{metric} chance", top))
         orders[head] = shown_order(part, metric)
         if comparisons is None or comparisons.empty:
             continue
@@ -1185,19 +1223,21 @@ def classification_sentences(
         shown = f"({h1}: {order_text(o1)}; {h2}: {order_text(o2)})"
         lead = f"The {h1} and {h2} orders of the models by {name} as shown ({DIGITS} decimals; = joins equal values)"
         if [sorted(g) for g, _ in o1] == [sorted(g) for g, _ in o2]:
-            out.append(f"{lead} agree {shown}; orders within overlapping intervals are not established.")
+            out.append(
+                f"{lead} agree {shown}; orders within overlapping intervals are not established (an unpaired check)."
+            )
             return out
         parts = {head: part.set_index("model") for head, part in wide.groupby("head", sort=False)}
         firm = _swaps_apart(parts[h1], parts[h2], metric, lo, hi)
         if firm:
             out.append(
                 f"{lead} differ {shown}, and the heads rank {', '.join(f'{a} and {b}' for a, b in firm)} in "
-                "opposite orders with intervals that do not overlap under either head."
+                "opposite orders with intervals that do not overlap under either head (an unpaired check)."
             )
         else:
             out.append(
-                f"{lead} differ {shown}, but only for pairs whose intervals overlap under at least one head: the "
-                "heads are not shown to rank the models differently."
+                f"{lead} differ {shown}, but only for pairs whose intervals overlap under at least one head (an "
+                "unpaired check): the heads are not shown to rank the models differently."
             )
     return out
 

@@ -432,3 +432,14 @@ def test_knn_reads_stored_neighbour_tables_and_searches_what_they_lack():
         classify.knn_classify(
             x, labels, splits, cases, selection="val", k_max=8, neighbour_table=other_index, row_ids=row_ids
         )
+
+
+def test_knn_ties_go_to_the_alphabetically_first_label():
+    """Notebook 7 states the rule: with k = 2 and one neighbour of each class, the first label in sorted order."""
+    labels = np.array(["zeta", "alpha", "alpha"])
+    neighbours = np.array([[1, 0], [0, 1]])  # one "alpha" and one "zeta" among the first 2, in either order
+    assert classify.knn_predictions(neighbours, 2, [2]).tolist() == [[0, 0]]
+    assert classify.knn_predictions(neighbours, 2, [1]).tolist() == [[1, 0]]
+    scores = np.array([[0.5, 0.5]])
+    assert classification_metrics(np.array([0]), scores).metrics["accuracy"] == 1.0  # argmax: code 0
+    assert np.unique(labels).tolist() == ["alpha", "zeta"]  # classify._prepare's codes: the sorted labels

@@ -146,8 +146,16 @@ def test_precision_sentence_names_what_ran_for_each_model() -> None:
         "pixels": {"dtype": "fp32", "bf16": True},
         "old": {"bf16": True},
         "theirs": {"source": "imported from the authors' published embeddings"},
+        "raw": {
+            "dtype": "fp32",
+            "device": "cpu",
+            "speed": {"cpu": "EPYC"},
+            "encoder": {"loader": "raw_pixels"},
+        },
     }
     text = embeddings.precision_sentence(prov)
+    assert "the resized pixels themselves (no network) for raw" in text and "for raw," not in text
+    assert "EPYC" not in text  # no forward pass ran for it
     assert "computed in bf16 for a, b, old" in text and "computed in fp32 for pixels" in text
     assert "imported from the authors' published embeddings for theirs" in text
     assert "torch.compile ran for a;" in text and "cosine at least 0.99999 in fp32, 0.99 in bf16" in text

@@ -286,6 +286,33 @@ def test_the_ranking_of_the_two_best_follows_their_paired_comparison(low, verdic
     assert findings.classification_sentences(wide, leaders=other)[0] == plain
 
 
+def test_the_conditional_scope_and_the_verdict_across_n():
+    rows = [
+        {"model": m, "N": n, "region": reg, "difference": 0.05, "difference_lo": lo, "difference_hi": lo + 0.1,
+         "n_cases": 20, "p_holm": p}
+        for m, shift in (("enc", 0.0), ("raw-pixels", -0.1))
+        for n, lo, p in ((1, -0.01, 0.3), (3, 0.02, 0.01), (5, 0.03, 0.2), (10, 0.04, 0.01))
+        for reg in ("all regions", "CT/lung", "MR/brain", *(("XR/chest",) if n < 10 else ()))
+        for lo in (lo + shift,)
+    ]  # fmt: skip
+    cond = pd.DataFrame(rows)
+    assert findings.conditional_across_n(cond) == [
+        "enc, all regions: not distinguishable from chance at N = 1 and 5; above chance at N = 3 and 10: the "
+        "verdict depends on N.",  # N = 5: the interval excludes 0, but the adjusted p does not reach 0.05
+        "raw-pixels, all regions: not distinguishable from chance at every N shown (N = 1, 3, 5 and 10).",
+    ]
+    left = pd.DataFrame([{"region": "XR/chest", "index images": 8, "N left out": "10", "queries": 5}])
+    regions = ["CT/lung", "MR/brain", "XR/chest", "US/neck"]
+    at10 = findings.conditional_scope_sentence(cond[cond["N"] == 10], regions, left)
+    assert at10.startswith(
+        'At N = 10, "all regions" pools the queries of CT/lung and MR/brain; left out at this N: '
+    )
+    assert "XR/chest (N reaches its index images" in at10
+    assert "US/neck (no query with an anatomy-correct neighbour for every model)" in at10
+    at5 = findings.conditional_scope_sentence(cond[cond["N"] == 5], regions[:3], left)
+    assert at5 == 'At N = 5, "all regions" pools the queries of CT/lung, MR/brain and XR/chest.'
+
+
 def test_summary_level_and_index_size_sentences():
     rng = np.random.default_rng(0)
     rows = []

@@ -77,6 +77,9 @@ def precision_sentence(provenance: Mapping[str, Mapping]) -> str:
         if prov.get("source"):  # e.g. imported from the authors' published embeddings
             groups.setdefault(str(prov["source"]), []).append(model)
             continue
+        if (prov.get("encoder") or {}).get("loader") == "raw_pixels":  # no network: the pixels are the vector
+            groups.setdefault("the resized pixels themselves (no network)", []).append(model)
+            continue
         groups.setdefault(f"computed in {_dtype_ran(prov)}", []).append(model)
         if _compiled(prov):
             compiled.append(model)

@@ -533,6 +533,63 @@ def conditional_sentences(part: pd.DataFrame, region_limit: int = 3) -> list[str
     return out
 
 
+def _and_list(items: Sequence) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def conditional_scope_sentence(
+    part: pd.DataFrame, regions: Sequence[str], left_out: pd.DataFrame | None = None
+) -> str:
+    """Which of the queried `regions` with at least two labels the pooled rows of `part` (one N of
+    `levels.pathology_given_anatomy_models(..., by_region=True)`) hold, and why the others have no row at that N:
+    `left_out` (`levels.uninformative_pairs`) names the regions whose index images N reaches; any other has no
+    query with an anatomy-correct neighbour for every model."""
+    n = int(part["N"].iloc[0])
+    held = [r for r in regions if r in set(part["region"])]
+    gone = [r for r in regions if r not in held]
+    text = f'At N = {n}, "all regions" pools the queries of {_and_list(held) if held else "no region"}'
+    if not gone:
+        return text + "."
+    reached = set()
+    if left_out is not None and not left_out.empty:
+        for _, r in left_out.iterrows():
+            if str(n) in str(r["N left out"]).replace(" ", "").split(","):
+                reached.add(str(r["region"]))
+    why = [
+        f"{_and_list(sorted(reached & set(gone)))} (N reaches its index images; see the table of left-out regions)"
+        if reached & set(gone)
+        else "",
+        f"{_and_list(sorted(set(gone) - reached))} (no query with an anatomy-correct neighbour for every model)"
+        if set(gone) - reached
+        else "",
+    ]
+    return (
+        f"{text}; left out at this N: {'; '.join(w for w in why if w)}. The pooled row at this N covers only the "
+        "regions it names."
+    )
+
+
+def conditional_across_n(cond: pd.DataFrame) -> list[str]:
+    """One sentence per model: the verdict of its pooled row ("all regions") at each N of `cond`
+    (`levels.pathology_given_anatomy_models` rows; each N its own common queries and Holm families), so that the
+    reader sees whether the verdict at the N described depends on that choice."""
+    pooled = cond[cond["region"] == ALL_REGIONS] if "region" in cond else cond
+    out = []
+    for model, rows in pooled.groupby("model", sort=False):
+        by_verdict: dict[str, list[int]] = {}
+        for _, r in rows.sort_values("N").iterrows():
+            by_verdict.setdefault(conditional_verdict(r), []).append(int(r["N"]))
+        if len(by_verdict) == 1:
+            ((verdict, ns),) = by_verdict.items()
+            out.append(f"{model}, all regions: {verdict} at every N shown (N = {_and_list(ns)}).")
+            continue
+        parts = "; ".join(f"{verdict} at N = {_and_list(ns)}" for verdict, ns in by_verdict.items())
+        out.append(f"{model}, all regions: {parts}: the verdict depends on N.")
+    return out
+
+
 def _index_count(x: float) -> str:
     """'23 index cases'; a count that differs between repeats is a mean: '23.4 index cases (mean over repeats)'."""
     return f"{int(x):,} index cases" if float(x).is_integer() else f"{x:,.1f} index cases (mean over repeats)"

@@ -66,7 +66,8 @@ def test_model_table_and_paired_comparisons_match_reference(seed):
     assert table.attrs["best"] == max(micro1, key=micro1.get)
     assert table.loc[table["model"] == table.attrs["best"], "rank"].eq(1).all()
 
-    best = summary.against_best(models, qr, ir, labels, cases, ns=ns, n_boot=40, seed=seed)
+    best = summary.against_best(models, qr, ir, labels, cases, ns=ns, n_boot=40, seed=seed, settle=False)
+    assert (best["resamples"] == 40).all()
     b = table.attrs["best"]
     assert set(best["model"]) == set(models) - {b} and (best["best"] == b).all()
     for kind in ("micro", "macro"):
@@ -88,12 +89,41 @@ def test_model_table_and_paired_comparisons_match_reference(seed):
             np.testing.assert_allclose(got, want, atol=1e-12)
 
     base = summary.against_baselines(
-        models, qr, ir, labels, ["raw-pixels", "random-vit", "absent"], cases, ns=ns, n_boot=40, seed=seed
+        models,
+        qr,
+        ir,
+        labels,
+        ["raw-pixels", "random-vit", "absent"],
+        cases,
+        ns=ns,
+        n_boot=40,
+        seed=seed,
+        settle=False,
     )
     assert len(base) == 2 * 2 * 2 * len(ns)  # 2 models x 2 baselines x 2 averages x N
     row = base[(base["model"] == "good") & (base["baseline"] == "raw-pixels") & (base["average"] == "micro")]
     want = np.mean([v[0] for v in per_query["good"]]) - np.mean([v[0] for v in per_query["raw-pixels"]])
     assert math.isclose(row["difference"].iloc[0], want, abs_tol=1e-12)
+
+
+def test_borderline_p_values_are_settled_with_more_resamples(monkeypatch):
+    """A Holm p within BORDERLINE_SE Monte-Carlo errors of 0.05 reruns the family with SETTLE_FACTOR x B resamples."""
+    se = math.sqrt(0.05 * 0.95 / 1000)
+    assert summary.borderline([0.05, 0.05 + 2.9 * se, 0.05 - 3.1 * se, 0.2], 1000).tolist() == [
+        True, True, False, False
+    ]  # fmt: skip
+    models, qr, ir, labels, cases = problem(3)
+    args = (models, qr, ir, labels, ["raw-pixels", "random-vit"], cases)
+    plain = summary.against_baselines(*args, n_boot=50, seed=1, settle=False)
+    more = summary.against_baselines(*args, n_boot=500, seed=1, settle=False)
+    monkeypatch.setattr(summary, "BORDERLINE_SE", 1e6)  # every p is borderline: it settles
+    settled = summary.against_baselines(*args, n_boot=50, seed=1)
+    pd.testing.assert_frame_equal(settled, more)
+    assert (settled["resamples"] == 500).all() and (settled["p_min"] == 2 / 501).all()
+    monkeypatch.setattr(summary, "BORDERLINE_SE", 0.0)  # none is: B stays
+    pd.testing.assert_frame_equal(summary.against_baselines(*args, n_boot=50, seed=1), plain)
+    best = summary.against_best(models, qr, ir, labels, cases, n_boot=50, seed=1)
+    assert (best["resamples"] == 50).all()
 
 
 def test_bad_inputs_and_paper_comparison():

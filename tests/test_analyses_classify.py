@@ -257,7 +257,7 @@ def _ref_paired(a, b, metric, n_boot, seed):
     return lo, hi, p
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(3))
 def test_paired_outcomes_match_a_reference_loop(seed):
     rng = np.random.default_rng(seed)
     n, c = 36, 3
@@ -265,9 +265,9 @@ def test_paired_outcomes_match_a_reference_loop(seed):
     cases = rng.integers(0, 10, n)
     a = _outcome(y, rng.dirichlet(np.ones(c), n) + np.eye(c)[y] * 0.4, cases)
     b = _outcome(y, rng.dirichlet(np.ones(c), n), cases)
-    table = classify.paired_outcomes(a, b, ["f1_macro", "accuracy", "roc_auc_macro"], n_boot=40, seed=seed)
+    table = classify.paired_outcomes(a, b, ["f1_macro", "accuracy", "roc_auc_macro"], n_boot=25, seed=seed)
     for row in table.itertuples():
-        lo, hi, p = _ref_paired(a, b, row.metric, 40, seed)
+        lo, hi, p = _ref_paired(a, b, row.metric, 25, seed)
         assert row.difference == pytest.approx(a.result.metrics[row.metric] - b.result.metrics[row.metric])
         assert row.low == pytest.approx(lo) and row.high == pytest.approx(hi)
         assert row.p_value == pytest.approx(p)
@@ -302,6 +302,8 @@ def test_against_baselines_pairs_every_encoder_with_every_baseline_and_adjusts_b
 
 @pytest.mark.parametrize("seed", range(3))
 def test_top_two_pairs_the_two_highest_point_estimates(seed):
+    """The pair is chosen by the point estimates; its row is `paired_outcomes` of that pair (tested above against
+    the reference loop)."""
     rng = np.random.default_rng(seed)
     n, c = 40, 3
     y = rng.integers(0, c, n)
@@ -310,11 +312,10 @@ def test_top_two_pairs_the_two_highest_point_estimates(seed):
             for m, w in (("a", 0.1), ("b", 0.6), ("c", 0.3), ("d", 0.0))}  # fmt: skip
     row = classify.top_two(outs, "f1_macro", n_boot=30, seed=seed).iloc[0]
     by_value = sorted(outs, key=lambda m: outs[m].result.metrics["f1_macro"], reverse=True)
-    assert (row["model"], row["runner_up"]) == tuple(by_value[:2])
-    lo, hi, p = _ref_paired(outs[by_value[0]], outs[by_value[1]], "f1_macro", 30, seed)
-    assert row["difference"] >= 0
-    assert row["low"] == pytest.approx(lo) and row["high"] == pytest.approx(hi)
-    assert row["p_value"] == pytest.approx(p) and row["n_cases"] == len(set(cases.tolist()))
+    assert (row["model"], row["runner_up"]) == tuple(by_value[:2]) and row["difference"] >= 0
+    want = classify.paired_outcomes(outs[by_value[0]], outs[by_value[1]], ["f1_macro"], n_boot=30, seed=seed)
+    for col in ("difference", "low", "high", "p_value", "p_min", "n_cases", "n_queries"):
+        assert row[col] == pytest.approx(want[col].iloc[0])
     assert classify.top_two({"a": outs["a"]}).empty
 
 

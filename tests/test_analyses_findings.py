@@ -246,7 +246,10 @@ def test_shape_sentences_follow_the_paired_changes(seed):
     text = findings.shape_sentence(t, "m", middle=10, changes=pd.concat([changes, other]))
     sign = [1 if lo > 0 else -1 if lo + 0.04 < 0 else 0 for lo in lows]
     if sign[0] and not sign[1]:
-        assert f"it {'rises' if sign[0] > 0 else 'falls'} up to N = 10" in text and "flattens" in text
+        assert f"it {'rises' if sign[0] > 0 else 'falls'} up to N = 10" in text
+        assert (
+            "and is not shown to change after it (paired difference" in text
+        )  # not "flattens": no evidence of it
         assert f"paired difference {findings.signed(lows[0] + 0.02)}" in text
     elif sign[2]:
         assert (
@@ -255,7 +258,7 @@ def test_shape_sentences_follow_the_paired_changes(seed):
         )
     else:
         assert ": it is not shown to change (paired difference" in text
-    assert "over the same queries" in text or "flattens" in text
+    assert "over the same queries" in text or "not shown to change after it" in text
     assert "unpaired" not in text
     # computed for other points: the bands decide, and the sentence says it is unpaired
     moved = changes.assign(from_N=2)
@@ -296,11 +299,16 @@ def test_the_conditional_scope_and_the_verdict_across_n():
         for lo in (lo + shift,)
     ]  # fmt: skip
     cond = pd.DataFrame(rows)
-    assert findings.conditional_across_n(cond) == [
-        "enc, all regions: not distinguishable from chance at N = 1 and 5; above chance at N = 3 and 10: the "
-        "verdict depends on N.",  # N = 5: the interval excludes 0, but the adjusted p does not reach 0.05
-        "raw-pixels, all regions: not distinguishable from chance at every N shown (N = 1, 3, 5 and 10).",
-    ]
+    across = findings.conditional_across_n(cond.assign(n_queries=40))
+    assert across[0].startswith(  # N = 5: the interval excludes 0, but the adjusted p does not reach 0.05
+        "enc, all regions: not distinguishable from chance at N = 1 (40 queries, 20 cases) and 5 (40 queries, 20 "
+        "cases); above chance at N = 3 (40 queries, 20 cases) and 10 (40 queries, 20 cases): the verdict changes "
+        "with N, and so do the queries"
+    )
+    assert across[1] == (
+        "raw-pixels, all regions: not distinguishable from chance at every N shown (N = 1 (40 queries, 20 cases), "
+        "3 (40 queries, 20 cases), 5 (40 queries, 20 cases) and 10 (40 queries, 20 cases))."
+    )
     left = pd.DataFrame([{"region": "XR/chest", "index images": 8, "N left out": "10", "queries": 5}])
     regions = ["CT/lung", "MR/brain", "XR/chest", "US/neck"]
     at10 = findings.conditional_scope_sentence(cond[cond["N"] == 10], regions, left)
@@ -311,6 +319,21 @@ def test_the_conditional_scope_and_the_verdict_across_n():
     assert "US/neck (no query with an anatomy-correct neighbour for every model)" in at10
     at5 = findings.conditional_scope_sentence(cond[cond["N"] == 5], regions[:3], left)
     assert at5 == 'At N = 5, "all regions" pools the queries of CT/lung, MR/brain and XR/chest.'
+
+
+def test_the_baseline_claim_counts_the_other_n_and_averages_beside_its_verdict():
+    rows = [
+        {"model": m, "baseline": "raw-pixels", "average": avg, "N": n, "difference": 0.1, "low": low,
+         "high": low + 0.2, "p_value": 0.01, "p_holm": p_holm, "n_cases": 30}
+        for avg in ("micro", "macro") for n in (1, 10)
+        for m, low, p_holm in (("a", 0.05 if n == 10 else -0.05, 0.01), ("b", 0.02, 0.2 if avg == "macro" else 0.01))
+    ]  # fmt: skip
+    text = findings._higher_elsewhere(pd.DataFrame(rows), 1, "micro")
+    assert text == (
+        "; at the other N and averages of the tables, pairs higher (not counted in the verdict): macro P@1 0 of 2, "
+        "macro P@10 1 of 2, micro P@10 2 of 2"
+    )
+    assert findings._higher_elsewhere(pd.DataFrame(rows).assign(n_cases=3), 1, "micro") == ""
 
 
 def test_summary_level_and_index_size_sentences():
@@ -499,6 +522,7 @@ def test_the_index_size_verdict_says_when_the_index_barely_shrinks():
         claims = findings.paper_claims(["m"], "radmini", index_size_ran=True)
         got = findings.claim_verdicts(claims, _p1_table({"m": 0.5}), index_size=pd.DataFrame(rows))
         row = got[got["claim"] == findings.PAPER_CLAIMS[3][1]].iloc[0]
+        assert row["testable"] == (row["verdict"] != findings.UNTESTABLE)
         return row["verdict"], row["evidence"]
 
     (narrow_verdict, narrow), (wide_verdict, wide) = verdict(63), verdict(25)
@@ -758,6 +782,10 @@ def test_claim_verdicts_follow_the_intervals(seed):
     for _, r in got.reset_index().iterrows():
         assert f"- {r['claim']} ({r['evidence']})" in text
         assert f"**{r['verdict'].capitalize()}:**" in text
+    noted = findings.findings_markdown(
+        config, table, best, base, got.reset_index(), method=["Embeddings: x."]
+    )
+    assert f"{findings.TERMS}\n\nEmbeddings: x.\n\n## What the tables show" in noted
 
 
 # ---- notebooks 01, 02, 05, 07 ---------------------------------------------------------------------------------
@@ -982,7 +1010,7 @@ def test_classification_sentences_agree_with_their_table(seed):
                     in joined
                 )
             else:
-                assert "the heads are not shown to rank the models differently" in joined
+                assert "no difference in ranking between the heads is shown" in joined
 
 
 def _heads(knn: dict[str, float], probe: dict[str, float], n: int = 200) -> pd.DataFrame:
@@ -1006,7 +1034,7 @@ def test_classification_sentences_name_values_that_tie_as_shown_instead_of_ranki
     )
     assert "next" not in knn + probe
     assert "(kNN: all 3 at 1.000; linear probe: a = c (1.000) > b (0.965))" in order
-    assert "differ" in order and "not shown to rank the models differently" in order  # intervals overlap
+    assert "differ" in order and "no difference in ranking between the heads is shown" in order  # overlap
     apart = findings.classification_sentences(_heads({"a": 0.9, "b": 0.5}, {"a": 0.5, "b": 0.9}))
     assert (
         "the heads rank a and b in opposite orders with intervals that do not overlap under either head"

@@ -227,3 +227,12 @@ def test_subsample_draws_what_the_plain_loops_draw(seed):
         np.array(["b", "a", "a", "b", "c"]), np.array(["p2", "p2", "p1", "p1", "p3"])
     )
     assert ties == {"p1": "a", "p2": "a", "p3": "c"}
+
+
+def test_realised_note_gives_each_fractions_share_of_cases_and_images():
+    study = pd.DataFrame({"fraction": [0.1, 0.1, 0.5, 1.0], "index_cases": [23, 23, 40, 60],
+                          "index_images": [77.2, 77.2, 90.0, 122.5]})  # fmt: skip
+    assert index_size.realised_note(study) == (
+        "Realised index per fraction (mean over repeats): 0.1 -> 23 of 60 cases (38 %) and 63 % of the images; "
+        "0.5 -> 40 of 60 cases (67 %) and 73 % of the images; 1 -> 60 of 60 cases (100 %) and 100 % of the images."
+    )

@@ -108,18 +108,22 @@ def test_model_table_and_paired_comparisons_match_reference(seed):
 
 def test_borderline_p_values_are_settled_with_more_resamples(monkeypatch):
     """A Holm p within BORDERLINE_SE Monte-Carlo errors of 0.05 reruns the family with SETTLE_FACTOR x B resamples."""
-    se = math.sqrt(0.05 * 0.95 / 1000)
+    se = math.sqrt(2 * 0.05 / 1000)  # an unadjusted p near 0.05 from 1,000 resamples
     assert summary.borderline([0.05, 0.05 + 2.9 * se, 0.05 - 3.1 * se, 0.2], 1000).tolist() == [
         True, True, False, False
     ]  # fmt: skip
+    assert summary.borderline([0.059], 10_000, 6)[0] and not summary.borderline([0.059], 100_000, 6)[0]
     models, qr, ir, labels, cases = problem(3)
     args = (models, qr, ir, labels, ["raw-pixels", "random-vit"], cases)
     plain = summary.against_baselines(*args, n_boot=50, seed=1, settle=False)
     more = summary.against_baselines(*args, n_boot=500, seed=1, settle=False)
-    monkeypatch.setattr(summary, "BORDERLINE_SE", 1e6)  # every p is borderline: it settles
+    monkeypatch.setattr(summary, "BORDERLINE_SE", 1e6)  # every p is borderline: it settles, at most twice
+    monkeypatch.setattr(summary, "MAX_SETTLE", 1)
     settled = summary.against_baselines(*args, n_boot=50, seed=1)
     pd.testing.assert_frame_equal(settled, more)
     assert (settled["resamples"] == 500).all() and (settled["p_min"] == 2 / 501).all()
+    monkeypatch.setattr(summary, "MAX_SETTLE", 2)
+    assert (summary.against_baselines(*args, n_boot=50, seed=1)["resamples"] == 5000).all()
     monkeypatch.setattr(summary, "BORDERLINE_SE", 0.0)  # none is: B stays
     pd.testing.assert_frame_equal(summary.against_baselines(*args, n_boot=50, seed=1), plain)
     best = summary.against_best(models, qr, ir, labels, cases, n_boot=50, seed=1)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from bs4 import BeautifulSoup
+from cbmir.analyses import findings
 from cbmir.tables import MISSING, TableError, format_ci, show
 
 
@@ -194,6 +195,11 @@ def test_p_values_at_the_bootstrap_floor_are_marked_and_p_min_is_not_shown():
     assert "≤ (1 row): every resampled difference had the same sign" in table.html
     assert "the smallest the B = 1,000 resamples can give" in table.html
     assert "≤" not in show(df.iloc[1:], caption="pairs").html
+    # B = 10,000 and a Holm factor of 6: the bound 0.0012 reads "≤ 0.002", never rounded down to 0.001
+    many = pd.DataFrame({"p_value": [2 / 10001], "p_holm": [12 / 10001], "p_min": [bootstrap.p_floor(10000)]})
+    assert show(many).frame.iloc[0].tolist() == ["≤ 0.001", "≤ 0.002"]
+    row = {"p_value": 2 / 10001, "p_holm": 12 / 10001, "p_min": bootstrap.p_floor(10000)}
+    assert findings._p_text(row, "")[1] == "p ≤ 0.002 (Holm-adjusted)"
 
 
 def test_whole_columns_are_rounded_to_whole_numbers_for_reading():

@@ -137,7 +137,11 @@ def show(
             shown[col] = [format_whole(v) if col in whole else format_value(v, digits) for v in values]
             if col in P_COLUMNS:  # no p-value where too few cases carry a test (as no interval)
                 shown[col] = [
-                    MISSING if f else f"≤ {c}" if at and c != MISSING else _below_alpha(v, c)
+                    MISSING
+                    if f
+                    else f"≤ {round_up(v, digits)}"
+                    if at and c != MISSING
+                    else _below_alpha(v, c)
                     for v, c, at, f in zip(values, shown[col], floor, few, strict=True)
                 ]
             if _is_numeric(values):
@@ -181,6 +185,12 @@ def _at_p_floor(frame: pd.DataFrame) -> np.ndarray:
     if P_MIN_COLUMN not in frame.columns or "p_value" not in frame.columns:
         return np.zeros(len(frame), dtype=bool)
     return at_p_floor(frame["p_value"].to_numpy(), frame[P_MIN_COLUMN].to_numpy())
+
+
+def round_up(value: float, digits: int = 3) -> str:
+    """An upper bound rounded up at `digits` decimals ('0.0012' -> '0.002'), so that the bound shown still holds."""
+    scale = 10**digits
+    return f"{math.ceil(float(value) * scale - 1e-9) / scale:.{digits}f}"
 
 
 def format_whole(value: object) -> str:

@@ -31,6 +31,7 @@ from cbmir.tables import (
     at_p_floor,
     few_cases,
     outside_interval,
+    round_up,
     rounds_up_to_alpha,
     zero_width,
 )
@@ -195,9 +196,10 @@ def _p_text(row: Mapping, family: str) -> tuple[bool, str]:
     """(Holm-adjusted?, "p = ..." text): the row's `p_holm` where present (saying over which family), else its
     `p_value`; "p ≤ ..." where the p-value is at its bootstrap floor (`cbmir.tables.at_p_floor`)."""
     holm = "p_holm" in row and not pd.isna(row["p_holm"])
-    text = pval(row["p_holm"] if holm else row["p_value"])
-    if at_p_floor(row["p_value"], row.get("p_min", np.nan))[0] and text.startswith("p = "):
-        text = f"p ≤ {text[4:]}"
+    p = row["p_holm"] if holm else row["p_value"]
+    text = pval(p)
+    if at_p_floor(row["p_value"], row.get("p_min", np.nan))[0]:
+        text = f"p ≤ {round_up(p, DIGITS)}"  # an upper bound: rounded up, never down
     return holm, text + (f" (Holm-adjusted{family})" if holm else "")
 
 
@@ -316,7 +318,11 @@ def shape_sentence(
             else:
                 why = (
                     f"({_paired_text(_paired_change(paired, first, middle))} up to {x} = {middle}; "
-                    f"{_paired_text(_paired_change(paired, middle, last))} after it, whose interval contains 0)"
+                    f"{_paired_text(_paired_change(paired, middle, last))} after it)"
+                )
+                return (
+                    f"{quote}: it {verb} up to {x} = {middle} ({num(rm[value])}) and is not shown to change after "
+                    f"it {why}."
                 )
             return f"{quote}: it {verb} up to {x} = {middle} ({num(rm[value])}) and flattens after it {why}."
     if paired is not None:
@@ -578,15 +584,20 @@ def conditional_across_n(cond: pd.DataFrame) -> list[str]:
     pooled = cond[cond["region"] == ALL_REGIONS] if "region" in cond else cond
     out = []
     for model, rows in pooled.groupby("model", sort=False):
-        by_verdict: dict[str, list[int]] = {}
+        by_verdict: dict[str, list[str]] = {}
         for _, r in rows.sort_values("N").iterrows():
-            by_verdict.setdefault(conditional_verdict(r), []).append(int(r["N"]))
+            by_verdict.setdefault(conditional_verdict(r), []).append(
+                f"{int(r['N'])} ({queries(r['n_queries'])}, {cases(r['n_cases'])})"
+            )
         if len(by_verdict) == 1:
             ((verdict, ns),) = by_verdict.items()
             out.append(f"{model}, all regions: {verdict} at every N shown (N = {_and_list(ns)}).")
             continue
         parts = "; ".join(f"{verdict} at N = {_and_list(ns)}" for verdict, ns in by_verdict.items())
-        out.append(f"{model}, all regions: {parts}: the verdict depends on N.")
+        out.append(
+            f"{model}, all regions: {parts}: the verdict changes with N, and so do the queries and regions it rests "
+            "on (fewer queries have an anatomy-correct neighbour for every model at small N)."
+        )
     return out
 
 
@@ -841,6 +852,21 @@ def _baseline_verdict(base: pd.DataFrame, measure: str) -> tuple[str, str]:
     return _count_verdict(above, below, len(base)), evidence
 
 
+def _higher_elsewhere(pairs: pd.DataFrame | None, n: int, average: str) -> str:
+    """'; at the other N and averages of the tables (not counted in the verdict): micro P@3 4 of 6 higher, ...',
+    by the rule of the verdict (`pair_direction`), for the rows of `pairs` other than (`n`, `average`)."""
+    if pairs is None or pairs.empty or too_few(pairs["n_cases"].min()):
+        return ""
+    bits = [
+        f"{avg} P@{int(big_n)} {sum(pair_direction(r) > 0 for _, r in g.iterrows())} of {len(g)}"
+        for (avg, big_n), g in pairs.groupby(["average", "N"], sort=True)
+        if (avg, big_n) != (average, n)
+    ]
+    if not bits:
+        return ""
+    return f"; at the other N and averages of the tables, pairs higher (not counted in the verdict): {', '.join(bits)}"
+
+
 def _best_verdict(
     best_model: str, best: pd.DataFrame, image_text: Sequence[str], tied: Sequence[str] = ()
 ) -> tuple[str, str]:
@@ -985,7 +1011,8 @@ def _index_size_verdict(study: pd.DataFrame, n: int, metric: str, average: str) 
         if narrow:
             evidence += (
                 " (fewer cases, but not half the images: every class keeps a case, and the large classes keep most "
-                "of their images; a range too narrow to show a dependence, so this run cannot test the claim)"
+                "of their images; a range this narrow, with bands this wide, cannot show a dependence, so this "
+                "run cannot test the claim)"
             )
     evidence += " (notebook 4)"
     return (UNTESTABLE if narrow else _count_verdict(len(which), 0, total)), evidence
@@ -1020,6 +1047,7 @@ def claim_verdicts(
             verdict, evidence = UNTESTABLE, row["why"]
         elif key == "baselines":
             verdict, evidence = _baseline_verdict(_pairs_at(baselines, n, average), f"{average} P@{n}")
+            evidence += _higher_elsewhere(baselines, n, average)
         elif key == "image_text":
             verdict, evidence = _best_verdict(
                 str(table.attrs.get("best", "")), _pairs_at(best, n, average), image_text_models,
@@ -1036,7 +1064,7 @@ def claim_verdicts(
         out.append(
             {
                 "claim": row["claim"],
-                "testable": bool(row["testable"]),
+                "testable": bool(row["testable"]) and verdict != UNTESTABLE,  # e.g. an index range too narrow
                 "verdict": verdict,
                 "evidence": evidence,
             }
@@ -1051,7 +1079,10 @@ TERMS = (
     "cluster bootstrap over cases. **Chance** is the value under a random ranking of the index. A difference is "
     "called higher or lower only when its paired 95 % interval excludes 0 and its Holm-adjusted p is below 0.05. A "
     "value is called above or below chance when its 95 % interval excludes the chance value (not adjusted across "
-    "models)."
+    "models). A pair can sit in two families (against the best model, against a baseline), each with its own Holm "
+    "adjustment, so its adjusted p can differ between them. In the notebooks, a curve rises or falls, and the best "
+    "classifier ranks above the runner-up, only where a paired 95 % interval excludes 0 (one comparison each, not "
+    "adjusted)."
 )
 
 
@@ -1063,9 +1094,14 @@ def findings_markdown(
     verdicts: pd.DataFrame,
     n: int = 1,
     average: str = "micro",
+    method: Sequence[str] = (),
 ) -> str:
-    """The report's findings: the sentences of `summary_sentences`, then the paper's claims grouped by verdict."""
-    lines = [f"# Findings ({config_name})", "", TERMS, "", f"## What the tables show ({average} P@{n})", ""]
+    """The report's findings: the sentences of `summary_sentences`, then the paper's claims grouped by verdict;
+    `method`: statements of method shown after the terms (e.g. `embeddings.precision_sentence`)."""
+    lines = [f"# Findings ({config_name})", "", TERMS, ""]
+    if method:
+        lines += [*method, ""]
+    lines += [f"## What the tables show ({average} P@{n})", ""]
     lines.append(as_markdown(summary_sentences(table, best, baselines, n=n, average=average)))
     lines += ["", "## The paper's claims", ""]
     for verdict in (HOLDS, PARTLY, FAILS, NOT_SHOWN, UNTESTABLE):
@@ -1293,8 +1329,8 @@ def classification_sentences(
             )
         else:
             out.append(
-                f"{lead} differ {shown}, but only for pairs whose intervals overlap under at least one head (an "
-                "unpaired check): the heads are not shown to rank the models differently."
+                f"{lead} differ {shown}, but only between models whose intervals overlap under at least one "
+                "head, so no difference in ranking between the heads is shown (an unpaired, conservative check)."
             )
     return out
 

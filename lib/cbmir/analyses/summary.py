@@ -31,24 +31,42 @@ PAPER_REPORTED = pd.DataFrame(
 )
 
 
-# A Holm-adjusted p this close to ALPHA, in Monte-Carlo standard errors of a p-value of ALPHA estimated from B
-# resamples, sqrt(ALPHA (1 - ALPHA) / B), could fall on either side with another seed: the comparisons are then
-# recomputed with SETTLE_FACTOR times as many resamples (all of them, so that one set of draws serves the table).
+# A Holm-adjusted p this close to ALPHA, in Monte-Carlo standard errors, could fall on either side of it with another
+# seed. A two-sided bootstrap p near p_raw from B resamples has a standard error of about sqrt(2 p_raw / B); Holm
+# multiplies p_raw by at most the family's size m, so near ALPHA the adjusted p's error is at most
+# sqrt(2 m ALPHA / B). Such a table is recomputed with SETTLE_FACTOR times the resamples (every family of it, so that
+# one set of draws serves the whole table), up to MAX_SETTLE times.
 BORDERLINE_SE = 3.0
 SETTLE_FACTOR = 10
+MAX_SETTLE = 2
 
 
-def borderline(p_values: Sequence[float] | np.ndarray, n_boot: int, alpha: float = ALPHA) -> np.ndarray:
-    """Which p-values lie within `BORDERLINE_SE` Monte-Carlo standard errors of `alpha` at `n_boot` resamples."""
+def borderline(
+    p_values: Sequence[float] | np.ndarray,
+    n_boot: int,
+    family_size: int | Sequence[int] | np.ndarray = 1,
+    alpha: float = ALPHA,
+) -> np.ndarray:
+    """Which p-values lie within `BORDERLINE_SE` Monte-Carlo standard errors, sqrt(2 m alpha / B), of `alpha`
+    (m: the size of each p-value's Holm family; 1 for an unadjusted p)."""
     p = np.asarray(p_values, dtype=np.float64)
-    return np.abs(p - alpha) <= BORDERLINE_SE * np.sqrt(alpha * (1 - alpha) / n_boot)
+    m = np.asarray(family_size, dtype=np.float64)
+    return np.abs(p - alpha) <= BORDERLINE_SE * np.sqrt(2 * m * alpha / n_boot)
+
+
+def _families(out: pd.DataFrame) -> np.ndarray:
+    """The size of each row's Holm family (one per average and N), counting the rows with a p-value."""
+    return out.groupby(["average", "N"])["p_holm"].transform("count").to_numpy()
 
 
 def _settled(run: Callable[[int], pd.DataFrame], n_boot: int, settle: bool) -> pd.DataFrame:
-    """`run(n_boot)`; where `settle` and a Holm-adjusted p of it is `borderline`, `run(SETTLE_FACTOR * n_boot)`
-    instead. The table's `resamples` column says which ran."""
+    """`run(n_boot)`; where `settle` and a Holm-adjusted p of it is `borderline`, rerun with `SETTLE_FACTOR` times
+    the resamples (at most `MAX_SETTLE` times). The table's `resamples` column says which ran."""
     out = run(n_boot)
-    if settle and len(out) and borderline(out["p_holm"].dropna(), n_boot).any():
+    for _ in range(MAX_SETTLE if settle else 0):
+        ok = out["p_holm"].notna().to_numpy()
+        if not len(out) or not borderline(out["p_holm"][ok], n_boot, _families(out)[ok]).any():
+            break
         n_boot *= SETTLE_FACTOR
         out = run(n_boot)
     return out.assign(resamples=n_boot)

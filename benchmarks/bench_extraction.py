@@ -14,6 +14,10 @@ For each encoder and precision (fp32; bf16 where the CPU multiplies bf16 nativel
   (images over the store's own `seconds`: the decode + forward loop from DataLoader start to the last chunk,
   after model preparation and compilation; the best of `--rounds` warm runs after the first, as the bare forward
   pass is the best of its rounds);
+- the loop paired in time with the bare forward pass: in each warm round the fast module first runs bare over
+  as many random images as the pipeline embeds, then the pipeline runs; the loop's share of that round's bare
+  rate, as the median and range over the rounds. On a shared machine whose speed drifts between minutes, a
+  ratio within one round is steadier than the best of each side taken at different times;
 - the same loop when the images come from a decode cache (`cbmir.decode_cache`) that a first run filled, as for a
   model whose resize setting an earlier model of the run shared;
 - the bound on the pipeline's share of the bare forward pass when the cores must also decode: with every core
@@ -37,9 +41,11 @@ import argparse
 import importlib.util
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -148,8 +154,12 @@ def pipeline(
     workers: int,
     decode_cache: Path | None = None,
     rounds: int = 1,
-) -> tuple[float, float, list]:
-    """(whole-call img/s, loop img/s, the rewrite steps) of `extract_embeddings` on the manifest's rows.
+    bare_rate: Callable[[], float] | None = None,
+) -> tuple[float, float, list, list[float]]:
+    """(whole-call img/s, loop img/s, the rewrite steps, paired shares) of `extract_embeddings` on the rows.
+
+    Paired shares: with `bare_rate` (a bare forward img/s measurement), each warm round calls it right before the
+    pipeline run, and the share is that run's loop img/s over it (empty without `bare_rate`).
 
     Whole-call: all rows, including model preparation, compilation and DataLoader start-up (first run). Loop: the
     rows over the seconds the store records for its chunks (decode + forward, without preparation and
@@ -175,8 +185,21 @@ def pipeline(
 
     n = len(manifest)
     first, _, steps = run(manifest)  # cold: page cache, compilation caches; the whole-call figure
-    loop = min(run(manifest)[1] for _ in range(max(1, rounds)))
-    return n / first, n / loop, steps
+    loops, shares = [], []
+    for _ in range(max(1, rounds)):
+        reference = bare_rate() if bare_rate is not None else None
+        loops.append(n / run(manifest)[1])
+        if reference is not None:
+            shares.append(loops[-1] / reference)
+    return n / first, max(loops), steps, shares
+
+
+def share_text(shares: list[float]) -> str:
+    """'91 % (88-95 %, 3 rounds)': median and range of paired shares, in percent."""
+    if not shares:
+        return "-"
+    pct = sorted(100 * s for s in shares)
+    return f"{statistics.median(pct):.0f} % ({pct[0]:.0f}-{pct[-1]:.0f} %, {len(pct)} rounds)"
 
 
 def load_avg() -> str:
@@ -205,7 +228,9 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
         f"thread(s) between forward passes), loop = best of {args.rounds} warm runs after a cold one; bound = forward / (forward + decode / {info['cores']} cores), the most "
         "a pipeline that decodes on the same cores can reach; decode cache hits = the loop of warm runs that read "
         "the first run's decoded, resized pixels from cbmir.decode_cache (a model whose resize setting an earlier "
-        "model shared: no decoding)",
+        "model shared: no decoding); paired = in each warm round the fast module runs bare over as many random "
+        f"images ({args.pipeline_n}) right before the pipeline run, and the loop's share of that round's bare rate "
+        "is taken: median (range) over the rounds, steadier on a drifting shared machine than best against best",
         "- fast forward and pipeline run with large tensors from the heap (cbmir.accelerate.large_tensors_on_heap, as "
         "extraction runs them); orig with the C library's default allocation. mem GB/s = copy of a 256 MiB tensor, "
         "best of the rounds. roofline % GEMM = cbmir.accelerate.roofline: each matmul/convolution/attention op of the "
@@ -220,11 +245,14 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
         "| encoder | precision | GFLOP/img | GEMM GFLOP/s | mem GB/s | roofline % GEMM (memory-bound share) | orig img/s "
         "| orig % GEMM | fast img/s | fast % GEMM | fast % roofline | fast/orig | "
         "decode ms/img | forward ms/img | bound % fast | "
-        + " | ".join(f"w={w}: pipeline img/s (whole / loop) | w={w}: loop % fast" for w in workers)
-        + f" | w={workers[0]}, decode cache hits: loop img/s | cache hits: loop % fast"
+        + " | ".join(
+            f"w={w}: pipeline img/s (whole / loop) | w={w}: loop % fast | w={w}: loop % fast, paired"
+            for w in workers
+        )
+        + f" | w={workers[0]}, decode cache hits: loop img/s | cache hits: loop % fast | cache hits: paired"
         + " | load | steps |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        + "---:|---:|" * (len(workers) + 1)
+        + "---:|---:|---:|" * (len(workers) + 1)
         + "---:|---|",
     ]
     for name in args.models.split(","):
@@ -237,6 +265,10 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
         ]
         gflop = gflop_per_image(encoder.module.eval(), batches[0])
         decode = decode_seconds(encoder, root, manifest.iloc[: args.n])
+        pipe_batches = [
+            torch.randn(min(args.batch, args.pipeline_n - i), *shape, generator=gen)
+            for i in range(0, args.pipeline_n, args.batch)
+        ]
         for precision in precisions:
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             torch._dynamo.reset()  # a fresh compile for each encoder and precision (dynamo stops at 8 per frame)
@@ -258,18 +290,26 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
                     best["fast"] = max(best["fast"], bare(fast.module, batches))
                 loads.append(load_avg())
             roof = roofline(eager.module, batches[0], best["gemm"], best["memory"])
+
+            def same_round_fast(module=fast.module, batches=pipe_batches) -> float:
+                with large_tensors_on_heap():  # recompiles in bare's warm-up call: the pipeline resets dynamo
+                    return bare(module, batches)
+
             cells = []
             for w in workers:
-                whole, steady, steps = pipeline(
+                whole, steady, steps, shares = pipeline(
                     encoder, manifest.iloc[: args.pipeline_n], root, tmp / f"{name}-{precision}", args.batch,
-                    precision == "bf16", args.compile, w, rounds=args.rounds,
+                    precision == "bf16", args.compile, w, rounds=args.rounds, bare_rate=same_round_fast,
                 )  # fmt: skip
-                cells.append(f"{whole:.3f} / {steady:.3f} | {100 * steady / best['fast']:.0f} %")
-            _, cached, _ = pipeline(
+                cells.append(
+                    f"{whole:.3f} / {steady:.3f} | {100 * steady / best['fast']:.0f} % | {share_text(shares)}"
+                )
+            _, cached, _, shares = pipeline(
                 encoder, manifest.iloc[: args.pipeline_n], root, tmp / f"{name}-{precision}", args.batch,
                 precision == "bf16", args.compile, workers[0], tmp / f"decoded-{name}-{precision}", args.rounds,
+                same_round_fast,
             )  # fmt: skip
-            cells.append(f"{cached:.3f} | {100 * cached / best['fast']:.0f} %")
+            cells.append(f"{cached:.3f} | {100 * cached / best['fast']:.0f} % | {share_text(shares)}")
             bound = 100 / (1 + decode * best["fast"] / info["cores"])
             steps = ["pipeline: " + "; ".join(steps)]
             if "compile_seconds" in fast_info:  # the fast module's own compilation (a separate one)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -100,3 +101,35 @@ def test_bench_decode_measures_every_path_and_finds_them_equal(tmp_path):
     assert all(row[k] > 0 for k in ("rgb", "grey", "miss", "hit"))
     assert len(list((tmp_path / "c").rglob("*.npy"))) == 3
     assert set(bench_decode.paper_transforms()) == set(PAPER_NINE)
+
+
+def test_share_text_gives_median_and_range_in_percent():
+    assert bench_extraction.share_text([0.95, 0.88, 0.91]) == "91 % (88-95 %, 3 rounds)"
+    assert bench_extraction.share_text([]) == "-"
+
+
+def test_pipeline_pairs_each_warm_round_with_its_own_bare_measurement(tmp_path):
+    from cbmir.models import load_encoder
+
+    if importlib.util.find_spec("pneumonia_model_package") is None:  # its images only: not imported
+        pytest.skip("pneumonia-model-package is not installed")
+    root = tmp_path / "images"
+    root.mkdir()
+    manifest = bench_extraction.write_images(root, 4)
+    rates = iter([1000.0, 4000.0])
+    asked = []
+
+    def bare_rate() -> float:
+        asked.append(next(rates))
+        return asked[-1]
+
+    whole, best_loop, _, shares = bench_extraction.pipeline(
+        load_encoder("raw-pixels"), manifest, root, tmp_path / "out", 2, False, "off", 0, rounds=2,
+        bare_rate=bare_rate,
+    )  # fmt: skip
+    assert asked == [1000.0, 4000.0] and len(shares) == 2  # one bare measurement per warm round, in order
+    loops = [share * rate for share, rate in zip(shares, asked, strict=True)]
+    assert best_loop == pytest.approx(max(loops)) and whole > 0
+    assert bench_extraction.pipeline(
+        load_encoder("raw-pixels"), manifest, root, tmp_path / "out", 2, False, "off", 0, rounds=1
+    )[3] == []  # fmt: skip

@@ -239,7 +239,7 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
         "machine (data that stay in cache can beat it); fast % roofline = fast img/s against that estimate",
         "- orig: the module as loaded, fp32 eager; in bf16 rows a bf16 copy of it (bf16 weights, eager). fast is "
         f"compiled per --compile ({args.compile!r}) for every encoder, whereas a report run compiles only above "
-        "cbmir.accelerate.COMPILE_MIN_TFLOP. steps: 'pipeline:' what the pipeline's store recorded, 'fast:' the "
+        "cbmir.accelerate.compile_min_tflop(). steps: 'pipeline:' what the pipeline's store recorded, 'fast:' the "
         "fast module's own compilation (each compiles separately; 'Nx on one call of the example' is one timed call)",
         "",
         "| encoder | precision | GFLOP/img | GEMM GFLOP/s | mem GB/s | roofline % GEMM (memory-bound share) | orig img/s "

@@ -155,11 +155,14 @@ def pipeline(
     decode_cache: Path | None = None,
     rounds: int = 1,
     bare_rate: Callable[[], float] | None = None,
-) -> tuple[float, float, list, list[float]]:
-    """(whole-call img/s, loop img/s, the rewrite steps, paired shares) of `extract_embeddings` on the rows.
+) -> tuple[float, float, float, list, list[float]]:
+    """(whole-call img/s, loop img/s, steady img/s, the rewrite steps, paired shares) of `extract_embeddings`.
 
-    Paired shares: with `bare_rate` (a bare forward img/s measurement), each warm round calls it right before the
-    pipeline run, and the share is that run's loop img/s over it (empty without `bare_rate`).
+    Steady: chunks of two batches; the rows after the first chunk over those chunks' seconds, best of the warm
+    runs: the loop without its fixed start (the DataLoader worker's start-up and the first batch's decoding, which
+    a long run pays once and a short fast one feels: about a second against the 2-4 s that 64 Xception or DINOv2
+    images take). Paired shares: with `bare_rate` (a bare forward img/s measurement), each warm round calls it
+    right before the pipeline run, and the share is that run's steady img/s over it (empty without `bare_rate`).
 
     Whole-call: all rows, including model preparation, compilation and DataLoader start-up (first run). Loop: the
     rows over the seconds the store records for its chunks (decode + forward, without preparation and
@@ -169,29 +172,56 @@ def pipeline(
     by several seconds from run to run.) With `decode_cache`, the first run fills the cache and the later ones
     read it: the loop of a model whose resize setting an earlier model shared.
     """
+    import cbmir.store as S
     from cbmir.extract import extract_embeddings
 
-    def run(rows: pd.DataFrame) -> tuple[float, float, list]:
+    chunk = 2 * batch
+    n = len(manifest)
+    if n <= chunk:
+        raise ValueError(
+            f"the pipeline needs more than {chunk} images (two batches) for its steady rate; got {n}"
+        )
+
+    def run(rows: pd.DataFrame) -> tuple[float, float, float, list]:
         torch._dynamo.reset()  # each run compiles afresh, as a new process would (and below dynamo's recompile limit)
-        start = time.perf_counter()
-        store = extract_embeddings(
-            rows, root, encoder, out, batch_size=batch, num_workers=workers, bf16=bf16, redo=True, device="cpu",
-            compile=compile, decode_cache=decode_cache,
-        )  # fmt: skip
-        elapsed = time.perf_counter() - start
+        seconds: list[
+            float
+        ] = []  # per chunk, as the store records them (the chunks are written in order here)
+        write_chunk = S.write_chunk
+
+        def spy(*args, **kwargs) -> None:
+            write_chunk(*args, **kwargs)
+            seconds.append(float(kwargs["seconds"] if "seconds" in kwargs else args[5]))
+
+        S.write_chunk = spy
+        try:
+            start = time.perf_counter()
+            store = extract_embeddings(
+                rows, root, encoder, out, batch_size=batch, num_workers=workers, bf16=bf16, redo=True,
+                device="cpu", compile=compile, decode_cache=decode_cache, chunk_size=chunk,
+            )  # fmt: skip
+            elapsed = time.perf_counter() - start
+        finally:
+            S.write_chunk = write_chunk
         assert len(store.ids) == len(rows), "pipeline lost rows"
         prov = store.provenance
-        return elapsed, prov["seconds"], prov.get("speed", {}).get("steps", [])
+        return (
+            elapsed,
+            prov["seconds"],
+            (n - chunk) / sum(seconds[1:]),
+            prov.get("speed", {}).get("steps", []),
+        )
 
-    n = len(manifest)
-    first, _, steps = run(manifest)  # cold: page cache, compilation caches; the whole-call figure
-    loops, shares = [], []
+    first, _, _, steps = run(manifest)  # cold: page cache, compilation caches; the whole-call figure
+    loops, steadies, shares = [], [], []
     for _ in range(max(1, rounds)):
         reference = bare_rate() if bare_rate is not None else None
-        loops.append(n / run(manifest)[1])
+        _, loop, steady, _ = run(manifest)
+        loops.append(n / loop)
+        steadies.append(steady)
         if reference is not None:
-            shares.append(loops[-1] / reference)
-    return n / first, max(loops), steps, shares
+            shares.append(steady / reference)
+    return n / first, max(loops), max(steadies), steps, shares
 
 
 def share_text(shares: list[float]) -> str:
@@ -228,9 +258,11 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
         f"thread(s) between forward passes), loop = best of {args.rounds} warm runs after a cold one; bound = forward / (forward + decode / {info['cores']} cores), the most "
         "a pipeline that decodes on the same cores can reach; decode cache hits = the loop of warm runs that read "
         "the first run's decoded, resized pixels from cbmir.decode_cache (a model whose resize setting an earlier "
-        "model shared: no decoding); paired = in each warm round the fast module runs bare over as many random "
-        f"images ({args.pipeline_n}) right before the pipeline run, and the loop's share of that round's bare rate "
-        "is taken: median (range) over the rounds, steadier on a drifting shared machine than best against best",
+        "model shared: no decoding); steady = chunks of two batches, the rows after the first chunk over their seconds "
+        "(the loop without the worker's start-up and the first batch's decoding, paid once per run); paired = in "
+        f"each warm round the fast module runs bare over as many random images ({args.pipeline_n}) right before the "
+        "pipeline run, and the steady rate's share of that round's bare rate is taken: median (range) over the "
+        "rounds, steadier on a drifting shared machine than best against best",
         "- fast forward and pipeline run with large tensors from the heap (cbmir.accelerate.large_tensors_on_heap, as "
         "extraction runs them); orig with the C library's default allocation. mem GB/s = copy of a 256 MiB tensor, "
         "best of the rounds. roofline % GEMM = cbmir.accelerate.roofline: each matmul/convolution/attention op of the "
@@ -246,10 +278,11 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
         "| orig % GEMM | fast img/s | fast % GEMM | fast % roofline | fast/orig | "
         "decode ms/img | forward ms/img | bound % fast | "
         + " | ".join(
-            f"w={w}: pipeline img/s (whole / loop) | w={w}: loop % fast | w={w}: loop % fast, paired"
+            f"w={w}: pipeline img/s (whole / loop / steady) | w={w}: loop % fast | w={w}: steady % fast, paired"
             for w in workers
         )
-        + f" | w={workers[0]}, decode cache hits: loop img/s | cache hits: loop % fast | cache hits: paired"
+        + f" | w={workers[0]}, decode cache hits: loop / steady img/s | cache hits: loop % fast"
+        + " | cache hits: steady % fast, paired"
         + " | load | steps |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         + "---:|---:|---:|" * (len(workers) + 1)
@@ -292,24 +325,29 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
             roof = roofline(eager.module, batches[0], best["gemm"], best["memory"])
 
             def same_round_fast(module=fast.module, batches=pipe_batches) -> float:
-                with large_tensors_on_heap():  # recompiles in bare's warm-up call: the pipeline resets dynamo
+                with large_tensors_on_heap():
+                    # untimed: the pipeline run reset dynamo, so the module recompiles, and the first calls after
+                    # compiling still create oneDNN primitives
+                    bare(module, batches[:1])
                     return bare(module, batches)
 
             cells = []
             for w in workers:
-                whole, steady, steps, shares = pipeline(
+                whole, loop, steady, steps, shares = pipeline(
                     encoder, manifest.iloc[: args.pipeline_n], root, tmp / f"{name}-{precision}", args.batch,
                     precision == "bf16", args.compile, w, rounds=args.rounds, bare_rate=same_round_fast,
                 )  # fmt: skip
                 cells.append(
-                    f"{whole:.3f} / {steady:.3f} | {100 * steady / best['fast']:.0f} % | {share_text(shares)}"
+                    f"{whole:.3f} / {loop:.3f} / {steady:.3f} | {100 * loop / best['fast']:.0f} % | {share_text(shares)}"
                 )
-            _, cached, _, shares = pipeline(
+            _, cached, cached_steady, _, shares = pipeline(
                 encoder, manifest.iloc[: args.pipeline_n], root, tmp / f"{name}-{precision}", args.batch,
                 precision == "bf16", args.compile, workers[0], tmp / f"decoded-{name}-{precision}", args.rounds,
                 same_round_fast,
             )  # fmt: skip
-            cells.append(f"{cached:.3f} | {100 * cached / best['fast']:.0f} % | {share_text(shares)}")
+            cells.append(
+                f"{cached:.3f} / {cached_steady:.3f} | {100 * cached / best['fast']:.0f} % | {share_text(shares)}"
+            )
             bound = 100 / (1 + decode * best["fast"] / info["cores"])
             steps = ["pipeline: " + "; ".join(steps)]
             if "compile_seconds" in fast_info:  # the fast module's own compilation (a separate one)

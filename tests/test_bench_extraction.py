@@ -115,7 +115,7 @@ def test_pipeline_pairs_each_warm_round_with_its_own_bare_measurement(tmp_path):
         pytest.skip("pneumonia-model-package is not installed")
     root = tmp_path / "images"
     root.mkdir()
-    manifest = bench_extraction.write_images(root, 4)
+    manifest = bench_extraction.write_images(root, 6)
     rates = iter([1000.0, 4000.0])
     asked = []
 
@@ -123,13 +123,17 @@ def test_pipeline_pairs_each_warm_round_with_its_own_bare_measurement(tmp_path):
         asked.append(next(rates))
         return asked[-1]
 
-    whole, best_loop, _, shares = bench_extraction.pipeline(
+    whole, best_loop, best_steady, _, shares = bench_extraction.pipeline(
         load_encoder("raw-pixels"), manifest, root, tmp_path / "out", 2, False, "off", 0, rounds=2,
         bare_rate=bare_rate,
     )  # fmt: skip
     assert asked == [1000.0, 4000.0] and len(shares) == 2  # one bare measurement per warm round, in order
-    loops = [share * rate for share, rate in zip(shares, asked, strict=True)]
-    assert best_loop == pytest.approx(max(loops)) and whole > 0
+    steadies = [share * rate for share, rate in zip(shares, asked, strict=True)]
+    assert best_steady == pytest.approx(max(steadies)) and whole > 0 and best_loop > 0
+    with pytest.raises(ValueError, match="more than 4 images"):  # two batches of 2 leave no steady chunk
+        bench_extraction.pipeline(
+            load_encoder("raw-pixels"), manifest.iloc[:4], root, tmp_path / "out", 2, False, "off", 0
+        )
     assert bench_extraction.pipeline(
         load_encoder("raw-pixels"), manifest, root, tmp_path / "out", 2, False, "off", 0, rounds=1
-    )[3] == []  # fmt: skip
+    )[4] == []  # fmt: skip

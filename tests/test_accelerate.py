@@ -180,7 +180,7 @@ def test_compile_auto_decides_from_counted_flops_not_timings(monkeypatch) -> Non
     monkeypatch.setattr(acc, "_seconds", lambda fn, batch: 1000.0)
     tried: list[bool] = []
     monkeypatch.setattr(acc, "compiler_available", lambda: tried.append(True) or False)
-    needed = int(acc.compile_min_tflop()[0] * 1e3 / gflop)
+    needed = int(acc.compile_min_tflop(False)[0] * 1e3 / gflop)
     with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
         optimise_for_inference(enc, "cpu", "fp32", example=x, compile="auto", n_images=needed + 1)
     assert tried == [True]  # enough FLOPs: auto went on to compile (and found no compiler here)
@@ -348,20 +348,22 @@ def test_roofline_counts_fused_attention_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("flags", "threshold"), [({"avx2", "fma", "avx512f", "amx_bf16"}, 10.0), ({"avx2", "fma"}, 40.0)]
+    ("flags", "precision", "threshold"),
+    [
+        ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "fp32", 10.0),  # a Xeon with AMX
+        ({"avx2", "avx512f", "avx512_bf16"}, "fp32", 40.0),  # a Zen 5 EPYC
+        ({"avx2", "avx512f", "avx512_bf16"}, "bf16", 10.0),
+        ({"avx2", "fma"}, "fp32", 40.0),  # an older EPYC
+    ],
 )
-def test_compile_threshold_follows_the_cpu_kind(monkeypatch, flags, threshold) -> None:
+def test_compile_threshold_follows_precision_and_cpu_kind(monkeypatch, flags, precision, threshold) -> None:
     import cbmir.accelerate as acc
 
     monkeypatch.setattr(acc, "cpu_flags", lambda: frozenset(flags))
-    assert (
-        acc.compile_min_tflop()[0]
-        == threshold
-        == acc.COMPILE_MIN_TFLOP["avx512" if "avx512f" in flags else "no_avx512"]
-    )
+    assert acc.compile_min_tflop(precision == "bf16")[0] == threshold
     enc, _ = _gelu_conv_encoder()
     _, info = optimise_for_inference(
-        enc, "cpu", "fp32", example=torch.randn(1, 3, 16, 16), compile="auto", n_images=2
+        enc, "cpu", precision, example=torch.randn(1, 3, 16, 16), compile="auto", n_images=2
     )
     assert info["compile_min_tflop"] == threshold
-    assert f"under the fixed {threshold:.0f} TFLOP threshold for this CPU" in info["compile"]
+    assert f"under the fixed {threshold:.0f} TFLOP threshold for this precision and CPU" in info["compile"]

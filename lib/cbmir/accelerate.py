@@ -17,8 +17,8 @@ if the output still matches the original on a random batch (cosine >= `FP32_MIN_
 - `torch.compile`   : inductor with weight freezing (conv/linear + GELU fused into one oneDNN call, weights
                       pre-packed, elementwise chains fused). Compiling costs 10-50 s on 2 cores, so with
                       `compile="auto"` it runs only when the run needs `compile_min_tflop()` or more (FLOPs of
-                      one image, counted, x the images to embed): 10 TFLOP on CPUs with AVX-512, 40 on those
-                      without, where compiling gained far less. It is kept when its output matches the original
+                      one image, counted, x the images to embed): 10 TFLOP in bf16, and in fp32 on CPUs with
+                      AMX; 40 TFLOP in fp32 elsewhere, where compiling gained 0.99-1.10x. It is kept when its output matches the original
                       module's (`FP32_MIN_COSINE`; `BF16_MIN_COSINE` in bf16); its speed on one call of the
                       example is recorded but decides nothing, so neither the choice nor the vectors (bf16
                       rounding differs between compiled and eager code) depend on how busy the machine is. Batches are padded to one fixed size so a short last batch does not
@@ -59,14 +59,16 @@ BF16_MIN_COSINE = 0.99  # below this a bf16 model is refused and fp32 runs inste
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 LARGE_ACTIVATION_BYTES = 32 * 2**20  # micro-batch when one image's largest activation exceeds this (fp32)
 COMPILE_MODES = ("auto", "on", "off")
-# "auto" compiles when the run needs at least this many TFLOP (counted FLOPs per image x images), by CPU kind.
-# With AVX-512 (a 2-core Xeon with AMX): LiteMedSAM's compiled forward ran 1.2-2.8x its eager one for 10-25 s of
-# compiling, which pays back within about 30-100 s of eager work: 10 TFLOP. Without AVX-512 (a 2-core AMD EPYC,
-# AVX2): 1.01-1.09x in fp32 for 23-58 s of compiling (benchmarks/RESULTS.md, bench_extraction and
-# bench_report_extraction, 2026-12-02), which pays back only after about 15 minutes of eager work (40 s at 1.05x),
-# i.e. about 40 TFLOP at that machine's ~45 GFLOP/s. Two machine kinds measured; LiteMedSAM on RadMini (75 GFLOP
-# x 253 images = 19 TFLOP) is compiled on the first and not on the second; DINOv2-S and Xception on neither.
-COMPILE_MIN_TFLOP = {"avx512": 10.0, "no_avx512": 40.0}
+# "auto" compiles when the run needs at least this many TFLOP (counted FLOPs per image x images), by precision
+# and CPU kind (benchmarks/RESULTS.md, bench_extraction, compiled against eager LiteMedSAM on one call):
+# - bf16: 1.85-2.75x on a 2-core Xeon with AMX, 1.70x on a 2-core AMD EPYC (Zen 5, AVX-512 BF16), for 10-25 s of
+#   compiling, which pays back within about 30-100 s of eager work: 10 TFLOP;
+# - fp32 with AMX (the Xeon): 1.17-1.84x: 10 TFLOP;
+# - fp32 without AMX: 1.01-1.09x on a 2-core AMD EPYC with AVX2 (23-58 s of compiling), 0.99x on the Zen 5 EPYC
+#   (Xception 1.10x), which pays back only after about 15 minutes of eager work (40 s at 1.05x): 40 TFLOP.
+# Three machine kinds measured. LiteMedSAM on RadMini (75 GFLOP x 253 images = 19 TFLOP) is compiled in bf16 and
+# on the Xeon, not in fp32 on the EPYCs; DINOv2-S and Xception are compiled nowhere.
+COMPILE_MIN_TFLOP = {"bf16": 10.0, "fp32_amx": 10.0, "fp32": 40.0}
 
 
 def cpu_info() -> dict[str, Any]:
@@ -86,17 +88,20 @@ def cpu_info() -> dict[str, Any]:
         "isa": present,
         "native_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
         "amx": "amx_bf16" in flags,
-        "avx512": "avx512f" in flags,
     }
 
 
-def compile_min_tflop() -> tuple[float, str]:
-    """(TFLOP a run must need for `compile="auto"` to compile, the reason) on this CPU: `COMPILE_MIN_TFLOP`
-    by whether it has AVX-512."""
-    if cpu_info()["avx512"]:
-        return COMPILE_MIN_TFLOP["avx512"], "CPU with AVX-512: compiling measured 1.2-2.8x on a 2-core Xeon"
-    return COMPILE_MIN_TFLOP["no_avx512"], (
-        "CPU without AVX-512: compiling measured 1.01-1.09x in fp32 on a 2-core AMD EPYC, so it pays only on long runs"
+def compile_min_tflop(bf16: bool) -> tuple[float, str]:
+    """(TFLOP a run must need for `compile="auto"` to compile, the reason): `COMPILE_MIN_TFLOP` for the
+    precision and, in fp32, for whether this CPU has AMX."""
+    if bf16:
+        return COMPILE_MIN_TFLOP[
+            "bf16"
+        ], "bf16: compiling measured 1.7-2.8x on a Xeon with AMX and a Zen 5 EPYC"
+    if cpu_info()["amx"]:
+        return COMPILE_MIN_TFLOP["fp32_amx"], "fp32 on a CPU with AMX: compiling measured 1.2-1.8x on a Xeon"
+    return COMPILE_MIN_TFLOP["fp32"], (
+        "fp32 on a CPU without AMX: compiling measured 0.99-1.10x on two AMD EPYC kinds, so it pays only on long runs"
     )
 
 
@@ -529,13 +534,13 @@ def _compiled(
     step = prepared.micro_batch or max(1, batch_size)
     if mode == "auto":
         tflop = gflop_per_image(prepared, example) * (n_images or 0) / 1e3
-        threshold, why = compile_min_tflop()
+        threshold, why = compile_min_tflop(prepared.dtype == torch.bfloat16 or prepared.autocast)
         info["run_tflop"] = round(tflop, 3)
         info["compile_min_tflop"] = threshold
         if tflop < threshold:
             info["compile"] = (
                 f"not compiled: the run needs {tflop:.1f} TFLOP, under the fixed {threshold:.0f} TFLOP threshold "
-                f"for this CPU ({why}; not measured per run)"
+                f"for this precision and CPU ({why}; not measured per run)"
             )
             return prepared
     if not compiler_available():

@@ -104,7 +104,7 @@ def precision_sentence(provenance: Mapping[str, Mapping]) -> str:
             f" torch.compile ran for {', '.join(compiled)}; a compiled module is kept only if, on a test input, its"
             f" output matches the original module's (cosine at least {FP32_MIN_COSINE} in fp32, {BF16_MIN_COSINE}"
             " in bf16); whether to compile is decided by the run's counted FLOPs against a threshold for the"
-            " processor's kind (with or without AVX-512), not by a timing on this machine"
+            " precision and processor kind, not by a timing on this machine"
             " (notebook 2's provenance gives the timing)."
         )
     if any(how == "computed in bf16" for how in groups):

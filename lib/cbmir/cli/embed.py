@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--compile",
         choices=["auto", "on", "off"],
         default="auto",
-        help="torch.compile on the CPU: auto (only when the run needs 10 TFLOP or more with AVX-512, 40 without; counted), on, off",
+        help="torch.compile on the CPU: auto (only when the run needs 10 TFLOP or more in bf16 or with AMX, 40 in fp32 elsewhere; counted), on, off",
     )
     p.add_argument(
         "--decode-cache",

@@ -14,10 +14,12 @@ For each encoder and precision (fp32; bf16 where the CPU multiplies bf16 nativel
   (images over the store's own `seconds`: the decode + forward loop from DataLoader start to the last chunk,
   after model preparation and compilation; the best of `--rounds` warm runs after the first, as the bare forward
   pass is the best of its rounds);
-- the loop paired in time with the bare forward pass: in each warm round the fast module first runs bare over
-  as many random images as the pipeline embeds, then the pipeline runs; the loop's share of that round's bare
-  rate, as the median and range over the rounds. On a shared machine whose speed drifts between minutes, a
-  ratio within one round is steadier than the best of each side taken at different times;
+- the steady loop (chunks of two batches; the rows after the first chunk over their seconds: the loop without
+  the worker's start-up and the first batch's decoding), paired in time with the bare forward pass: in each warm
+  round the fast module first runs bare over as many random images as the pipeline embeds, then the pipeline
+  runs; the steady rate's share of that round's bare rate, as the median and range over the rounds. On a shared
+  machine whose speed drifts between minutes, a ratio within one round is steadier than the best of each side
+  taken at different times;
 - the same loop when the images come from a decode cache (`cbmir.decode_cache`) that a first run filled, as for a
   model whose resize setting an earlier model of the run shared;
 - the bound on the pipeline's share of the bare forward pass when the cores must also decode: with every core
@@ -184,9 +186,8 @@ def pipeline(
 
     def run(rows: pd.DataFrame) -> tuple[float, float, float, list]:
         torch._dynamo.reset()  # each run compiles afresh, as a new process would (and below dynamo's recompile limit)
-        seconds: list[
-            float
-        ] = []  # per chunk, as the store records them (the chunks are written in order here)
+        # seconds per chunk, as the store records them (the local engine writes the chunks in order)
+        seconds: list[float] = []
         write_chunk = S.write_chunk
 
         def spy(*args, **kwargs) -> None:

@@ -18,8 +18,8 @@ if the output still matches the original on a random batch (cosine >= `FP32_MIN_
                       pre-packed, elementwise chains fused). Compiling costs 10-50 s on 2 cores, so with
                       `compile="auto"` it runs only when the run needs `compile_min_tflop()` or more (FLOPs of
                       one image, counted, x the images to embed): 10 TFLOP in bf16, and in fp32 on CPUs with
-                      AMX; 40 TFLOP in fp32 elsewhere, where compiling gained 0.99-1.10x. It is kept when its output matches the original
-                      module's (`FP32_MIN_COSINE`; `BF16_MIN_COSINE` in bf16); its speed on one call of the
+                      AMX; 40 TFLOP in fp32 elsewhere, where compiling gained 0.99-1.10x. It is kept when its
+                      output matches the original module's (`FP32_MIN_COSINE`; `BF16_MIN_COSINE` in bf16); its speed on one call of the
                       example is recorded but decides nothing, so neither the choice nor the vectors (bf16
                       rounding differs between compiled and eager code) depend on how busy the machine is. Batches are padded to one fixed size so a short last batch does not
                       compile again.
@@ -95,9 +95,9 @@ def compile_min_tflop(bf16: bool) -> tuple[float, str]:
     """(TFLOP a run must need for `compile="auto"` to compile, the reason): `COMPILE_MIN_TFLOP` for the
     precision and, in fp32, for whether this CPU has AMX."""
     if bf16:
-        return COMPILE_MIN_TFLOP[
-            "bf16"
-        ], "bf16: compiling measured 1.7-2.8x on a Xeon with AMX and a Zen 5 EPYC"
+        return COMPILE_MIN_TFLOP["bf16"], (
+            "bf16: compiling measured 1.7-2.8x on a Xeon with AMX and a Zen 5 EPYC"
+        )
     if cpu_info()["amx"]:
         return COMPILE_MIN_TFLOP["fp32_amx"], "fp32 on a CPU with AMX: compiling measured 1.2-1.8x on a Xeon"
     return COMPILE_MIN_TFLOP["fp32"], (

@@ -100,8 +100,8 @@ class ReportConfig(BaseModel):
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     # torch.compile on the CPU (cbmir.accelerate): auto compiles a model only when its run needs 10 TFLOP or
-    # more in bf16 or on AMX CPUs, 40 in fp32 elsewhere (counted, not timed) and keeps it when its output matches the original
-    # model's; on | off force it
+    # more in bf16 or on AMX CPUs, 40 in fp32 elsewhere (counted, not timed) and keeps it when its output
+    # matches the original model's; on | off force it
     compile: Literal["auto", "on", "off"] = "auto"
     # folder for decoded, resized pixels shared by the models that resize alike (cbmir.decode_cache); the
     # vectors are the same with or without it; it holds C x H x W bytes per image and resize setting

@@ -249,7 +249,13 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
 
     info = cpu_info()
     workers = [int(w) for w in str(args.workers).split(",")]
-    precisions = ["fp32"] + (["bf16"] if info["native_bf16"] and not args.no_bf16 else [])
+    precisions = [
+        p for p in args.precisions.split(",") if p == "fp32" or (p == "bf16" and info["native_bf16"])
+    ]
+    if args.no_bf16:
+        precisions = [p for p in precisions if p != "bf16"]
+    if not precisions:
+        raise SystemExit(f"--precisions {args.precisions!r}: nothing this CPU runs (bf16 needs native bf16)")
     lines = [
         f"- CPU: {info['model']}, {info['cores']} cores, torch threads {torch.get_num_threads()}; ISA: {', '.join(info['isa'])}",
         f"- {args.n} images per measurement (chest X-ray JPEG/PNG from pneumonia-model-package), batch {args.batch}, "
@@ -476,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         "--models", default=DEFAULT_MODELS, help="comma-separated: vit-b16-random or preset names"
     )
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs")
+    parser.add_argument(
+        "--precisions",
+        default="fp32,bf16",
+        help="comma-separated; bf16 runs only where the CPU has it natively",
+    )
     parser.add_argument(
         "--compile", default="on", choices=["auto", "on", "off"], help="torch.compile of 'fast'"
     )

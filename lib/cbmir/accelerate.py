@@ -6,9 +6,11 @@ if the output still matches the original on a random batch (cosine >= `FP32_MIN_
 - `fuse_conv_bn`    : every Conv2d whose output goes straight into a BatchNorm2d absorbs it (eval-mode BN is
                       an affine map per channel); found by running the model once with hooks, so it works for
                       `nn.Sequential` pairs (TinyViT's Conv2d_BN) and attribute pairs (timm Xception) alike.
-- `sdpa_attention`  : TinyViT's window attention (softmax(q k^T * scale + bias) v) runs as one fused
-                      `scaled_dot_product_attention` call with the bias as the additive mask; timm attention
-                      blocks are switched to their fused path.
+- `sdpa_attention`  : (fp32 only) TinyViT's window attention (softmax(q k^T * scale + bias) v) runs as one
+                      fused `scaled_dot_product_attention` call with the bias as the additive mask; timm attention
+                      blocks are switched to their fused path (in every precision). In bf16 TinyViT keeps its
+                      own matmul-softmax-matmul: over its 7x7 windows the bf16 flash kernel was 1.1-1.5x slower,
+                      eager and compiled, on the Zen 5 EPYC, and no faster on the Xeon (`TINYVIT_SDPA`).
 - `channels_last`   : convolutional models run in NHWC, the layout oneDNN's convolutions are fastest in.
 - `bf16`            : (precision "bf16" only) bfloat16 weights and activations, where the CPU multiplies bf16
                       natively (AVX-512 BF16 / AMX); elsewhere bf16 weights with autocast as before.
@@ -69,6 +71,13 @@ COMPILE_MODES = ("auto", "on", "off")
 # Three machine kinds measured. LiteMedSAM on RadMini (75 GFLOP x 253 images = 19 TFLOP) is compiled in bf16 and
 # on the Xeon, not in fp32 on the EPYCs; DINOv2-S and Xception are compiled nowhere.
 COMPILE_MIN_TFLOP = {"bf16": 10.0, "fp32_amx": 10.0, "fp32": 40.0}
+
+
+# TinyViT (LiteMedSAM) window attention through the fused SDPA kernel, by precision (benchmarks/RESULTS.md,
+# LiteMedSAM bf16 A/B): in bf16 its own matmuls ran 1.1-1.5x faster on the Zen 5 EPYC, eager and compiled (fresh
+# processes, interleaved), and the same on the Xeon (4.90 against 4.93 img/s); in fp32 the fused kernel is kept
+# (no slower compiled on Zen 5, and it fuses the eager softmax).
+TINYVIT_SDPA = {"fp32": True, "bf16": False}
 
 
 def cpu_info() -> dict[str, Any]:
@@ -221,11 +230,18 @@ def _tinyvit_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.proj(out.transpose(1, 2).reshape(b, n, self.dh))
 
 
-def sdpa_attention(module: nn.Module) -> int:
-    """Route attention blocks through `scaled_dot_product_attention`; returns how many were switched."""
+def _is_tinyvit_attention(mod: nn.Module) -> bool:
+    return all(hasattr(mod, a) for a in ("ab", "attention_bias_idxs", "qkv", "key_dim", "dh"))
+
+
+def sdpa_attention(module: nn.Module, tinyvit: bool = True) -> int:
+    """Route attention blocks through `scaled_dot_product_attention` (TinyViT's window attention only with
+    `tinyvit`); returns how many were switched."""
     count = 0
     for mod in module.modules():
-        if all(hasattr(mod, a) for a in ("ab", "attention_bias_idxs", "qkv", "key_dim", "dh")):
+        if _is_tinyvit_attention(mod):
+            if not tinyvit:
+                continue
             mod.forward = types.MethodType(_tinyvit_attention_forward, mod)  # TinyViT (LiteMedSAM)
             count += 1
         elif hasattr(mod, "fused_attn") and isinstance(mod.fused_attn, bool):
@@ -346,7 +362,12 @@ def optimise_for_inference(
             info.setdefault("rejected", []).append(f"{name} (min cosine {cos:.6f})")
 
     attempt("fuse_conv_bn", lambda m: fuse_conv_bn(m, example))
-    attempt("sdpa_attention", sdpa_attention)
+    tinyvit_sdpa = TINYVIT_SDPA[precision]
+    attempt("sdpa_attention", lambda m: sdpa_attention(m, tinyvit=tinyvit_sdpa))
+    if not tinyvit_sdpa and any(_is_tinyvit_attention(m) for m in module.modules()):
+        info["window_attention"] = (
+            "TinyViT's own matmuls (bf16: the fused kernel measured slower on 7x7 windows)"
+        )
     channels_last = _has_conv(module)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)

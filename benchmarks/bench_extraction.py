@@ -249,13 +249,10 @@ def cpu_section(args, manifest, root, tmp: Path) -> list[str]:
 
     info = cpu_info()
     workers = [int(w) for w in str(args.workers).split(",")]
-    precisions = [
-        p for p in args.precisions.split(",") if p == "fp32" or (p == "bf16" and info["native_bf16"])
-    ]
-    if args.no_bf16:
-        precisions = [p for p in precisions if p != "bf16"]
+    wanted = "fp32" if args.no_bf16 else args.precisions
+    precisions = [p for p in wanted.split(",") if p == "fp32" or (p == "bf16" and info["native_bf16"])]
     if not precisions:
-        raise SystemExit(f"--precisions {args.precisions!r}: nothing this CPU runs (bf16 needs native bf16)")
+        raise SystemExit(f"--precisions {wanted!r}: nothing this CPU runs (bf16 needs native bf16)")
     lines = [
         f"- CPU: {info['model']}, {info['cores']} cores, torch threads {torch.get_num_threads()}; ISA: {', '.join(info['isa'])}",
         f"- {args.n} images per measurement (chest X-ray JPEG/PNG from pneumonia-model-package), batch {args.batch}, "

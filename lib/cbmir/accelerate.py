@@ -9,8 +9,7 @@ if the output still matches the original on a random batch (cosine >= `FP32_MIN_
 - `sdpa_attention`  : (fp32 only) TinyViT's window attention (softmax(q k^T * scale + bias) v) runs as one
                       fused `scaled_dot_product_attention` call with the bias as the additive mask; timm attention
                       blocks are switched to their fused path (in every precision). In bf16 TinyViT keeps its
-                      own matmul-softmax-matmul: over its 7x7 windows the bf16 flash kernel was 1.1-1.5x slower,
-                      eager and compiled, on the Zen 5 EPYC, and no faster on the Xeon (`TINYVIT_SDPA`).
+                      own matmul-softmax-matmul (`TINYVIT_SDPA`).
 - `channels_last`   : convolutional models run in NHWC, the layout oneDNN's convolutions are fastest in.
 - `bf16`            : (precision "bf16" only) bfloat16 weights and activations, where the CPU multiplies bf16
                       natively (AVX-512 BF16 / AMX); elsewhere bf16 weights with autocast as before.
@@ -74,9 +73,9 @@ COMPILE_MIN_TFLOP = {"bf16": 10.0, "fp32_amx": 10.0, "fp32": 40.0}
 
 
 # TinyViT (LiteMedSAM) window attention through the fused SDPA kernel, by precision (benchmarks/RESULTS.md,
-# LiteMedSAM bf16 A/B): in bf16 its own matmuls ran 1.1-1.5x faster on the Zen 5 EPYC, eager and compiled (fresh
-# processes, interleaved), and the same on the Xeon (4.90 against 4.93 img/s); in fp32 the fused kernel is kept
-# (no slower compiled on Zen 5, and it fuses the eager softmax).
+# bench_window_attention): over its 7x7 windows in bf16 its own matmuls ran 1.22x faster compiled and 1.07x eager
+# on the Zen 5 EPYC, and the same on the Xeon (4.90 against 4.93 img/s); in fp32 the fused kernel stayed ahead
+# (own 0.95x compiled, 0.92x eager).
 TINYVIT_SDPA = {"fp32": True, "bf16": False}
 
 
